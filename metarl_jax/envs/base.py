@@ -1,0 +1,262 @@
+"""The base class of every JAX-native text game: the gymnax 1.0 API plus a text interface.
+
+A :class:`TextEnv` splits its state into a *task* (the hidden thing a trial is about: the secret number,
+the maze, the deck), drawn by :meth:`TextEnv.sample_task`, and a per-episode *game* state, built from the
+task by :meth:`TextEnv.init_game`. The multi-episode wrapper (:mod:`metarl_jax.envs.multi_episode`) uses
+that split to reset every episode of a trial with the same task.
+
+Subclasses implement five small pure functions (``sample_task``, ``init_game``, ``game_step``,
+``game_pieces``) and one host-side reference renderer (``render_game_text``); this class does the rest:
+turn counting, the turn limit, format errors (an action index outside ``[0, num_actions)``, which is what
+the free-text decoder emits when it cannot parse ``\\boxed{...}``), the GEM convention that the last
+turn's feedback is replaced by a "maximum number of turns" message, action texts and parsing.
+
+Episode status codes (``state.status``): ``RUNNING``, ``WON``, ``LOST`` (the game ended in failure, e.g.
+a mine), ``OUT_OF_TURNS`` (truncated) and ``FORMAT_ERROR`` (ends the episode, as in GEM).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from metarl_jax.envs.pieces import EMPTY, Group, PieceBook, Slot, join_pieces, slot
+
+RUNNING, WON, LOST, OUT_OF_TURNS, FORMAT_ERROR = 0, 1, 2, 3, 4
+
+# Numbers 0..MAX_NUMBER are available to every env as pieces (turn counters, coordinates, values).
+MAX_NUMBER = 100
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+@struct.dataclass
+class TextEnvParams:
+    """Runtime settings shared by all text games (vmappable).
+
+    Attributes:
+      max_turns: turns allowed in one episode; the episode is truncated when they run out.
+    """
+
+    max_turns: int = 10
+
+
+@struct.dataclass
+class TextEnvState:
+    """State of a text game.
+
+    Attributes:
+      task: the game's task pytree, fixed for a trial.
+      game: the game's per-episode pytree.
+      time: int32[], turns taken in this episode.
+      max_turns: int32[], the episode's turn limit (copied from params at reset, so text renders from state).
+      status: int32[], one of RUNNING, WON, LOST, OUT_OF_TURNS, FORMAT_ERROR.
+      last_action: int32[], the last action index taken (-1 before the first turn or on a format error).
+    """
+
+    task: Any
+    game: Any
+    time: jax.Array
+    max_turns: jax.Array
+    status: jax.Array
+    last_action: jax.Array
+
+
+def tree_select(pred, on_true, on_false):
+    """``jnp.where`` over two pytrees of the same structure, with a scalar predicate."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def to_host(tree):
+    """Converts a (single, unbatched) pytree of arrays to numpy, for host-side rendering."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def normalize_action_text(content: str) -> str:
+    """Canonical form of a ``\\boxed{...}`` content: lower case, single spaces, trimmed."""
+    return " ".join(content.lower().split())
+
+
+class TextEnv(environment.Environment):
+    """A JAX-native text game with a finite action set (see the module docstring).
+
+    Subclasses set in ``__init__`` (after calling ``super().__init__()``):
+      * ``self.action_contents``: list of the canonical strings inside ``\\boxed{}``, one per action;
+      * ``self.game_layout``: list of slots (see :mod:`metarl_jax.envs.pieces`) for ``game_pieces``;
+      and add their pieces to ``self.book``. ``self.num`` is the group of the numbers ``0..MAX_NUMBER``;
+      ``self.number(x)`` clips ``x`` into it.
+    """
+
+    env_id: str = "text-env"
+    params_cls = TextEnvParams
+    # Whether the whole episode is a deterministic function of (task, actions): the step key is unused.
+    deterministic: bool = True
+
+    def __init__(self, max_turns: int):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.default_max_turns = int(max_turns)
+        self.book = PieceBook()
+        self.num: Group = self.book.add(*[str(i) for i in range(MAX_NUMBER + 1)])
+        self._msg_format = self.book.add("At turn ", ", you did not provide a valid action.")
+        self._msg_out_of_turns = self.book.add_one("You have reached the maximum number of turns.")
+        self.action_contents: list[str] = []
+        self.game_layout: list[Slot] = []
+        self._action_index: dict[str, int] | None = None
+
+    def number(self, x) -> jax.Array:
+        """Piece id of the decimal string of ``x`` (clipped to ``0..MAX_NUMBER``)."""
+        return self.num[jnp.clip(jnp.asarray(x, jnp.int32), 0, MAX_NUMBER)]
+
+    # ------------------------------------------------------------------ to implement in a game
+    def sample_task(self, key: jax.Array, params) -> Any:
+        """Draws the hidden task of a trial (a pytree of arrays)."""
+        raise NotImplementedError
+
+    def init_game(self, key: jax.Array, task: Any, params) -> Any:
+        """The game state at the start of an episode of ``task``."""
+        raise NotImplementedError
+
+    def game_step(self, key: jax.Array, state: TextEnvState, action: jax.Array, params):
+        """Applies a well-formed action. Returns ``(game, outcome)``, outcome in RUNNING/WON/LOST."""
+        raise NotImplementedError
+
+    def game_pieces(self, state: TextEnvState) -> jax.Array:
+        """``int32[len(game_layout)]`` piece ids of the observation for ``state`` (time 0: the opening)."""
+        raise NotImplementedError
+
+    def render_game_text(self, state: TextEnvState) -> str:
+        """Host-side reference text of the observation (state fields are numpy arrays)."""
+        raise NotImplementedError
+
+    def valid_actions(self, state: TextEnvState) -> jax.Array:
+        """``bool[num_actions]``: actions that are legal and not pointless (e.g. not a repeated guess).
+
+        Random baselines sample from this mask; the env itself accepts any action index.
+        """
+        return jnp.ones((self.num_actions,), bool)
+
+    # ------------------------------------------------------------------ gymnax API
+    @property
+    def default_params(self):
+        return self.params_cls(max_turns=self.default_max_turns)
+
+    @property
+    def name(self) -> str:
+        return self.env_id
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_contents)
+
+    def action_space(self, params=None):
+        return spaces.Discrete(self.num_actions)
+
+    def reset_env(self, key: jax.Array, params) -> tuple[jax.Array, TextEnvState]:
+        key_task, key_game = jax.random.split(key)
+        return self.reset_to_task(key_game, self.sample_task(key_task, params), params)
+
+    def reset_to_task(self, key: jax.Array, task: Any, params) -> tuple[jax.Array, TextEnvState]:
+        """Starts a new episode of the given task (used by the multi-episode wrapper)."""
+        state = TextEnvState(
+            task=task,
+            game=self.init_game(key, task, params),
+            time=jnp.zeros((), jnp.int32),
+            max_turns=jnp.asarray(params.max_turns, jnp.int32),
+            status=jnp.full((), RUNNING, jnp.int32),
+            last_action=jnp.full((), -1, jnp.int32),
+        )
+        return self.obs_pieces(state), state
+
+    def step_env(self, key: jax.Array, state: TextEnvState, action, params):
+        action = jnp.asarray(action, jnp.int32)
+        well_formed = (action >= 0) & (action < self.num_actions)
+        safe_action = jnp.clip(action, 0, self.num_actions - 1)
+        game, outcome = self.game_step(key, state, safe_action, params)
+        game = tree_select(well_formed, game, state.game)
+        time = state.time + 1
+        status = jnp.select(
+            [~well_formed, outcome == WON, outcome == LOST, time >= state.max_turns],
+            [FORMAT_ERROR, WON, LOST, OUT_OF_TURNS],
+            RUNNING,
+        ).astype(jnp.int32)
+        stepped = state.replace(
+            game=game, time=time, status=status, last_action=jnp.where(well_formed, action, -1)
+        )
+        # Stepping an episode that already ended changes nothing.
+        already_over = state.status != RUNNING
+        new_state = tree_select(already_over, state, stepped)
+        won = (new_state.status == WON) & ~already_over
+        terminated = (new_state.status == WON) | (new_state.status == LOST) | (new_state.status == FORMAT_ERROR)
+        info = {"success": won, "status": new_state.status}
+        return self.obs_pieces(new_state), new_state, won.astype(jnp.float32), terminated, info
+
+    def is_truncated(self, state: TextEnvState, params) -> jax.Array:
+        return state.status == OUT_OF_TURNS
+
+    def is_terminated(self, state: TextEnvState, params) -> jax.Array:
+        return (state.status == WON) | (state.status == LOST) | (state.status == FORMAT_ERROR)
+
+    # ------------------------------------------------------------------ text interface
+    @property
+    def pieces(self) -> list[str]:
+        """Every text fragment this env can show; observation arrays index into this list."""
+        return self.book.strings
+
+    @property
+    def layout(self) -> list[Slot]:
+        """The slots of an observation: the game's, then the format-error / out-of-turns message."""
+        return [*self.game_layout, slot(self._msg_format, self._msg_out_of_turns), slot(self.num), slot(self._msg_format)]
+
+    def obs_pieces(self, state: TextEnvState) -> jax.Array:
+        """``int32[len(layout)]``: the observation of ``state`` as piece ids (jit/vmap-safe)."""
+        game = jnp.asarray(self.game_pieces(state), jnp.int32)
+        fmt = state.status == FORMAT_ERROR
+        out = state.status == OUT_OF_TURNS
+        game = jnp.where(fmt | out, EMPTY, game)
+        status = jnp.stack([
+            jnp.where(fmt, self._msg_format[0], jnp.where(out, self._msg_out_of_turns[0], EMPTY)),
+            jnp.where(fmt, self.number(state.time), EMPTY),
+            jnp.where(fmt, self._msg_format[1], EMPTY),
+        ]).astype(jnp.int32)
+        return jnp.concatenate([game, status])
+
+    def render_text(self, state: TextEnvState) -> str:
+        """Host-side reference rendering of the observation of a single (unbatched) state."""
+        state = to_host(state)
+        status = int(state.status)
+        if status == FORMAT_ERROR:
+            return f"At turn {int(state.time)}, you did not provide a valid action."
+        if status == OUT_OF_TURNS:
+            return "You have reached the maximum number of turns."
+        return self.render_game_text(state)
+
+    def pieces_text(self, piece_ids) -> str:
+        """Joins the strings of an array of piece ids (a debugging aid; the codec is the real renderer)."""
+        return join_pieces(self.pieces, piece_ids)
+
+    def action_text(self, i: int) -> str:
+        """The canonical text of action ``i``, e.g. ``\\boxed{25}``."""
+        if not 0 <= int(i) < self.num_actions:
+            raise IndexError(f"action {i} is outside [0, {self.num_actions}) for {self.env_id}")
+        return "\\boxed{" + self.action_contents[int(i)] + "}"
+
+    def parse_action(self, text: str) -> int:
+        """Index of the action in the last ``\\boxed{...}`` of ``text``; -1 when there is none or it is invalid."""
+        if not isinstance(text, str):
+            return -1
+        matches = _BOXED.findall(text)
+        if not matches:
+            return -1
+        if self._action_index is None:
+            self._action_index = {normalize_action_text(c): i for i, c in enumerate(self.action_contents)}
+        return self._action_index.get(normalize_action_text(matches[-1]), -1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r}, num_actions={self.num_actions})"

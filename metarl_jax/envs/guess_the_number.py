@@ -1,0 +1,124 @@
+"""Guess The Number (GEM's ``game:GuessTheNumber-v0-{easy,hard}``), JAX-native.
+
+A secret integer in ``[low, high]`` is drawn per task. Each turn the agent guesses a number and is told
+whether the secret is higher or lower. Guessing a number twice is allowed but wasted (it costs a turn and
+says so). The episode is won by guessing the secret within ``max_turns`` turns.
+
+hard: 1..50 in 7 turns (binary search always wins; uniform random guessing without repeats wins 7/50).
+easy: 1..10 in 4 turns.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from metarl_jax.envs.base import RUNNING, WON, TextEnv, TextEnvState
+from metarl_jax.envs.pieces import EMPTY, slot
+
+# feedback codes
+_NONE, _HIGHER, _LOWER, _REPEAT, _CORRECT = range(5)
+
+
+@struct.dataclass
+class GuessTheNumberGame:
+    guessed: jax.Array  # bool[n], numbers guessed this episode
+    feedback: jax.Array  # int32[], feedback code of the last turn
+
+
+class GuessTheNumber(TextEnv):
+    """Guess a secret number in ``[low, high]`` with higher/lower hints.
+
+    Task: ``int32[]`` index of the secret (the secret is ``low + task``).
+    Actions: ``i`` guesses ``low + i`` (text ``\\boxed{low+i}``).
+    """
+
+    def __init__(self, low: int = 1, high: int = 50, max_turns: int = 7, env_id: str = "game:GuessTheNumber-v0-hard"):
+        super().__init__(max_turns)
+        if not 0 <= low < high:
+            raise ValueError(f"GuessTheNumber needs 0 <= low < high, got low={low}, high={high}")
+        if high > self.num.size - 1:
+            raise ValueError(f"GuessTheNumber supports numbers up to {self.num.size - 1}, got high={high}")
+        self.env_id = env_id
+        self.low, self.high = low, high
+        self.action_contents = [str(v) for v in range(low, high + 1)]
+        self._rules = self.book.add(
+            "You are playing Guess The Number.\n"
+            f"A secret whole number lies between {low} and {high}, inclusive. You have ",
+            " turns to find it.\nAfter each guess you are told whether the secret number is higher or lower "
+            "than your guess. Answer with your guess inside \\boxed{}, for example \\boxed{"
+            f"{(low + high) // 2}" "}.\n",
+        )
+        self._turn = self.book.add("At turn ", ", you guessed ", "Correct! The secret number is ", ". You found it in ")
+        self._tail = self.book.add(
+            ". The secret number is higher than ",
+            ". The secret number is lower than ",
+            ", which you already guessed before.",
+            " turns.",
+            ".",
+        )
+        self.game_layout = [
+            slot(self._rules), slot(self.num), slot(self._rules),  # opening
+            slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._tail),
+            slot(self.num), slot(self._tail),
+        ]
+
+    def sample_task(self, key, params):
+        return jax.random.randint(key, (), 0, self.high - self.low + 1, dtype=jnp.int32)
+
+    def init_game(self, key, task, params):
+        n = self.high - self.low + 1
+        return GuessTheNumberGame(guessed=jnp.zeros((n,), bool), feedback=jnp.full((), _NONE, jnp.int32))
+
+    def game_step(self, key, state: TextEnvState, action, params):
+        secret = state.task
+        feedback = jnp.select(
+            [state.game.guessed[action], action == secret, secret > action],
+            [_REPEAT, _CORRECT, _HIGHER],
+            _LOWER,
+        ).astype(jnp.int32)
+        game = GuessTheNumberGame(guessed=state.game.guessed.at[action].set(True), feedback=feedback)
+        return game, jnp.where(feedback == _CORRECT, WON, RUNNING)
+
+    def valid_actions(self, state):
+        return ~state.game.guessed
+
+    def game_pieces(self, state: TextEnvState):
+        opening = state.time == 0
+        fb = state.game.feedback
+        correct = fb == _CORRECT
+        guess = self.number(self.low + jnp.maximum(state.last_action, 0))
+        turn = self.number(state.time)
+        return jnp.where(
+            opening,
+            jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]] + [EMPTY] * 7),
+            jnp.stack([
+                EMPTY, EMPTY, EMPTY,
+                jnp.where(correct, self._turn[2], self._turn[0]),
+                jnp.where(correct, self.number(self.low + state.task), turn),
+                jnp.where(correct, self._turn[3], self._turn[1]),
+                jnp.where(correct, turn, guess),
+                jnp.select([correct, fb == _REPEAT, fb == _HIGHER], [self._tail[3], self._tail[2], self._tail[0]], self._tail[1]),
+                jnp.where(correct | (fb == _REPEAT), EMPTY, guess),
+                jnp.where(correct | (fb == _REPEAT), EMPTY, self._tail[4]),
+            ]),
+        )
+
+    def render_game_text(self, state):
+        t = int(state.time)
+        if t == 0:
+            return (
+                f"You are playing Guess The Number.\nA secret whole number lies between {self.low} and {self.high}, "
+                f"inclusive. You have {int(state.max_turns)} turns to find it.\nAfter each guess you are told whether "
+                "the secret number is higher or lower than your guess. Answer with your guess inside \\boxed{}, "
+                f"for example \\boxed{{{(self.low + self.high) // 2}}}.\n"
+            )
+        fb = int(state.game.feedback)
+        guess = self.low + int(state.last_action)
+        if fb == _CORRECT:
+            return f"Correct! The secret number is {self.low + int(state.task)}. You found it in {t} turns."
+        if fb == _REPEAT:
+            return f"At turn {t}, you guessed {guess}, which you already guessed before."
+        direction = "higher" if fb == _HIGHER else "lower"
+        return f"At turn {t}, you guessed {guess}. The secret number is {direction} than {guess}."

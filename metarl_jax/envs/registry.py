@@ -1,0 +1,103 @@
+"""The env registry: ``make(env_id, **overrides) -> (env, params)`` and ``registered()``.
+
+Every id carries ORBIT's per-episode turn limit and trial step cap (DESIGN.md's table), so
+``make_trial(env_id)`` builds the multi-episode trial that the paper uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """A registered env: where its class lives, its constructor arguments and ORBIT's trial settings."""
+
+    env_id: str
+    entry_point: str  # "module:Class"
+    kwargs: dict
+    max_turns: int
+    total_step_cap: int
+    split: str  # "train", "held-out", "demo" or "classic"
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+
+
+def register(env_id: str, entry_point: str, *, max_turns: int, total_step_cap: int, split: str, **kwargs) -> None:
+    """Adds an env id. ``kwargs`` go to the class constructor (``max_turns`` included)."""
+    if env_id in _REGISTRY:
+        raise ValueError(f"env id {env_id!r} is already registered")
+    _REGISTRY[env_id] = EnvSpec(env_id, entry_point, {**kwargs, "max_turns": max_turns}, max_turns, total_step_cap, split)
+
+
+def registered() -> list[str]:
+    """All registered env ids, in registration order."""
+    return list(_REGISTRY)
+
+
+def spec(env_id: str) -> EnvSpec:
+    """The :class:`EnvSpec` of an id; an unknown id raises ``KeyError`` naming the closest ids."""
+    if env_id not in _REGISTRY:
+        close = difflib.get_close_matches(env_id, list(_REGISTRY), n=3, cutoff=0.3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown env id {env_id!r}.{hint} Registered ids: {', '.join(_REGISTRY)}")
+    return _REGISTRY[env_id]
+
+
+def make(env_id: str, **overrides: Any):
+    """Builds a registered env. Returns ``(env, params)``.
+
+    ``overrides`` may name constructor arguments (structure: board size, word length) or fields of the
+    env's params (runtime settings such as ``max_turns``); ``max_turns`` sets both the default params and
+    the constructor default. Unknown names raise ``TypeError`` listing the accepted ones.
+    """
+    s = spec(env_id)
+    module_name, class_name = s.entry_point.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    base = cls(**{**s.kwargs, "env_id": env_id})
+    param_fields = {f.name for f in dataclasses.fields(base.default_params)}
+    ctor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "env_id"}
+    unknown = set(overrides) - param_fields - ctor_args
+    if unknown:
+        raise TypeError(
+            f"make({env_id!r}) got unknown override(s) {sorted(unknown)}; constructor arguments: "
+            f"{sorted(ctor_args)}, params fields: {sorted(param_fields)}"
+        )
+    ctor_over = {k: v for k, v in overrides.items() if k in ctor_args}
+    env = cls(**{**s.kwargs, **ctor_over, "env_id": env_id}) if ctor_over else base
+    params = env.default_params.replace(**{k: v for k, v in overrides.items() if k in param_fields})
+    return env, params
+
+
+def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool = False, intro: bool = True, **overrides):
+    """``make`` plus the :class:`~metarl_jax.envs.multi_episode.MultiEpisode` wrapper with ORBIT's step cap.
+
+    Returns ``(trial_env, params)``.
+    """
+    from metarl_jax.envs.multi_episode import MultiEpisode
+
+    env, params = make(env_id, **overrides)
+    cap = spec(env_id).total_step_cap if total_step_cap is None else total_step_cap
+    if int(params.max_turns) != env.default_max_turns:
+        env, params = make(env_id, **{**overrides, "max_turns": int(params.max_turns)})
+    return MultiEpisode(env, cap, reflection=reflection, intro=intro), params
+
+
+# ---------------------------------------------------------------- the ORBIT suite
+_G = "metarl_jax.envs."
+register("rockpaperscissors", _G + "rock_paper_scissors:RockPaperScissors", max_turns=5, total_step_cap=15, split="train")
+register("game:Minesweeper-v0-only-reveal", _G + "minesweeper:Minesweeper", max_turns=8, total_step_cap=24, split="train")
+register("game:Hangman-v0-easy", _G + "hangman:Hangman", max_turns=10, total_step_cap=30, split="train")
+register("game:Wordle-v0-hard", _G + "wordle:Wordle", max_turns=10, total_step_cap=30, split="train")
+register("game:Blackjack-v0", _G + "blackjack:Blackjack", max_turns=4, total_step_cap=12, split="train")
+register("maze", _G + "maze:Maze", max_turns=9, total_step_cap=27, split="held-out")
+register("game:Mastermind-v0-random", _G + "mastermind:Mastermind", max_turns=3, total_step_cap=9, split="held-out")
+register("game:GuessTheNumber-v0-easy", _G + "guess_the_number:GuessTheNumber", max_turns=4, total_step_cap=12, split="demo", low=1, high=10)
+register("game:GuessTheNumber-v0-hard", _G + "guess_the_number:GuessTheNumber", max_turns=7, total_step_cap=21, split="demo", low=1, high=50)
+register("BernoulliBandit-misc", _G + "bandit:BernoulliBanditText", max_turns=1, total_step_cap=20, split="classic")
+register("FrozenLake-misc", _G + "frozen_lake:FrozenLakeText", max_turns=8, total_step_cap=24, split="classic")

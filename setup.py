@@ -1,0 +1,44 @@
+"""metarl_jax: cross-episode meta-RL (ORBIT) in JAX/Flax. Install with ``pip install -e ".[dev]"``."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "chex==0.1.92",
+    "gymnax==1.0.1",
+    "six>=1.16",  # gymnax imports it but does not declare it
+    "ml-collections==1.1.0",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "transformers>=5.0,<6",  # tokenizer and config only
+    "tokenizers>=0.22",
+    "safetensors>=0.5",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "dev": ["pytest>=8", "hypothesis>=6.100"],
+    # The rule-conformance tests and the throughput benchmark's peer (GEM's Python games).
+    "peer": ["gem-llm==0.1.0"],
+    # Parity tests of the model family against transformers' PyTorch models (a later issue).
+    "torch": ["torch==2.13.0"],
+}
+
+setup(
+    name="metarl_jax",
+    version="0.1.0",
+    description="Cross-episode meta-reinforcement learning (ORBIT) for in-context learners, in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["metarl_jax", "metarl_jax.*"]),
+    package_data={"metarl_jax": ["envs/data/*.txt", "text/data/*.txt"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
