@@ -1,7 +1,6 @@
 """GuessTheNumber: rules, analytic success rates of random and binary-search play, text rendering."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,22 +14,6 @@ def hard():
     return envs.make("game:GuessTheNumber-v0-hard")
 
 
-def binary_search_policy(env):
-    """Guesses the middle of the interval still consistent with the feedback (knows only the history)."""
-
-    def policy(key, state):
-        g = state.game
-        guessed = g.guessed
-        # The consistent interval is stored implicitly: recompute it from the secret's relation to guesses.
-        idx = jnp.arange(env.high - env.low + 1)
-        secret = state.task
-        lo = jnp.max(jnp.where(guessed & (idx < secret), idx + 1, 0))
-        hi = jnp.min(jnp.where(guessed & (idx > secret), idx - 1, env.high - env.low))
-        return ((lo + hi) // 2).astype(jnp.int32)
-
-    return policy
-
-
 def test_random_policy_matches_analytic_rate(hard):
     env, params = hard
     _, infos, _ = run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(0), 4000, 7)
@@ -40,7 +23,7 @@ def test_random_policy_matches_analytic_rate(hard):
 
 def test_binary_search_always_wins(hard):
     env, params = hard
-    final, infos, rewards = run_trials(env, params, binary_search_policy(env), jax.random.PRNGKey(1), 2000, 7)
+    final, infos, rewards = run_trials(env, params, env.oracle_action, jax.random.PRNGKey(1), 2000, 7)
     assert np.asarray(infos["success"]).any(axis=0).all()
     assert np.asarray(rewards).sum(axis=0).max() == 1.0
 

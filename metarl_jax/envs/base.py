@@ -142,6 +142,13 @@ class TextEnv(environment.Environment):
         """
         return jnp.ones((self.num_actions,), bool)
 
+    def oracle_action(self, key: jax.Array, state: TextEnvState) -> jax.Array:
+        """A strong (usually optimal) action, computed with access to the hidden task; jit/vmap-safe.
+
+        Used as the upper bound of regret and to check that tasks persist across episodes.
+        """
+        raise NotImplementedError(f"{self.env_id} has no oracle policy")
+
     # ------------------------------------------------------------------ gymnax API
     @property
     def default_params(self):

@@ -84,6 +84,14 @@ class GuessTheNumber(TextEnv):
     def valid_actions(self, state):
         return ~state.game.guessed
 
+    def oracle_action(self, key, state):
+        """Binary search: the middle of the interval consistent with this episode's feedback."""
+        idx = jnp.arange(self.high - self.low + 1)
+        guessed, secret = state.game.guessed, state.task
+        lo = jnp.max(jnp.where(guessed & (idx < secret), idx + 1, 0))
+        hi = jnp.min(jnp.where(guessed & (idx > secret), idx - 1, self.high - self.low))
+        return ((lo + hi) // 2).astype(jnp.int32)
+
     def game_pieces(self, state: TextEnvState):
         opening = state.time == 0
         fb = state.game.feedback

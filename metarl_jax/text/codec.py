@@ -35,18 +35,18 @@ class Codec:
         self.pad_id = int(tokenizer.pad_id)
         encoded = []
         for i, piece in enumerate(env.pieces):
+            unknown = getattr(tokenizer, "unknown_words", None)
+            if unknown is not None and unknown(piece):
+                raise ValueError(
+                    f"the word vocabulary lacks {unknown(piece)[:5]} used by {env.name!r}; regenerate it with "
+                    "`python -m metarl_jax.text.build_vocab`"
+                )
             ids = tokenizer.encode(piece)
             if tokenizer.decode(ids) != piece:
                 raise ValueError(
                     f"{tokenizer!r} cannot render piece {i} of {env.name!r} exactly: {piece!r} decodes to "
                     f"{tokenizer.decode(ids)!r}. Use a tokenizer whose decode(encode(text)) == text "
                     "(byte-level BPE such as Qwen's, or the built-in word vocabulary)"
-                )
-            unknown = getattr(tokenizer, "unknown_words", None)
-            if unknown is not None and unknown(piece):
-                raise ValueError(
-                    f"the word vocabulary lacks {unknown(piece)[:5]} used by {env.name!r}; regenerate it with "
-                    "`python -m metarl_jax.text.build_vocab`"
                 )
             encoded.append(ids)
         lengths = np.array([len(e) for e in encoded], np.int32)

@@ -1,0 +1,142 @@
+"""The multi-episode wrapper: same task per trial, step cap, rewards, headers, reflection, auto-reset."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import index_tree, random_valid_policy, run_trials
+from metarl_jax import envs
+from metarl_jax.envs.multi_episode import VIEW_AFTER_REFLECT, VIEW_BOUNDARY, VIEW_REFLECT, VIEW_START
+
+ENV_ID = "game:GuessTheNumber-v0-hard"  # 7 turns per episode, cap 21
+
+
+def secret_guesser(env):
+    """Guesses the secret at once: wins every episode in one step."""
+    return lambda key, state: state.inner.task.astype(jnp.int32)
+
+
+def play(env, params, actions, key=0):
+    """Steps one trial through ``actions`` on the host; returns the list of (state, reward, info, text)."""
+    step = jax.jit(env.step_env)
+    key = jax.random.PRNGKey(key)
+    _, state = env.reset(key, params)
+    out = [(state, 0.0, None, env.render_text(state))]
+    for a in actions:
+        key, k = jax.random.split(key)
+        _, state, reward, _, info = step(k, state, jnp.int32(a), params)
+        out.append((state, float(reward), {k_: np.asarray(v) for k_, v in info.items()}, env.render_text(state)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trial():
+    return envs.make_trial(ENV_ID)
+
+
+def test_trial_ends_exactly_at_cap_and_task_is_fixed(trial):
+    env, params = trial
+    final, infos, rewards = run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(0), 256, 21)
+    done = np.asarray(infos["trial_done"])
+    assert not done[:-1].any() and done[-1].all()
+    np.testing.assert_array_equal(np.asarray(infos["total_steps"]), np.arange(1, 22)[:, None].repeat(256, 1))
+    # The return is the number of successful episodes, and successes end episodes.
+    np.testing.assert_array_equal(np.asarray(rewards).sum(0), np.asarray(final.successes))
+    assert (np.asarray(infos["episode_done"])[np.asarray(infos["success"])]).all()
+    # Episode indices never decrease and advance exactly after an episode ends.
+    idx = np.asarray(infos["episode_index"])
+    ended = np.asarray(infos["episode_done"])
+    np.testing.assert_array_equal(idx[1:] - idx[:-1], ended[:-1].astype(int))
+
+
+def test_same_task_in_every_episode(trial):
+    env, params = trial
+    step = jax.jit(jax.vmap(env.step_env, in_axes=(0, 0, 0, None)))
+    keys = jax.random.split(jax.random.PRNGKey(1), 64)
+    _, state = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    task0 = np.asarray(state.inner.task)
+    policy = jax.jit(jax.vmap(random_valid_policy(env)))
+    for t in range(21):
+        keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
+        _, state, _, _, _ = step(keys, state, policy(keys, state), params)
+        np.testing.assert_array_equal(np.asarray(state.inner.task), task0)
+    assert int(np.asarray(state.episode_index).max()) >= 2
+
+
+def test_quick_successes_earn_extra_episodes(trial):
+    env, params = trial
+    final, infos, rewards = run_trials(env, params, secret_guesser(env), jax.random.PRNGKey(2), 16, 21)
+    np.testing.assert_array_equal(np.asarray(rewards).sum(0), 21.0)
+    np.testing.assert_array_equal(np.asarray(infos["episode_index"])[:, 0], np.arange(21))
+
+
+def test_episode_headers_and_boundary_text(trial):
+    env, params = trial
+    secret = int(env.reset(jax.random.PRNGKey(0), params)[1].inner.task)
+    wrong = (secret + 1) % 50
+    # Episode 1: out of turns after 7 wrong guesses; episode 2: won at once; then one more wrong guess.
+    actions = [wrong] * 7 + [secret, wrong]
+    states = play(env, params, actions)
+    first_text = states[0][3]
+    assert first_text.startswith("You will play the same game for several episodes")
+    assert "[Episode 1] New episode begins.\nYou are playing Guess The Number." in first_text
+    s7, r7, info7, text7 = states[7]
+    assert text7.startswith("You have reached the maximum number of turns.\n[Episode 2] New episode begins.\n")
+    assert int(s7.view) == VIEW_BOUNDARY and r7 == 0.0 and bool(info7["episode_done"]) and not info7["success"]
+    s8, r8, info8, text8 = states[8]
+    assert r8 == 1.0 and bool(info8["success"]) and int(info8["episode_index"]) == 1
+    assert text8.startswith(f"Correct! The secret number is {secret + 1}.") and "[Episode 3]" in text8
+    # Guesses are remembered within an episode only: the repeat in episode 3 is a fresh guess.
+    direction = "higher" if secret > wrong else "lower"
+    assert states[9][3] == f"At turn 1, you guessed {wrong + 1}. The secret number is {direction} than {wrong + 1}."
+
+
+def test_reflection_turns_count_no_step_and_ignore_the_action():
+    env, params = envs.make_trial(ENV_ID, reflection=True)
+    secret = int(env.reset(jax.random.PRNGKey(0), params)[1].inner.task)
+    states = play(env, params, [secret, 0, secret])
+    s1, r1, info1, text1 = states[1]
+    assert r1 == 1.0 and int(s1.view) == VIEW_REFLECT and int(s1.total_steps) == 1
+    assert text1.startswith("Correct!") and "reflect on what you have learned" in text1 and "[Episode" not in text1
+    s2, r2, info2, text2 = states[2]  # the reflection turn: action 0 ignored
+    assert r2 == 0.0 and bool(info2["reflection"]) and int(s2.total_steps) == 1 and int(s2.view) == VIEW_AFTER_REFLECT
+    assert text2.startswith("[Episode 2] New episode begins.\nYou are playing Guess The Number.")
+    assert int(s2.inner.time) == 0 and not np.asarray(s2.inner.game.guessed).any()
+    s3, r3, info3, _ = states[3]
+    assert r3 == 1.0 and int(info3["episode_index"]) == 1 and int(s3.successes) == 2
+
+
+def test_format_error_ends_the_episode():
+    env, params = envs.make_trial(ENV_ID)
+    states = play(env, params, [-1, 3])
+    s1, r1, info1, text1 = states[1]
+    assert r1 == 0.0 and bool(info1["episode_done"]) and not info1["success"]
+    assert text1.startswith("At turn 1, you did not provide a valid action.\n[Episode 2] New episode begins.")
+    assert int(s1.prev.status) == envs.FORMAT_ERROR
+
+
+def test_gymnax_step_auto_resets_to_a_new_trial(trial):
+    env, params = trial
+    step = jax.jit(env.step)
+    key = jax.random.PRNGKey(3)
+    _, state = env.reset(key, params)
+    for t in range(21):
+        key, k = jax.random.split(key)
+        _, state, _, terminated, truncated, info = step(k, state, 0, params)
+    assert bool(terminated) and not bool(truncated)
+    assert int(state.total_steps) == 0 and int(state.view) == VIEW_START and int(state.episode_index) == 0
+
+
+def test_step_cap_below_turns_per_episode_is_rejected():
+    env, _ = envs.make(ENV_ID)
+    with pytest.raises(ValueError, match="total_step_cap=5 is below max_turns=7"):
+        envs.MultiEpisode(env, total_step_cap=5)
+
+
+def test_finished_trial_does_not_move(trial):
+    env, params = trial
+    states = play(env, params, [0] * 23)
+    assert int(states[21][0].total_steps) == 21
+    for s, r, info, _ in states[22:]:
+        assert r == 0.0 and int(s.total_steps) == 21 and bool(info["trial_done"])
