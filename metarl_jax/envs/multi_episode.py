@@ -125,6 +125,9 @@ class MultiEpisode(environment.Environment):
     def valid_actions(self, state: TrialState) -> jax.Array:
         return self.env.valid_actions(state.inner)
 
+    def oracle_action(self, key, state: TrialState) -> jax.Array:
+        return self.env.oracle_action(key, state.inner)
+
     def sample_task(self, key, params):
         return self.env.sample_task(key, params)
 

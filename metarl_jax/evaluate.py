@@ -1,0 +1,107 @@
+"""Evaluation of policies on multi-episode trials: per-episode success tables.
+
+``play_trials`` runs whole trials under ``jit(vmap(lax.scan))``; ``episode_success`` turns the per-step
+infos into a ``[trials, episodes]`` success matrix; ``success_table`` formats rates with 95% intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def play_trials(env, params, policy: Callable, key: jax.Array, num_trials: int, steps: int | None = None):
+    """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy``.
+
+    Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done`` (bool/int ``[T, N]``,
+    T = ``steps``, default the trial's step cap) and ``trial_return`` (float ``[N]``).
+    """
+    steps = env.total_step_cap if steps is None else steps
+
+    @jax.jit
+    def run(key):
+        def one(key):
+            key, k0 = jax.random.split(key)
+            _, state = env.reset(k0, params)
+
+            def body(carry, _):
+                key, state = carry
+                key, k_act, k_step = jax.random.split(key, 3)
+                _, state, reward, _, info = env.step_env(k_step, state, policy(k_act, state), params)
+                out = {k: info[k] for k in ("success", "episode_index", "episode_done")}
+                return (key, state), (out, reward)
+
+            _, (infos, rewards) = jax.lax.scan(body, (key, state), None, length=steps)
+            return infos, rewards.sum()
+
+        infos, returns = jax.vmap(one)(jax.random.split(key, num_trials))
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), infos), returns
+
+    infos, returns = run(key)
+    out = {k: np.asarray(v) for k, v in infos.items()}
+    out["trial_return"] = np.asarray(returns)
+    return out
+
+
+def episode_success(rollout: dict, num_episodes: int) -> np.ndarray:
+    """``bool[N, num_episodes]``: whether episode k of each trial was won (episodes past the cap count as lost)."""
+    success, index = rollout["success"], rollout["episode_index"]
+    return np.stack([(success & (index == k)).any(axis=0) for k in range(num_episodes)], axis=1)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclasses.dataclass
+class SuccessRow:
+    """Per-episode success of one policy on one env."""
+
+    env_id: str
+    policy: str
+    num_trials: int
+    episode_rates: list[float]
+    episode_ci: list[tuple[float, float]]
+    any_success: float
+    mean_return: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def summarize(env_id: str, policy: str, rollout: dict, num_episodes: int) -> SuccessRow:
+    wins = episode_success(rollout, num_episodes)
+    n = wins.shape[0]
+    return SuccessRow(
+        env_id=env_id,
+        policy=policy,
+        num_trials=n,
+        episode_rates=[float(r) for r in wins.mean(axis=0)],
+        episode_ci=[wilson_interval(int(c), n) for c in wins.sum(axis=0)],
+        any_success=float(wins.any(axis=1).mean()),
+        mean_return=float(rollout["trial_return"].mean()),
+    )
+
+
+def success_table(rows: list[SuccessRow]) -> str:
+    """A markdown table: one row per (env, policy), columns episode 1..K success with 95% intervals."""
+    k = max(len(r.episode_rates) for r in rows)
+    head = "| env | policy | " + " | ".join(f"episode {i + 1}" for i in range(k)) + " | any success | mean return |"
+    sep = "|" + "---|" * (k + 4)
+    lines = [head, sep]
+    for r in rows:
+        cells = [f"{p:.3f} [{lo:.2f}, {hi:.2f}]" for p, (lo, hi) in zip(r.episode_rates, r.episode_ci)]
+        lines.append(f"| {r.env_id} | {r.policy} | " + " | ".join(cells) + f" | {r.any_success:.3f} | {r.mean_return:.2f} |")
+    return "\n".join(lines)
