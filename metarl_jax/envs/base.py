@@ -108,6 +108,11 @@ class TextEnv(environment.Environment):
         self._msg_out_of_turns = self.book.add_one("You have reached the maximum number of turns.")
         self.action_contents: list[str] = []
         self.game_layout: list[Slot] = []
+        # Indices of game_layout slots that are empty whenever state.time > 0 (the rules of the opening). The
+        # multi-episode wrapper drops them from the layout of a finished episode's terminal observation,
+        # which keeps the rendered token budget tight. Declaring a slot here that can show text after the
+        # opening breaks rendering (the render round-trip tests catch it).
+        self.opening_slots: tuple[int, ...] = ()
         self._action_index: dict[str, int] | None = None
 
     def number(self, x) -> jax.Array:
@@ -220,6 +225,11 @@ class TextEnv(environment.Environment):
     def layout(self) -> list[Slot]:
         """The slots of an observation: the game's, then the format-error / out-of-turns message."""
         return [*self.game_layout, slot(self._msg_format, self._msg_out_of_turns), slot(self.num), slot(self._msg_format)]
+
+    @property
+    def later_layout(self) -> list[Slot]:
+        """The layout of observations after the opening (``state.time > 0``): opening-only slots are empty."""
+        return [slot() if i in self.opening_slots else s for i, s in enumerate(self.layout)]
 
     def obs_pieces(self, state: TextEnvState) -> jax.Array:
         """``int32[len(layout)]``: the observation of ``state`` as piece ids (jit/vmap-safe)."""

@@ -63,6 +63,7 @@ class GuessTheNumber(TextEnv):
             slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._tail),
             slot(self.num), slot(self._tail),
         ]
+        self.opening_slots = (0, 1, 2)
 
     def sample_task(self, key, params):
         return jax.random.randint(key, (), 0, self.high - self.low + 1, dtype=jnp.int32)

@@ -204,7 +204,7 @@ class MultiEpisode(environment.Environment):
         inner = self.env.layout
         return [
             slot(self._intro), slot(self._num), slot(self._intro),
-            *inner, slot(self._newline), slot(self._reflect),
+            *self.env.later_layout, slot(self._newline), slot(self._reflect),
             slot(self._header), slot(self._num), slot(self._header),
             *inner,
         ]

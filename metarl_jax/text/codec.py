@@ -3,7 +3,7 @@
 Built once per (env, tokenizer): every piece of the env's :class:`~metarl_jax.envs.pieces.PieceBook` is
 tokenized on the host into a padded table ``int32[num_pieces, max_piece_len]``. An observation
 (``int32[S]`` piece ids, one per layout slot) is turned into tokens by concatenating its pieces' token rows,
-a gather that runs under ``jit``, ``vmap`` and ``lax.scan``. The output has a fixed length ``max_len``, the
+contiguous writes that run under ``jit``, ``vmap`` and ``lax.scan``. The output has a fixed length ``max_len``, the
 sum over slots of the longest piece each slot may show, so no observation is ever cut.
 
 ``decode(render_tokens(state)) == env.render_text(state)`` holds for every state; the tests check it for
@@ -58,20 +58,24 @@ class Codec:
         self.lengths = jnp.asarray(lengths)
         self.slot_max = np.array([max(lengths[j] for j in slot_ids(s)) for s in env.layout], np.int32)
         self.max_len = max(1, int(self.slot_max.sum()))
+        self._slot_widths = [int(w) for w in self.slot_max]
+        self._widest_slot = max(1, max(self._slot_widths, default=1))
 
     def tokens(self, piece_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Piece ids ``int32[S]`` -> ``(tokens int32[max_len], length int32[])``; pads with ``pad_id``."""
+        """Piece ids ``int32[S]`` -> ``(tokens int32[max_len], length int32[])``; pads with ``pad_id``.
+
+        Each slot's padded token row is written at the running offset, in slot order: a later slot starts
+        where the earlier valid tokens end, so it overwrites the earlier slot's padding. Contiguous
+        writes are several times faster on CPU than a per-token gather.
+        """
         piece_ids = jnp.asarray(piece_ids, jnp.int32)
-        lens = self.lengths[piece_ids]  # [S]
-        ends = jnp.cumsum(lens)
-        starts = ends - lens
-        pos = jnp.arange(self.max_len, dtype=jnp.int32)
-        which = jnp.searchsorted(ends, pos, side="right")  # slot of each output position
-        which = jnp.minimum(which, piece_ids.shape[0] - 1)
-        offset = jnp.clip(pos - starts[which], 0, self.table.shape[1] - 1)
-        toks = self.table[piece_ids[which], offset]
-        total = ends[-1]
-        return jnp.where(pos < total, toks, self.pad_id), total
+        lens = self.lengths[piece_ids]
+        starts = jnp.cumsum(lens) - lens
+        out = jnp.full((self.max_len + self._widest_slot,), self.pad_id, jnp.int32)
+        for s, width in enumerate(self._slot_widths):
+            if width:
+                out = jax.lax.dynamic_update_slice(out, self.table[piece_ids[s], :width], (starts[s],))
+        return out[: self.max_len], lens.sum()
 
     def render_tokens(self, state) -> tuple[jax.Array, jax.Array]:
         """``(tokens int32[max_len], length int32[])`` of the observation of ``state`` (jit/vmap-safe)."""
