@@ -210,7 +210,7 @@ def test_rules_match_python_reference(game):
                 actions[i, t] = 26 + rng.integers(env.num_words)
             else:
                 actions[i, t] = 26 + task
-    states = play_actions(env, params, tasks, actions)
+    states = jax.tree.map(np.asarray, play_actions(env, params, tasks, actions))
     for i, task in enumerate(tasks):
         expected = py_hangman(env.words[task], [env.action_contents[a] for a in actions[i]])
         for t, (status, clause, board) in enumerate(expected):

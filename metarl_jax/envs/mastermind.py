@@ -119,12 +119,19 @@ class Mastermind(TextEnv):
         return ~state.game.guessed
 
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
-        """The first admissible code consistent with every guess of this episode (int32[]; reads the task)."""
+        """The first admissible code consistent with every guess of this episode (int32[]; reads the task).
+
+        The history is read from ``state.game.guessed`` (at most ``default_max_turns`` guesses are used, the
+        constructor's turn limit, so shapes stay static).
+        """
         guesses, codes = jnp.asarray(self.guesses), jnp.asarray(self.codes)
-        b_true, w_true = pegs(guesses, codes[state.task], self.num_digits)  # [A]
-        b_all, w_all = pegs(guesses[:, None, :], codes[None, :, :], self.num_digits)  # [A, C]
+        k = self.default_max_turns
+        hist = guesses[jnp.nonzero(state.game.guessed, size=k, fill_value=0)[0]]  # [k, L]
+        used = jnp.arange(k) < jnp.sum(state.game.guessed)
+        b_true, w_true = pegs(hist, codes[state.task], self.num_digits)  # [k]
+        b_all, w_all = pegs(hist[:, None, :], codes[None, :, :], self.num_digits)  # [k, C]
         agrees = (b_all == b_true[:, None]) & (w_all == w_true[:, None])
-        consistent = jnp.all(agrees | ~state.game.guessed[:, None], axis=0)  # [C]
+        consistent = jnp.all(agrees | ~used[:, None], axis=0)  # [C]
         return jnp.asarray(self.code_actions)[jnp.argmax(consistent)].astype(jnp.int32)
 
     def game_pieces(self, state: TextEnvState):
