@@ -156,6 +156,9 @@ def test_random_actions_keep_invariants(env_id, seed, actions, reflection):
         assert 0 <= int(state.inner.time) <= int(state.inner.max_turns)
         assert int(state.episode_index) >= int(before.episode_index)
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.inner.task), task)
+        if int(state.inner.time) > 0 and env.env.opening_slots:
+            opening = np.asarray(env.env.obs_pieces(state.inner))[list(env.env.opening_slots)]
+            assert (opening == 0).all(), "a slot declared opening-only shows text after the opening"
         tokens, length = render(state)
         tokens = np.asarray(tokens)
         assert (tokens >= 0).all() and (tokens < codec.tokenizer.vocab_size).all()

@@ -243,18 +243,13 @@ def test_render_roundtrip_random_states(ms):
         return jax.random.randint(key, (), -1, R * C)
 
     statuses = set()
-    for steps in (0, 2, 5, TURNS):
-        final, _, _ = run_trials(env, params, sloppy, jax.random.PRNGKey(8 + steps), 24, steps) if steps else (
-            jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(8), 24)), None, None)
-        toks, lens = jax.vmap(codec.render_tokens)(final)
-        for i in range(24):
-            state = index_tree(final, i)
-            statuses.add(int(state.status))
-            assert codec.decode(toks[i], lens[i]) == env.render_text(state)
-    final, _, _ = run_trials(env, params, oracle_policy(env), jax.random.PRNGKey(9), 24, TURNS)
-    toks, lens = jax.vmap(codec.render_tokens)(final)
-    for i in range(24):
-        state = index_tree(final, i)
-        statuses.add(int(state.status))
-        assert codec.decode(toks[i], lens[i]) == env.render_text(state)
-    assert {WON, LOST}.issubset(statuses)
+    for steps, policy in ((1, sloppy), (3, sloppy), (TURNS, sloppy), (TURNS, oracle_policy(env))):
+        final, _, _ = run_trials(env, params, policy, jax.random.PRNGKey(8 + steps), 32, steps)
+        reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
+        for batch, n in ((final, 32), (reset, 4)):
+            toks, lens = jax.vmap(codec.render_tokens)(batch)
+            for i in range(n):
+                state = index_tree(batch, i)
+                statuses.add(int(state.status))
+                assert codec.decode(toks[i], lens[i]) == env.render_text(state)
+    assert {WON, LOST, OUT_OF_TURNS, FORMAT_ERROR}.issubset(statuses)

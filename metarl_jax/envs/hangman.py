@@ -85,6 +85,7 @@ class Hangman(TextEnv):
             slot(self.num), slot(self._turns),
             slot(self._board), *[slot(self._cell)] * self.word_length, slot(self._newline),
         ]
+        self.opening_slots = (0, 1, 2)
 
     @property
     def num_words(self) -> int:

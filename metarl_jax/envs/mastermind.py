@@ -93,6 +93,7 @@ class Mastermind(TextEnv):
             slot(self._head), slot(self.num), slot(self._you), slot(self._guess), slot(self._tail),
             slot(self.num), slot(self._tail2), slot(self.num), slot(self._dot),
         ]
+        self.opening_slots = (0, 1, 2)
 
     @property
     def num_codes(self) -> int:

@@ -97,6 +97,7 @@ class Wordle(TextEnv):
             slot(self._letter0), *[slot(self._letter)] * (L - 1), slot(self._newline),
             slot(self._mark0), *[slot(self._mark)] * (L - 1),
         ]
+        self.opening_slots = (0, 1, 2)
 
     @property
     def num_words(self) -> int:

@@ -1,0 +1,157 @@
+"""Rock Paper Scissors: the task distribution, exact win rates of random and oracle play, the early stop, the
+opponent's strategy fixed across the episodes of a trial, text rendering."""
+
+from math import comb
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from metarl_jax import envs
+from metarl_jax.envs.base import FORMAT_ERROR, LOST, WON
+from metarl_jax.envs.rock_paper_scissors import RockPaperScissorsTask
+from metarl_jax.text.codec import Codec
+
+ENV_ID = "rockpaperscissors"
+TURNS = 5
+NEED = 3
+N = 4000
+
+
+@pytest.fixture(scope="module")
+def rps():
+    return envs.make(ENV_ID)
+
+
+def p_at_least(p, n=TURNS, k=NEED):
+    """P(Binomial(n, p) >= k), exactly."""
+    return sum(comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+
+def test_task_distribution_moments(rps):
+    env, params = rps
+    tasks = jax.jit(jax.vmap(lambda k: env.sample_task(k, params)))(jax.random.split(jax.random.PRNGKey(0), N))
+    dom, probs = np.asarray(tasks.dominant), np.asarray(tasks.probs, np.float64)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5) and (probs >= 0).all()
+    p_dom = probs[np.arange(N), dom]
+    assert p_dom.min() >= 0.4 - 1e-6 and p_dom.max() <= 1.0 + 1e-6
+    # 0.4 + 0.6 * Beta(2, 2): mean 0.7, variance 0.36 / 20 = 0.018.
+    assert abs(p_dom.mean() - 0.7) < 4 * np.sqrt(0.018 / N)
+    assert abs(p_dom.var() - 0.018) < 0.002
+    # Dominant move uniform.
+    freq = np.bincount(dom, minlength=3) / N
+    assert np.abs(freq - 1 / 3).max() < binomial_tolerance(1 / 3, N)
+    # Dirichlet(1, 1) split of the rest: the share of the next move is Uniform(0, 1).
+    share = probs[np.arange(N), (dom + 1) % 3] / (1 - p_dom)
+    assert abs(share.mean() - 0.5) < 4 * np.sqrt(1 / 12 / N)
+    assert abs(share.var() - 1 / 12) < 0.006
+    assert abs((share < 0.25).mean() - 0.25) < binomial_tolerance(0.25, N)
+
+
+def test_opponent_draws_follow_its_strategy(rps):
+    env, params = rps
+    task = RockPaperScissorsTask(dominant=jnp.asarray(2, jnp.int32), probs=jnp.asarray([0.15, 0.05, 0.8], jnp.float32))
+    _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
+    step = jax.jit(jax.vmap(lambda k: env.step_env(k, s, 0, params)[1].game.opponent))
+    moves = np.asarray(step(jax.random.split(jax.random.PRNGKey(1), N)))
+    freq = np.bincount(moves, minlength=3) / N
+    for m, p in enumerate([0.15, 0.05, 0.8]):
+        assert abs(freq[m] - p) < binomial_tolerance(p, N)
+
+
+def test_uniform_random_play_wins_51_of_243(rps):
+    env, params = rps
+    final, infos, rewards = run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(2), N, TURNS)
+    won = np.asarray(infos["success"]).any(axis=0)
+    p = 51 / 243
+    assert p == pytest.approx(p_at_least(1 / 3))
+    print(f"uniform random success {won.mean():.4f}, exact {p:.4f}")
+    assert abs(won.mean() - p) < binomial_tolerance(p, N)
+    # Regardless of the task: the same rate against strongly and weakly biased opponents.
+    p_dom = np.asarray(final.task.probs)[np.arange(N), np.asarray(final.task.dominant)]
+    for part in (p_dom > 0.7, p_dom <= 0.7):
+        assert abs(won[part].mean() - p) < binomial_tolerance(p, part.sum())
+
+
+def test_oracle_matches_exact_per_task_rate(rps):
+    env, params = rps
+    oracle = lambda key, state: env.oracle_action(key, state)  # noqa: E731
+    final, infos, _ = run_trials(env, params, oracle, jax.random.PRNGKey(3), N, TURNS)
+    won = np.asarray(infos["success"]).any(axis=0)
+    p_dom = np.asarray(final.task.probs, np.float64)[np.arange(N), np.asarray(final.task.dominant)]
+    expected = np.mean([p_at_least(p) for p in p_dom])
+    print(f"oracle success {won.mean():.4f}, exact per-task average {expected:.4f}")
+    assert abs(won.mean() - expected) < binomial_tolerance(expected, N)
+    # The oracle does better on the more biased opponents, as the per-task rate says.
+    hi = p_dom > 0.7
+    assert abs(won[hi].mean() - np.mean([p_at_least(p) for p in p_dom[hi]])) < binomial_tolerance(0.9, hi.sum())
+
+
+def test_episode_ends_as_soon_as_it_is_decided(rps):
+    env, params = rps
+    final, infos, _ = run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(4), 2000, TURNS)
+    status, time, wins = (np.asarray(x) for x in (final.status, final.time, final.game.wins))
+    assert set(np.unique(status)) == {WON, LOST}  # never truncated
+    assert (wins[status == WON] == NEED).all()
+    assert (wins[status == LOST] + TURNS - time[status == LOST] == NEED - 1).all()  # stopped the turn it became hopeless
+    assert (time[status == LOST] < TURNS).any()  # early stops do happen
+    # Scripted: against an opponent that always plays rock, scissors loses at round 3, paper wins at round 3.
+    task = RockPaperScissorsTask(dominant=jnp.asarray(0, jnp.int32), probs=jnp.asarray([1.0, 0.0, 0.0], jnp.float32))
+    for action, end in ((2, LOST), (1, WON)):
+        _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
+        for t in range(3):
+            _, s, r, term, _ = env.step_env(jax.random.PRNGKey(t), s, action, params)
+        assert int(s.status) == end and bool(term) and float(r) == float(end == WON)
+        text = env.render_text(s)
+        assert text.startswith(f"Round 3: you played {['rock', 'paper', 'scissors'][action]}, the opponent played rock.")
+        assert ("you win the match" in text) == (end == WON) and ("you lose the match" in text) == (end == LOST)
+
+
+def test_opponent_strategy_fixed_across_episodes(rps):
+    trial, params = envs.make_trial(ENV_ID)
+    cap = trial.total_step_cap
+    policy = random_valid_policy(trial)
+
+    @jax.jit
+    def run(key):
+        def one(key):
+            key, k0 = jax.random.split(key)
+            _, st = trial.reset(k0, params)
+
+            def body(carry, _):
+                key, st = carry
+                key, ka, ks = jax.random.split(key, 3)
+                _, st, _, _, info = trial.step_env(ks, st, policy(ka, st), params)
+                return (key, st), (st.inner.task.probs, st.inner.task.dominant, info["episode_index"],
+                                   st.inner.game.opponent)
+
+            return jax.lax.scan(body, (key, st), None, length=cap)[1]
+
+        return jax.vmap(one)(jax.random.split(key, 200))
+
+    probs, dom, ep, opp = map(np.asarray, run(jax.random.PRNGKey(5)))
+    assert (ep.max(1) >= 2).mean() > 0.9  # most trials reach a third episode
+    assert (probs == probs[:, :1]).all() and (dom == dom[:, :1]).all()  # the same opponent in every episode
+    assert len(np.unique(probs[:, 0, 0])) == 200  # but a different one in every trial
+
+
+def test_render_roundtrip_random_states(rps):
+    env, params = rps
+    codec = Codec(env, adhoc_word_tokenizer(env))
+
+    def sloppy(key, state):  # a move, or sometimes a format error
+        return jax.random.randint(key, (), -1, 3)
+
+    statuses = set()
+    for steps in (1, 3, TURNS):
+        final, _, _ = run_trials(env, params, sloppy, jax.random.PRNGKey(6 + steps), 40, steps)
+        reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
+        for batch, n in ((final, 40), (reset, 4)):
+            toks, lens = jax.vmap(codec.render_tokens)(batch)
+            for i in range(n):
+                state = index_tree(batch, i)
+                statuses.add(int(state.status))
+                assert codec.decode(toks[i], lens[i]) == env.render_text(state)
+    assert {WON, LOST, FORMAT_ERROR}.issubset(statuses)
