@@ -68,6 +68,7 @@ class BernoulliBanditText(TextEnv):
             slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._turn),
             slot(self._tally), slot(self.num), slot(self._tally), slot(self.num), slot(self._tally),
         ]
+        self.opening_slots = (0, 1, 2, 3, 4)
 
     def _gymnax_params(self, params) -> gx.EnvParams:
         return self.gymnax_env.default_params.replace(reward_prob=params.reward_prob)

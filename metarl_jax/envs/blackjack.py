@@ -146,6 +146,7 @@ class Blackjack(TextEnv):
             slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._mid),
             slot(self.cards, self.num), slot(self._sep), slot(self.num), slot(self._tail),
         ]
+        self.opening_slots = tuple(range(15))
         # Hit subsets the oracle searches, by size then lexicographically: bool[S, K] and their sizes int32[S].
         size_cap = min(K, self.default_max_turns - 1)
         subsets = [s for n in range(size_cap + 1) for s in itertools.combinations(range(K), n)]

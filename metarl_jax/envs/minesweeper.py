@@ -114,6 +114,7 @@ class Minesweeper(TextEnv):
             slot(self._tail),  # feedback
             *board_layout,
         ]
+        self.opening_slots = (0, 1, 2)
 
     # ------------------------------------------------------------------ board helpers (flat [N] arrays)
     def _shifts(self, x, fill):

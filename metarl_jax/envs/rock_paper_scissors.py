@@ -100,6 +100,7 @@ class RockPaperScissors(TextEnv):
             slot(self._score), slot(self.num), slot(self._score), slot(self.num), slot(self._score), slot(self.num),
             slot(self._score), slot(self._end),
         ]
+        self.opening_slots = (0, 1, 2)
 
     def sample_task(self, key, params):
         k_dom, k_beta, k_split = jax.random.split(key, 3)
