@@ -15,7 +15,8 @@ Task distribution (one maze per task, fixed for the trial), drawn by rejection s
   * shape (rows, cols) uniform over 6x6, 7x6, 7x7, 6x7, drawn once per task and padded to a static 7x7
     (cells outside the grid are walls);
   then, until accepted:
-  * every cell of the grid is a wall independently with probability ``wall_density`` (0.25);
+  * every cell of the grid is a wall independently with probability ``wall_density`` (0.25; rounded to a
+    multiple of 1/256, since one random byte decides each cell);
   * the start is uniform over the open *interior* cells (not on the grid's border: ORBIT's "start inside");
   * the goal is a BFS-farthest reachable open cell from the start (uniform among ties);
   * the try is accepted iff that farthest distance (the start->goal shortest path) is 7 or 8 moves.
@@ -23,7 +24,9 @@ Task distribution (one maze per task, fixed for the trial), drawn by rejection s
   7x6 and 6x7, 0.36 for 7x7; the worst of 25,000 mazes needed 25 tries). ``wall_density`` 0.25 was tuned for
   this: acceptance falls from 0.66 with no walls to 0.38 at 0.3 (all shapes mixed), and starts drawn on the
   border as well would give about 0.30. ``tests/test_maze.py`` checks the mean number of tries.
-  BFS is a fixed-iteration relaxation over the 49 cells (48 rounds, enough for any path in a 7x7 grid).
+  BFS is a fixed-iteration relaxation over the 49 cells (48 rounds, enough for any path in a 7x7 grid); the
+  sampler runs only 9 rounds, which decide every distance up to 8 exactly, and a maze with a farther cell
+  shows a cell at distance 9 and is rejected either way.
 
 Actions: ``up``, ``down``, ``left``, ``right`` (``\\boxed{up}``). Coordinates are 0-based, (row, column),
 (0, 0) is the top-left cell.
@@ -110,17 +113,25 @@ def sample_maze(key: jax.Array, wall_density: float = 0.25) -> tuple[MazeTask, j
     inside = (idx[:, None] < rows) & (idx[None, :] < cols)
     interior = (idx[:, None] >= 1) & (idx[:, None] < rows - 1) & (idx[None, :] >= 1) & (idx[None, :] < cols - 1)
 
+    def pick(key, mask):
+        """A uniform cell of ``bool[SIZE, SIZE]`` mask as int32[2] (one random draw; mask must be non-empty)."""
+        flat = mask.reshape(-1)
+        r = jax.random.randint(key, (), 0, jnp.maximum(flat.sum(), 1))
+        i = jnp.argmax(flat & (jnp.cumsum(flat) == r + 1))
+        return jnp.stack([i // SIZE, i % SIZE]).astype(jnp.int32)
+
     def propose(key):
         k_wall, k_start, k_goal = jax.random.split(key, 3)
-        open_ = inside & ~jax.random.bernoulli(k_wall, wall_density, (SIZE, SIZE))
+        # One random byte per cell (a quarter of the random words that floats would cost): a wall when
+        # the byte is below wall_density * 256.
+        byte = jax.random.bits(k_wall, (SIZE, SIZE), jnp.uint8)
+        open_ = inside & (byte >= jnp.uint8(round(wall_density * 256)))
         candidates = open_ & interior
-        flat = jax.random.categorical(k_start, jnp.where(candidates, 0.0, -jnp.inf).reshape(-1))
-        start = jnp.stack([flat // SIZE, flat % SIZE]).astype(jnp.int32)
-        dist = grid_bfs(open_, start)
+        start = pick(k_start, candidates)
+        dist = grid_bfs(open_, start, rounds=PATH_LENGTHS[1] + 1)
         reach = jnp.where(dist < UNREACHED, dist, -1)
         far = reach.max()
-        gflat = jax.random.categorical(k_goal, jnp.where(reach == far, 0.0, -jnp.inf).reshape(-1))
-        goal = jnp.stack([gflat // SIZE, gflat % SIZE]).astype(jnp.int32)
+        goal = pick(k_goal, reach == far)
         ok = candidates.any() & ((far == PATH_LENGTHS[0]) | (far == PATH_LENGTHS[1]))
         return MazeTask(open=open_, inside=inside, rows=rows, cols=cols, start=start, goal=goal), ok
 
@@ -132,7 +143,8 @@ def sample_maze(key: jax.Array, wall_density: float = 0.25) -> tuple[MazeTask, j
 
     key, k = jax.random.split(key)
     task, ok = propose(k)
-    _, task, _, tries = jax.lax.while_loop(lambda c: ~c[2], body, (key, task, ok, jnp.ones((), jnp.int32)))
+    tries = jnp.ones((), jnp.int32)
+    _, task, _, tries = jax.lax.while_loop(lambda c: ~c[2], body, (key, task, ok, tries))
     return task, tries
 
 
