@@ -1,0 +1,59 @@
+"""The registry: ids, overrides and clear errors for bad input."""
+
+import pytest
+
+from metarl_jax import envs
+
+ORBIT_IDS = [
+    "rockpaperscissors", "game:Minesweeper-v0-only-reveal", "game:Hangman-v0-easy", "game:Wordle-v0-hard",
+    "game:Blackjack-v0", "maze", "game:Mastermind-v0-random", "game:GuessTheNumber-v0-easy",
+    "game:GuessTheNumber-v0-hard", "BernoulliBandit-misc", "FrozenLake-misc",
+]
+
+
+def test_every_orbit_id_is_registered_with_three_episode_caps():
+    assert set(ORBIT_IDS) <= set(envs.registered())
+    for env_id in ORBIT_IDS:
+        s = envs.spec(env_id)
+        env, params = envs.make(env_id)
+        assert env.name == env_id and int(params.max_turns) == s.max_turns == env.default_max_turns
+        assert s.total_step_cap >= s.max_turns
+
+
+def test_unknown_id_suggests_the_closest():
+    with pytest.raises(KeyError, match="Did you mean 'game:Wordle-v0-hard'"):
+        envs.make("game:Wordle-v0-hrad")
+
+
+def test_override_of_params_and_structure():
+    env, params = envs.make("game:GuessTheNumber-v0-hard", max_turns=5)
+    assert int(params.max_turns) == 5 and env.default_max_turns == 5
+    env, params = envs.make("game:GuessTheNumber-v0-hard", high=20)
+    assert env.num_actions == 20 and env.action_text(19) == "\\boxed{20}"
+    trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", total_step_cap=14, max_turns=7)
+    assert trial.total_step_cap == 14
+
+
+def test_unknown_override_lists_the_accepted_names():
+    with pytest.raises(TypeError, match="unknown override.*'board_size'.*max_turns"):
+        envs.make("maze", board_size=9)
+
+
+def test_bad_structure_is_refused_by_the_constructor():
+    with pytest.raises(ValueError, match="low < high"):
+        envs.make("game:GuessTheNumber-v0-hard", low=30, high=20)
+
+
+def test_trial_cap_below_turns_is_refused():
+    with pytest.raises(ValueError, match="total_step_cap=3 is below max_turns=9"):
+        envs.make_trial("maze", total_step_cap=3)
+
+
+def test_parse_action_is_total():
+    env, _ = envs.make("game:Mastermind-v0-random")
+    i = env.parse_action("thinking... \\boxed{1 2 3} no wait \\boxed{ 4  5 6 }")
+    assert i >= 0 and env.action_text(i) == "\\boxed{4 5 6}"
+    for junk in ["", "\\boxed{}", "\\boxed{7 7 7}", "boxed{1 2 3}", None, "\\boxed{1 2 3"]:
+        assert env.parse_action(junk) == -1
+    with pytest.raises(IndexError):
+        env.action_text(env.num_actions)
