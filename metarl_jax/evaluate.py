@@ -1,7 +1,8 @@
 """Evaluation of policies on multi-episode trials: per-episode success tables.
 
-``play_trials`` runs whole trials under ``jit(vmap(lax.scan))``; ``episode_success`` turns the per-step
-infos into a ``[trials, episodes]`` success matrix; ``success_table`` formats rates with 95% intervals.
+``rollout`` plays a policy under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
+``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``success_table``
+formats rates with 95% intervals.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def play_trials(env, params, policy: Callable, key: jax.Array, num_trials: int, steps: int | None = None):
-    """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy``.
+def rollout(env, params, policy: Callable, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
+    """Plays ``num`` independent rollouts of ``env`` for ``steps`` steps with ``policy(key, state) -> action``.
 
-    Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done`` (bool/int ``[T, N]``,
-    T = ``steps``, default the trial's step cap) and ``trial_return`` (float ``[N]``).
+    Each rollout calls ``env.reset`` once and then ``env.step_env`` ``steps`` times (no auto-reset; a
+    :class:`~metarl_jax.envs.MultiEpisode` trial starts its own episodes), all under ``jit(vmap(lax.scan))``.
+    Keys: ``key`` is split into ``num`` rollout keys; each is split into (carry, reset key), then every step
+    splits the carry into (carry, policy key, step key).
+
+    Returns a dict of JAX arrays (N = ``num``, T = ``steps``):
+
+    * ``infos``: the step infos, each leaf stacked ``[T, N]`` (time first);
+    * ``rewards``: float ``[T, N]``;
+    * ``final``: the state after the last step, batched ``[N]``;
+    * ``states`` (only with ``keep_states``): every state, batched ``[N, T + 1]`` (rollout first), the reset
+      state at index 0 and the state after step t at index t.
     """
-    steps = env.total_step_cap if steps is None else steps
 
     @jax.jit
     def run(key):
@@ -33,18 +43,33 @@ def play_trials(env, params, policy: Callable, key: jax.Array, num_trials: int, 
                 key, state = carry
                 key, k_act, k_step = jax.random.split(key, 3)
                 _, state, reward, _, info = env.step_env(k_step, state, policy(k_act, state), params)
-                out = {k: info[k] for k in ("success", "episode_index", "episode_done")}
-                return (key, state), (out, reward)
+                return (key, state), (info, reward, state if keep_states else None)
 
-            _, (infos, rewards) = jax.lax.scan(body, (key, state), None, length=steps)
-            return infos, rewards.sum()
+            (_, final), (infos, rewards, states) = jax.lax.scan(body, (key, state), None, length=steps)
+            if keep_states:
+                states = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), state, states)
+            return final, infos, rewards, states
 
-        infos, returns = jax.vmap(one)(jax.random.split(key, num_trials))
-        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), infos), returns
+        final, infos, rewards, states = jax.vmap(one)(jax.random.split(key, num))
+        time_first = lambda x: jnp.swapaxes(x, 0, 1)
+        out = {"infos": jax.tree.map(time_first, infos), "rewards": time_first(rewards), "final": final}
+        if keep_states:
+            out["states"] = states
+        return out
 
-    infos, returns = run(key)
-    out = {k: np.asarray(v) for k, v in infos.items()}
-    out["trial_return"] = np.asarray(returns)
+    return run(key)
+
+
+def play_trials(env, params, policy: Callable, key: jax.Array, num_trials: int, steps: int | None = None):
+    """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy`` (by :func:`rollout`).
+
+    Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done`` (bool/int ``[T, N]``,
+    T = ``steps``, default the trial's step cap) and ``trial_return`` (float ``[N]``).
+    """
+    steps = env.total_step_cap if steps is None else steps
+    played = rollout(env, params, policy, key, num_trials, steps)
+    out = {k: np.asarray(played["infos"][k]) for k in ("success", "episode_index", "episode_done")}
+    out["trial_return"] = np.asarray(played["rewards"].sum(axis=0))
     return out
 
 

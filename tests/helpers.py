@@ -1,13 +1,12 @@
-"""Shared test utilities: ad-hoc tokenizers, batched rollouts of policies, render checks."""
+"""Shared test utilities: ad-hoc tokenizers, policies, batched rollouts and replays, render checks."""
 
 from __future__ import annotations
-
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarl_jax.evaluate import rollout
 from metarl_jax.text.tokenizers import SPECIAL_TOKENS, WordTokenizer, split_words
 
 
@@ -23,6 +22,9 @@ def index_tree(tree, i):
     return jax.tree.map(lambda x: np.asarray(x[i]), tree)
 
 
+# ---------------------------------------------------------------- policies
+
+
 def random_valid_policy(env):
     """``policy(key, state) -> action``: uniform over ``env.valid_actions(state)``."""
 
@@ -33,34 +35,145 @@ def random_valid_policy(env):
     return policy
 
 
-def run_trials(env, params, policy, key, num: int, steps: int):
-    """Runs ``num`` independent trials/episodes of ``env`` for ``steps`` steps with ``policy(key, state)``.
+def mixed_policy(env, p_format=0.05, p_oracle=0.25, p_repeat=0.15):
+    """Format errors, oracle moves, repeats of the last action and uniform valid actions, mixed."""
+    rand = random_valid_policy(env)
 
-    Uses ``env.reset`` then ``env.step_env`` (no auto-reset) under ``jit(vmap(scan))``.
-    Returns ``(final_states, infos, rewards)``; ``infos`` and ``rewards`` are stacked ``[steps, num]``.
+    def policy(key, state):
+        k_u, k_r = jax.random.split(key)
+        u = jax.random.uniform(k_u)
+        return jnp.select(
+            [u < p_format, u < p_format + p_oracle, (u < p_format + p_oracle + p_repeat) & (state.last_action >= 0)],
+            [-1, env.oracle_action(key, state), state.last_action],
+            rand(k_r, state),
+        ).astype(jnp.int32)
+
+    return policy
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def run_trials(env, params, policy, key, num: int, steps: int):
+    """:func:`~metarl_jax.evaluate.rollout` as a tuple ``(final_states, infos, rewards)``.
+
+    ``final_states`` is batched ``[num]``; ``infos`` and ``rewards`` are stacked ``[steps, num]``.
+    """
+    out = rollout(env, params, policy, key, num, steps)
+    return out["final"], out["infos"], out["rewards"]
+
+
+def collect_states(env, params, policy, key, num: int, steps: int):
+    """All states of ``num`` rollouts (reset, then ``steps`` steps): a pytree batched ``[num, steps + 1]``."""
+    return rollout(env, params, policy, key, num, steps, keep_states=True)["states"]
+
+
+def play_actions(env, params, tasks, actions, flags: bool = False):
+    """Each task played from ``reset_to_task`` through its given actions, every key ``PRNGKey(0)``.
+
+    ``tasks``: int ``[N]`` or a task pytree batched ``[N]``; ``actions``: int ``[N, T]``. Returns, as numpy, the
+    states after each action, batched ``[N, T]``; with ``flags``, the tuple ``(states, terminated, truncated,
+    success)``, each ``[N, T]``.
     """
 
     @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = env.reset(k0, params)
+    def run(tasks, actions):
+        def one(task, acts):
+            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
 
-            def body(carry, _):
-                key, state = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                action = policy(k_act, state)
-                _, state, reward, _, info = env.step_env(k_step, state, action, params)
-                return (key, state), (info, reward)
+            def body(s, a):
+                _, s, _, term, info = env.step_env(jax.random.PRNGKey(0), s, a, params)
+                return s, (s, term, env.is_truncated(s, params), info["success"]) if flags else s
 
-            (_, state), (infos, rewards) = jax.lax.scan(body, (key, state), None, length=steps)
-            return state, infos, rewards
+            return jax.lax.scan(body, s, acts)[1]
 
-        final, infos, rewards = jax.vmap(one)(jax.random.split(key, num))
-        swap = partial(jnp.swapaxes, axis1=0, axis2=1)
-        return final, jax.tree.map(swap, infos), swap(rewards)
+        return jax.vmap(one)(tasks, actions)
 
-    return run(key)
+    as_int32 = lambda x: jnp.asarray(x, jnp.int32) if np.issubdtype(np.asarray(x).dtype, np.integer) else x
+    return jax.tree.map(np.asarray, run(jax.tree.map(as_int32, tasks), jnp.asarray(actions, jnp.int32)))
+
+
+def oracle_success_per_task(env, params, tasks, turns: int) -> np.ndarray:
+    """The oracle (no key) from each task for ``turns`` turns: ``info["success"]`` as bool ``[N, turns]``."""
+
+    @jax.jit
+    def run(tasks):
+        def one(task):
+            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
+
+            def body(s, _):
+                _, s, _, _, info = env.step_env(jax.random.PRNGKey(0), s, env.oracle_action(None, s), params)
+                return s, info["success"]
+
+            return jax.lax.scan(body, s, None, length=turns)[1]
+
+        return jax.vmap(one)(tasks)
+
+    return np.asarray(run(jnp.asarray(tasks, jnp.int32)))
+
+
+class _RecordEpisodeOne:
+    """A trial whose state also carries the actions of its episode 1 by turn: ``(trial_state, int32[cap])``.
+
+    ``policy`` plays the oracle in episode 1 and, later, the action recorded at the same turn (-1, a format
+    error, where nothing was recorded).
+    """
+
+    def __init__(self, trial):
+        self.trial, self.cap = trial, trial.total_step_cap
+
+    def _turn(self, state):
+        return jnp.minimum(state.inner.time, self.cap - 1)
+
+    def reset(self, key, params):
+        obs, state = self.trial.reset(key, params)
+        return obs, (state, jnp.full((self.cap,), -1, jnp.int32))
+
+    def step_env(self, key, carry, action, params):
+        state, record = carry
+        record = jnp.where(state.episode_index == 0, record.at[self._turn(state)].set(action), record)
+        obs, state, reward, done, info = self.trial.step_env(key, state, action, params)
+        return obs, (state, record), reward, done, info
+
+    def policy(self, key, carry):
+        state, record = carry
+        return jnp.where(state.episode_index == 0, self.trial.oracle_action(key, state), record[self._turn(state)])
+
+
+def replay_episode_one(trial, params, key, num: int, keep_tasks: bool = False) -> dict:
+    """Trials of ``trial`` (a MultiEpisode): the oracle plays episode 1, its actions are recorded, and episode 2
+    (and later ones) replays them turn by turn; a :func:`rollout` over the whole step cap.
+
+    Returns a dict: ``won1``, ``won2``, ``ended2`` (numpy bool ``[num]``: episode 1 won, episode 2 won, episode 2
+    ended within the cap), ``infos`` (the step infos, each ``[cap, num]``) and, with ``keep_tasks``, ``tasks``
+    (the task of every state, reset state first: ``[num, cap + 1]``).
+    """
+    recorder = _RecordEpisodeOne(trial)
+    out = rollout(recorder, params, recorder.policy, key, num, trial.total_step_cap, keep_states=keep_tasks)
+    infos = jax.tree.map(np.asarray, out["infos"])
+    in_episode = lambda flag, e: (infos[flag] & (infos["episode_index"] == e)).any(axis=0)
+    result = {"infos": infos, "won1": in_episode("episode_success", 0), "won2": in_episode("episode_success", 1),
+              "ended2": in_episode("episode_done", 1)}
+    if keep_tasks:
+        result["tasks"] = jax.tree.map(np.asarray, out["states"][0].inner.task)
+    return result
+
+
+# ---------------------------------------------------------------- checks
+
+
+def render_roundtrip(env, codec, states, batch_dims: int = 1) -> list:
+    """Asserts that ``codec`` renders every state of the batch ``states`` (``batch_dims`` leading axes) to tokens
+    that decode to ``env.render_text``; returns the ``(state, text)`` pairs, states as numpy."""
+    flat = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[batch_dims:]), states)
+    toks, lens = jax.jit(jax.vmap(codec.render_tokens))(flat)
+    out = []
+    for i in range(toks.shape[0]):
+        state = index_tree(flat, i)
+        text = env.render_text(state)
+        assert codec.decode(toks[i], lens[i]) == text
+        out.append((state, text))
+    return out
 
 
 def binomial_tolerance(p: float, n: int, sigmas: float = 4.0) -> float:

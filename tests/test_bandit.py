@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from gymnax.environments.misc.bernoulli_bandit import BernoulliBandit
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip, run_trials
 from metarl_jax import envs
+from metarl_jax.evaluate import rollout
 from metarl_jax.text.codec import Codec
 
 
@@ -57,22 +58,9 @@ def test_probabilities_stay_fixed_across_the_episodes_of_a_trial():
     """Always pulling arm 1 for a 20-episode trial: 20 pulls of ONE arm, so the payout count is bimodal."""
     trial, params = envs.make_trial("BernoulliBandit-misc")
     cap, n = trial.total_step_cap, 3000
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = trial.reset(k0, params)
-
-            def body(state, k):
-                _, state, reward, _, info = trial.step_env(k, state, jnp.int32(0), params)
-                return state, (reward, info["episode_index"], state.inner.task)
-
-            return jax.lax.scan(body, state, jax.random.split(key, cap))[1]
-
-        return jax.vmap(one)(jax.random.split(key, n))
-
-    rewards, episode, tasks = map(np.asarray, run(jax.random.PRNGKey(7)))
+    out = rollout(trial, params, lambda key, state: jnp.int32(0), jax.random.PRNGKey(7), n, cap, keep_states=True)
+    rewards, episode = np.asarray(out["rewards"]).T, np.asarray(out["infos"]["episode_index"]).T  # [trial, step]
+    tasks = np.asarray(out["states"].inner.task)  # [trial, step]: the reset state, then after each step
     np.testing.assert_array_equal(episode, np.broadcast_to(np.arange(cap), episode.shape))  # one pull per episode
     np.testing.assert_array_equal(tasks, np.broadcast_to(tasks[:, :1], tasks.shape))
     paid = rewards.sum(axis=1)
@@ -96,10 +84,7 @@ def test_render_roundtrip_random_states():
         run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(steps), 32, steps)[0] for steps in (1, 3)
     ]
     for final in batches:
-        toks, lens = jax.vmap(codec.render_tokens)(final)
-        for i in range(32):
-            texts.append(env.render_text(index_tree(final, i)))
-            assert codec.decode(toks[i], lens[i]) == texts[-1]
+        texts += [text for _, text in render_roundtrip(env, codec, final)]
     for fragment in ("two-armed bandit", "arm 1 and it paid 1.", "arm 2 and it paid nothing.", "a success.",
                      "a failure.", "at least 2 of them"):
         assert any(fragment in t for t in texts), fragment

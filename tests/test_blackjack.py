@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import (adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip,
+                     replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, WON
 from metarl_jax.text.codec import Codec
@@ -116,34 +117,8 @@ def test_random_valid_policy_matches_host_simulation(bj):
 
 
 def test_same_task_replay_wins_again(bj):
-    trial, params = envs.make_trial(ENV_ID)
-    env = trial.env
-    cap = trial.total_step_cap
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, st = trial.reset(k0, params)
-
-            def body(carry, t):
-                key, st, rec, n1 = carry
-                key, ka, ks = jax.random.split(key, 3)
-                first = st.episode_index == 0
-                a = jnp.where(first, env.oracle_action(ka, st.inner), rec[jnp.clip(t - n1, 0, cap - 1)])
-                rec = jnp.where(first, rec.at[t].set(a), rec)
-                n1 = jnp.where(first, t + 1, n1)
-                _, st, _, _, info = trial.step_env(ks, st, a, params)
-                return (key, st, rec, n1), (info["episode_index"], info["episode_success"])
-
-            init = (key, st, jnp.zeros((cap,), jnp.int32), jnp.zeros((), jnp.int32))
-            return jax.lax.scan(body, init, jnp.arange(cap))[1]
-
-        return jax.vmap(one)(jax.random.split(key, 300))
-
-    ep, success = map(np.asarray, run(jax.random.PRNGKey(3)))
-    won1 = (success & (ep == 0)).any(1)
-    won2 = (success & (ep == 1)).any(1)
+    replay = replay_episode_one(*envs.make_trial(ENV_ID), jax.random.PRNGKey(3), 300)
+    won1, won2 = replay["won1"], replay["won2"]
     assert won1.sum() > 100
     assert won2[won1].all()
 
@@ -193,10 +168,6 @@ def test_render_roundtrip_random_states(bj):
     for steps, policy in ((1, sloppy), (2, sloppy), (TURNS, sloppy), (TURNS, oracle_policy(env))):
         final, _, _ = run_trials(env, params, policy, jax.random.PRNGKey(10 + steps), 32, steps)
         reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
-        for batch, n in ((final, 32), (reset, 4)):
-            toks, lens = jax.vmap(codec.render_tokens)(batch)
-            for i in range(n):
-                state = index_tree(batch, i)
-                statuses.add(int(state.status))
-                assert codec.decode(toks[i], lens[i]) == env.render_text(state)
+        for batch in (final, reset):
+            statuses |= {int(state.status) for state, _ in render_roundtrip(env, codec, batch)}
     assert {WON, LOST, OUT_OF_TURNS, FORMAT_ERROR}.issubset(statuses)

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import replay_episode_one
 from metarl_jax import envs
 from metarl_jax.baselines import random_policy
 from metarl_jax.text import Codec, WordTokenizer
@@ -85,31 +86,8 @@ DETERMINISTIC = [i for i in ALL_IDS if envs.make(i)[0].deterministic]
 
 @pytest.mark.parametrize("env_id", DETERMINISTIC)
 def test_winning_actions_of_episode_one_win_episode_two(env_id):
-    env, params = envs.make_trial(env_id, reflection=False)
-    max_turns = env.env.default_max_turns
-    num = 128
-
-    def one(key):
-        _, state = env.reset(key, params)
-
-        def body(carry, t):
-            state, recorded, n_rec, replay = carry
-            in_first = state.episode_index == 0
-            oracle = env.oracle_action(jax.random.fold_in(key, t), state)
-            action = jnp.where(in_first, oracle, recorded[jnp.minimum(replay, max_turns - 1)])
-            _, state, reward, _, info = env.step_env(jax.random.fold_in(key, 1000 + t), state, action, params)
-            recorded = jnp.where(in_first, recorded.at[jnp.minimum(n_rec, max_turns - 1)].set(action), recorded)
-            n_rec = n_rec + in_first
-            replay = replay + (~in_first)
-            return (state, recorded, n_rec, replay), (info["success"], info["episode_index"])
-
-        init = (state, jnp.zeros((max_turns,), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-        _, (success, index) = jax.lax.scan(body, init, jnp.arange(2 * max_turns))
-        won = lambda k: (success & (index == k)).any()
-        return won(0), won(1)
-
-    won1, won2 = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(7), num))
-    won1, won2 = np.asarray(won1), np.asarray(won2)
+    replay = replay_episode_one(*envs.make_trial(env_id, reflection=False), jax.random.PRNGKey(7), 1024)
+    won1, won2 = replay["won1"], replay["won2"]
     assert won1.mean() > 0.3, f"the oracle should win episode 1 of {env_id} often, won {won1.mean():.2f}"
     np.testing.assert_array_equal(won2[won1], True)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from gymnax.environments.misc.frozen_lake import GOAL, HOLE, START, FrozenLake
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
+                     replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.frozen_lake import sample_map
 from metarl_jax.text.codec import Codec
@@ -79,29 +80,6 @@ def host_random_outcomes(desc, turns, slippery_ice):
 
 def host_random_success(desc, turns, slippery_ice):
     return sum(p for (kind, _), p in host_random_outcomes(desc, turns, slippery_ice).items() if kind == "goal")
-
-
-def rollout_states(env, params, policy, key, num, steps):
-    """All states of ``num`` episodes over ``steps`` steps: a pytree stacked ``[steps + 1, num]``."""
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = env.reset(k0, params)
-
-            def body(carry, _):
-                key, state = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                _, nxt, _, _, _ = env.step_env(k_step, state, policy(k_act, state), params)
-                return (key, nxt), nxt
-
-            _, states = jax.lax.scan(body, (key, state), None, length=steps)
-            return jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), state, states)
-
-        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), jax.vmap(one)(jax.random.split(key, num)))
-
-    return run(key)
 
 
 @pytest.mark.parametrize("is_slippery", [False, True])
@@ -218,13 +196,8 @@ def test_render_roundtrip_random_states(which, request):
         k1, k2 = jax.random.split(key)
         return jnp.where(jax.random.bernoulli(k1, 0.8), env.oracle_action(k1, state), jax.random.randint(k2, (), 0, 4))
 
-    states = rollout_states(env, params, mixed, jax.random.PRNGKey(4), 128, int(params.max_turns) + 1)
-    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states)
-    toks, lens = jax.jit(jax.vmap(codec.render_tokens))(flat)
-    texts = []
-    for i in range(toks.shape[0]):
-        texts.append(env.render_text(index_tree(flat, i)))
-        assert codec.decode(toks[i], lens[i]) == texts[-1]
+    states = collect_states(env, params, mixed, jax.random.PRNGKey(4), 128, int(params.max_turns) + 1)
+    texts = [text for _, text in render_roundtrip(env, codec, states, batch_dims=2)]
     fragments = ["You are crossing", "and are now at", "bumped into the edge", "fell into a hole", "reached the goal"]
     fragments += ["but slipped", "The ice is slippery"] if env.is_slippery else []
     for fragment in fragments:
@@ -233,33 +206,12 @@ def test_render_roundtrip_random_states(which, request):
 
 def test_oracle_route_replayed_in_episode_two_wins():
     trial, params = envs.make_trial("FrozenLake-misc")
-    inner = trial.env
-    assert inner.deterministic and trial.deterministic
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = trial.reset(k0, params)
-
-            def body(carry, _):
-                key, state, record = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                t, first = jnp.minimum(state.inner.time, 31), state.episode_index == 0
-                action = jnp.where(first, inner.oracle_action(k_act, state.inner), record[t])
-                record = jnp.where(first, record.at[t].set(action), record)
-                _, state, _, _, info = trial.step_env(k_step, state, action, params)
-                return (key, state, record), (info, state.inner.task)
-
-            return jax.lax.scan(body, (key, state, jnp.zeros((32,), jnp.int32)), None, length=trial.total_step_cap)[1]
-
-        return jax.vmap(one)(jax.random.split(key, 500))
-
-    infos, tasks = run(jax.random.PRNGKey(5))
-    tasks = np.asarray(tasks)
+    assert trial.env.deterministic and trial.deterministic
+    replay = replay_episode_one(trial, params, jax.random.PRNGKey(5), 500, keep_tasks=True)
+    tasks = replay["tasks"]  # [trial, step, 4, 4]
     np.testing.assert_array_equal(tasks, np.broadcast_to(tasks[:, :1], tasks.shape))
-    idx, done, success = (np.asarray(infos[k]) for k in ("episode_index", "episode_done", "episode_success"))
-    won = [((idx == e) & done & success).any(axis=1) for e in (0, 1)]
+    idx, done, success = (replay["infos"][k] for k in ("episode_index", "episode_done", "episode_success"))
+    won = [((idx == e) & done & success).any(axis=0) for e in (0, 1)]
     reachable = np.array([host_dist_to_goal(d) <= 8 for d in tasks[:, 0]])
     np.testing.assert_array_equal(won[0], reachable)
     np.testing.assert_array_equal(won[1], won[0])

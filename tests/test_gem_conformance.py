@@ -21,12 +21,10 @@ Known differences, not compared:
 
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import index_tree
+from helpers import index_tree, play_actions
 from metarl_jax import envs
 
 pytestmark = pytest.mark.peer
@@ -35,28 +33,9 @@ pytest.importorskip("gem")
 N_SEQUENCES = 300
 
 
-def play(env, params, tasks, actions):
-    """Our env on given tasks and action sequences: states, terminated, truncated, success, all ``[N, T]``."""
-
-    @jax.jit
-    def run(tasks, actions):
-        def one(task, acts):
-            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
-
-            def body(s, a):
-                _, s, _, term, info = env.step_env(jax.random.PRNGKey(0), s, a, params)
-                return s, (s, term, env.is_truncated(s, params), info["success"])
-
-            return jax.lax.scan(body, s, acts)[1]
-
-        return jax.vmap(one)(tasks, actions)
-
-    return jax.tree.map(np.asarray, run(jnp.asarray(tasks, jnp.int32), jnp.asarray(actions, jnp.int32)))
-
-
 def compare(env, params, tasks, actions, make_gem, parse_ours, parse_gem):
     """Plays every sequence in both envs and compares step by step. Returns the feedback kinds seen."""
-    states, terminated, truncated, success = play(env, params, tasks, actions)
+    states, terminated, truncated, success = play_actions(env, params, tasks, actions, flags=True)
     kinds = set()
     for i in range(len(tasks)):
         gem_env = make_gem(i)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import play_actions
 from metarl_jax import envs
 from metarl_jax.envs.base import LOST, OUT_OF_TURNS, RUNNING, WON
 
@@ -72,20 +73,7 @@ def episodes():
                 actions[e, t] = todo[np.lexsort((rng.random(len(todo)), counts[e][todo]))[0]]
                 opened = flood(counts[e], int(actions[e, t]), opened)
 
-    @jax.jit
-    def play(tasks, actions):
-        def one(task, acts):
-            _, s0 = env.reset_to_task(jax.random.PRNGKey(0), task, params)
-
-            def body(s, a):
-                _, s, *_ = env.step_env(jax.random.PRNGKey(0), s, a, params)
-                return s, s
-
-            return jax.lax.scan(body, s0, acts)[1]
-
-        return jax.vmap(one)(tasks, actions)
-
-    states = play(tasks, jnp.asarray(actions))
+    states = play_actions(env, params, tasks, actions)
     return env, actions, mines, states
 
 

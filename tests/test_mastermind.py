@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, mixed_policy, oracle_success_per_task,
+                     random_valid_policy, render_roundtrip, replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, OUT_OF_TURNS, WON
 from metarl_jax.envs.mastermind import pegs
@@ -52,79 +53,6 @@ def host_oracle_outcomes(max_turns=3, length=3, digits=6):
 
 def oracle_policy(env):
     return lambda key, state: env.oracle_action(key, state)
-
-
-def mixed_policy(env, p_format=0.05, p_oracle=0.25, p_repeat=0.15):
-    """Format errors, oracle moves, repeats of the last action and uniform valid actions, mixed."""
-    rand = random_valid_policy(env)
-
-    def policy(key, state):
-        k_u, k_r = jax.random.split(key)
-        u = jax.random.uniform(k_u)
-        return jnp.select(
-            [u < p_format, u < p_format + p_oracle, (u < p_format + p_oracle + p_repeat) & (state.last_action >= 0)],
-            [-1, env.oracle_action(key, state), state.last_action],
-            rand(k_r, state),
-        ).astype(jnp.int32)
-
-    return policy
-
-
-def collect_states(env, params, policy, key, num, steps):
-    """All states of ``num`` episodes (reset, then ``steps`` steps): a pytree batched ``[num, steps + 1]``."""
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = env.reset(k0, params)
-
-            def body(carry, _):
-                key, state = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                _, state, _, _, _ = env.step_env(k_step, state, policy(k_act, state), params)
-                return (key, state), state
-
-            _, states = jax.lax.scan(body, (key, state), None, length=steps)
-            return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state, states)
-
-        return jax.vmap(one)(jax.random.split(key, num))
-
-    return run(key)
-
-
-def replay_trial(env_id, num, key):
-    """Trials of ``env_id``: the oracle plays episode 1, episode 2 replays its actions. Returns (won1, won2)."""
-    trial, params = envs.make_trial(env_id)
-    env, max_turns = trial.env, trial.env.default_max_turns
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = trial.reset(k0, params)
-
-            def body(carry, _):
-                key, state, buf = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                first = state.episode_index == 0
-                t = jnp.minimum(state.inner.time, max_turns - 1)
-                action = jnp.where(first, env.oracle_action(k_act, state.inner), buf[t])
-                buf = jnp.where(first, buf.at[t].set(action), buf)
-                _, state, _, _, info = trial.step_env(k_step, state, action, params)
-                return (key, state, buf), info
-
-            buf = jnp.full((max_turns,), -1, jnp.int32)
-            _, infos = jax.lax.scan(body, (key, state, buf), None, length=trial.total_step_cap)
-            won = lambda e: jnp.any(infos["episode_success"] & (infos["episode_index"] == e))
-            ended = lambda e: jnp.any(infos["episode_done"] & (infos["episode_index"] == e))
-            return won(0), won(1), ended(1)
-
-        return jax.vmap(one)(jax.random.split(key, num))
-
-    won1, won2, ended2 = map(np.asarray, run(key))
-    assert ended2.all(), "episode 2 did not finish within the trial's step cap"
-    return won1, won2
 
 
 # ---------------------------------------------------------------- rules
@@ -178,21 +106,7 @@ def test_scripted_episode_messages(game):
 def test_oracle_matches_host_enumeration_per_code(game):
     env, params = game
     codes, host_wins = host_oracle_outcomes()
-
-    @jax.jit
-    def play_all(tasks):
-        def one(task):
-            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
-
-            def body(s, _):
-                _, s, _, _, info = env.step_env(jax.random.PRNGKey(0), s, env.oracle_action(None, s), params)
-                return s, info["success"]
-
-            return jax.lax.scan(body, s, None, length=3)[1].any()
-
-        return jax.vmap(one)(tasks)
-
-    wins = np.asarray(play_all(jnp.arange(env.num_codes, dtype=jnp.int32)))
+    wins = oracle_success_per_task(env, params, np.arange(env.num_codes), 3).any(axis=1)
     np.testing.assert_array_equal(wins, host_wins)
     # Exact: 41 / 120 codes are found within 3 turns by the first-consistent-code strategy.
     assert 0.2 < host_wins.mean() < 0.8
@@ -216,7 +130,9 @@ def test_random_policy_matches_analytic_rate(game):
 
 
 def test_same_task_across_episodes():
-    won1, won2 = replay_trial(ENV_ID, 256, jax.random.PRNGKey(5))
+    replay = replay_episode_one(*envs.make_trial(ENV_ID), jax.random.PRNGKey(5), 256)
+    assert replay["ended2"].all(), "episode 2 did not finish within the trial's step cap"
+    won1, won2 = replay["won1"], replay["won2"]
     assert won1.any() and (~won1).any()
     np.testing.assert_array_equal(won2, won1)  # same code: the replayed guesses get the same pegs
 
@@ -228,13 +144,8 @@ def test_render_roundtrip_random_states(game):
     env, params = game
     codec = Codec(env, adhoc_word_tokenizer(env))
     states = collect_states(env, params, mixed_policy(env), jax.random.PRNGKey(6), 48, 3)
-    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states)
-    toks, lens = jax.jit(jax.vmap(codec.render_tokens))(flat)
     seen = set()
-    for i in range(toks.shape[0]):
-        state = index_tree(flat, i)
-        text = env.render_text(state)
-        assert codec.decode(toks[i], lens[i]) == text
+    for state, text in render_roundtrip(env, codec, states, batch_dims=2):
         seen.add(text.split(" ")[0] if int(state.time) else "opening")
         seen.add("repeat" if "already" in text else "pegs" if "Black" in text else "other")
     assert {"opening", "Correct!", "You", "At", "repeat", "pegs"} <= seen, seen

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
+                     replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.maze import SHAPES, sample_maze
 from metarl_jax.text.codec import Codec
@@ -55,61 +56,6 @@ def host_random_success(open_, start, goal, turns):
                     nxt[nb] = nxt.get(nb, 0.0) + p / len(nbs)
         prob = nxt
     return won
-
-
-def rollout_states(env, params, policy, key, num, steps):
-    """All states of ``num`` episodes over ``steps`` steps: a pytree stacked ``[steps + 1, num]``."""
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = env.reset(k0, params)
-
-            def body(carry, _):
-                key, state = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                _, nxt, _, _, _ = env.step_env(k_step, state, policy(k_act, state), params)
-                return (key, nxt), nxt
-
-            _, states = jax.lax.scan(body, (key, state), None, length=steps)
-            return jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), state, states)
-
-        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), jax.vmap(one)(jax.random.split(key, num)))
-
-    return run(key)
-
-
-def replay_in_second_episode(trial_env, params, key, num):
-    """In a trial, plays the oracle in episode 1, recording its actions, and replays them in episode 2.
-
-    Returns the stacked step infos ``[cap, num]`` and the task at every step.
-    """
-    inner = trial_env.env
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = trial_env.reset(k0, params)
-
-            def body(carry, _):
-                key, state, record = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                t = state.inner.time
-                first = state.episode_index == 0
-                action = jnp.where(first, inner.oracle_action(k_act, state.inner), record[jnp.minimum(t, 63)])
-                record = jnp.where(first, record.at[jnp.minimum(t, 63)].set(action), record)
-                _, state, _, _, info = trial_env.step_env(k_step, state, action, params)
-                return (key, state, record), (info, state.inner.task)
-
-            init = (key, state, jnp.zeros((64,), jnp.int32))
-            _, (infos, tasks) = jax.lax.scan(body, init, None, length=trial_env.total_step_cap)
-            return infos, tasks
-
-        return jax.vmap(one)(jax.random.split(key, num))
-
-    return run(key)
 
 
 def test_generator_path_length_shapes_and_farthest_goal(sampled):
@@ -190,13 +136,8 @@ def test_render_roundtrip_random_states(maze):
         k1, k2 = jax.random.split(key)
         return jnp.where(jax.random.bernoulli(k1), env.oracle_action(k1, state), jax.random.randint(k2, (), 0, 4))
 
-    states = rollout_states(env, params, mixed, jax.random.PRNGKey(3), 24, 10)
-    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states)
-    toks, lens = jax.jit(jax.vmap(codec.render_tokens))(flat)
-    texts = []
-    for i in range(toks.shape[0]):
-        texts.append(env.render_text(index_tree(flat, i)))
-        assert codec.decode(toks[i], lens[i]) == texts[-1]
+    states = collect_states(env, params, mixed, jax.random.PRNGKey(3), 24, 10)
+    texts = [text for _, text in render_roundtrip(env, codec, states, batch_dims=2)]
     # The sample covers every kind of observation.
     for fragment in ("You are in a maze", "you moved", "but hit a wall.", "reached the goal!", "Right: the goal",
                      "maximum number of turns"):
@@ -204,11 +145,9 @@ def test_render_roundtrip_random_states(maze):
 
 
 def test_oracle_route_replayed_in_episode_two_wins(maze):
-    trial, params = envs.make_trial("maze")
-    infos, tasks = replay_in_second_episode(trial, params, jax.random.PRNGKey(4), 300)
-    idx, done, success = (np.asarray(infos[k]) for k in ("episode_index", "episode_done", "episode_success"))
+    replay = replay_episode_one(*envs.make_trial("maze"), jax.random.PRNGKey(4), 300, keep_tasks=True)
+    idx, done, success = (replay["infos"][k] for k in ("episode_index", "episode_done", "episode_success"))
     for e in (0, 1):
-        assert ((idx == e) & done & success).any(axis=1).all(), f"episode {e + 1} was not won in every trial"
-    for leaf in jax.tree.leaves(tasks):
-        leaf = np.asarray(leaf)
+        assert ((idx == e) & done & success).any(axis=0).all(), f"episode {e + 1} was not won in every trial"
+    for leaf in jax.tree.leaves(replay["tasks"]):  # [trial, step]
         np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:, :1], leaf.shape))

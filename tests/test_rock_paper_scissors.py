@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip, run_trials
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, WON
 from metarl_jax.envs.rock_paper_scissors import RockPaperScissorsTask
+from metarl_jax.evaluate import rollout
 from metarl_jax.text.codec import Codec
 
 ENV_ID = "rockpaperscissors"
@@ -111,28 +112,11 @@ def test_episode_ends_as_soon_as_it_is_decided(rps):
 
 def test_opponent_strategy_fixed_across_episodes(rps):
     trial, params = envs.make_trial(ENV_ID)
-    cap = trial.total_step_cap
-    policy = random_valid_policy(trial)
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, st = trial.reset(k0, params)
-
-            def body(carry, _):
-                key, st = carry
-                key, ka, ks = jax.random.split(key, 3)
-                _, st, _, _, info = trial.step_env(ks, st, policy(ka, st), params)
-                return (key, st), (st.inner.task.probs, st.inner.task.dominant, info["episode_index"],
-                                   st.inner.game.opponent)
-
-            return jax.lax.scan(body, (key, st), None, length=cap)[1]
-
-        return jax.vmap(one)(jax.random.split(key, 200))
-
-    probs, dom, ep, opp = map(np.asarray, run(jax.random.PRNGKey(5)))
-    assert (ep.max(1) >= 2).mean() > 0.9  # most trials reach a third episode
+    out = rollout(trial, params, random_valid_policy(trial), jax.random.PRNGKey(5), 200, trial.total_step_cap,
+                  keep_states=True)
+    task = out["states"].inner.task  # [trial, step]
+    probs, dom, ep = np.asarray(task.probs), np.asarray(task.dominant), np.asarray(out["infos"]["episode_index"])
+    assert (ep.max(0) >= 2).mean() > 0.9  # most trials reach a third episode
     assert (probs == probs[:, :1]).all() and (dom == dom[:, :1]).all()  # the same opponent in every episode
     assert len(np.unique(probs[:, 0, 0])) == 200  # but a different one in every trial
 
@@ -148,10 +132,6 @@ def test_render_roundtrip_random_states(rps):
     for steps in (1, 3, TURNS):
         final, _, _ = run_trials(env, params, sloppy, jax.random.PRNGKey(6 + steps), 40, steps)
         reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
-        for batch, n in ((final, 40), (reset, 4)):
-            toks, lens = jax.vmap(codec.render_tokens)(batch)
-            for i in range(n):
-                state = index_tree(batch, i)
-                statuses.add(int(state.status))
-                assert codec.decode(toks[i], lens[i]) == env.render_text(state)
+        for batch in (final, reset):
+            statuses |= {int(state.status) for state, _ in render_roundtrip(env, codec, batch)}
     assert {WON, LOST, FORMAT_ERROR}.issubset(statuses)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, index_tree, random_valid_policy, run_trials
+from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, mixed_policy, oracle_success_per_task,
+                     play_actions, random_valid_policy, render_roundtrip, replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, OUT_OF_TURNS, RUNNING, WON
 from metarl_jax.envs.words import load_words
@@ -50,98 +51,6 @@ def host_oracle_turns(words, max_turns=10):
             candidates = [c for c in candidates if py_feedback(guess, c) == marks]
         turns.append(won_at)
     return np.array(turns)
-
-
-def mixed_policy(env, p_format=0.05, p_oracle=0.25, p_repeat=0.15):
-    """Format errors, oracle moves, repeats of the last action and uniform valid actions, mixed."""
-    rand = random_valid_policy(env)
-
-    def policy(key, state):
-        k_u, k_r = jax.random.split(key)
-        u = jax.random.uniform(k_u)
-        return jnp.select(
-            [u < p_format, u < p_format + p_oracle, (u < p_format + p_oracle + p_repeat) & (state.last_action >= 0)],
-            [-1, env.oracle_action(key, state), state.last_action],
-            rand(k_r, state),
-        ).astype(jnp.int32)
-
-    return policy
-
-
-def collect_states(env, params, policy, key, num, steps):
-    """All states of ``num`` episodes (reset, then ``steps`` steps): a pytree batched ``[num, steps + 1]``."""
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = env.reset(k0, params)
-
-            def body(carry, _):
-                key, state = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                _, state, _, _, _ = env.step_env(k_step, state, policy(k_act, state), params)
-                return (key, state), state
-
-            _, states = jax.lax.scan(body, (key, state), None, length=steps)
-            return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state, states)
-
-        return jax.vmap(one)(jax.random.split(key, num))
-
-    return run(key)
-
-
-def replay_trial(env_id, num, key):
-    """Trials of ``env_id``: the oracle plays episode 1, episode 2 replays its actions. Returns (won1, won2)."""
-    trial, params = envs.make_trial(env_id)
-    env, max_turns = trial.env, trial.env.default_max_turns
-
-    @jax.jit
-    def run(key):
-        def one(key):
-            key, k0 = jax.random.split(key)
-            _, state = trial.reset(k0, params)
-
-            def body(carry, _):
-                key, state, buf = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                first = state.episode_index == 0
-                t = jnp.minimum(state.inner.time, max_turns - 1)
-                action = jnp.where(first, env.oracle_action(k_act, state.inner), buf[t])
-                buf = jnp.where(first, buf.at[t].set(action), buf)
-                _, state, _, _, info = trial.step_env(k_step, state, action, params)
-                return (key, state, buf), info
-
-            buf = jnp.full((max_turns,), -1, jnp.int32)
-            _, infos = jax.lax.scan(body, (key, state, buf), None, length=trial.total_step_cap)
-            won = lambda e: jnp.any(infos["episode_success"] & (infos["episode_index"] == e))
-            ended = lambda e: jnp.any(infos["episode_done"] & (infos["episode_index"] == e))
-            return won(0), won(1), ended(1)
-
-        return jax.vmap(one)(jax.random.split(key, num))
-
-    won1, won2, ended2 = map(np.asarray, run(key))
-    assert ended2.all(), "episode 2 did not finish within the trial's step cap"
-    return won1, won2
-
-
-def play_actions(env, params, tasks, actions):
-    """States after each given action: tasks int32[N], actions int32[N, T] -> states batched [N, T]."""
-
-    @jax.jit
-    def run(tasks, actions):
-        def one(task, acts):
-            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
-
-            def body(s, a):
-                _, s, _, _, _ = env.step_env(jax.random.PRNGKey(0), s, a, params)
-                return s, s
-
-            return jax.lax.scan(body, s, acts)[1]
-
-        return jax.vmap(one)(tasks, actions)
-
-    return run(jnp.asarray(tasks, jnp.int32), jnp.asarray(actions, jnp.int32))
 
 
 def codes(words):
@@ -217,23 +126,8 @@ def test_guessing_the_secret_wins_at_turn_one(game):
 def test_oracle_matches_host_simulation_per_secret(game):
     env, params = game
     host = host_oracle_turns(env.words)
-    tasks = jnp.arange(env.num_words, dtype=jnp.int32)
-
-    @jax.jit
-    def play_all(tasks):
-        def one(task):
-            _, s = env.reset_to_task(jax.random.PRNGKey(0), task, params)
-
-            def body(s, _):
-                _, s, _, _, info = env.step_env(jax.random.PRNGKey(0), s, env.oracle_action(None, s), params)
-                return s, info["success"]
-
-            won = jax.lax.scan(body, s, None, length=10)[1]
-            return jnp.where(won.any(), jnp.argmax(won) + 1, 0)
-
-        return jax.vmap(one)(tasks)
-
-    np.testing.assert_array_equal(np.asarray(play_all(tasks)), host)
+    won = oracle_success_per_task(env, params, np.arange(env.num_words), 10)
+    np.testing.assert_array_equal(np.where(won.any(axis=1), won.argmax(axis=1) + 1, 0), host)
     # Exact: all 595 secrets are found within 10 turns, in 3.61 turns on average (one needs all 10).
     assert (host > 0).all() and abs(host.mean() - 3.605) < 0.01
 
@@ -248,7 +142,9 @@ def test_random_policy_matches_analytic_rate(game):
 
 
 def test_same_task_across_episodes():
-    won1, won2 = replay_trial(ENV_ID, 64, jax.random.PRNGKey(3))
+    replay = replay_episode_one(*envs.make_trial(ENV_ID), jax.random.PRNGKey(3), 64)
+    assert replay["ended2"].all(), "episode 2 did not finish within the trial's step cap"
+    won1, won2 = replay["won1"], replay["won2"]
     assert won1.mean() > 0.9
     np.testing.assert_array_equal(won2, won1)
 
@@ -260,13 +156,8 @@ def test_render_roundtrip_random_states(game):
     env, params = game
     codec = Codec(env, adhoc_word_tokenizer(env))
     states = collect_states(env, params, mixed_policy(env, p_format=0.03), jax.random.PRNGKey(4), 32, 10)
-    flat = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), states)
-    toks, lens = jax.jit(jax.vmap(codec.render_tokens))(flat)
     seen = set()
-    for i in range(toks.shape[0]):
-        state = index_tree(flat, i)
-        text = env.render_text(state)
-        assert codec.decode(toks[i], lens[i]) == text
+    for state, text in render_roundtrip(env, codec, states, batch_dims=2):
         seen.add(int(state.status))
         seen.add("repeat" if "already" in text else "marks" if "Feedback" in text else "other")
     assert {"repeat", "marks", RUNNING, WON, FORMAT_ERROR} <= seen, seen
