@@ -142,6 +142,24 @@ def test_board_follows_gem_placement_rule(ms, boards):
     assert (mines[:, 0] != mines[:, 24]).any(-1).mean() > 0.9
 
 
+def test_bitboard_flood_matches_host_reveal(ms, boards):
+    env, _ = ms
+    tasks, mines, counts = boards
+    t = np.arange(0, 800, 4)
+    cells = (t * 7) % (R * C)
+    m, k = mines[t, cells], counts[t, cells]
+    zero = ~m & (k == 0)
+    bits = np.asarray(jax.jit(jax.vmap(env._flood))(jnp.asarray(cells), jnp.asarray(zero)))
+    arrays = np.asarray(jax.jit(jax.vmap(env._flood_arrays))(jnp.asarray(cells), jnp.asarray(zero)))
+    np.testing.assert_array_equal(bits, arrays)
+    for i in range(len(t)):
+        if m[i, cells[i]]:
+            continue
+        host = np.zeros((R, C), bool)
+        host_reveal(m[i].reshape(R, C), host_counts(m[i].reshape(R, C)), host, *divmod(int(cells[i]), C))
+        np.testing.assert_array_equal(bits[i], host.reshape(-1))
+
+
 def test_three_bv_matches_host(ms, boards):
     env, _ = ms
     tasks, mines, counts = boards

@@ -116,6 +116,12 @@ class Minesweeper(TextEnv):
         ]
         self.opening_slots = (0, 1, 2)
         r, c = np.divmod(np.arange(self.num_cells), cols)
+        # Bitboard masks (boards of <= 32 cells): cells not in the first column, not in the last, all cells.
+        self._bitmasks = (
+            sum(1 << i for i in range(self.num_cells) if c[i] > 0),
+            sum(1 << i for i in range(self.num_cells) if c[i] < cols - 1),
+            (1 << self.num_cells) - 1,
+        )
         # _square[i, j]: cell j is in the 3 x 3 square centred on cell i.
         self._square = jnp.asarray((np.abs(r[:, None] - r) <= 1) & (np.abs(c[:, None] - c) <= 1), jnp.float32)
 
@@ -162,7 +168,32 @@ class Minesweeper(TextEnv):
         return (regions + isolated).astype(jnp.int32)
 
     def _flood(self, cell, zero):
-        """``bool[N]``: the cells revealed by revealing ``cell`` (8-neighbour flood fill through zeros)."""
+        """``bool[N]``: the cells revealed by revealing ``cell`` (8-neighbour flood fill through zeros).
+
+        Boards of at most 32 cells flood as bitboards (one uint32 per board: a handful of shifts per round,
+        far cheaper on CPU than array ops); larger boards use the array form.
+        """
+        if self.num_cells > 32:
+            return self._flood_arrays(cell, zero)
+        bit = jnp.left_shift(jnp.uint32(1), jnp.arange(self.num_cells, dtype=jnp.uint32))
+        zero_bits = jnp.sum(jnp.where(zero, bit, jnp.uint32(0)), dtype=jnp.uint32)
+        not_first_col, not_last_col, board_bits = (jnp.uint32(m) for m in self._bitmasks)
+        cols = jnp.uint32(self.cols)
+
+        def near(x):  # the 3 x 3 squares around the set bits of x
+            x = x | ((x & not_last_col) << 1) | ((x & not_first_col) >> 1)
+            return (x | (x << cols) | (x >> cols)) & board_bits
+
+        def grow(carry):
+            opened, _ = carry
+            grown = opened | near(opened & zero_bits)
+            return grown, grown != opened
+
+        opened = jnp.left_shift(jnp.uint32(1), jnp.asarray(cell, jnp.uint32))
+        opened = jax.lax.while_loop(lambda c: c[1], grow, (opened, jnp.ones((), bool)))[0]
+        return (opened & bit) != 0
+
+    def _flood_arrays(self, cell, zero):
         opened = jnp.arange(self.num_cells) == cell
 
         def grow(carry):
