@@ -109,7 +109,7 @@ def main(argv=None):
     p.add_argument("--games", default=",".join(PEER_GAMES))
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=64, help="steps per compiled scan")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0, help="time per peer measurement")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "env_throughput.json"))
     args = p.parse_args(argv)
