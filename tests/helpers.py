@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarl_jax.baselines import random_policy
 from metarl_jax.evaluate import rollout
 from metarl_jax.text.tokenizers import SPECIAL_TOKENS, WordTokenizer, split_words
 
@@ -25,14 +26,7 @@ def index_tree(tree, i):
 # ---------------------------------------------------------------- policies
 
 
-def random_valid_policy(env):
-    """``policy(key, state) -> action``: uniform over ``env.valid_actions(state)``."""
-
-    def policy(key, state):
-        mask = env.valid_actions(state)
-        return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
-
-    return policy
+random_valid_policy = random_policy  # uniform over env.valid_actions(state)
 
 
 def mixed_policy(env, p_format=0.05, p_oracle=0.25, p_repeat=0.15):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import index_tree, random_valid_policy, run_trials
+from helpers import random_valid_policy, run_trials
 from metarl_jax import envs
 from metarl_jax.envs.multi_episode import VIEW_AFTER_REFLECT, VIEW_BOUNDARY, VIEW_REFLECT, VIEW_START
 

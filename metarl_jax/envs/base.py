@@ -18,7 +18,7 @@ a mine), ``OUT_OF_TURNS`` (truncated) and ``FORMAT_ERROR`` (ends the episode, as
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
