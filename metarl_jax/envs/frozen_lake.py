@@ -32,6 +32,7 @@ from gymnax.environments.misc.frozen_lake import FROZEN, GOAL, HOLE, START
 from metarl_jax.envs.base import LOST, RUNNING, WON, TextEnv, TextEnvState
 from metarl_jax.envs.maze import UNREACHED, grid_bfs
 from metarl_jax.envs.pieces import EMPTY, slot
+from metarl_jax.envs.sampling import rejection_sample
 
 SIDE = 4
 # gymnax's (and Gymnasium's) fixed "4x4" map; tests check it equals ``gymnax FrozenLake().desc``.
@@ -61,16 +62,7 @@ def sample_map(key: jax.Array, hole_prob: float) -> tuple[jax.Array, jax.Array]:
         ok = grid_bfs(desc != HOLE, jnp.zeros((2,), jnp.int32))[-1, -1] < UNREACHED
         return desc, ok
 
-    def body(carry):
-        key, _, _, tries = carry
-        key, k = jax.random.split(key)
-        desc, ok = propose(k)
-        return key, desc, ok, tries + 1
-
-    key, k = jax.random.split(key)
-    desc, ok = propose(k)
-    _, desc, _, tries = jax.lax.while_loop(lambda c: ~c[2], body, (key, desc, ok, jnp.ones((), jnp.int32)))
-    return desc, tries
+    return rejection_sample(key, propose)
 
 
 class FrozenLakeText(TextEnv):

@@ -40,6 +40,7 @@ from flax import struct
 
 from metarl_jax.envs.base import RUNNING, WON, TextEnv, TextEnvState
 from metarl_jax.envs.pieces import EMPTY, slot
+from metarl_jax.envs.sampling import rejection_sample
 
 SIZE = 7  # static padded side
 SHAPES = ((6, 6), (7, 6), (7, 7), (6, 7))  # (rows, cols)
@@ -135,17 +136,7 @@ def sample_maze(key: jax.Array, wall_density: float = 0.25) -> tuple[MazeTask, j
         ok = candidates.any() & ((far == PATH_LENGTHS[0]) | (far == PATH_LENGTHS[1]))
         return MazeTask(open=open_, inside=inside, rows=rows, cols=cols, start=start, goal=goal), ok
 
-    def body(carry):
-        key, _, _, tries = carry
-        key, k = jax.random.split(key)
-        task, ok = propose(k)
-        return key, task, ok, tries + 1
-
-    key, k = jax.random.split(key)
-    task, ok = propose(k)
-    tries = jnp.ones((), jnp.int32)
-    _, task, _, tries = jax.lax.while_loop(lambda c: ~c[2], body, (key, task, ok, tries))
-    return task, tries
+    return rejection_sample(key, propose)
 
 
 class Maze(TextEnv):
