@@ -141,3 +141,14 @@ def test_random_actions_keep_invariants(env_id, seed, actions, reflection):
         tokens = np.asarray(tokens)
         assert (tokens >= 0).all() and (tokens < codec.tokenizer.vocab_size).all()
         assert codec.decode(tokens, length) == env.render_text(state)
+
+
+def test_trial_step_traces_once():
+    import chex
+
+    env, params, _ = trial_and_codec(ALL_IDS[0])
+    step = jax.jit(chex.assert_max_traces(env.step_env, n=1))
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    for t in range(2 * env.total_step_cap):  # across episode boundaries and the end of the trial
+        _, state, _, _, _ = step(jax.random.PRNGKey(t), state, jnp.int32(t % env.num_actions), params)
+    chex.clear_trace_counter()
