@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import (adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip,
-                     replay_episode_one, run_trials)
+                     run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, WON
 from metarl_jax.text.codec import Codec
@@ -114,13 +114,6 @@ def test_random_valid_policy_matches_host_simulation(bj):
     host = np.mean([host_random_episode(rng, rng.permutation(52)) for _ in range(m)])
     print(f"random valid policy success {rate:.4f} (n={n}), host simulation {host:.4f} (n={m})")
     assert abs(rate - host) < binomial_tolerance(host, n * m // (n + m))
-
-
-def test_same_task_replay_wins_again(bj):
-    replay = replay_episode_one(*envs.make_trial(ENV_ID), jax.random.PRNGKey(3), 300)
-    won1, won2 = replay["won1"], replay["won2"]
-    assert won1.sum() > 100
-    assert won2[won1].all()
 
 
 def test_feedback(bj):
