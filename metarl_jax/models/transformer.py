@@ -1,0 +1,205 @@
+"""A Flax NNX decoder-only transformer covering Qwen3 and Llama, with a functional KV cache.
+
+Shapes: B batch, T tokens in this call, S cache slots, D hidden, H query heads, K kv heads, E head dim.
+
+``model(tokens, positions, cache=None, token_mask=None) -> (logits, cache)``:
+
+* without a cache, attention is causal over the T tokens of the call;
+* with a cache (:func:`init_cache`), the T tokens are written at slots ``cache.length[b] ...`` of each row and
+  attend to every valid earlier slot. The same code does chunked prefill (T > 1) and single-token decode
+  (T = 1) under ``jit``, ``vmap`` and ``lax.scan``;
+* ``token_mask`` (bool[B, T], default all True) marks padding: padded tokens take a slot but are never
+  attended to, which supports left and ragged padding. ``positions`` are the RoPE positions (for a padded row,
+  count only real tokens).
+
+Numerics follow the ``transformers`` PyTorch reference (RMSNorm in float32, RoPE with the rotate-half
+convention, softmax in float32), so logits match it to 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from metarl_jax.models.config import ModelConfig
+
+
+@struct.dataclass
+class KVCache:
+    """A preallocated key/value cache.
+
+    Attributes:
+      k, v: [L, B, S, K, E] cached keys and values.
+      valid: bool[B, S], slots holding a real (non-padding) token.
+      length: int32[B], slots used so far in each row (the next write position).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    length: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty cache for ``batch`` rows of up to ``max_len`` tokens."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel + bias``; kernel [in, out] (the transpose of a PyTorch weight)."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, rngs: nnx.Rngs, param_dtype, dtype):
+        init = nnx.initializers.normal(0.02)
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype)) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * y.astype(x.dtype)
+
+
+def rope_tables(positions, head_dim: int, theta: float):
+    """cos, sin float32[B, T, E] for integer ``positions`` [B, T] (rotate-half layout)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, N, E] rotated by the tables [B, T, E]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    out = x.astype(jnp.float32) * cos[:, :, None] + rotated.astype(jnp.float32) * sin[:, :, None]
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs, param_dtype, dtype):
+        kw = dict(bias=cfg.attention_bias, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, **kw)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, **kw)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, **kw)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, **kw)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
+        else:
+            self.q_norm = self.k_norm = None
+        self.cfg = cfg
+
+    def __call__(self, x, cos, sin, keys_fn):
+        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask)`` supplies the attended keys [B, S, K, E]
+        and the mask bool[B, T, S] (from this call alone or from the cache)."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all, mask = keys_fn(k, v)
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k_all).astype(jnp.float32) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all).reshape(b, t, cfg.num_heads * cfg.head_dim)
+        return self.o_proj(out)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs, param_dtype, dtype):
+        kw = dict(bias=cfg.mlp_bias, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs, param_dtype, dtype):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+        self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+
+    def __call__(self, x, cos, sin, keys_fn):
+        x = x + self.attn(self.input_norm(x), cos, sin, keys_fn)
+        return x + self.mlp(self.post_norm(x))
+
+
+class Transformer(nnx.Module):
+    """The causal LM. ``param_dtype`` stores the weights; ``dtype`` is the compute dtype."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32):
+        self.config = config
+        self.dtype = dtype
+        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype))
+        self.layers = nnx.List([Block(config, rngs=rngs, param_dtype=param_dtype, dtype=dtype) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = None if config.tie_embeddings else Linear(
+            config.hidden_size, config.vocab_size, bias=False, rngs=rngs, param_dtype=param_dtype, dtype=dtype
+        )
+
+    def __call__(self, tokens, positions, cache: KVCache | None = None, token_mask=None):
+        """tokens, positions int32[B, T] -> (logits float32[B, T, V], updated cache or None)."""
+        cfg = self.config
+        b, t = tokens.shape
+        token_mask = jnp.ones((b, t), bool) if token_mask is None else token_mask.astype(bool)
+        x = self.embed[...][tokens].astype(self.dtype)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        if cache is None:
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            mask = causal[None] & token_mask[:, None, :]
+        else:
+            slots = jnp.arange(cache.max_len)
+            valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(cache.valid, token_mask, cache.length)
+            query_slot = cache.length[:, None] + jnp.arange(t)[None, :]  # [B, T]
+            mask = valid[:, None, :] & (slots[None, None, :] <= query_slot[:, :, None])
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                keys_fn = lambda k, v: (k, v, mask)
+            else:
+                def keys_fn(k, v, i=i):
+                    write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (s, 0, 0)))
+                    k_all, v_all = write(cache.k[i], k, cache.length), write(cache.v[i], v, cache.length)
+                    new_k.append(k_all)
+                    new_v.append(v_all)
+                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask
+            x = layer(x, cos, sin, keys_fn)
+        x = self.norm(x)
+        if self.lm_head is None:
+            logits = x @ self.embed[...].astype(self.dtype).T
+        else:
+            logits = self.lm_head(x)
+        if cache is not None:
+            cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=valid, length=cache.length + t)
+        return logits.astype(jnp.float32), cache
