@@ -3,8 +3,8 @@
 ``load_pretrained(local_dir)`` reads ``config.json`` with ``transformers.AutoConfig`` (local files only), builds
 the model abstractly with ``nnx.eval_shape``, and places each tensor of the safetensors shards. Unknown
 architectures, missing or unexpected tensors and shape mismatches raise errors naming the tensor.
-``save_pretrained(model, dir)`` writes ``config.json`` and ``model.safetensors`` that transformers' PyTorch
-classes load.
+``save_pretrained(model, dir)`` writes ``config.json`` and ``model.safetensors`` (float32, LoRA adapters merged)
+that transformers' PyTorch classes load.
 """
 
 from __future__ import annotations
@@ -134,7 +134,10 @@ def save_pretrained(model: Transformer, out_dir: str) -> None:
     hf.save_pretrained(out_dir)
     tensors = {}
     for name, (path, transpose) in hf_names(config).items():
-        array = np.asarray(_variable(model, path)[...], np.float32)
+        if path[-1] == "kernel":  # LoRA adapters, if any, are merged into the saved weights
+            array = np.asarray(_variable(model, path[:-1]).merged_kernel(), np.float32)
+        else:
+            array = np.asarray(_variable(model, path)[...], np.float32)
         tensors[name] = np.ascontiguousarray(array.T if transpose else array)
     tmp = os.path.join(out_dir, "model.safetensors.tmp")
     save_file(tensors, tmp, metadata={"format": "pt"})

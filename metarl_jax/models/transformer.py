@@ -62,12 +62,24 @@ class Linear(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), param_dtype))
         self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype)) if bias else None
         self.dtype = dtype
+        # Optional LoRA adapters (see metarl_jax.models.lora.add_lora).
+        self.lora_a = self.lora_b = None
+        self.lora_scale = 0.0
 
     def __call__(self, x):
-        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            y = y + self.lora_scale * ((x @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype))
         return y
+
+    def merged_kernel(self):
+        """The kernel with any LoRA adapter folded in ([in, out])."""
+        if self.lora_a is None:
+            return self.kernel[...]
+        return self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...])
 
 
 class RMSNorm(nnx.Module):

@@ -1,0 +1,79 @@
+"""LoRA adapters and the sampling utilities."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from metarl_jax.models import Transformer, preset
+from metarl_jax.models.lora import LoRAParam, add_lora
+from metarl_jax.models.sampling import process_logits, sample
+
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 50, size=(2, 12)))
+POS = jnp.broadcast_to(jnp.arange(12), (2, 12))
+
+
+def loss_fn(model):
+    logits, _ = model(TOKENS[:, :-1], POS[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
+
+
+def test_lora_starts_as_the_base_model_and_trains_only_adapters():
+    model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(0))
+    base_logits, _ = model(TOKENS, POS)
+    base_params = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    add_lora(model, rank=4, alpha=8.0, rngs=nnx.Rngs(1))
+    lora_logits, _ = model(TOKENS, POS)
+    np.testing.assert_allclose(np.asarray(lora_logits), np.asarray(base_logits), atol=1e-6)
+    n_adapters = len(jax.tree.leaves(nnx.state(model, LoRAParam)))
+    assert n_adapters == 2 * 7 * model.config.num_layers
+
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=LoRAParam)
+    before = float(loss_fn(model))
+    for _ in range(5):
+        grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, LoRAParam))(model)
+        optimizer.update(model, grads)
+    assert float(loss_fn(model)) < before
+    after = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, after, base_params)  # base weights frozen
+
+
+def test_lora_rejects_bad_arguments():
+    model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        add_lora(model, rank=0, alpha=1.0, rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match="unknown LoRA targets"):
+        add_lora(model, rank=2, alpha=1.0, rngs=nnx.Rngs(1), targets=("qkv",))
+
+
+def test_sampling_respects_mask_top_p_and_temperature():
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 20000)
+    draw = jax.jit(jax.vmap(lambda k: sample(k, logits, temperature=1.0, top_p=0.7)))
+    tokens, logps = draw(keys)
+    freq = np.bincount(np.asarray(tokens), minlength=4) / len(keys)
+    # top-p 0.7 keeps {0, 1} (0.5 + 0.3 >= 0.7), renormalised to 0.625 / 0.375.
+    np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)
+    np.testing.assert_allclose(np.exp(np.asarray(logps[tokens == 0])), 0.625, rtol=1e-5)
+    mask = jnp.array([False, True, False, True])
+    tokens, _ = jax.vmap(lambda k: sample(k, logits, mask=mask))(keys)
+    assert set(np.unique(np.asarray(tokens))) <= {1, 3}
+    greedy = process_logits(logits[None], temperature=0.0, mask=mask[None])
+    assert int(jnp.argmax(greedy[0])) == 1 and float(jnp.exp(greedy).sum()) == pytest.approx(1.0)
+    hot = jnp.exp(process_logits(logits, temperature=2.0))
+    np.testing.assert_allclose(np.asarray(hot), np.asarray(jax.nn.softmax(logits / 2.0)), rtol=1e-5)
+
+
+def test_save_pretrained_merges_lora(tmp_path):
+    from metarl_jax.models import load_pretrained, save_pretrained
+
+    model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(0))
+    add_lora(model, rank=2, alpha=4.0, rngs=nnx.Rngs(1))
+    for layer in model.layers:  # make the adapters non-zero
+        layer.attn.q_proj.lora_b.set_value(jnp.full(layer.attn.q_proj.lora_b.shape, 0.05))
+    save_pretrained(model, str(tmp_path))
+    expected, _ = model(TOKENS, POS)
+    got, _ = load_pretrained(str(tmp_path))(TOKENS, POS)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
