@@ -159,3 +159,35 @@ def test_config_validation():
         ModelConfig(num_heads=6, num_kv_heads=4)
     with pytest.raises(KeyError, match="unknown model preset"):
         preset("huge", 10)
+
+
+MESH_SCRIPT = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np
+from metarl_jax.models import load_pretrained
+d = sys.argv[1]
+mesh = jax.make_mesh((2, 2), ("data", "model"))
+model = load_pretrained(d, mesh=mesh)
+kernel = model.layers[0].attn.q_proj.kernel[...]
+assert len(jax.devices()) == 4 and kernel.sharding.mesh.shape == mesh.shape, kernel.sharding
+assert len(kernel.sharding.device_set) == 4
+tokens = jnp.asarray(np.load(sys.argv[2]))
+logits, _ = model(tokens, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+np.save(sys.argv[3], np.asarray(logits))
+"""
+
+
+def test_load_onto_a_mesh_places_weights_on_every_device(tmp_path):
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "qwen3")
+    ref = torch_reference("qwen3", d)
+    np.save(tmp_path / "tokens.npy", TOKENS)
+    script = tmp_path / "mesh.py"
+    script.write_text(MESH_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run([sys.executable, str(script), d, str(tmp_path / "tokens.npy"), str(tmp_path / "out.npy")],
+                   check=True, env=env, timeout=300)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), torch_logits(ref, TOKENS), atol=1e-4, rtol=0)
