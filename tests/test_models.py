@@ -191,3 +191,24 @@ def test_load_onto_a_mesh_places_weights_on_every_device(tmp_path):
     subprocess.run([sys.executable, str(script), d, str(tmp_path / "tokens.npy"), str(tmp_path / "out.npy")],
                    check=True, env=env, timeout=300)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), torch_logits(ref, TOKENS), atol=1e-4, rtol=0)
+
+
+def test_decode_inside_lax_scan_matches_full_forward():
+    model = Transformer(preset("tiny", TINY["vocab_size"]), rngs=nnx.Rngs(3))
+    graphdef, state = nnx.split(model)
+    tokens = jnp.asarray(TOKENS[:, :16])
+    full, _ = model(tokens, positions(2, 16))
+
+    @jax.jit
+    def prefill_then_scan(state, tokens):
+        m = nnx.merge(graphdef, state)
+        first, cache = m(tokens[:, :4], positions(2, 4), init_cache(m.config, 2, 16))
+
+        def step(cache, t):
+            logits, cache = nnx.merge(graphdef, state)(jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1), jnp.full((2, 1), t), cache)
+            return cache, logits[:, 0]
+
+        _, rest = jax.lax.scan(step, cache, jnp.arange(4, 16))
+        return jnp.concatenate([first, jnp.swapaxes(rest, 0, 1)], axis=1)
+
+    np.testing.assert_allclose(np.asarray(prefill_then_scan(state, tokens)), np.asarray(full), atol=1e-5, rtol=0)
