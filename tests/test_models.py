@@ -212,3 +212,11 @@ def test_decode_inside_lax_scan_matches_full_forward():
         return jnp.concatenate([first, jnp.swapaxes(rest, 0, 1)], axis=1)
 
     np.testing.assert_allclose(np.asarray(prefill_then_scan(state, tokens)), np.asarray(full), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_load_stores_bf16_and_stays_close(pair):
+    ref, _, d = pair
+    model = load_pretrained(d, dtype=jnp.bfloat16)
+    assert model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    logits, _ = model(jnp.asarray(TOKENS), positions(*TOKENS.shape))
+    np.testing.assert_allclose(np.asarray(logits), torch_logits(ref, TOKENS), atol=5e-2, rtol=0)
