@@ -1,0 +1,100 @@
+"""Constrained decoding: the policy may only emit the token sequence of a valid action.
+
+:class:`ActionTable` tokenizes an env's action texts (``\\boxed{...}``) once. Decoding then walks the
+implicit prefix trie inside ``jit``: at step ``t`` the allowed tokens are the ``t``-th tokens of the actions
+still consistent with what was emitted, so the emitted sequence is always exactly one action's text. The
+log-probability of each emitted token is taken under the masked, temperature/top-p processed distribution,
+so forced tokens (the shared ``\\boxed{`` prefix) cost nothing and the summed log-probability is the exact
+log-probability of the chosen action under the sampler.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from metarl_jax.models.sampling import sample
+
+
+@struct.dataclass
+class DecodeState:
+    """Progress of one constrained decode.
+
+    Attributes:
+      alive: bool[A], actions consistent with the tokens emitted so far.
+      t: int32[], tokens emitted so far.
+      action: int32[], the chosen action once done, else -1.
+    """
+
+    alive: jax.Array
+    t: jax.Array
+    action: jax.Array
+
+    @property
+    def done(self):
+        return self.action >= 0
+
+
+class ActionTable:
+    """The token sequences of an env's actions for one tokenizer.
+
+    Attributes:
+      tokens: int32[A, max_len] padded with ``pad_id``; lengths: int32[A].
+    """
+
+    def __init__(self, env, tokenizer):
+        seqs = [list(tokenizer.encode(env.action_text(i))) for i in range(env.num_actions)]
+        for i, s in enumerate(seqs):
+            if not s:
+                raise ValueError(f"action {i} of {env.name} tokenizes to nothing")
+            if tokenizer.decode(s) != env.action_text(i):
+                raise ValueError(f"{tokenizer!r} does not render action {env.action_text(i)!r} exactly")
+        as_tuples = {tuple(s) for s in seqs}
+        if len(as_tuples) != len(seqs):
+            raise ValueError(f"two actions of {env.name} have the same tokens")
+        prefixes = {tuple(s[:k]) for s in seqs for k in range(1, len(s))}
+        clash = as_tuples & prefixes
+        if clash:
+            raise ValueError(
+                f"the action token sequences of {env.name} are not prefix-free (e.g. {tokenizer.decode(list(next(iter(clash))))!r}); "
+                "constrained decoding needs each action's text to end unambiguously"
+            )
+        self.num_actions = len(seqs)
+        self.max_len = max(len(s) for s in seqs)
+        self.vocab_size = int(tokenizer.vocab_size)
+        self.pad_id = int(tokenizer.pad_id)
+        table = np.full((len(seqs), self.max_len), tokenizer.pad_id, np.int32)
+        for i, s in enumerate(seqs):
+            table[i, : len(s)] = s
+        self.tokens = jnp.asarray(table)
+        self.lengths = jnp.asarray([len(s) for s in seqs], jnp.int32)
+
+    def init(self, valid=None) -> DecodeState:
+        """A fresh decode; ``valid`` (bool[A]) optionally restricts the actions (e.g. to env.valid_actions)."""
+        alive = jnp.ones((self.num_actions,), bool) if valid is None else jnp.asarray(valid, bool)
+        return DecodeState(alive=alive, t=jnp.zeros((), jnp.int32), action=jnp.full((), -1, jnp.int32))
+
+    def allowed(self, state: DecodeState) -> jax.Array:
+        """bool[V]: tokens that continue at least one live action."""
+        t = jnp.minimum(state.t, self.max_len - 1)
+        live = state.alive & (state.t < self.lengths)
+        return jnp.zeros((self.vocab_size,), bool).at[self.tokens[:, t]].max(live)
+
+    def advance(self, state: DecodeState, token) -> DecodeState:
+        t = jnp.minimum(state.t, self.max_len - 1)
+        alive = state.alive & (self.tokens[:, t] == token)
+        finished = alive & (self.lengths == state.t + 1)
+        action = jnp.where(state.done, state.action, jnp.where(finished.any(), jnp.argmax(finished), -1))
+        return DecodeState(alive=jnp.where(state.done, state.alive, alive), t=state.t + (~state.done), action=action.astype(jnp.int32))
+
+
+def constrained_step(table: ActionTable, state: DecodeState, logits, key, temperature: float = 1.0, top_p: float = 1.0):
+    """One decoding step. Returns ``(token int32[], log_prob float32[], new_state)``.
+
+    Once the decode is done the step emits ``table``'s padding with log-probability 0 and changes nothing.
+    """
+    token, logp = sample(key, logits, temperature, top_p, mask=table.allowed(state))
+    new = table.advance(state, token)
+    return jnp.where(state.done, table.pad_id, token), jnp.where(state.done, 0.0, logp), new
