@@ -1,0 +1,185 @@
+"""Pure ``jnp`` loss functions for GRPO / PPO training on multi-episode trials.
+
+Shapes: ``N`` = number of rollouts (``num_tasks * group_size``, rollouts of one task adjacent),
+``L`` = transcript length in tokens, ``V`` = vocabulary size, ``T`` = env steps of a trial.
+``action_mask`` marks the tokens the policy generated (the trained tokens); observation and
+padding tokens are 0 and get exactly zero loss and zero gradient.
+
+Aggregation "seq-mean-token-mean" (ORBIT / verl): mean over the action tokens of each sequence,
+then mean over sequences. Choice made here: a sequence with no action tokens contributes 0 and is
+excluded from the sequence mean (the denominator counts only sequences with >= 1 action token);
+if no sequence has an action token the result is 0.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean")
+
+
+def group_advantages(returns: Array, group_size: int, eps: float = 1e-6) -> Array:
+    """GRPO group-relative advantage.
+
+    Args:
+      returns: float[N], N = num_tasks * group_size, each group's rollouts adjacent.
+      group_size: G, rollouts per task.
+      eps: added to the group std.
+    Returns:
+      float[N]: (R - group mean) / (group std + eps), std the population std (ddof=0).
+      A group whose returns are all equal gets exactly 0.
+    """
+    returns = jnp.asarray(returns, jnp.float32)
+    n = returns.shape[0]
+    if n % group_size:
+        raise ValueError(f"len(returns)={n} is not a multiple of group_size={group_size}")
+    r = returns.reshape(n // group_size, group_size)
+    mean = r.mean(axis=1, keepdims=True)
+    std = r.std(axis=1, keepdims=True)  # ddof=0
+    adv = (r - mean) / (std + eps)
+    all_equal = r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True)
+    adv = jnp.where(all_equal, 0.0, adv)
+    return adv.reshape(n)
+
+
+def broadcast_to_tokens(adv: Array, action_mask: Array) -> Array:
+    """Put each rollout's advantage on its action tokens.
+
+    Args:
+      adv: float[N].
+      action_mask: [N, L] (bool or 0/1).
+    Returns:
+      float[N, L]: adv[i] where action_mask[i, t], else 0.
+    """
+    mask = jnp.asarray(action_mask).astype(bool)
+    return jnp.where(mask, jnp.asarray(adv, jnp.float32)[:, None], 0.0)
+
+
+def masked_seq_mean_token_mean(values: Array, action_mask: Array) -> Array:
+    """float[N, L] -> scalar: per-sequence mean over masked tokens, then mean over sequences
+    that have at least one masked token (0 if none)."""
+    mask = jnp.asarray(action_mask).astype(jnp.float32)
+    values = jnp.where(mask > 0, values, 0.0)
+    tok_count = mask.sum(axis=-1)  # [N]
+    seq_mean = values.sum(axis=-1) / jnp.maximum(tok_count, 1.0)  # [N]; 0 when no tokens
+    n_seq = (tok_count > 0).astype(jnp.float32).sum()
+    return seq_mean.sum() / jnp.maximum(n_seq, 1.0)
+
+
+def masked_token_mean(values: Array, action_mask: Array) -> Array:
+    """float[N, L] -> scalar: mean over all masked tokens of the batch (0 if none)."""
+    mask = jnp.asarray(action_mask).astype(jnp.float32)
+    values = jnp.where(mask > 0, values, 0.0)
+    return values.sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def _aggregate(values: Array, action_mask: Array, aggregation: str) -> Array:
+    if aggregation == "seq-mean-token-mean":
+        return masked_seq_mean_token_mean(values, action_mask)
+    if aggregation == "token-mean":
+        return masked_token_mean(values, action_mask)
+    raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+
+
+def ppo_clip_loss(
+    logp: Array,
+    old_logp: Array,
+    advantages: Array,
+    action_mask: Array,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    aggregation: str = "seq-mean-token-mean",
+) -> Tuple[Array, Dict[str, Array]]:
+    """PPO clipped surrogate with an asymmetric clip range.
+
+    Args:
+      logp: float[N, L], log-probs of the taken tokens under the current policy.
+      old_logp: float[N, L], log-probs under the behaviour policy (treated as constant).
+      advantages: float[N, L] or float[N] (broadcast over tokens).
+      action_mask: [N, L]; only these tokens are trained.
+      clip_low, clip_high: ratio clipped to [1 - clip_low, 1 + clip_high].
+      aggregation: "seq-mean-token-mean" (see module docstring) or "token-mean".
+    Returns:
+      (loss scalar, metrics) where per-token loss = -min(r A, clip(r) A), r = exp(logp - old_logp);
+      metrics: clip_fraction (share of action tokens where the clipped term is the active one and
+      differs from the unclipped one), approx_kl (mean of (r - 1) - log r), ratio_mean; the
+      metrics are token means over action tokens and carry no gradient.
+    """
+    mask = jnp.asarray(action_mask).astype(bool)
+    old_logp = lax.stop_gradient(old_logp)
+    adv = jnp.asarray(advantages, jnp.float32)
+    if adv.ndim == 1:
+        adv = adv[:, None]
+    adv = jnp.broadcast_to(adv, logp.shape)
+    # Mask the log-ratio before exp so masked tokens cannot produce inf / nan gradients.
+    log_ratio = jnp.where(mask, logp - old_logp, 0.0)
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * adv
+    clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    per_token = -jnp.minimum(unclipped, clipped)
+    loss = _aggregate(per_token, mask, aggregation)
+
+    sg_ratio = lax.stop_gradient(ratio)
+    sg_log_ratio = lax.stop_gradient(log_ratio)
+    is_clipped = (lax.stop_gradient(clipped) < lax.stop_gradient(unclipped)).astype(jnp.float32)
+    metrics = {
+        "clip_fraction": masked_token_mean(is_clipped, mask),
+        "approx_kl": masked_token_mean((sg_ratio - 1.0) - sg_log_ratio, mask),
+        "ratio_mean": masked_token_mean(sg_ratio, mask),
+    }
+    return loss, metrics
+
+
+def kl_to_reference(logp: Array, ref_logp: Array, action_mask: Array) -> Array:
+    """k3 estimator of KL(pi || ref): exp(d) - d - 1 with d = ref_logp - logp (>= 0).
+
+    Args: logp, ref_logp float[N, L]; action_mask [N, L]. Returns a scalar (seq-mean-token-mean).
+    """
+    mask = jnp.asarray(action_mask).astype(bool)
+    d = jnp.where(mask, lax.stop_gradient(ref_logp) - logp, 0.0)
+    k3 = jnp.exp(d) - d - 1.0
+    return masked_seq_mean_token_mean(k3, mask)
+
+
+def entropy_bonus(logits: Array, action_mask: Array) -> Array:
+    """Mean token entropy of softmax(logits).
+
+    Args: logits float[N, L, V]; action_mask [N, L]. Returns a scalar (seq-mean-token-mean).
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ent = -(jnp.exp(logp) * logp).sum(axis=-1)  # [N, L]
+    return masked_seq_mean_token_mean(ent, action_mask)
+
+
+def discounted_returns(
+    rewards: Array, episode_done: Array, gamma_step: float, gamma_traj: float
+) -> Array:
+    """LaMer cross-episode discounted return over the env steps of a trial.
+
+    G_t = r_t + g_t * G_{t+1} (G_T = 0), g_t = gamma_traj if step t ends an episode
+    (episode_done[:, t]) else gamma_step. With gamma_step = gamma_traj = 1 this is the reverse
+    cumulative sum of rewards.
+
+    Args:
+      rewards: float[N, T].
+      episode_done: bool[N, T].
+    Returns:
+      float[N, T].
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    done = jnp.asarray(episode_done).astype(bool)
+    g = jnp.where(done, jnp.float32(gamma_traj), jnp.float32(gamma_step))
+
+    def step(carry, x):
+        r_t, g_t = x
+        ret = r_t + g_t * carry
+        return ret, ret
+
+    _, out = lax.scan(step, jnp.zeros(rewards.shape[0], jnp.float32), (rewards.T, g.T), reverse=True)
+    return out.T

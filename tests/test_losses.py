@@ -1,0 +1,176 @@
+"""Hand-computed checks of metarl_jax.algos.losses."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarl_jax.algos import (
+    broadcast_to_tokens,
+    discounted_returns,
+    entropy_bonus,
+    group_advantages,
+    kl_to_reference,
+    ppo_clip_loss,
+)
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def test_group_advantages_groups_of_two():
+    adv = group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), group_size=2, eps=0.0)
+    # each group: mean x.5, population std 0.5 -> (-0.5/0.5, 0.5/0.5)
+    np.testing.assert_allclose(adv, [-1.0, 1.0, -1.0, 1.0], rtol=1e-6)
+    adv_eps = group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), group_size=2)
+    np.testing.assert_allclose(adv_eps, np.array([-0.5, 0.5, -0.5, 0.5]) / (0.5 + 1e-6), rtol=1e-6)
+
+
+def test_group_advantages_group_of_four():
+    adv = group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), group_size=4, eps=0.0)
+    # mean 1.5; population var (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25
+    std = math.sqrt(1.25)
+    np.testing.assert_allclose(adv, np.array([-1.5, -0.5, 0.5, 1.5]) / std, rtol=1e-6)
+
+
+def test_group_advantages_equal_returns_are_exactly_zero():
+    adv = group_advantages(jnp.array([0.1, 0.1, 0.1, 2.0, 0.0, 1.0]), group_size=3)
+    np.testing.assert_array_equal(np.asarray(adv[:3]), 0.0)
+    assert np.all(np.isfinite(adv))
+    assert float(adv[3]) > 0 and float(adv[4]) < 0
+
+
+def test_broadcast_to_tokens():
+    mask = jnp.array([[0, 1, 1, 0], [1, 0, 0, 1]], bool)
+    out = broadcast_to_tokens(jnp.array([2.0, -3.0]), mask)
+    np.testing.assert_array_equal(out, [[0, 2, 2, 0], [-3, 0, 0, -3]])
+
+
+# ---------------------------------------------------------------- PPO clip
+
+# One sequence: column 0 is an observation token (masked out, huge log-ratio), then 6 action tokens.
+RATIOS = np.array([50.0, 1.5, 1.1, 0.5, 0.9, 1.5, 0.5])
+ADVS = np.array([1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0])
+MASK = np.array([[False, True, True, True, True, True, True]])
+# per-token loss -min(rA, clip(r, 0.8, 1.28) A):
+#  r=1.5,A=+1 -> -1.28 (clipped)   r=1.1,A=+1 -> -1.1
+#  r=0.5,A=-1 -> +0.8 (clipped)    r=0.9,A=-1 -> +0.9
+#  r=1.5,A=-1 -> +1.5 (no clip on this side)   r=0.5,A=+1 -> -0.5 (no clip on this side)
+TOKEN_LOSS = np.array([-1.28, -1.1, 0.8, 0.9, 1.5, -0.5])
+# d loss_token / d logp = -r A where unclipped, 0 where clipped; divided by 6 action tokens
+GRAD = np.array([0.0, 0.0, -1.1, 0.0, 0.9, 1.5, -0.5]) / 6.0
+
+
+def _ppo_inputs():
+    old = jnp.log(jnp.array([[0.01, 0.2, 0.3, 0.4, 0.5, 0.3, 0.6]]))
+    logp = old + jnp.log(jnp.asarray(RATIOS))[None]
+    return logp, old, jnp.asarray(ADVS)[None], jnp.asarray(MASK)
+
+
+def test_ppo_asymmetric_clip_values_and_metrics():
+    logp, old, adv, mask = _ppo_inputs()
+    loss, m = ppo_clip_loss(logp, old, adv, mask)
+    assert float(loss) == pytest.approx(TOKEN_LOSS.mean(), abs=1e-6)  # 0.32 / 6
+    assert float(loss) == pytest.approx(0.32 / 6, abs=1e-6)
+    assert float(m["clip_fraction"]) == pytest.approx(2 / 6, abs=1e-6)
+    r = RATIOS[1:]
+    assert float(m["ratio_mean"]) == pytest.approx(r.mean(), abs=1e-5)
+    assert float(m["approx_kl"]) == pytest.approx(np.mean((r - 1) - np.log(r)), abs=1e-5)
+
+
+def test_ppo_gradient_zero_beyond_clip_and_on_observation_tokens():
+    logp, old, adv, mask = _ppo_inputs()
+    g = jax.grad(lambda lp: ppo_clip_loss(lp, old, adv, mask)[0])(logp)
+    np.testing.assert_allclose(g[0], GRAD, atol=1e-6)
+    g = np.asarray(g[0])
+    assert g[0] == 0.0  # observation token: exactly zero
+    assert g[1] == 0.0 and g[3] == 0.0  # clipped at 1.28 (A>0) and at 0.8 (A<0)
+    assert np.all(g[[2, 4, 5, 6]] != 0.0)
+
+
+def test_ppo_clip_boundaries_1p28_and_0p8():
+    old = jnp.zeros((1, 4))
+    # ratios just inside / just outside the upper clip for A>0
+    logp = jnp.log(jnp.array([[1.27, 1.29, 0.81, 0.79]]))
+    adv = jnp.array([[1.0, 1.0, -1.0, -1.0]])
+    mask = jnp.ones((1, 4), bool)
+    g = jax.grad(lambda lp: ppo_clip_loss(lp, old, adv, mask)[0])(logp)
+    np.testing.assert_allclose(g[0], np.array([-1.27, 0.0, 0.81, 0.0]) / 4, atol=1e-6)
+    loss, m = ppo_clip_loss(logp, old, adv, mask)
+    assert float(loss) == pytest.approx((-1.27 - 1.28 + 0.81 + 0.8) / 4, abs=1e-6)
+    assert float(m["clip_fraction"]) == pytest.approx(0.5)
+
+
+def test_ppo_seq_mean_token_mean_vs_token_mean():
+    # ratio 1 everywhere -> per-token loss = -A.
+    # seq 0: 1 action token, A=+1 -> -1;  seq 1: 3 action tokens, A=-1 -> +1 each;
+    # seq 2: no action tokens (excluded from the sequence mean).
+    logp = jnp.full((3, 4), -1.0)
+    mask = jnp.array([[0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], bool)
+    adv = jnp.array([1.0, -1.0, 5.0])  # [N] form
+    seq, _ = ppo_clip_loss(logp, logp, adv, mask)
+    tok, _ = ppo_clip_loss(logp, logp, adv, mask, aggregation="token-mean")
+    assert float(seq) == pytest.approx((-1.0 + 1.0) / 2, abs=1e-7)  # 0.0
+    assert float(tok) == pytest.approx((-1.0 + 3.0) / 4, abs=1e-7)  # 0.5
+    # [N, L] advantages give the same result as [N]
+    seq2, _ = ppo_clip_loss(logp, logp, broadcast_to_tokens(adv, mask), mask)
+    assert float(seq2) == pytest.approx(float(seq), abs=1e-7)
+    with pytest.raises(ValueError):
+        ppo_clip_loss(logp, logp, adv, mask, aggregation="bogus")
+
+
+def test_ppo_no_action_tokens_gives_zero():
+    logp = jnp.zeros((2, 3))
+    loss, m = ppo_clip_loss(logp, logp, jnp.ones(2), jnp.zeros((2, 3), bool))
+    assert float(loss) == 0.0 and float(m["clip_fraction"]) == 0.0
+
+
+# ---------------------------------------------------------------- KL / entropy
+
+
+def test_kl_k3():
+    logp = jnp.log(jnp.array([[0.5, 0.5, 0.9]]))
+    mask = jnp.array([[True, True, False]])
+    assert float(kl_to_reference(logp, logp, mask)) == 0.0
+    ref = jnp.log(jnp.array([[0.25, 0.5, 0.01]]))  # last token masked out
+    # token 0: d = log(0.5): 0.5 - log 0.5 - 1 = 0.193147; token 1: 0
+    kl = kl_to_reference(logp, ref, mask)
+    assert float(kl) == pytest.approx((0.5 + math.log(2) - 1) / 2, abs=1e-6)
+    assert float(kl) > 0
+    ref2 = jnp.log(jnp.array([[0.9, 0.7, 0.9]]))
+    assert float(kl_to_reference(logp, ref2, mask)) > 0
+
+
+def test_entropy_uniform_is_log_v():
+    v = 7
+    logits = jnp.zeros((2, 3, v))
+    logits = logits.at[1, 2].set(jnp.array([100.0] + [0.0] * (v - 1)))  # peaked, but masked out
+    mask = jnp.array([[1, 1, 0], [0, 1, 0]], bool)
+    assert float(entropy_bonus(logits, mask)) == pytest.approx(math.log(v), abs=1e-5)
+    # seq-mean-token-mean: seq 0 = (log 7 + 0) / 2, seq 1 = log 7 -> mean 0.75 log 7
+    mask2 = jnp.array([[1, 0, 0], [0, 1, 1]], bool)
+    logits2 = logits.at[0, 0].set(jnp.zeros(v))
+    assert float(entropy_bonus(logits2, mask2)) == pytest.approx(
+        (math.log(v) + (math.log(v) + 0.0) / 2) / 2, abs=1e-5
+    )
+
+
+# ---------------------------------------------------------------- discounted returns
+
+
+def test_discounted_returns_two_episodes():
+    rewards = jnp.array([[0.0, 1.0, 0.0, 0.0, 1.0]])
+    done = jnp.array([[False, True, False, False, True]])
+    out = discounted_returns(rewards, done, gamma_step=0.5, gamma_traj=0.25)
+    # G4 = 1; G3 = 0.5*1; G2 = 0.5*0.5; G1 = 1 + 0.25*0.25 (ends episode 1); G0 = 0.5*1.0625
+    np.testing.assert_allclose(out[0], [0.53125, 1.0625, 0.25, 0.5, 1.0], rtol=1e-6)
+
+
+def test_discounted_returns_gamma_one_is_reverse_cumsum():
+    rewards = jnp.array([[1.0, 2.0, 3.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    done = jnp.array([[False, True, False, False, True], [True, False, True, False, True]])
+    out = discounted_returns(rewards, done, 1.0, 1.0)
+    np.testing.assert_allclose(out, [[7, 6, 4, 1, 1], [1, 1, 1, 0, 0]])
+    np.testing.assert_allclose(out, np.cumsum(np.asarray(rewards)[:, ::-1], axis=1)[:, ::-1])
