@@ -120,13 +120,14 @@ def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, te
     steps = transcript.actions.shape[1]
     width = slots // steps
     act_len = table.max_len
-    logits, _ = model(transcript.tokens, transcript.positions, None, transcript.token_mask)
+    hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
     idx = jnp.arange(slots)
     last_real = jax.lax.cummax(jnp.where(transcript.token_mask, idx[None, :], -1), axis=1)
     prev = jnp.concatenate([jnp.full((batch, 1), -1), last_real[:, :-1]], axis=1)  # previous real slot
     # Logits that predict each action slot: [B, T, act_len, V].
     act_slots = (jnp.arange(steps)[:, None] * width + (width - act_len) + jnp.arange(act_len)[None, :]).reshape(-1)
-    pred = jnp.take_along_axis(logits, jnp.maximum(prev[:, act_slots], 0)[:, :, None], axis=1)
+    # Project to the vocabulary only where an action token is predicted.
+    pred = model.logits(jnp.take_along_axis(hidden, jnp.maximum(prev[:, act_slots], 0)[:, :, None], axis=1))
     pred = pred.reshape(batch, steps, act_len, -1)
     act_tokens = transcript.tokens[:, act_slots].reshape(batch, steps, act_len)
 

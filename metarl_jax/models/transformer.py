@@ -182,6 +182,18 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, positions, cache: KVCache | None = None, token_mask=None):
         """tokens, positions int32[B, T] -> (logits float32[B, T, V], updated cache or None)."""
+        hidden, cache = self.hidden_states(tokens, positions, cache, token_mask)
+        return self.logits(hidden), cache
+
+    def logits(self, hidden):
+        """Output logits float32[..., V] of final hidden states [..., D]."""
+        if self.lm_head is None:
+            return (hidden @ self.embed[...].astype(self.dtype).T).astype(jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def hidden_states(self, tokens, positions, cache: KVCache | None = None, token_mask=None):
+        """Like ``__call__`` but returns the final (normed) hidden states [B, T, D] instead of logits, so a
+        caller can project only the positions it needs (the vocabulary projection dominates memory)."""
         cfg = self.config
         b, t = tokens.shape
         token_mask = jnp.ones((b, t), bool) if token_mask is None else token_mask.astype(bool)
@@ -207,11 +219,6 @@ class Transformer(nnx.Module):
                     new_v.append(v_all)
                     return k_all.astype(k.dtype), v_all.astype(v.dtype), mask
             x = layer(x, cos, sin, keys_fn)
-        x = self.norm(x)
-        if self.lm_head is None:
-            logits = x @ self.embed[...].astype(self.dtype).T
-        else:
-            logits = self.lm_head(x)
         if cache is not None:
             cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=valid, length=cache.length + t)
-        return logits.astype(jnp.float32), cache
+        return self.norm(x), cache
