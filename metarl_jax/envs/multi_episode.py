@@ -201,12 +201,13 @@ class MultiEpisode(environment.Environment):
 
     @property
     def layout(self):
-        inner = self.env.layout
+        """Intro, the finished episode's terminal observation, separator, reflection prompt, header, then the
+        current observation."""
         return [
             slot(self._intro), slot(self._num), slot(self._intro),
             *self.env.later_layout, slot(self._newline), slot(self._reflect),
             slot(self._header), slot(self._num), slot(self._header),
-            *inner,
+            *self.env.layout,
         ]
 
     def obs_pieces(self, state: TrialState) -> jax.Array:

@@ -56,10 +56,10 @@ class Codec:
             table[i, : len(e)] = e
         self.table = jnp.asarray(table)
         self.lengths = jnp.asarray(lengths)
-        self.slot_max = np.array([max(lengths[j] for j in slot_ids(s)) for s in env.layout], np.int32)
-        self.max_len = max(1, int(self.slot_max.sum()))
-        self._slot_widths = [int(w) for w in self.slot_max]
-        self._widest_slot = max(1, max(self._slot_widths, default=1))
+        # The longest piece each slot may show: that slot's share of the fixed output length.
+        self.slot_widths = [int(max(lengths[j] for j in slot_ids(s))) for s in env.layout]
+        self.max_len = max(1, sum(self.slot_widths))
+        self._widest_slot = max(1, max(self.slot_widths, default=1))
 
     def tokens(self, piece_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Piece ids ``int32[S]`` -> ``(tokens int32[max_len], length int32[])``; pads with ``pad_id``.
@@ -72,7 +72,7 @@ class Codec:
         lens = self.lengths[piece_ids]
         starts = jnp.cumsum(lens) - lens
         out = jnp.full((self.max_len + self._widest_slot,), self.pad_id, jnp.int32)
-        for s, width in enumerate(self._slot_widths):
+        for s, width in enumerate(self.slot_widths):
             if width:
                 out = jax.lax.dynamic_update_slice(out, self.table[piece_ids[s], :width], (starts[s],))
         return out[: self.max_len], lens.sum()
