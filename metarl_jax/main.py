@@ -1,37 +1,83 @@
-"""Command-line entry point. Until the trainer lands, it plays trials with baseline policies.
+"""Command-line entry point: meta-train and evaluate (a thin wrapper around :mod:`metarl_jax.train`).
 
-    python -m metarl_jax.main --env=game:GuessTheNumber-v0-hard --num_trials=256
+    python -m metarl_jax.main --workdir=/tmp/metarl_run [--config=configs/default.py:compare] [--config.num_steps=200]
 
-prints the per-episode success table of the random and oracle policies on multi-episode trials (ORBIT's
-step cap: 3 x turns per episode) and, with ``--workdir``, writes it as markdown and JSON.
+``--config`` names an ml_collections config file (``path.py:variant``); ``--config.a.b=value`` overrides a field.
+A variant ``compare`` (the default config's default) trains the ORBIT run and the single-episode baseline with
+the same budget, in ``<workdir>/orbit`` and ``<workdir>/single_episode``, and prints their held-out
+per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
+command resumes from the last checkpoints.
+
+``--baselines`` plays the random and oracle policies instead (no training).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 from absl import app, flags
+from ml_collections import config_flags
 
-_ENVS = flags.DEFINE_list("env", ["game:GuessTheNumber-v0-hard", "maze", "game:Mastermind-v0-random"], "Env ids to play.")
-_POLICIES = flags.DEFINE_list("policy", ["random", "oracle"], "Baseline policies to play.")
-_NUM_TRIALS = flags.DEFINE_integer("num_trials", 256, "Trials per (env, policy).")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "If set, write success_table.md and success_table.json here.")
+_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config file (path.py[:variant]).")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/metarl_run", "Where checkpoints, logs and results go.")
+_BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
+
+
+def compare(config, workdir: str):
+    """Trains the ORBIT run and the single-episode baseline; returns and writes the comparison."""
+    from metarl_jax.evaluate import success_table
+    from metarl_jax.train import train_and_evaluate
+
+    from metarl_jax.train import build_run
+
+    configs = {}
+    for name, single in (("orbit", False), ("single_episode", True)):
+        cfg = config.copy_and_resolve_references()
+        cfg.variant, cfg.single_episode = ("single" if single else "orbit"), single
+        build_run(cfg)  # both configs are checked before either run compiles anything
+        configs[name] = cfg
+    results = {
+        name: train_and_evaluate(cfg, os.path.join(workdir, name),
+                                 label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")
+        for name, cfg in configs.items()
+    }
+    rows = results["orbit"] + results["single_episode"]
+    rows.sort(key=lambda r: r.env_id)
+    lines = [success_table(rows), ""]
+    summary = {}
+    for r in rows:
+        if len(r.episode_rates) >= 3:
+            gain = r.episode_rates[2] - r.episode_rates[0]
+            summary.setdefault(r.env_id, {})[r.policy] = {"episode_rates": r.episode_rates, "episode3_minus_episode1": gain}
+            lines.append(f"{r.env_id} | {r.policy}: episode 3 - episode 1 = {gain:+.3f}")
+    text = "\n".join(lines)
+    with open(os.path.join(workdir, "comparison.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(workdir, "comparison.json"), "w") as f:
+        json.dump({"summary": summary, "rows": [r.as_dict() for r in rows]}, f, indent=2)
+    return text
 
 
 def main(argv):
     del argv
-    from metarl_jax.play import play_baselines
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    if _BASELINES.value:
+        from metarl_jax.play import play_baselines
 
-    rows, table = play_baselines(_ENVS.value, _POLICIES.value, _NUM_TRIALS.value, _SEED.value)
-    print(table)
-    if _WORKDIR.value:
-        os.makedirs(_WORKDIR.value, exist_ok=True)
-        with open(os.path.join(_WORKDIR.value, "success_table.md"), "w") as f:
-            f.write(table + "\n")
-        with open(os.path.join(_WORKDIR.value, "success_table.json"), "w") as f:
-            json.dump([r.as_dict() for r in rows], f, indent=2)
+        _, table = play_baselines([t.env_id for t in config.eval_tasks], ["random", "oracle"], config.eval_trials, config.seed)
+        print(table)
+        return
+    if config.variant == "compare":
+        print("\nHeld-out success per episode (95% intervals):\n" + compare(config, workdir))
+    else:
+        from metarl_jax.evaluate import success_table
+        from metarl_jax.train import train_and_evaluate
+
+        print("\nHeld-out success per episode (95% intervals):\n" + success_table(train_and_evaluate(config, workdir)))
 
 
 if __name__ == "__main__":

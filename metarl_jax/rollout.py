@@ -1,14 +1,18 @@
-"""Multi-episode rollouts of a transformer policy, as one ``lax.scan`` over the trial's step cap.
+"""Multi-episode rollouts of a transformer policy, as one ``lax.scan`` over the turns of a trial.
 
-Each env step: render the observation tokens (codec), prefill them into the KV cache, decode one action
-with constrained decoding (:mod:`metarl_jax.agents.actions`), step the :class:`~metarl_jax.envs.MultiEpisode`
-env. Everything is vmapped over the batch by construction (the model takes a batch; env functions are
-vmapped), so the whole rollout is one XLA program.
+Each turn: render the observation tokens (codec), prefill them into the KV cache, decode one action with
+constrained decoding (:mod:`metarl_jax.agents.actions`), step the :class:`~metarl_jax.envs.MultiEpisode` env.
+Everything is batched (the model takes a batch; env functions are vmapped), so the whole rollout is one XLA
+program.
 
-The returned :class:`Transcript` holds, per row, the token stream in cache-slot order (observation chunks
-padded to the codec's fixed length, then the action tokens), a mask of real tokens, a mask of action tokens,
-the sampler's log-probabilities of the action tokens and per-step episode flags. A teacher-forced forward
-over ``tokens`` with ``token_mask`` reproduces the sampler's log-probabilities (see ``tests/test_rollout.py``).
+The context is *compact*: each row's real tokens are written contiguously from slot 0 (an observation's
+padding is overwritten by what follows), so positions equal slot indices and a context of ``context_len``
+tokens holds the transcript (see :mod:`metarl_jax.agents.context` for the worst case). As in ORBIT, a row whose
+context would overflow stops: it takes no further turns and keeps the rewards it earned (``truncated``).
+
+The returned :class:`Transcript` holds the token stream, the action tokens per turn with their slots, the
+sampler's log-probabilities and the per-turn env outcomes. :func:`teacher_forced_logp` recomputes the
+log-probabilities from ``tokens`` in one causal forward; ``tests/test_rollout.py`` checks they agree.
 """
 
 from __future__ import annotations
@@ -18,127 +22,205 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from metarl_jax.agents.actions import constrained_step
+from metarl_jax.agents.context import ContextBudget
+from metarl_jax.models.sampling import process_logits
 from metarl_jax.models.transformer import init_cache
 
 
 @struct.dataclass
 class Transcript:
-    """A batch of rollouts. B rows, S = steps * (obs_len + action_len) token slots, T env steps.
+    """A batch of rollouts: B rows, S = ``context_len`` token slots, T turns, L = longest action in tokens.
 
     Attributes:
-      tokens: int32[B, S]; token_mask: bool[B, S] real tokens; action_mask: bool[B, S] sampled action tokens.
-      positions: int32[B, S] RoPE positions (real tokens counted).
-      logp: float32[B, S] the sampler's log-probability of each action token (0 elsewhere).
-      actions: int32[B, T]; rewards: float32[B, T]; episode_index, episode_done, success: [B, T].
-      valid: bool[B, T, A], the actions the decoder could choose at each step.
+      tokens: int32[B, S] the context, real tokens first (``length`` of them), then padding.
+      length: int32[B] real tokens per row.
+      action_tokens: int32[B, T, L]; action_mask: bool[B, T, L] the sampled tokens (False after an action
+        ends and on turns not taken).
+      action_start: int32[B, T] the slot of each turn's first action token.
+      logp: float32[B, T, L] the sampler's log-probability of each action token (0 where masked).
+      valid: bool[B, T, A] the actions the decoder could choose at each turn.
+      actions, rewards, episode_index, episode_done, success, reflection: [B, T] per turn, from the env.
+      taken: bool[B, T] the turn was played (the trial was not over and the context had room).
+      truncated: bool[B] the context filled up before the trial's step cap.
     """
 
     tokens: jax.Array
-    token_mask: jax.Array
+    length: jax.Array
+    action_tokens: jax.Array
     action_mask: jax.Array
-    positions: jax.Array
+    action_start: jax.Array
     logp: jax.Array
+    valid: jax.Array
     actions: jax.Array
     rewards: jax.Array
     episode_index: jax.Array
     episode_done: jax.Array
     success: jax.Array
-    valid: jax.Array
+    reflection: jax.Array
+    taken: jax.Array
+    truncated: jax.Array
+
+    @property
+    def token_mask(self) -> jax.Array:
+        """bool[B, S]: the real tokens."""
+        return jnp.arange(self.tokens.shape[1])[None, :] < self.length[:, None]
+
+    @property
+    def positions(self) -> jax.Array:
+        """int32[B, S]: RoPE positions (slot indices: the context is compact)."""
+        return jnp.broadcast_to(jnp.arange(self.tokens.shape[1], dtype=jnp.int32), self.tokens.shape)
 
 
-def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, temperature: float = 1.0, top_p: float = 1.0):
-    """Plays ``env.total_step_cap`` steps from ``trial_states`` (batched [B]); returns a :class:`Transcript`."""
+PREFILL_BLOCK = 32  # tokens per prefill call; a turn makes as many calls as its longest row needs
+
+
+def _write(buffer, values, start):
+    """Row-wise ``buffer[b, start[b]:start[b] + n] = values[b]`` (buffer [B, S], values [B, n])."""
+    return jax.vmap(lambda buf, val, s: jax.lax.dynamic_update_slice(buf, val.astype(buf.dtype), (s,)))(buffer, values, start)
+
+
+def _prefill(model, cache, chunk, n):
+    """Writes the first ``n[b]`` tokens of ``chunk`` [B, W] into the cache at ``cache.length``.
+
+    Runs ``ceil(max(n) / PREFILL_BLOCK)`` calls of ``PREFILL_BLOCK`` tokens (a while loop: most observations are
+    short, the padded width is not paid). Returns ``(cache, hidden [B, D] of each row's last written token)``.
+    """
+    batch, width = chunk.shape
+    block = PREFILL_BLOCK
+    chunk = jnp.pad(chunk, ((0, 0), (0, -width % block)))
+    start = cache.length
+    rows = jnp.arange(batch)
+
+    def body(i, carry):
+        cache, last = carry
+        off = i * block
+        toks = jax.lax.dynamic_slice_in_dim(chunk, off, block, axis=1)
+        idx = off + jnp.arange(block)[None, :]
+        cache = cache.replace(length=start + off)
+        hidden, cache = model.hidden_states(toks, start[:, None] + idx, cache, idx < n[:, None])
+        here = (n - 1 >= off) & (n - 1 < off + block)
+        last = jnp.where(here[:, None], hidden[rows, jnp.clip(n - 1 - off, 0, block - 1)], last)
+        return cache, last
+
+    trips = (jnp.max(n) + block - 1) // block
+    last = jnp.zeros((batch, model.config.hidden_size), jnp.float32)
+    cache, last = jax.lax.fori_loop(0, trips, body, (cache, last))
+    return cache.replace(length=start + n), last
+
+
+def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
+            context_len: int, temperature: float = 1.0, top_p: float = 1.0) -> Transcript:
+    """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
+
+    ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
+
+    Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
+    the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
+    ``table.decide_len`` tokens; the chosen action's remaining tokens are forced and wait for the next
+    prefill. Their log-probability is exactly 0 under constrained decoding.
+    """
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
-    obs_len, act_len = codec.max_len, table.max_len
-    steps = env.total_step_cap
-    cache = init_cache(model.config, batch, steps * (obs_len + act_len))
+    chunk, act_len, pre, decide = budget.chunk_len, table.max_len, table.prefix_len, table.decide_len
+    width = act_len + chunk + pre  # pending tail + observation + action prefix
+    room = context_len + width + PREFILL_BLOCK  # slack: block writes never clip at the end
+    cache = init_cache(model.config, batch, room)
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
     render = jax.vmap(codec.render_tokens)
-    valid_actions = jax.vmap(env.valid_actions)
+    padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
+    prefix = jnp.broadcast_to(table.tokens[0, :pre], (batch, pre))
+    positions = jnp.arange(act_len)
 
-    def env_step(carry, t):
-        states, cache, pos = carry
+    def turn(carry, t):
+        states, cache, tokens, pending, pending_n, end, stopped = carry
         k_dec, k_env = jax.random.split(jax.random.fold_in(key, t))
-        obs, obs_len_b = render(states)  # [B, L], [B]
-        obs_mask = jnp.arange(obs_len)[None, :] < obs_len_b[:, None]
-        obs_pos = pos[:, None] + jnp.cumsum(obs_mask, axis=1) - 1
-        logits, cache = model(obs, obs_pos, cache, obs_mask)
-        last = logits[jnp.arange(batch), obs_len_b - 1]  # logits after the last real observation token
-        pos = pos + obs_len_b
-        valid = valid_actions(states)
+        obs, n = render(states)
+        obs = obs[:, :chunk]  # real tokens come first and never exceed the chunk bound
+        start = cache.length  # where the pending tail goes; the observation follows it
+        fits = start + pending_n + n + act_len <= context_len
+        live = ~states.trial_done & ~stopped & fits
+        truncated_now = ~states.trial_done & ~stopped & ~fits
+        n = jnp.where(live, n, 0)
+        obs = jnp.where(jnp.arange(chunk)[None, :] < n[:, None], obs, codec.pad_id)
+        tokens = _write(tokens, obs, start + pending_n)
+        buf = jnp.full((batch, width), codec.pad_id, jnp.int32)
+        buf = _write(buf, pending, jnp.zeros_like(n))
+        buf = _write(buf, obs, pending_n)
+        buf = _write(buf, prefix, pending_n + n)
+        cache, last = _prefill(model, cache, buf, jnp.where(live, pending_n + n + pre, 0))
+        scratch = room - act_len  # where a row that takes no turn writes its (padding) action
+        action_start = cache.length - pre
+        logits = model.logits(last)
+        valid = jax.vmap(env.valid_actions)(states)
         dstate = jax.vmap(table.init)(valid)
-        toks, logps = [], []
-        for i in range(act_len):
+        for i in range(pre):
+            dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
+        logp = jnp.zeros((batch, act_len), jnp.float32)
+        for i in range(decide):
             keys = jax.random.split(jax.random.fold_in(k_dec, i), batch)
-            token, logp, dstate_new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p))(dstate, last, keys)
-            real = ~dstate.done
-            logits_i, cache = model(token[:, None], pos[:, None], cache, real[:, None])
-            last = logits_i[:, 0]
-            pos = pos + real
-            toks.append(jnp.where(real, token, table.pad_id))
-            logps.append(logp)
-            dstate = dstate_new
-        action = dstate.action
-        _, states, reward, _, info = step_env(jax.random.split(k_env, batch), states, action, env_params)
-        act_tokens = jnp.stack(toks, 1)
-        act_real = act_tokens != table.pad_id  # pad only after the action ends
+            token, lp, new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p))(dstate, logits, keys)
+            sample = live & ~dstate.done & (dstate.alive.sum(-1) > 1)  # a real choice remains
+            logp = logp.at[:, pre + i].set(jnp.where(sample, lp, 0.0))
+            dstate = jax.tree.map(lambda a, b: jnp.where(sample.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, dstate)
+            if i + 1 < decide:
+                pos = cache.length
+                hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, sample[:, None])
+                cache = cache.replace(length=pos + sample)
+                logits = model.logits(hidden[:, 0])
+        action = jnp.argmax(dstate.alive, axis=-1).astype(jnp.int32)  # determined: one action is alive
+        action_tokens = table.tokens[action]
+        length = table.lengths[action]
+        emitted = cache.length - action_start
+        pending = jax.vmap(lambda row, e: jax.lax.dynamic_slice_in_dim(row, e, act_len))(padded_actions[action], emitted)
+        pending_n = jnp.where(live, length - emitted, 0)
+        tokens = _write(tokens, jnp.where(live[:, None], action_tokens, table.pad_id), jnp.where(live, action_start, scratch))
+        end = jnp.where(live, action_start + length, end)
+        _, new_states, reward, _, info = step_env(jax.random.split(k_env, batch), states, action, env_params)
+        new_states = jax.tree.map(lambda a, b: jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new_states, states)
         out = dict(
-            tokens=jnp.concatenate([obs, act_tokens], 1),
-            token_mask=jnp.concatenate([obs_mask, act_real], 1),
-            action_mask=jnp.concatenate([jnp.zeros_like(obs_mask), act_real], 1),
-            positions=jnp.concatenate([obs_pos, pos[:, None] - act_real.sum(1, keepdims=True) + jnp.cumsum(act_real, 1) - 1], 1),
-            logp=jnp.concatenate([jnp.zeros(obs_mask.shape, jnp.float32), jnp.stack(logps, 1)], 1),
-            actions=action, rewards=reward, episode_index=info["episode_index"],
-            episode_done=info["episode_done"], success=info["success"], valid=valid,
+            action_tokens=action_tokens, action_mask=live[:, None] & (positions[None, :] < length[:, None]),
+            action_start=action_start, logp=logp, valid=valid, actions=jnp.where(live, action, -1),
+            rewards=jnp.where(live, reward, 0.0), episode_index=info["episode_index"],
+            episode_done=info["episode_done"] & live, success=info["success"] & live,
+            reflection=info["reflection"] & live, taken=live,
         )
-        return (states, cache, pos), out
+        return (new_states, cache, tokens, pending, pending_n, end, stopped | truncated_now), out
 
-    init = (trial_states, cache, jnp.zeros((batch,), jnp.int32))
-    _, out = jax.lax.scan(env_step, init, jnp.arange(steps))
-    flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(batch, -1)  # [T, B, n] -> [B, T * n]
-    per_step = lambda x: jnp.swapaxes(x, 0, 1)
-    return Transcript(
-        tokens=flat(out["tokens"]), token_mask=flat(out["token_mask"]), action_mask=flat(out["action_mask"]),
-        positions=flat(out["positions"]), logp=flat(out["logp"]),
-        actions=per_step(out["actions"]), rewards=per_step(out["rewards"]), episode_index=per_step(out["episode_index"]),
-        episode_done=per_step(out["episode_done"]), success=per_step(out["success"]), valid=per_step(out["valid"]),
-    )
+    tokens = jnp.full((batch, room), codec.pad_id, jnp.int32)
+    zeros = jnp.zeros((batch,), jnp.int32)
+    init = (trial_states, cache, tokens, jnp.full((batch, act_len), table.pad_id, jnp.int32), zeros, zeros, jnp.zeros((batch,), bool))
+    (_, _, tokens, _, _, end, truncated), out = jax.lax.scan(turn, init, jnp.arange(budget.turns))
+    per_turn = {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}  # [T, B, ...] -> [B, T, ...]
+    return Transcript(tokens=tokens[:, :context_len], length=end, truncated=truncated, **per_turn)
 
 
-def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0, top_p: float = 1.0):
-    """float32[B, S]: the sampler's log-probability of every action token, recomputed in one causal forward.
+def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
+                        top_p: float = 1.0, with_entropy: bool = False):
+    """float32[B, T, L]: the sampler's log-probability of every action token, recomputed in one causal forward.
 
-    Each action token is scored by the logits of the previous real token, under the same constrained,
-    temperature/top-p processed distribution the decoder used (the trie is replayed from ``valid``).
-    Non-action slots get 0.
+    Each action token is scored by the hidden state of the slot before it, under the same constrained,
+    temperature/top-p processed distribution the decoder used (the trie is replayed from ``valid``). Masked
+    tokens get 0. With ``with_entropy`` returns ``(logp, entropy)``, the entropy [B, T, L] of that
+    distribution at each action token (0 for tokens the trie forces).
     """
-    from metarl_jax.models.sampling import process_logits
-
     model = nnx.merge(graphdef, model_state)
-    batch, slots = transcript.tokens.shape
-    steps = transcript.actions.shape[1]
-    width = slots // steps
-    act_len = table.max_len
+    batch, steps, act_len = transcript.action_tokens.shape
     hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
-    idx = jnp.arange(slots)
-    last_real = jax.lax.cummax(jnp.where(transcript.token_mask, idx[None, :], -1), axis=1)
-    prev = jnp.concatenate([jnp.full((batch, 1), -1), last_real[:, :-1]], axis=1)  # previous real slot
-    # Logits that predict each action slot: [B, T, act_len, V].
-    act_slots = (jnp.arange(steps)[:, None] * width + (width - act_len) + jnp.arange(act_len)[None, :]).reshape(-1)
-    # Project to the vocabulary only where an action token is predicted.
-    pred = model.logits(jnp.take_along_axis(hidden, jnp.maximum(prev[:, act_slots], 0)[:, :, None], axis=1))
-    pred = pred.reshape(batch, steps, act_len, -1)
-    act_tokens = transcript.tokens[:, act_slots].reshape(batch, steps, act_len)
+    # Slot of the token that predicts action token i of turn t: the one just before it.
+    before = jnp.maximum(transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :] - 1, 0)
+    picked = jnp.take_along_axis(hidden, before.reshape(batch, -1)[:, :, None], axis=1)
+    pred = model.logits(picked).reshape(batch, steps, act_len, -1)  # project only where an action is predicted
 
-    def score(valid, tokens, step_logits):  # one action decode: replay the trie
+    def score(valid, tokens, mask, step_logits):  # one action decode: replay the trie
         state = table.init(valid)
-        out = []
+        out, ent = [], []
         for i in range(act_len):
             logp = process_logits(step_logits[i], temperature, top_p, mask=table.allowed(state))
-            out.append(jnp.where(state.done, 0.0, logp[tokens[i]]))
+            out.append(jnp.where(mask[i], logp[tokens[i]], 0.0))
+            p = jnp.exp(logp)
+            ent.append(jnp.where(mask[i], -jnp.sum(jnp.where(p > 0, p * logp, 0.0)), 0.0))
             state = table.advance(state, tokens[i])
-        return jnp.stack(out)
+        return jnp.stack(out), jnp.stack(ent)
 
-    act_logp = jax.vmap(jax.vmap(score))(transcript.valid, act_tokens, pred)  # [B, T, act_len]
-    return jnp.zeros((batch, slots), jnp.float32).at[:, act_slots].set(act_logp.reshape(batch, -1))
+    logp, entropy = jax.vmap(jax.vmap(score))(transcript.valid, transcript.action_tokens, transcript.action_mask, pred)
+    return (logp, entropy) if with_entropy else logp

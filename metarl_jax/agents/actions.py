@@ -42,6 +42,9 @@ class ActionTable:
 
     Attributes:
       tokens: int32[A, max_len] padded with ``pad_id``; lengths: int32[A].
+      prefix_len: tokens shared by every action (forced, e.g. ``\\boxed{``).
+      decide_len: the most tokens after the prefix that any action needs before no other action shares them;
+        only these may need sampling, the rest of an action is forced.
     """
 
     def __init__(self, env, tokenizer):
@@ -70,6 +73,15 @@ class ActionTable:
             table[i, : len(s)] = s
         self.tokens = jnp.asarray(table)
         self.lengths = jnp.asarray([len(s) for s in seqs], jnp.int32)
+        # Tokens every action starts with (forced: the rollout prefills them with the observation), and the
+        # most tokens after that prefix before the action is determined (the sampled "decision" tokens; the
+        # rest of the action is forced too and is written with the next observation).
+        common = 0
+        while common < min(len(s) for s in seqs) - 1 and len({s[common] for s in seqs}) == 1:
+            common += 1
+        self.prefix_len = common if len(seqs) > 1 else 0
+        counts = _prefix_counts(seqs)
+        self.decide_len = max(1, max(_determined_at(s, counts) for s in seqs) - self.prefix_len)
 
     def init(self, valid=None) -> DecodeState:
         """A fresh decode; ``valid`` (bool[A]) optionally restricts the actions (e.g. to env.valid_actions)."""
@@ -88,6 +100,23 @@ class ActionTable:
         finished = alive & (self.lengths == state.t + 1)
         action = jnp.where(state.done, state.action, jnp.where(finished.any(), jnp.argmax(finished), -1))
         return DecodeState(alive=jnp.where(state.done, state.alive, alive), t=state.t + (~state.done), action=action.astype(jnp.int32))
+
+
+def _prefix_counts(seqs) -> dict:
+    """How many sequences start with each prefix."""
+    counts: dict = {}
+    for s in seqs:
+        for k in range(1, len(s) + 1):
+            counts[tuple(s[:k])] = counts.get(tuple(s[:k]), 0) + 1
+    return counts
+
+
+def _determined_at(seq, counts) -> int:
+    """The fewest leading tokens of ``seq`` that no other action shares."""
+    for k in range(1, len(seq) + 1):
+        if counts[tuple(seq[:k])] == 1:
+            return k
+    return len(seq)
 
 
 def constrained_step(table: ActionTable, state: DecodeState, logits, key, temperature: float = 1.0, top_p: float = 1.0):

@@ -1,75 +1,139 @@
 """The compiled GRPO meta-training step: rollout, group advantages, PPO-clip loss, optax update, one jit.
 
-``make_train_step(...)`` returns ``train_step(train_state, key) -> (train_state, metrics)``:
+``make_train_step(graphdef, tasks, optimizer, hp)`` returns ``train_step(train_state, key) -> (train_state,
+metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in one program:
 
-1. sample ``num_tasks`` tasks and replicate each ``group_size`` times (the GRPO group: same task, same
-   trial start, independent sampling);
+1. draw ``hp.num_tasks`` tasks from its training set and replicate each ``hp.group_size`` times (the GRPO
+   group: same task, same trial start, independent sampling);
 2. :func:`metarl_jax.rollout.rollout` plays every trial to its step cap;
-3. the trial return (successful episodes) gives group-relative advantages on every action token;
+3. the trial return (successful episodes) gives group-relative advantages ``(R - mean) / (std + eps)`` on
+   every action token; with a cross-episode discount (LaMer) the return-to-go of each turn is normalised
+   over the group at that turn instead;
 4. a teacher-forced forward gives the log-probabilities; the PPO-clip loss (asymmetric clip,
-   seq-mean-token-mean) is differentiated w.r.t. the parameters and applied with optax.
+   seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference and entropy
+   bonus, is differentiated and applied with optax.
 
-On-policy with one update per batch (ORBIT), so the ratio is 1 at the update; the clip matters once several
-updates reuse a batch. Metrics are small scalars and per-episode-index success rates.
+Rows of all envs count equally in the loss. On-policy with one update per batch (ORBIT), so the ratio is 1 at
+the update; the clip matters once several updates reuse a batch. Metrics are small: scalars and
+per-episode-index success rates per env, never a stacked history.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from metarl_jax.algos.losses import group_advantages, ppo_clip_loss
+from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
 from metarl_jax.rollout import rollout, teacher_forced_logp
 
 
 @struct.dataclass
 class TrainState:
-    """params: the model's nnx.State; opt_state: optax state; step: int32[]."""
+    """params: the model's nnx.State; opt_state: optax state; step: int32[];
+    ref_params: the frozen reference for the KL term (None without one)."""
 
     params: nnx.State
     opt_state: optax.OptState
     step: jax.Array
+    ref_params: nnx.State | None = None
 
 
-def init_train_state(model_state, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(params=model_state, opt_state=optimizer.init(model_state), step=jnp.zeros((), jnp.int32))
+def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_reference: bool = False) -> TrainState:
+    ref = jax.tree.map(jnp.copy, model_state) if keep_reference else None
+    return TrainState(params=model_state, opt_state=optimizer.init(model_state), step=jnp.zeros((), jnp.int32), ref_params=ref)
 
 
-def make_train_step(graphdef, env, env_params, codec, table, optimizer, num_tasks: int, group_size: int,
-                    temperature: float = 1.0, top_p: float = 1.0, clip_low: float = 0.2, clip_high: float = 0.28,
-                    num_episodes_logged: int = 3):
+@dataclasses.dataclass(frozen=True)
+class GRPOHyper:
+    """Hyperparameters of the step (ORBIT's values where it has them)."""
+
+    num_tasks: int = 8  # tasks per env per step
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
+    gamma_traj: float | None = None  # LaMer discount across an episode boundary
+    num_episodes_logged: int = 3
+
+
+def episode_success(transcript, num_episodes: int) -> jax.Array:
+    """float32[num_episodes]: share of rows whose k-th episode (0-based) ended in success."""
+    return jnp.stack([(transcript.success & (transcript.episode_index == k)).any(axis=1).mean()
+                      for k in range(num_episodes)])
+
+
+def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
+    """float32[B, T]: the advantage of each turn's action tokens."""
+    if hp.gamma_step is None:
+        adv = group_advantages(transcript.rewards.sum(axis=1), group_size)
+        return jnp.broadcast_to(adv[:, None], transcript.rewards.shape)
+    env_steps = transcript.taken & ~transcript.reflection
+    ret = discounted_returns(transcript.rewards, transcript.episode_done, hp.gamma_step, hp.gamma_traj)
+    ret = jnp.where(env_steps, ret, 0.0)
+    grouped = ret.reshape(-1, group_size, ret.shape[1])
+    adv = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-6)
+    return adv.reshape(ret.shape)
+
+
+def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``)."""
+    g = hp.group_size
+
+    def play(params, task, key):
+        k_pick, k_reset, k_roll = jax.random.split(key, 3)
+        picks = jax.random.randint(k_pick, (hp.num_tasks,), 0, task.task_keys.shape[0])
+        sample = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))
+        tasks_b = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), sample(task.task_keys[picks]))
+        batch = hp.num_tasks * g
+        _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
+        return rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
+                       task.budget, task.context_len, hp.temperature, hp.top_p)
 
     def train_step(state: TrainState, key):
-        k_task, k_reset, k_roll = jax.random.split(key, 3)
-        tasks = jax.vmap(lambda k: env.sample_task(k, env_params))(jax.random.split(k_task, num_tasks))
-        tasks = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), tasks)
-        batch = num_tasks * group_size
-        _, trials = jax.vmap(env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks, env_params)
-        transcript = rollout(graphdef, state.params, env, env_params, codec, table, k_roll, trials, temperature, top_p)
-        returns = transcript.rewards.sum(axis=1)
-        advantages = group_advantages(returns, group_size)
-        old_logp = jax.lax.stop_gradient(transcript.logp)
+        keys = jax.random.split(key, len(tasks))
+        transcripts = [play(state.params, task, k) for task, k in zip(tasks, keys)]
+        advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
         def loss_fn(params):
-            logp = teacher_forced_logp(graphdef, params, transcript, table, temperature, top_p)
-            return ppo_clip_loss(logp, old_logp, advantages, transcript.action_mask, clip_low, clip_high)
+            total, parts = 0.0, []
+            for task, tr, adv in zip(tasks, transcripts, advantages):
+                rows, turns, act_len = tr.action_tokens.shape
+                logp, entropy = teacher_forced_logp(graphdef, params, tr, task.table, hp.temperature, hp.top_p, with_entropy=True)
+                flat = lambda x: x.reshape(rows, turns * act_len)
+                mask = flat(tr.action_mask)
+                tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
+                loss, m = ppo_clip_loss(flat(logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high)
+                m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
+                loss = loss - hp.entropy_coef * m["entropy"]
+                if hp.kl_coef:
+                    ref_logp, _ = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p)
+                    m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
+                    loss = loss + hp.kl_coef * m["kl"]
+                total = total + loss * rows
+                parts.append(m)
+            return total / sum(tr.action_tokens.shape[0] for tr in transcripts), parts
 
-        (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        episode_success = jnp.stack([
-            (transcript.success & (transcript.episode_index == k)).any(axis=1).mean() for k in range(num_episodes_logged)
-        ])
-        metrics = {
-            "loss": loss,
-            "mean_return": returns.mean(),
-            "episode_success": episode_success,
-            "grad_norm": optax.tree.norm(grads),
-            **loss_metrics,
-        }
-        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        for task, tr, m in zip(tasks, transcripts, parts):
+            metrics[task.name] = {
+                "mean_return": tr.rewards.sum(axis=1).mean(),
+                "episode_success": episode_success(tr, hp.num_episodes_logged),
+                "context_used": tr.length.mean() / task.context_len,
+                "truncated": tr.truncated.mean(),
+                **m,
+            }
+        new = TrainState(params=params, opt_state=opt_state, step=state.step + 1, ref_params=state.ref_params)
+        return new, metrics
 
     return train_step

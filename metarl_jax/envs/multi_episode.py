@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from gymnax.environments import environment
 
@@ -66,9 +67,14 @@ class MultiEpisode(environment.Environment):
       total_step_cap: env steps in a trial, over all its episodes (ORBIT's ``total_step_cap``).
       reflection: add a reflection turn between episodes.
       intro: open the trial with a short text that explains the multi-episode setting.
+      repeat_opening: show the game's opening (its rules, ``env.opening_slots``) at the start of every episode,
+        as ORBIT does. With ``False`` only the first episode shows it; later episodes open with the header and
+        the rest of the game's first observation. The opening depends only on the task, which a trial keeps,
+        so nothing is hidden; short episodes then cost far fewer context tokens (useful for small models).
     """
 
-    def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True):
+    def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,
+                 repeat_opening: bool = True):
         if not isinstance(env, TextEnv):
             raise TypeError(f"MultiEpisode wraps a metarl_jax TextEnv, got {type(env).__name__}")
         if int(total_step_cap) < env.default_max_turns:
@@ -81,6 +87,7 @@ class MultiEpisode(environment.Environment):
         self.total_step_cap = int(total_step_cap)
         self.reflection = bool(reflection)
         self.intro = bool(intro)
+        self.repeat_opening = bool(repeat_opening)
         self.book = env.book.copy()
         self._num = self.book.add(*[str(i) for i in range(self.total_step_cap + 2)])
         self._intro = self.book.add(
@@ -217,6 +224,10 @@ class MultiEpisode(environment.Environment):
         show_prev = (view == VIEW_BOUNDARY) | (view == VIEW_REFLECT)
         show_header = (view == VIEW_START) | (view == VIEW_BOUNDARY) | (view == VIEW_AFTER_REFLECT)
         show_inner = view != VIEW_REFLECT
+        inner = self.env.obs_pieces(state.inner)
+        if not self.repeat_opening:
+            opening = jnp.zeros(inner.shape, bool).at[jnp.asarray(self.env.opening_slots, jnp.int32)].set(True)
+            inner = jnp.where(opening & (state.episode_index > 0), EMPTY, inner)
 
         def when(cond, ids):
             return jnp.where(cond, jnp.asarray(ids, jnp.int32), EMPTY)
@@ -227,7 +238,7 @@ class MultiEpisode(environment.Environment):
             when(show_prev, jnp.stack([self._newline[0]])),
             when(view == VIEW_REFLECT, jnp.stack([self._reflect[0]])),
             when(show_header, jnp.stack([self._header[0], self._num[jnp.minimum(state.episode_index + 1, self.total_step_cap + 1)], self._header[1]])),
-            when(show_inner, self.env.obs_pieces(state.inner)),
+            when(show_inner, inner),
         ]).astype(jnp.int32)
 
     def render_text(self, state: TrialState) -> str:
@@ -244,8 +255,19 @@ class MultiEpisode(environment.Environment):
         if view in (VIEW_START, VIEW_BOUNDARY, VIEW_AFTER_REFLECT):
             parts.append(f"[Episode {int(state.episode_index) + 1}] New episode begins.\n")
         if view != VIEW_REFLECT:
-            parts.append(self.env.render_text(state.inner))
+            text = self.env.render_text(state.inner)
+            if not self.repeat_opening and int(state.episode_index) > 0 and int(state.inner.time) == 0:
+                opening = self._opening_text(state.inner)
+                if not text.startswith(opening):
+                    raise ValueError(f"{self.env.name}: the opening slots must lead the first observation")
+                text = text[len(opening):]
+            parts.append(text)
         return "".join(parts)
+
+    def _opening_text(self, inner) -> str:
+        """The text of the opening slots of a fresh game state (they lead its first observation)."""
+        ids = np.asarray(self.env.obs_pieces(inner))
+        return join_pieces(self.pieces, [ids[i] for i in self.env.opening_slots])
 
     def pieces_text(self, piece_ids) -> str:
         return join_pieces(self.pieces, piece_ids)

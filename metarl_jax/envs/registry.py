@@ -74,7 +74,8 @@ def make(env_id: str, **overrides: Any):
     return env, params
 
 
-def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool = False, intro: bool = True, **overrides):
+def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool = False, intro: bool = True,
+               repeat_opening: bool = True, **overrides):
     """``make`` plus the :class:`~metarl_jax.envs.multi_episode.MultiEpisode` wrapper with ORBIT's step cap.
 
     Returns ``(trial_env, params)``.
@@ -85,7 +86,7 @@ def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool 
     cap = spec(env_id).total_step_cap if total_step_cap is None else total_step_cap
     if int(params.max_turns) != env.default_max_turns:
         env, params = make(env_id, **{**overrides, "max_turns": int(params.max_turns)})
-    return MultiEpisode(env, cap, reflection=reflection, intro=intro), params
+    return MultiEpisode(env, cap, reflection=reflection, intro=intro, repeat_opening=repeat_opening), params
 
 
 # ---------------------------------------------------------------- the ORBIT suite

@@ -1,0 +1,27 @@
+"""A smoke-test run: seconds on CPU. Used by the tests (resume after SIGKILL, bad configs).
+
+Command::
+
+    python -m metarl_jax.main --config=configs/tiny.py --workdir=/tmp/metarl_tiny
+
+Expected result: 6 GRPO steps on GuessTheNumber-easy trials (2 tasks x 2 rollouts, 2 episodes of 4 turns),
+then a per-episode success table of 8 held-out trials; the numbers are noise at this budget.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from default import get_config as default_config  # noqa: E402
+from default import task  # noqa: E402
+
+
+def get_config(variant: str = "orbit"):
+    c = default_config(variant)
+    c.train_tasks = [task("game:GuessTheNumber-v0-easy", 4, 8)]
+    c.eval_tasks = [task("game:GuessTheNumber-v0-easy", 4, 8)]
+    c.num_tasks, c.group_size = 2, 2
+    c.train_set_size, c.eval_trials = 16, 8
+    c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 6, 3, 1, 2
+    c.num_episodes_reported = 2
+    return c

@@ -1,0 +1,92 @@
+"""Training and validation task sets: one :class:`TaskSpec` per env of a config's task list.
+
+A config lists tasks in ORBIT's format, one entry per env::
+
+    dict(env_id="game:GuessTheNumber-v0-hard", max_turns_per_episode=7, total_step_cap=21)
+
+``max_turns_per_episode`` and ``total_step_cap`` default to the registry's ORBIT values. Each entry becomes a
+:class:`TaskSpec`: the multi-episode env, its codec and action table for the run's tokenizer, the context
+budget, and a fixed set of task keys (ORBIT draws 512 training and 256 validation tasks per env from the
+config's seed). Training samples its batches from the training set; evaluation plays the validation set,
+which is drawn from a separate key, so it is held out (for envs with few distinct tasks, such as
+GuessTheNumber's 50 secrets, the same *secret* can appear in both sets; the trial seeds differ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from metarl_jax import envs
+from metarl_jax.agents.actions import ActionTable
+from metarl_jax.agents.context import ContextBudget, context_budget
+from metarl_jax.text.codec import Codec
+
+SPLIT_SALT = {"train": 0, "validation": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One env of a task list, ready to roll out.
+
+    Attributes:
+      name: the env id; env, env_params: the :class:`~metarl_jax.envs.MultiEpisode` env and its params.
+      codec, table: observation renderer and action table for the run's tokenizer.
+      budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
+      task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task).
+    """
+
+    name: str
+    env: Any
+    env_params: Any
+    codec: Codec
+    table: ActionTable
+    budget: ContextBudget
+    context_len: int
+    task_keys: jax.Array
+
+    @property
+    def num_episodes_nominal(self) -> int:
+        """Episodes a trial holds when every episode uses all its turns (cap // max_turns)."""
+        return self.env.total_step_cap // int(self.env_params.max_turns)
+
+
+def task_entry(entry) -> dict:
+    """A task entry (mapping or bare env id) with the registry's defaults filled in."""
+    entry = {"env_id": entry} if isinstance(entry, str) else dict(entry)
+    spec = envs.spec(entry["env_id"])
+    entry.setdefault("max_turns_per_episode", spec.max_turns)
+    entry.setdefault("total_step_cap", spec.total_step_cap)
+    return entry
+
+
+def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
+               intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
+               context_len: int = 0) -> TaskSpec:
+    """A :class:`TaskSpec` for one task entry.
+
+    ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
+    ``context_len`` 0 takes the budget's worst case.
+    """
+    entry = task_entry(entry)
+    turns = int(entry["max_turns_per_episode"])
+    cap = turns if single_episode else int(entry["total_step_cap"])
+    env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
+                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns)
+    codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
+    budget = context_budget(env, codec, table.max_len)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
+    return TaskSpec(
+        name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
+        context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
+    )
+
+
+def _stable_hash(text: str) -> int:
+    """A process-independent 31-bit hash (Python's ``hash`` of str is salted per process)."""
+    h = 0
+    for ch in text.encode():
+        h = (h * 131 + ch) % (2**31 - 1)
+    return h

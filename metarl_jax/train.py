@@ -1,0 +1,237 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+One run = one config (see ``configs/default.py`` for every field). The loop:
+
+1. checks the config (:mod:`metarl_jax.config_check`) and builds the tokenizer, the model, the training and
+   validation task sets (:mod:`metarl_jax.tasks`) and the optimizer, then checks every task's context, all
+   before compiling anything;
+2. restores the latest checkpoint in ``<workdir>/checkpoints`` if there is one (a killed run resumes; the
+   checkpointed config must match the current one in shapes);
+3. runs the compiled GRPO step (:mod:`metarl_jax.algos.grpo`, traced once) ``config.num_steps`` times. The key
+   of step ``i`` is ``fold_in(run_key, i)``, so a resumed run replays exactly the steps of an uninterrupted one;
+4. every ``eval_every`` steps and at the end, evaluates on the held-out validation trials (per-episode success
+   with 95% intervals), and logs metrics to ``metrics.jsonl``, ``metrics_<kind>.csv`` and TensorBoard event
+   files under ``<workdir>/tensorboard``; a progress bar shows live metrics;
+5. saves checkpoints (params, optimizer, step, key, config) every ``checkpoint_every`` steps and at the end.
+
+Returns the final evaluation (:class:`metarl_jax.evaluate.SuccessRow` per validation env) and writes it to
+``<workdir>/eval.md`` and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from metarl_jax import config_check
+from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
+from metarl_jax.checkpoints import Checkpointer
+from metarl_jax.evaluate import SuccessRow, success_table, wilson_interval
+from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
+from metarl_jax.rollout import rollout
+from metarl_jax.tasks import TaskSpec, build_task
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds from its config before compiling."""
+
+    tokenizer: object
+    graphdef: object
+    model_state: object
+    train_tasks: list[TaskSpec]
+    eval_tasks: list[TaskSpec]
+    optimizer: optax.GradientTransformation
+    hyper: GRPOHyper
+
+
+def build_model(config, tokenizer):
+    """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset."""
+    if config.model.pretrained_dir:
+        from metarl_jax.models.hf_io import load_pretrained
+
+        model = load_pretrained(config.model.pretrained_dir)
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise config_check.ConfigError(
+                f"config.model.pretrained_dir: the model's vocabulary ({model.config.vocab_size}) is smaller than the "
+                f"tokenizer's ({tokenizer.vocab_size}); use the tokenizer saved with the model")
+    else:
+        from metarl_jax.models.config import preset
+        from metarl_jax.models.transformer import Transformer
+
+        cfg = preset(config.model.preset, tokenizer.vocab_size)
+        overrides = dict(config.model.overrides)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cfg)}
+        if unknown:
+            raise config_check.ConfigError(f"config.model.overrides: unknown field(s) {sorted(unknown)} of ModelConfig")
+        model = Transformer(cfg.replace(**overrides), rngs=nnx.Rngs(config.seed))
+    return nnx.split(model)
+
+
+def build_optimizer(config) -> optax.GradientTransformation:
+    o = config.optimizer
+    schedule = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else o.learning_rate
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    return optax.chain(*parts)
+
+
+def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
+    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked."""
+    entries = config.train_tasks if split == "train" else config.eval_tasks
+    field = "train_tasks" if split == "train" else "eval_tasks"
+    out = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        own = entry.pop("context_len", 0)
+        ctx = own or config.context_len
+        task = build_task(
+            entry, tokenizer, split="train" if split == "train" else "validation", seed=config.seed,
+            num_tasks=config.train_set_size if split == "train" else config.eval_trials,
+            single_episode=config.single_episode and split == "train", intro=config.intro,
+            repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
+        )
+        config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
+                                   config.allow_truncation)
+        out.append(task)
+    return out
+
+
+def build_run(config) -> Run:
+    """Checks the config and builds the run's parts (host side only: nothing is compiled)."""
+    from metarl_jax.text.tokenizers import load_tokenizer
+
+    config_check.check_config(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    graphdef, model_state = build_model(config, tokenizer)
+    hyper = GRPOHyper(
+        num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
+        clip_low=config.clip_low, clip_high=config.clip_high, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
+        gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
+        num_episodes_logged=config.num_episodes_reported,
+    )
+    return Run(tokenizer, graphdef, model_state, build_tasks(config, tokenizer, "train"),
+               build_tasks(config, tokenizer, "eval"), build_optimizer(config), hyper)
+
+
+def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float):
+    """``evaluate(params, key) -> {env: (success int[N, T], episode_index int[N, T], returns [N], truncated [N])}``
+    over each task's whole validation set, one jitted program."""
+
+    def evaluate(params, key):
+        out = {}
+        for task, k in zip(tasks, jax.random.split(key, len(tasks))):
+            n = task.task_keys.shape[0]
+            sample = jax.vmap(lambda kk: task.env.sample_task(kk, task.env_params))
+            k_reset, k_roll = jax.random.split(k)
+            _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
+                jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
+            tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
+                         task.budget, task.context_len, temperature, top_p)
+            out[task.name] = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
+                                  truncated=tr.truncated)
+        return out
+
+    return jax.jit(evaluate)
+
+
+def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
+    """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
+    rows = []
+    for name, r in played.items():
+        success, index = np.asarray(r["success"]), np.asarray(r["episode_index"])
+        wins = np.stack([(success & (index == k)).any(axis=1) for k in range(num_episodes)], axis=1)
+        n = wins.shape[0]
+        rows.append(SuccessRow(
+            env_id=name, policy=label, num_trials=n, episode_rates=[float(x) for x in wins.mean(0)],
+            episode_ci=[wilson_interval(int(c), n) for c in wins.sum(0)], any_success=float(wins.any(1).mean()),
+            mean_return=float(np.asarray(r["returns"]).mean()),
+        ))
+    return rows
+
+
+def eval_metrics(rows: list[SuccessRow], played: dict) -> dict:
+    return {r.env_id: {"episode_success": r.episode_rates, "any_success": r.any_success, "mean_return": r.mean_return,
+                       "truncated": float(np.asarray(played[r.env_id]["truncated"]).mean())} for r in rows}
+
+
+def _config_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> list[SuccessRow]:
+    """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on held-out trials.
+
+    Returns the final evaluation rows (one per validation env); also writes ``eval.md`` / ``eval.json``.
+    """
+    run = build_run(config)
+    label = label or ("single-episode" if config.single_episode else "orbit")
+    os.makedirs(workdir, exist_ok=True)
+    train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
+                         donate_argnums=0)
+    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
+    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    run_key = jax.random.PRNGKey(config.seed)
+    eval_key = jax.random.fold_in(run_key, 2**31 - 1)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    restored = ckpt.restore_latest(state, run_key)
+    start = 0
+    if restored is not None:
+        state, run_key, _, start = restored
+        if not quiet:
+            print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
+    finished = os.path.join(workdir, "eval.json")
+    if start == config.num_steps and os.path.exists(finished):  # a finished run: report it again
+        ckpt.close()
+        with open(finished) as f:
+            return [SuccessRow(**{**r, "episode_ci": [tuple(c) for c in r["episode_ci"]]}) for r in json.load(f)]
+    log = MetricsLog(workdir, resume_step=start if restored is not None else None)
+    saved_config = _config_dict(config)
+
+    def evaluate(step):
+        played = jax.device_get(evaluator(state.params, eval_key))
+        rows = summarize_eval(played, config.num_episodes_reported, label)
+        log.log("eval", step, eval_metrics(rows, played))
+        return rows
+
+    rows = None
+    bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
+    t0 = time.time()
+    for step in range(start, config.num_steps):
+        state, metrics = train_step(state, jax.random.fold_in(run_key, step))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.num_steps:
+            metrics = jax.device_get(metrics)
+            flat = log.log("train", done, {**metrics, "seconds": time.time() - t0})
+            if not np.isfinite(flat["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {done}; lower config.optimizer.learning_rate")
+            bar.set_postfix(format_postfix({k: v for k, v in flat.items() if k.endswith(("loss", "mean_return"))}, limit=4))
+        bar.update(1)
+        if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
+            rows = evaluate(done)
+            if not quiet:
+                bar.write(f"[{label}] step {done} held-out success\n{success_table(rows)}")
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.num_steps:
+            ckpt.save(done, state, run_key, saved_config)
+    bar.close()
+    chex.clear_trace_counter()
+    rows = evaluate(config.num_steps)
+    ckpt.save(config.num_steps, state, run_key, saved_config)
+    ckpt.close()
+    log.close()
+    table = success_table(rows)
+    with open(os.path.join(workdir, "eval.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump([r.as_dict() for r in rows], f, indent=2)
+    return rows

@@ -1,0 +1,109 @@
+"""The training loop: outputs, bit-exact resume after SIGKILL, and bad configs refused before compiling."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from metarl_jax import config_check, train
+from metarl_jax.metrics_log import read_jsonl
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+import tiny  # noqa: E402
+
+
+def main_cmd(workdir):
+    return [sys.executable, "-m", "metarl_jax.main", f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={workdir}"]
+
+
+def train_rows(workdir):
+    return {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """The tiny config run to the end without interruption, in a subprocess (as users run it)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(main_cmd(workdir), check=True, capture_output=True, cwd=ROOT, timeout=600)
+    return workdir
+
+
+def test_run_writes_metrics_checkpoints_and_eval(finished_run):
+    rows = train_rows(finished_run)
+    assert sorted(rows) == list(range(1, 7))
+    assert all(set(r) >= {"loss", "grad_norm", "game:GuessTheNumber-v0-easy/episode_success/1"} for r in rows.values())
+    evals = [r for r in read_jsonl(os.path.join(finished_run, "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert os.listdir(os.path.join(finished_run, "tensorboard"))
+    result = json.loads((finished_run / "eval.json").read_text())
+    assert result[0]["num_trials"] == 8 and len(result[0]["episode_rates"]) == 2
+    steps = sorted(int(d) for d in os.listdir(finished_run / "checkpoints") if d.isdigit())
+    assert steps == [4, 6]  # keep_checkpoints=2
+
+
+def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
+    proc = subprocess.Popen(main_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(d.isdigit() for d in os.listdir(ckpts)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    assert killed_at < 6
+    out = subprocess.run(main_cmd(tmp_path), check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert f"resumed from step {killed_at}" in out.stdout + out.stderr
+    resumed, reference = train_rows(tmp_path), train_rows(finished_run)
+    assert sorted(resumed) == sorted(reference)
+    for step in reference:
+        for key, value in reference[step].items():
+            if key != "seconds":
+                assert resumed[step][key] == value, (step, key)
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((finished_run / "eval.json").read_text())
+
+
+def bad(**changes):
+    c = tiny.get_config()
+    for dotted, value in changes.items():
+        node = c
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+BAD_CONFIGS = [
+    (dict(train_tasks=[dict(env_id="game:GuessTheNumbr-v0-easy")]), r"train_tasks\[0\]\.env_id.*Did you mean 'game:GuessTheNumber-v0-easy'"),
+    (dict(eval_tasks=[dict(env_id="mazes")]), r"eval_tasks\[0\]\.env_id.*'maze'"),
+    (dict(train_tasks=[dict(env_id="maze", max_turns_per_episode=9, total_step_cap=5)]), r"train_tasks\[0\]\.total_step_cap.*below max_turns_per_episode=9"),
+    (dict(train_tasks=[dict(env_id="maze", max_turns_per_episode=0)]), r"train_tasks\[0\]\.max_turns_per_episode"),
+    (dict(context_len=200, allow_truncation=False), r"config\.context_len: is 200 tokens, shorter than the worst-case transcript .* Raise it to \d+"),
+    (dict(train_tasks=[dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=8, context_len=50)]), r"train_tasks\[0\]\.context_len: is 50 tokens, too short for even the first observation"),
+    (dict(group_size=1), r"config\.group_size: must be an int >= 2"),
+    (dict(top_p=1.5), r"config\.top_p: must be in \(0, 1\]"),
+    (dict(optimizer__learning_rate=-1.0), r"config\.optimizer\.learning_rate: must be > 0"),
+    (dict(model__preset="huge"), r"config\.model\.preset: unknown preset 'huge'"),
+    (dict(tokenizer="/no/such/dir"), r"config\.tokenizer"),
+    (dict(train_tasks=[]), r"config\.train_tasks: lists no task"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD_CONFIGS)
+def test_bad_config_fails_before_compiling(changes, message, monkeypatch, tmp_path):
+    def no_jit(*args, **kwargs):
+        raise AssertionError("compiled before the config was checked")
+
+    monkeypatch.setattr(train.jax, "jit", no_jit)
+    with pytest.raises(config_check.ConfigError, match=message):
+        train.train_and_evaluate(bad(**changes), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists(), "a refused config must leave nothing behind"
