@@ -142,13 +142,13 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         truncated_now = ~states.trial_done & ~stopped & ~fits
         n = jnp.where(live, n, 0)
         obs = jnp.where(jnp.arange(chunk)[None, :] < n[:, None], obs, codec.pad_id)
-        tokens = _write(tokens, obs, start + pending_n)
+        scratch = room - chunk  # past the context: where rows that take no turn write their padding
+        tokens = _write(tokens, obs, jnp.where(live, start + pending_n, scratch))
         buf = jnp.full((batch, width), codec.pad_id, jnp.int32)
         buf = _write(buf, pending, jnp.zeros_like(n))
         buf = _write(buf, obs, pending_n)
         buf = _write(buf, prefix, pending_n + n)
         cache, last = _prefill(model, cache, buf, jnp.where(live, pending_n + n + pre, 0))
-        scratch = room - act_len  # where a row that takes no turn writes its (padding) action
         action_start = cache.length - pre
         logits = model.logits(last)
         valid = jax.vmap(env.valid_actions)(states)

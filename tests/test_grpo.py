@@ -1,37 +1,65 @@
-"""The compiled GRPO step: traced once, finite metrics, parameters move."""
+"""The compiled GRPO step: traced once over 20 steps, finite metrics, parameters move; multi-task metrics."""
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from metarl_jax import envs
-from metarl_jax.agents import ActionTable
-from metarl_jax.algos.grpo import init_train_state, make_train_step
+from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step, turn_advantages
 from metarl_jax.models import Transformer, preset
-from metarl_jax.text import Codec, WordTokenizer
+from metarl_jax.tasks import build_task
+from metarl_jax.text import WordTokenizer
 
 
 def test_train_step_compiles_once_and_updates():
-    env, params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=4, intro=False)
     tok = WordTokenizer()
-    codec, table = Codec(env, tok), ActionTable(env, tok)
+    tasks = [
+        build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=4), tok, split="train", seed=0, num_tasks=16, intro=False),
+        build_task(dict(env_id="game:Mastermind-v0-random", total_step_cap=3), tok, split="train", seed=0, num_tasks=16, intro=False),
+    ]
     graphdef, model_state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     optimizer = optax.adam(1e-3)
-    step_fn = make_train_step(graphdef, env, params, codec, table, optimizer, num_tasks=2, group_size=4)
-    train_step = jax.jit(chex.assert_max_traces(step_fn, n=1), donate_argnums=0)
-    state = init_train_state(model_state, optimizer)
+    hp = GRPOHyper(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1)
+    train_step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, tasks, optimizer, hp), n=1), donate_argnums=0)
+    state = init_train_state(model_state, optimizer, keep_reference=True)
     before = jax.tree.map(np.asarray, state.params)
     moved = False
     for i in range(20):
         state, metrics = train_step(state, jax.random.PRNGKey(i))
         assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
-        assert 0.0 <= float(metrics["mean_return"]) <= env.total_step_cap
+        for task in tasks:
+            m = metrics[task.name]
+            assert 0.0 <= float(m["mean_return"]) <= task.env.total_step_cap
+            assert m["episode_success"].shape == (3,)
+            assert float(m["kl"]) >= 0 and float(m["entropy"]) > 0
+            assert float(m["truncated"]) == 0.0  # the worst-case context never fills
         moved = moved or float(metrics["grad_norm"]) > 0
     chex.clear_trace_counter()
     assert int(state.step) == 20
     assert moved, "some group must have had unequal returns, giving a gradient"
     after = jax.tree.map(np.asarray, state.params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)))
+    ref = jax.tree.map(np.asarray, state.ref_params)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(before))), "the reference is frozen"
+
+
+class _Transcript:
+    def __init__(self, rewards, episode_done):
+        self.rewards = np.asarray(rewards, np.float32)
+        self.episode_done = np.asarray(episode_done, bool)
+        self.taken = np.ones_like(self.episode_done)
+        self.reflection = np.zeros_like(self.episode_done)
+
+
+def test_turn_advantages_plain_and_discounted():
+    # Two rollouts of one task: returns 2 and 0.
+    tr = _Transcript([[1, 0, 1], [0, 0, 0]], [[1, 0, 1], [0, 0, 1]])
+    plain = np.asarray(turn_advantages(tr, 2, GRPOHyper(group_size=2)))
+    np.testing.assert_allclose(plain, [[1, 1, 1], [-1, -1, -1]], atol=1e-5)
+    disc = np.asarray(turn_advantages(tr, 2, GRPOHyper(group_size=2, gamma_step=0.5, gamma_traj=0.25)))
+    # Row 0 return-to-go: t2 = 1; t1 = 0 + 0.5 * 1 = 0.5; t0 = 1 + 0.25 * 0.5 = 1.125 (t0 ends an episode). Row 1: 0.
+    # Normalised over the group at each turn: +1 where row 0 is above, -1 for row 1.
+    np.testing.assert_allclose(disc, [[1, 1, 1], [-1, -1, -1]], atol=1e-4)
+    equal = _Transcript([[1, 0], [1, 0]], [[1, 0], [1, 0]])
+    np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper(group_size=2))), 0.0)

@@ -1,4 +1,5 @@
-"""The transformer rollout: valid actions only, and log-probs equal to a teacher-forced forward."""
+"""The transformer rollout: valid actions, the exact text stream, log-probs equal to a teacher-forced forward,
+and ORBIT's truncation when the context is full."""
 
 import jax
 import jax.numpy as jnp
@@ -8,50 +9,87 @@ from flax import nnx
 
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
+from metarl_jax.agents.context import context_budget
 from metarl_jax.models import Transformer, preset
 from metarl_jax.rollout import rollout, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 
+BATCH = 3
 
-@pytest.fixture(scope="module")
-def setup():
-    env, params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=6, intro=False)
+
+def play(env_id, context_len=None, cap=6, **trial_kw):
+    env, params = envs.make_trial(env_id, total_step_cap=cap, **trial_kw)
     tok = WordTokenizer()
     codec, table = Codec(env, tok), ActionTable(env, tok)
-    model = Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    _, trials = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
-    run = jax.jit(lambda st, key, trials: rollout(graphdef, st, env, params, codec, table, key, trials, temperature=0.7, top_p=0.95))
-    transcript = run(state, jax.random.PRNGKey(1), trials)
-    return env, params, table, graphdef, state, transcript, trials
+    budget = context_budget(env, codec, table.max_len)
+    context_len = budget.worst_case if context_len is None else context_len
+    graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
+    run = jax.jit(lambda st, key, trials: rollout(graphdef, st, env, params, codec, table, key, trials, budget,
+                                                  context_len, temperature=0.7, top_p=0.95))
+    return dict(env=env, params=params, table=table, graphdef=graphdef, state=state, trials=trials, tok=tok,
+                transcript=run(state, jax.random.PRNGKey(1), trials), budget=budget, context_len=context_len)
 
 
-def test_rollout_plays_valid_actions_to_the_cap(setup):
-    env, params, table, graphdef, state, tr, trials = setup
-    actions = np.asarray(tr.actions)
-    assert actions.shape == (3, env.total_step_cap)
-    assert (actions >= 0).all() and (actions < env.num_actions).all()
-    assert np.asarray(tr.valid)[np.arange(3)[:, None], np.arange(env.total_step_cap)[None], actions].all()
-    # Replaying the actions on the host gives the same rewards.
-    step = jax.jit(env.step_env)
-    for b in range(3):
-        s = jax.tree.map(lambda x: x[b], trials)
-        for t in range(env.total_step_cap):
-            _, s, r, _, _ = step(jax.random.PRNGKey(0), s, jnp.int32(actions[b, t]), params)
-            assert float(r) == float(tr.rewards[b, t])
-    # Every action's tokens spell its text.
-    toks, amask = np.asarray(tr.tokens), np.asarray(tr.action_mask)
-    width = toks.shape[1] // env.total_step_cap
-    tokenizer = WordTokenizer()
-    for t in range(env.total_step_cap):
-        seg = slice(t * width, (t + 1) * width)
-        assert tokenizer.decode(toks[0, seg][amask[0, seg]].tolist()) == env.action_text(int(actions[0, t]))
+@pytest.fixture(scope="module", params=[
+    ("game:GuessTheNumber-v0-easy", dict(intro=False)),  # one sampled token per action
+    ("game:Mastermind-v0-random", dict(intro=True, repeat_opening=False, reflection=True)),  # several
+])
+def setup(request):
+    env_id, kw = request.param
+    return play(env_id, **kw)
+
+
+def replay_text(s, b):
+    """The text the row's context must hold: each turn's observation, then its action."""
+    env, params, tr = s["env"], s["params"], s["transcript"]
+    state = jax.tree.map(lambda x: x[b], s["trials"])
+    text = []
+    for t in range(tr.actions.shape[1]):
+        if not bool(tr.taken[b, t]):
+            break
+        text.append(env.render_text(state))
+        action = int(tr.actions[b, t])
+        text.append(env.action_text(action))
+        _, state, r, _, _ = env.step_env(jax.random.PRNGKey(0), state, jnp.int32(action), params)
+        assert float(r) == float(tr.rewards[b, t])
+    return "".join(text)
+
+
+def test_rollout_plays_valid_actions_and_writes_the_exact_text(setup):
+    tr, env = setup["transcript"], setup["env"]
+    taken = np.asarray(tr.taken)
+    assert not np.asarray(tr.truncated).any(), "the worst-case context never truncates"
+    env_steps = (taken & ~np.asarray(tr.reflection)).sum(axis=1)
+    assert (env_steps == env.total_step_cap).all(), "every trial is played to its step cap"
+    actions = np.where(taken, np.asarray(tr.actions), 0)
+    assert np.asarray(tr.valid)[np.arange(BATCH)[:, None], np.arange(actions.shape[1])[None], actions][taken].all()
+    assert (np.asarray(tr.length) <= setup["context_len"]).all()
+    for b in range(BATCH):
+        n = int(tr.length[b])
+        assert setup["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == replay_text(setup, b)
 
 
 def test_rollout_log_probs_equal_teacher_forced_forward(setup):
-    env, params, table, graphdef, state, tr, _ = setup
-    tf = jax.jit(lambda st, tr: teacher_forced_logp(graphdef, st, tr, table, temperature=0.7, top_p=0.95))(state, tr)
+    s = setup
+    tr = s["transcript"]
+    tf = jax.jit(lambda st, tr: teacher_forced_logp(s["graphdef"], st, tr, s["table"], temperature=0.7, top_p=0.95))(s["state"], tr)
     mask = np.asarray(tr.action_mask)
     np.testing.assert_allclose(np.asarray(tf)[mask], np.asarray(tr.logp)[mask], atol=1e-5)
     assert (np.asarray(tr.logp)[mask] <= 0).all() and (np.asarray(tr.logp)[mask] < 0).any()
+    # Forced tokens (the shared \boxed{ prefix) carry log-probability exactly 0.
+    assert (np.asarray(tr.logp)[:, :, : s["table"].prefix_len] == 0).all()
+
+
+def test_full_context_stops_the_trial_and_keeps_earned_rewards():
+    s = play("game:GuessTheNumber-v0-easy", context_len=170, cap=12, intro=False)
+    tr = s["transcript"]
+    assert np.asarray(tr.truncated).all(), "170 tokens cannot hold 12 turns"
+    taken = np.asarray(tr.taken)
+    first_skipped = taken.argmin(axis=1)
+    assert (first_skipped > 0).all() and all(not taken[b, first_skipped[b]:].any() for b in range(BATCH))
+    assert (np.asarray(tr.length) <= 170).all()
+    for b in range(BATCH):  # the kept prefix is still the exact text of the turns played
+        n = int(tr.length[b])
+        assert s["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == replay_text(s, b)
+    assert (np.asarray(tr.rewards)[~taken] == 0).all()

@@ -114,7 +114,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                 m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
                 loss = loss - hp.entropy_coef * m["entropy"]
                 if hp.kl_coef:
-                    ref_logp, _ = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p)
+                    ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p)
                     m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
                     loss = loss + hp.kl_coef * m["kl"]
                 total = total + loss * rows
