@@ -27,7 +27,6 @@ import time
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
