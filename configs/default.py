@@ -49,6 +49,11 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.eval_trials = 256  # ORBIT: 256 validation tasks per env
     c.num_episodes_reported = 3
 
+    # Decoding: "constrained" (only valid action texts) or "free" (up to free_tokens tokens, then the
+    # \boxed{...} is parsed; no valid box is a format error, as in ORBIT).
+    c.decoding = "constrained"
+    c.free_tokens = 16
+
     # Trial text.
     c.intro = False
     c.repeat_opening = False

@@ -48,6 +48,7 @@ _RANGES = [
     ("log_every", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("checkpoint_every", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: only at the end)"),
     ("keep_checkpoints", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+    ("free_tokens", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (tokens per action in free decoding)"),
     ("context_len", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: the worst case)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
@@ -77,6 +78,7 @@ def check_config(config) -> None:
             _fail(field, f"must be a number ({allowed}), got {value!r}")
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
+    _need(config.decoding in ("constrained", "free"), "decoding", f"must be 'constrained' or 'free', got {config.decoding!r}")
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
     _need(config.model.pretrained_dir == "" or os.path.isdir(config.model.pretrained_dir), "model.pretrained_dir",
           f"{config.model.pretrained_dir!r} is not a directory; give a local Hugging Face model directory or ''")

@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
@@ -63,6 +63,7 @@ def compare(config, workdir: str):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config, workdir = _CONFIG.value, _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     if _BASELINES.value:

@@ -23,7 +23,7 @@ from flax import nnx, struct
 
 from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
-from metarl_jax.models.sampling import process_logits
+from metarl_jax.models.sampling import process_logits, sample
 from metarl_jax.models.transformer import init_cache
 
 
@@ -108,11 +108,41 @@ def _prefill(model, cache, chunk, n):
     return cache.replace(length=start + n), last
 
 
+def _decode_free(model, table, cache, logits, live, key, num_tokens: int, temperature: float, top_p: float):
+    """Free decoding: up to ``num_tokens`` tokens from the whole vocabulary, each written to the cache; a row
+    stops as soon as its last tokens spell an action (its ``\\boxed{...}``). Rows that never do choose -1, which
+    the env treats as a format error.
+
+    Returns ``(cache, action int32[B], tokens int32[B, N], logp float32[B, N], emitted bool[B, N])``.
+    """
+    batch, width = logits.shape[0], table.max_len
+
+    def step(carry, i):
+        cache, logits, window, found, action = carry
+        active = live & ~found
+        token, lp = sample(jax.random.fold_in(key, i), logits, temperature, top_p)
+        token = jnp.where(active, token, table.pad_id)
+        pos = cache.length
+        hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, active[:, None])
+        cache = cache.replace(length=pos + active)
+        window = jnp.where(active[:, None], jnp.concatenate([window[:, 1:], token[:, None]], axis=1), window)
+        matched, which = table.match_suffix(window)
+        hit = active & matched
+        action = jnp.where(hit, which, action)
+        return (cache, model.logits(hidden[:, 0]), window, found | hit, action), (token, jnp.where(active, lp, 0.0), active)
+
+    init = (cache, logits, jnp.full((batch, width), -1, jnp.int32), jnp.zeros((batch,), bool), jnp.full((batch,), -1, jnp.int32))
+    (cache, _, _, _, action), (tokens, logp, emitted) = jax.lax.scan(step, init, jnp.arange(num_tokens))
+    return cache, action, tokens.T, logp.T, emitted.T
+
+
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
-            context_len: int, temperature: float = 1.0, top_p: float = 1.0) -> Transcript:
+            context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
+    ``free_tokens`` > 0 switches to free decoding (:func:`_decode_free`, ORBIT's mode: the model writes up to
+    that many tokens and its ``\\boxed{...}`` is parsed); 0 is constrained decoding.
 
     Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
@@ -121,7 +151,11 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     """
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
-    chunk, act_len, pre, decide = budget.chunk_len, table.max_len, table.prefix_len, table.decide_len
+    free = free_tokens > 0
+    chunk, decide = budget.chunk_len, table.decide_len
+    act_len, pre = (free_tokens, 0) if free else (table.max_len, table.prefix_len)
+    if budget.action_len != act_len:
+        raise ValueError(f"the context budget counts {budget.action_len} action tokens, the decoder writes {act_len}")
     width = act_len + chunk + pre  # pending tail + observation + action prefix
     room = context_len + width + PREFILL_BLOCK  # slack: block writes never clip at the end
     cache = init_cache(model.config, batch, room)
@@ -152,6 +186,13 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         action_start = cache.length - pre
         logits = model.logits(last)
         valid = jax.vmap(env.valid_actions)(states)
+        if free:
+            cache, action, action_tokens, logp, emitted = _decode_free(
+                model, table, cache, logits, live, k_dec, free_tokens, temperature, top_p)
+            length = emitted.sum(axis=1).astype(jnp.int32)
+            tokens = _write(tokens, action_tokens, jnp.where(live, action_start, scratch))
+            return finish(states, cache, tokens, pending, jnp.zeros_like(n), end, stopped, truncated_now, live, k_env,
+                          action, action_tokens, length, action_start, logp, valid)
         dstate = jax.vmap(table.init)(valid)
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
@@ -174,6 +215,12 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         pending = jax.vmap(lambda row, e: jax.lax.dynamic_slice_in_dim(row, e, act_len))(padded_actions[action], emitted)
         pending_n = jnp.where(live, length - emitted, 0)
         tokens = _write(tokens, jnp.where(live[:, None], action_tokens, table.pad_id), jnp.where(live, action_start, scratch))
+        return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
+                      action, action_tokens, length, action_start, logp, valid)
+
+    def finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
+               action, action_tokens, length, action_start, logp, valid):
+        """Steps the env with the decoded actions and emits the turn's record."""
         end = jnp.where(live, action_start + length, end)
         _, new_states, reward, _, info = step_env(jax.random.split(k_env, batch), states, action, env_params)
         new_states = jax.tree.map(lambda a, b: jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new_states, states)
@@ -195,11 +242,12 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
 
 
 def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
-                        top_p: float = 1.0, with_entropy: bool = False):
+                        top_p: float = 1.0, with_entropy: bool = False, free: bool = False):
     """float32[B, T, L]: the sampler's log-probability of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
-    temperature/top-p processed distribution the decoder used (the trie is replayed from ``valid``). Masked
+    temperature/top-p processed distribution the decoder used (constrained decoding: the trie is replayed from
+    ``valid``; ``free``: the whole vocabulary). Masked
     tokens get 0. With ``with_entropy`` returns ``(logp, entropy)``, the entropy [B, T, L] of that
     distribution at each action token (0 for tokens the trie forces).
     """
@@ -215,7 +263,7 @@ def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, te
         state = table.init(valid)
         out, ent = [], []
         for i in range(act_len):
-            logp = process_logits(step_logits[i], temperature, top_p, mask=table.allowed(state))
+            logp = process_logits(step_logits[i], temperature, top_p, mask=None if free else table.allowed(state))
             out.append(jnp.where(mask[i], logp[tokens[i]], 0.0))
             p = jnp.exp(logp)
             ent.append(jnp.where(mask[i], -jnp.sum(jnp.where(p > 0, p * logp, 0.0)), 0.0))

@@ -35,6 +35,7 @@ class TaskSpec:
       name: the env id; env, env_params: the :class:`~metarl_jax.envs.MultiEpisode` env and its params.
       codec, table: observation renderer and action table for the run's tokenizer.
       budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
+      free_tokens: 0 for constrained decoding, else the free-decoding budget per action (tokens).
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task).
     """
 
@@ -46,6 +47,7 @@ class TaskSpec:
     budget: ContextBudget
     context_len: int
     task_keys: jax.Array
+    free_tokens: int = 0
 
     @property
     def num_episodes_nominal(self) -> int:
@@ -64,11 +66,12 @@ def task_entry(entry) -> dict:
 
 def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
-               context_len: int = 0) -> TaskSpec:
+               context_len: int = 0, free_tokens: int = 0) -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
-    ``context_len`` 0 takes the budget's worst case.
+    ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
+    tokens per action (else constrained decoding).
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
@@ -76,11 +79,12 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
                                   intro=intro, repeat_opening=repeat_opening, max_turns=turns)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
-    budget = context_budget(env, codec, table.max_len)
+    budget = context_budget(env, codec, free_tokens or table.max_len)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
     return TaskSpec(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
         context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
+        free_tokens=int(free_tokens),
     )
 
 

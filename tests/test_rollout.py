@@ -93,3 +93,54 @@ def test_full_context_stops_the_trial_and_keeps_earned_rewards():
         n = int(tr.length[b])
         assert s["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == replay_text(s, b)
     assert (np.asarray(tr.rewards)[~taken] == 0).all()
+
+
+def test_match_suffix_finds_the_action_that_ends_the_window():
+    env, _ = envs.make_trial("game:GuessTheNumber-v0-hard")
+    tok = WordTokenizer()
+    table = ActionTable(env, tok)
+    width = table.max_len
+
+    def window(text):
+        ids = tok.encode(text)[-width:]
+        return jnp.asarray([-1] * (width - len(ids)) + ids, jnp.int32)
+
+    wins = jnp.stack([window("so \\boxed{17}"), window("\\boxed{5}"), window("\\boxed{17} and"), window("boxed{17}"), window("\\boxed{99}")])
+    matched, action = table.match_suffix(wins)
+    np.testing.assert_array_equal(np.asarray(matched), [True, True, False, False, False])
+    np.testing.assert_array_equal(np.asarray(action), [16, 4, -1, -1, -1])
+
+
+@pytest.fixture(scope="module")
+def free_setup():
+    env, params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=4, intro=False)
+    tok = WordTokenizer()
+    codec, table = Codec(env, tok), ActionTable(env, tok)
+    budget = context_budget(env, codec, 8)
+    graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
+    tr = jax.jit(lambda st, key: rollout(graphdef, st, env, params, codec, table, key, trials, budget, budget.worst_case,
+                                         temperature=0.8, top_p=1.0, free_tokens=8))(state, jax.random.PRNGKey(3))
+    return dict(env=env, params=params, table=table, graphdef=graphdef, state=state, trials=trials, tok=tok, transcript=tr)
+
+
+def test_free_decoding_log_probs_and_format_errors(free_setup):
+    s = free_setup
+    tr = s["transcript"]
+    mask = np.asarray(tr.action_mask)
+    assert mask.all(), "an untrained model never closes a \\boxed{}, so every turn writes all 8 tokens"
+    np.testing.assert_array_equal(np.asarray(tr.actions), -1)
+    tf = jax.jit(lambda st, tr: teacher_forced_logp(s["graphdef"], st, tr, s["table"], 0.8, 1.0, free=True))(s["state"], tr)
+    np.testing.assert_allclose(np.asarray(tf)[mask], np.asarray(tr.logp)[mask], atol=1e-5)
+    # The context holds each observation, then the generated text; the env answered with a format error.
+    env, params = s["env"], s["params"]
+    for b in range(BATCH):
+        state = jax.tree.map(lambda x: x[b], s["trials"])
+        text = []
+        for t in range(env.total_step_cap):
+            text.append(env.render_text(state))
+            text.append(s["tok"].decode(np.asarray(tr.action_tokens[b, t]).tolist()))
+            _, state, _, _, _ = env.step_env(jax.random.PRNGKey(0), state, jnp.int32(-1), params)
+            assert "did not provide a valid action" in env.render_text(state) or bool(state.trial_done)
+        n = int(tr.length[b])
+        assert s["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == "".join(text)

@@ -80,8 +80,38 @@ class ActionTable:
         while common < min(len(s) for s in seqs) - 1 and len({s[common] for s in seqs}) == 1:
             common += 1
         self.prefix_len = common if len(seqs) > 1 else 0
+        # Free decoding parses a box that follows other text: the first action token (the shared "\\") may then
+        # be merged with what precedes it (" \\"). Tokens whose text ends with it stand in for it.
+        first = {s[0] for s in seqs}
+        lead = np.zeros(self.vocab_size, bool)
+        if len(first) == 1:
+            text = tokenizer.decode([seqs[0][0]])
+            for i in range(self.vocab_size):
+                lead[i] = tokenizer.decode([i]).endswith(text)
+        lead[list(first)] = True
+        self._lead = jnp.asarray(lead)
         counts = _prefix_counts(seqs)
         self.decide_len = max(1, max(_determined_at(s, counts) for s in seqs) - self.prefix_len)
+
+    def match_suffix(self, window):
+        """Which action's tokens end ``window`` (int32[..., max_len], the latest tokens, oldest first).
+
+        Returns ``(matched bool[...], action int32[...])`` (action -1 when none). Prefix-freeness makes the
+        match unique. The first token may also be any token whose text ends with the first token's text (a
+        space before the box merges with it). A box whose contents tokenize unlike the canonical action text
+        does not match (a format error).
+        """
+        width = self.max_len
+        slots = jnp.arange(width)[None, :]
+        lengths = self.lengths[:, None]
+        care = slots >= width - lengths  # [A, L]: the positions of each action, right-aligned
+        head = slots == width - lengths  # [A, L]: each action's first token
+        right = jnp.take_along_axis(self.tokens, jnp.clip(slots - (width - lengths), 0, width - 1), axis=1)
+        lead_ok = self._lead[jnp.clip(window, 0, self.vocab_size - 1)] & (window >= 0)
+        same = (window[..., None, :] == right) | (head & lead_ok[..., None, :])
+        match = (same | ~care).all(-1)  # [..., A]
+        matched = match.any(-1)
+        return matched, jnp.where(matched, jnp.argmax(match, axis=-1), -1).astype(jnp.int32)
 
     def init(self, valid=None) -> DecodeState:
         """A fresh decode; ``valid`` (bool[A]) optionally restricts the actions (e.g. to env.valid_actions)."""

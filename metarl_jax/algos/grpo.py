@@ -95,7 +95,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         return rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                       task.budget, task.context_len, hp.temperature, hp.top_p)
+                       task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens)
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
@@ -106,7 +106,9 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             total, parts = 0.0, []
             for task, tr, adv in zip(tasks, transcripts, advantages):
                 rows, turns, act_len = tr.action_tokens.shape
-                logp, entropy = teacher_forced_logp(graphdef, params, tr, task.table, hp.temperature, hp.top_p, with_entropy=True)
+                free = task.free_tokens > 0
+                logp, entropy = teacher_forced_logp(graphdef, params, tr, task.table, hp.temperature, hp.top_p,
+                                                    with_entropy=True, free=free)
                 flat = lambda x: x.reshape(rows, turns * act_len)
                 mask = flat(tr.action_mask)
                 tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
@@ -114,7 +116,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                 m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
                 loss = loss - hp.entropy_coef * m["entropy"]
                 if hp.kl_coef:
-                    ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p)
+                    ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p, free=free)
                     m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
                     loss = loss + hp.kl_coef * m["kl"]
                 total = total + loss * rows
