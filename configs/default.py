@@ -54,6 +54,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.decoding = "constrained"
     c.free_tokens = 16
 
+    # Chat format: observations as user turns, actions as assistant turns (needs an HF tokenizer's template).
+    c.chat_format = False
+
     # Trial text.
     c.intro = False
     c.repeat_opening = False

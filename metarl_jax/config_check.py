@@ -79,6 +79,9 @@ def check_config(config) -> None:
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
     _need(config.decoding in ("constrained", "free"), "decoding", f"must be 'constrained' or 'free', got {config.decoding!r}")
+    _need(not config.chat_format or config.tokenizer != "word", "chat_format",
+          "needs a Hugging Face tokenizer directory with a chat template (config.tokenizer); the built-in word "
+          "vocabulary has none")
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
     _need(config.model.pretrained_dir == "" or os.path.isdir(config.model.pretrained_dir), "model.pretrained_dir",
           f"{config.model.pretrained_dir!r} is not a directory; give a local Hugging Face model directory or ''")

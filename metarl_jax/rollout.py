@@ -25,6 +25,7 @@ from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.models.sampling import process_logits, sample
 from metarl_jax.models.transformer import init_cache
+from metarl_jax.text.chat import ChatWrap
 
 
 @struct.dataclass
@@ -137,12 +138,14 @@ def _decode_free(model, table, cache, logits, live, key, num_tokens: int, temper
 
 
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
-            context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0) -> Transcript:
+            context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
+            chat: ChatWrap | None = None) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
     ``free_tokens`` > 0 switches to free decoding (:func:`_decode_free`, ORBIT's mode: the model writes up to
-    that many tokens and its ``\\boxed{...}`` is parsed); 0 is constrained decoding.
+    that many tokens and its ``\\boxed{...}`` is parsed); 0 is constrained decoding. ``chat`` wraps observations
+    and actions in the tokenizer's chat turns (:mod:`metarl_jax.text.chat`).
 
     Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
@@ -156,7 +159,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     act_len, pre = (free_tokens, 0) if free else (table.max_len, table.prefix_len)
     if budget.action_len != act_len:
         raise ValueError(f"the context budget counts {budget.action_len} action tokens, the decoder writes {act_len}")
-    width = act_len + chunk + pre  # pending tail + observation + action prefix
+    chat = chat or ChatWrap()
+    width = act_len + chat.per_turn + chunk + pre  # pending tail, chat end, chat open, observation, chat close, prefix
     room = context_len + width + PREFILL_BLOCK  # slack: block writes never clip at the end
     cache = init_cache(model.config, batch, room)
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
@@ -164,25 +168,34 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
     prefix = jnp.broadcast_to(table.tokens[0, :pre], (batch, pre))
     positions = jnp.arange(act_len)
+    wrap_open, wrap_close, wrap_end = (jnp.broadcast_to(jnp.asarray(w, jnp.int32), (batch, len(w)))
+                                       for w in (chat.open, chat.close, chat.end))
 
     def turn(carry, t):
         states, cache, tokens, pending, pending_n, end, stopped = carry
         k_dec, k_env = jax.random.split(jax.random.fold_in(key, t))
         obs, n = render(states)
         obs = obs[:, :chunk]  # real tokens come first and never exceed the chunk bound
-        start = cache.length  # where the pending tail goes; the observation follows it
-        fits = start + pending_n + n + act_len <= context_len
+        start = cache.length  # where the pending tail goes; the rest of the chunk follows it
+        end_n = jnp.where(t > 0, len(chat.end), 0)  # the chat end of the previous action
+        # The chunk: pending tail | chat end | chat open | observation | chat close | action prefix.
+        parts = [(pending, pending_n), (wrap_end, end_n), (wrap_open, len(chat.open)), (obs, n),
+                 (wrap_close, len(chat.close)), (prefix, pre)]
+        m = sum(k for _, k in parts)
+        fits = start + m - pre + act_len <= context_len
         live = ~states.trial_done & ~stopped & fits
         truncated_now = ~states.trial_done & ~stopped & ~fits
-        n = jnp.where(live, n, 0)
-        obs = jnp.where(jnp.arange(chunk)[None, :] < n[:, None], obs, codec.pad_id)
-        scratch = room - chunk  # past the context: where rows that take no turn write their padding
-        tokens = _write(tokens, obs, jnp.where(live, start + pending_n, scratch))
         buf = jnp.full((batch, width), codec.pad_id, jnp.int32)
-        buf = _write(buf, pending, jnp.zeros_like(n))
-        buf = _write(buf, obs, pending_n)
-        buf = _write(buf, prefix, pending_n + n)
-        cache, last = _prefill(model, cache, buf, jnp.where(live, pending_n + n + pre, 0))
+        offset = jnp.zeros_like(n)
+        for values, k in parts:
+            if values.shape[1]:
+                mask = jnp.arange(values.shape[1])[None, :] < jnp.reshape(k, (-1, 1))
+                buf = _write(buf, jnp.where(mask, values, codec.pad_id), offset)
+            offset = offset + k
+        m = jnp.where(live, m, 0)
+        scratch = room - width  # past the context: where rows that take no turn write their padding
+        tokens = _write(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start, scratch))
+        cache, last = _prefill(model, cache, buf, m)
         action_start = cache.length - pre
         logits = model.logits(last)
         valid = jax.vmap(env.valid_actions)(states)

@@ -22,6 +22,7 @@ import jax
 from metarl_jax import envs
 from metarl_jax.agents.actions import ActionTable
 from metarl_jax.agents.context import ContextBudget, context_budget
+from metarl_jax.text.chat import ChatWrap, chat_wrap
 from metarl_jax.text.codec import Codec
 
 SPLIT_SALT = {"train": 0, "validation": 1}
@@ -36,6 +37,7 @@ class TaskSpec:
       codec, table: observation renderer and action table for the run's tokenizer.
       budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
       free_tokens: 0 for constrained decoding, else the free-decoding budget per action (tokens).
+      chat: the chat turn wrapping (:class:`~metarl_jax.text.chat.ChatWrap`), or None for plain text.
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task).
     """
 
@@ -48,6 +50,7 @@ class TaskSpec:
     context_len: int
     task_keys: jax.Array
     free_tokens: int = 0
+    chat: ChatWrap | None = None
 
     @property
     def num_episodes_nominal(self) -> int:
@@ -66,12 +69,12 @@ def task_entry(entry) -> dict:
 
 def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
-               context_len: int = 0, free_tokens: int = 0) -> TaskSpec:
+               context_len: int = 0, free_tokens: int = 0, chat: bool = False) -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
-    tokens per action (else constrained decoding).
+    tokens per action (else constrained decoding). ``chat`` wraps turns in the tokenizer's chat template.
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
@@ -79,12 +82,13 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
                                   intro=intro, repeat_opening=repeat_opening, max_turns=turns)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
-    budget = context_budget(env, codec, free_tokens or table.max_len)
+    wrap = chat_wrap(tokenizer) if chat else None
+    budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
     return TaskSpec(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
         context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
-        free_tokens=int(free_tokens),
+        free_tokens=int(free_tokens), chat=wrap,
     )
 
 

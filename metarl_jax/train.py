@@ -98,7 +98,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
             num_tasks=config.train_set_size if split == "train" else config.eval_trials,
             single_episode=config.single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
-            free_tokens=config.free_tokens if config.decoding == "free" else 0,
+            free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(
@@ -140,7 +140,7 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
             tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                         task.budget, task.context_len, temperature, top_p, task.free_tokens)
+                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat)
             out[task.name] = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
                                   truncated=tr.truncated)
         return out

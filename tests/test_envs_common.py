@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from helpers import replay_episode_one
 from metarl_jax import envs
 from metarl_jax.baselines import random_policy
+from metarl_jax.agents.context import context_budget
 from metarl_jax.text import Codec, WordTokenizer
 
 # METARL_TEST_ENVS=id1,id2 restricts these tests to some envs while developing one.
@@ -35,8 +36,8 @@ def word_tokenizer():
 
 
 @functools.lru_cache(maxsize=None)
-def trial_and_codec(env_id, reflection=False):
-    env, params = envs.make_trial(env_id, reflection=reflection)
+def trial_and_codec(env_id, reflection=False, repeat_opening=True):
+    env, params = envs.make_trial(env_id, reflection=reflection, repeat_opening=repeat_opening)
     return env, params, Codec(env, word_tokenizer())
 
 
@@ -93,8 +94,8 @@ def test_winning_actions_of_episode_one_win_episode_two(env_id):
 
 
 @functools.lru_cache(maxsize=None)
-def jitted(env_id, reflection):
-    env, params, codec = trial_and_codec(env_id, reflection)
+def jitted(env_id, reflection, repeat_opening=True):
+    env, params, codec = trial_and_codec(env_id, reflection, repeat_opening)
     return jax.jit(env.reset), jax.jit(env.step_env), jax.jit(codec.render_tokens)
 
 
@@ -103,13 +104,16 @@ def jitted(env_id, reflection):
     seed=st.integers(0, 2**31 - 1),
     actions=st.lists(st.integers(-1, 10_000), min_size=1, max_size=40),
     reflection=st.booleans(),
+    repeat_opening=st.booleans(),
 )
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_random_actions_keep_invariants(env_id, seed, actions, reflection):
-    env, params, codec = trial_and_codec(env_id, reflection)
-    reset, step, render = jitted(env_id, reflection)
+def test_random_actions_keep_invariants(env_id, seed, actions, reflection, repeat_opening):
+    env, params, codec = trial_and_codec(env_id, reflection, repeat_opening)
+    reset, step, render = jitted(env_id, reflection, repeat_opening)
+    budget = context_budget(env, codec, 0)
     key = jax.random.PRNGKey(seed)
     _, state = reset(key, params)
+    used = int(render(state)[1])
     task = jax.tree.map(np.asarray, state.inner.task)
     wins_per_episode = {}
     for t, raw in enumerate(actions):
@@ -139,6 +143,10 @@ def test_random_actions_keep_invariants(env_id, seed, actions, reflection):
             assert (opening == 0).all(), "a slot declared opening-only shows text after the opening"
         tokens, length = render(state)
         tokens = np.asarray(tokens)
+        assert int(length) <= budget.chunk_len, "an observation exceeds the per-view bound"
+        if not bool(before.trial_done):
+            used += int(length)
+            assert used <= budget.worst_case
         assert (tokens >= 0).all() and (tokens < codec.tokenizer.vocab_size).all()
         assert codec.decode(tokens, length) == env.render_text(state)
 

@@ -144,3 +144,34 @@ def test_free_decoding_log_probs_and_format_errors(free_setup):
             assert "did not provide a valid action" in env.render_text(state) or bool(state.trial_done)
         n = int(tr.length[b])
         assert s["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == "".join(text)
+
+
+def test_chat_format_wraps_turns_and_keeps_log_probs(tmp_path_factory):
+    from metarl_jax.text import HFTokenizer
+    from metarl_jax.text.chat import chat_wrap
+    from metarl_jax.text.tiny import make_bpe_tokenizer
+
+    env, params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=4, intro=False)
+    texts = [env.pieces_text([i]) for i in range(len(env.pieces))] + [env.action_text(i) for i in range(env.num_actions)]
+    tok = HFTokenizer(make_bpe_tokenizer(texts * 4, str(tmp_path_factory.mktemp("bpe")), vocab_size=400))
+    wrap = chat_wrap(tok)
+    assert [tok.decode(list(w)) for w in (wrap.open, wrap.close, wrap.end)] == [
+        "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"]
+    codec, table = Codec(env, tok), ActionTable(env, tok)
+    budget = context_budget(env, codec, table.max_len, wrap.per_turn)
+    graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
+    tr = jax.jit(lambda st: rollout(graphdef, st, env, params, codec, table, jax.random.PRNGKey(2), trials, budget,
+                                    budget.worst_case, chat=wrap))(state)
+    for b in range(BATCH):
+        state_b = jax.tree.map(lambda x: x[b], trials)
+        turns = []
+        for t in range(env.total_step_cap):
+            action = int(tr.actions[b, t])
+            turns.append(f"<|im_start|>user\n{env.render_text(state_b)}<|im_end|>\n<|im_start|>assistant\n{env.action_text(action)}")
+            _, state_b, _, _, _ = env.step_env(jax.random.PRNGKey(0), state_b, jnp.int32(action), params)
+        n = int(tr.length[b])
+        assert tok.decode(np.asarray(tr.tokens[b, :n]).tolist()) == "<|im_end|>\n".join(turns)
+    tf = jax.jit(lambda st: teacher_forced_logp(graphdef, st, tr, table))(state)
+    mask = np.asarray(tr.action_mask)
+    np.testing.assert_allclose(np.asarray(tf)[mask], np.asarray(tr.logp)[mask], atol=1e-5)

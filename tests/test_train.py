@@ -95,6 +95,9 @@ BAD_CONFIGS = [
     (dict(model__preset="huge"), r"config\.model\.preset: unknown preset 'huge'"),
     (dict(tokenizer="/no/such/dir"), r"config\.tokenizer"),
     (dict(train_tasks=[]), r"config\.train_tasks: lists no task"),
+    (dict(chat_format=True), r"config\.chat_format: needs a Hugging Face tokenizer"),
+    (dict(decoding="beam"), r"config\.decoding: must be 'constrained' or 'free'"),
+    (dict(decoding="free", free_tokens=2), r"config\.free_tokens: 2 tokens cannot hold an action"),
 ]
 
 

@@ -31,10 +31,11 @@ class ContextBudget:
     worst_case: int
 
 
-def context_budget(env, codec, action_len: int) -> ContextBudget:
+def context_budget(env, codec, action_len: int, per_turn: int = 0) -> ContextBudget:
     """The :class:`ContextBudget` of ``env`` (a :class:`~metarl_jax.envs.MultiEpisode`) rendered by ``codec``.
 
-    ``action_len`` is the longest action in tokens (``ActionTable.max_len``, or the free-text budget).
+    ``action_len`` is the longest action in tokens (``ActionTable.max_len``, or the free-text budget);
+    ``per_turn`` the tokens a chat format adds per turn (:attr:`metarl_jax.text.chat.ChatWrap.per_turn`).
     """
     w = codec.slot_widths
     game = env.env
@@ -60,5 +61,5 @@ def context_budget(env, codec, action_len: int) -> ContextBudget:
         views["after_reflect"] = header + next_first
     turns = env.total_step_cap + (env.total_step_cap - 1 if env.reflection else 0)
     longest_later = max(v for k, v in views.items() if k != "start")
-    worst = views["start"] + action_len + (turns - 1) * (longest_later + action_len)
+    worst = views["start"] + action_len + (turns - 1) * (longest_later + action_len) + turns * per_turn
     return ContextBudget(chunk_len=max(views.values()), action_len=int(action_len), turns=turns, worst_case=worst)

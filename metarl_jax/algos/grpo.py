@@ -95,7 +95,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         return rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                       task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens)
+                       task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens, task.chat)
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
