@@ -52,11 +52,6 @@ class TaskSpec:
     free_tokens: int = 0
     chat: ChatWrap | None = None
 
-    @property
-    def num_episodes_nominal(self) -> int:
-        """Episodes a trial holds when every episode uses all its turns (cap // max_turns)."""
-        return self.env.total_step_cap // int(self.env_params.max_turns)
-
 
 def task_entry(entry) -> dict:
     """A task entry (mapping or bare env id) with the registry's defaults filled in."""

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import chex
 import jax
@@ -180,6 +181,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     run = build_run(config)
     label = label or ("single-episode" if config.single_episode else "orbit")
     os.makedirs(workdir, exist_ok=True)
+    chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
                          donate_argnums=0)
     evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
@@ -190,8 +192,14 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(state, run_key)
     start = 0
+    saved_config = _config_dict(config)
     if restored is not None:
-        state, run_key, _, start = restored
+        state, run_key, previous, start = restored
+        changed = sorted(k for k in set(previous) | set(saved_config)
+                         if previous.get(k) != saved_config.get(k) and k not in ("num_steps", "eval_every"))
+        if changed:
+            warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
+                          "weights and optimizer state are kept", stacklevel=2)
         if not quiet:
             print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
     finished = os.path.join(workdir, "eval.json")
@@ -200,7 +208,6 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         with open(finished) as f:
             return [SuccessRow(**{**r, "episode_ci": [tuple(c) for c in r["episode_ci"]]}) for r in json.load(f)]
     log = MetricsLog(workdir, resume_step=start if restored is not None else None)
-    saved_config = _config_dict(config)
 
     def evaluate(step):
         played = jax.device_get(evaluator(state.params, eval_key))
@@ -208,7 +215,6 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         log.log("eval", step, eval_metrics(rows, played))
         return rows
 
-    rows = None
     bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
     t0 = time.time()
     for step in range(start, config.num_steps):
@@ -228,7 +234,6 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.num_steps:
             ckpt.save(done, state, run_key, saved_config)
     bar.close()
-    chex.clear_trace_counter()
     rows = evaluate(config.num_steps)
     ckpt.save(config.num_steps, state, run_key, saved_config)
     ckpt.close()

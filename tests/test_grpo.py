@@ -32,7 +32,7 @@ def test_train_step_compiles_once_and_updates():
             m = metrics[task.name]
             assert 0.0 <= float(m["mean_return"]) <= task.env.total_step_cap
             assert m["episode_success"].shape == (3,)
-            assert float(m["kl"]) >= 0 and float(m["entropy"]) > 0
+            assert float(m["kl"]) >= -1e-6 and float(m["entropy"]) > 0  # k3 KL is >= 0 up to rounding
             assert float(m["truncated"]) == 0.0  # the worst-case context never fills
         moved = moved or float(metrics["grad_norm"]) > 0
     chex.clear_trace_counter()
@@ -63,3 +63,21 @@ def test_turn_advantages_plain_and_discounted():
     np.testing.assert_allclose(disc, [[1, 1, 1], [-1, -1, -1]], atol=1e-4)
     equal = _Transcript([[1, 0], [1, 0]], [[1, 0], [1, 0]])
     np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper(group_size=2))), 0.0)
+
+
+def test_meta_learner_objects_train_and_evaluate():
+    import metarl_jax
+
+    tok = WordTokenizer()
+    tasks = [build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=4), tok, split="train", seed=0,
+                        num_tasks=8, intro=False)]
+    graphdef, params = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    learner = metarl_jax.InContextLearner(graphdef, params)
+    meta = metarl_jax.CrossEpisodeMetaLearner(learner, tasks, optax.adam(1e-2), GRPOHyper(num_tasks=2, group_size=4))
+    state = meta.init_state()
+    for i in range(3):
+        state, metrics = meta.step(state, jax.random.PRNGKey(i))
+    trained = meta.learner_from(state)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(learner.params)))
+    (row,) = trained.evaluate(tasks, jax.random.PRNGKey(0), num_episodes=1)
+    assert row.num_trials == 8 and 0.0 <= row.episode_rates[0] <= 1.0

@@ -110,3 +110,18 @@ def test_bad_config_fails_before_compiling(changes, message, monkeypatch, tmp_pa
     with pytest.raises(config_check.ConfigError, match=message):
         train.train_and_evaluate(bad(**changes), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists(), "a refused config must leave nothing behind"
+
+
+def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
+    cmd = main_cmd(tmp_path)
+    cmd[3] = f"--config={ROOT / 'configs' / 'tiny.py'}:compare"
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = json.loads((tmp_path / "comparison.json").read_text())
+    policies = {r["policy"] for r in result["rows"]}
+    assert policies == {"ORBIT (multi-episode)", "single-episode RL"}
+    assert "episode 1" in out.stdout and "single-episode RL" in out.stdout
+    # The baseline trained on one-episode trials: its checkpointed config says so; both evaluate 2-episode trials.
+    assert all(len(r["episode_rates"]) == 2 for r in result["rows"])
+    for run, single in (("orbit", False), ("single_episode", True)):
+        saved = [json.loads(p.read_text()) for p in (tmp_path / run / "checkpoints").glob("*/config/metadata")]
+        assert saved and all(c["single_episode"] is single for c in saved)
