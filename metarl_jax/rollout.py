@@ -23,6 +23,7 @@ from flax import nnx, struct
 
 from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
+from metarl_jax.envs.base import tree_select
 from metarl_jax.models.sampling import process_logits, sample
 from metarl_jax.models.transformer import init_cache
 from metarl_jax.text.chat import ChatWrap
@@ -168,6 +169,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
     prefix = jnp.broadcast_to(table.tokens[0, :pre], (batch, pre))
     positions = jnp.arange(act_len)
+    select_rows = jax.vmap(tree_select)  # per row: the first tree where the flag is set, else the second
     wrap_open, wrap_close, wrap_end = (jnp.broadcast_to(jnp.asarray(w, jnp.int32), (batch, len(w)))
                                        for w in (chat.open, chat.close, chat.end))
 
@@ -213,13 +215,13 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         for i in range(decide):
             keys = jax.random.split(jax.random.fold_in(k_dec, i), batch)
             token, lp, new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p))(dstate, logits, keys)
-            sample = live & ~dstate.done & (dstate.alive.sum(-1) > 1)  # a real choice remains
-            logp = logp.at[:, pre + i].set(jnp.where(sample, lp, 0.0))
-            dstate = jax.tree.map(lambda a, b: jnp.where(sample.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, dstate)
+            chosen = live & ~dstate.done & (dstate.alive.sum(-1) > 1)  # a real choice remains
+            logp = logp.at[:, pre + i].set(jnp.where(chosen, lp, 0.0))
+            dstate = select_rows(chosen, new, dstate)
             if i + 1 < decide:
                 pos = cache.length
-                hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, sample[:, None])
-                cache = cache.replace(length=pos + sample)
+                hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, chosen[:, None])
+                cache = cache.replace(length=pos + chosen)
                 logits = model.logits(hidden[:, 0])
         action = jnp.argmax(dstate.alive, axis=-1).astype(jnp.int32)  # determined: one action is alive
         action_tokens = table.tokens[action]
@@ -236,7 +238,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         """Steps the env with the decoded actions and emits the turn's record."""
         end = jnp.where(live, action_start + length, end)
         _, new_states, reward, _, info = step_env(jax.random.split(k_env, batch), states, action, env_params)
-        new_states = jax.tree.map(lambda a, b: jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new_states, states)
+        new_states = select_rows(live, new_states, states)
         out = dict(
             action_tokens=action_tokens, action_mask=live[:, None] & (positions[None, :] < length[:, None]),
             action_start=action_start, logp=logp, valid=valid, actions=jnp.where(live, action, -1),

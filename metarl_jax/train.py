@@ -35,7 +35,7 @@ from flax import nnx
 from metarl_jax import config_check
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
 from metarl_jax.checkpoints import Checkpointer
-from metarl_jax.evaluate import SuccessRow, success_table, wilson_interval
+from metarl_jax.evaluate import SuccessRow, success_table, summarize
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import TaskSpec, build_task
@@ -151,17 +151,10 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
 
 def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
     """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
-    rows = []
-    for name, r in played.items():
-        success, index = np.asarray(r["success"]), np.asarray(r["episode_index"])
-        wins = np.stack([(success & (index == k)).any(axis=1) for k in range(num_episodes)], axis=1)
-        n = wins.shape[0]
-        rows.append(SuccessRow(
-            env_id=name, policy=label, num_trials=n, episode_rates=[float(x) for x in wins.mean(0)],
-            episode_ci=[wilson_interval(int(c), n) for c in wins.sum(0)], any_success=float(wins.any(1).mean()),
-            mean_return=float(np.asarray(r["returns"]).mean()),
-        ))
-    return rows
+    time_first = lambda x: np.asarray(x).T  # noqa: E731  evaluate.summarize takes [T, N] step records
+    return [summarize(name, label, {"success": time_first(r["success"]), "episode_index": time_first(r["episode_index"]),
+                                    "trial_return": np.asarray(r["returns"])}, num_episodes)
+            for name, r in played.items()]
 
 
 def eval_metrics(rows: list[SuccessRow], played: dict) -> dict:
