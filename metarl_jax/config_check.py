@@ -39,6 +39,7 @@ _RANGES = [
     ("clip_high", lambda v: v >= 0, ">= 0"),
     ("kl_coef", lambda v: v >= 0, ">= 0"),
     ("entropy_coef", lambda v: v >= 0, ">= 0"),
+    ("observation_coef", lambda v: v >= 0, ">= 0"),
     ("gamma_step", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gamma_traj", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train_set_size", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),

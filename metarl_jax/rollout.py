@@ -17,6 +17,8 @@ log-probabilities from ``tokens`` in one causal forward; ``tests/test_rollout.py
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -256,21 +258,37 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     return Transcript(tokens=tokens[:, :context_len], length=end, truncated=truncated, **per_turn)
 
 
-def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
-                        top_p: float = 1.0, with_entropy: bool = False, free: bool = False):
-    """float32[B, T, L]: the sampler's log-probability of every action token, recomputed in one causal forward.
+class TeacherForced(NamedTuple):
+    """One teacher-forced pass over a transcript (see :func:`teacher_forced`).
+
+    logp, entropy: float32[B, T, L] per action token (0 where masked; entropy 0 for forced tokens).
+    observation_nll: float32[] mean next-token loss on observation tokens (0 unless asked for).
+    """
+
+    logp: jax.Array
+    entropy: jax.Array
+    observation_nll: jax.Array
+
+
+def teacher_forced(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
+                   top_p: float = 1.0, free: bool = False, observation_vocab=None) -> TeacherForced:
+    """The sampler's log-probability and entropy of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
     temperature/top-p processed distribution the decoder used (constrained decoding: the trie is replayed from
-    ``valid``; ``free``: the whole vocabulary). Masked
-    tokens get 0. With ``with_entropy`` returns ``(logp, entropy)``, the entropy [B, T, L] of that
-    distribution at each action token (0 for tokens the trie forces).
+    ``valid``; ``free``: the whole vocabulary).
+
+    ``observation_vocab`` (int32[K], the token ids the env's text can show) adds the mean next-token
+    cross-entropy of the observation tokens, over that sub-vocabulary: an auxiliary world-model loss that
+    gives a from-scratch model the knowledge of the game's text a pretrained LM would bring. Action slots and
+    tokens outside the sub-vocabulary are not scored.
     """
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
     hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
     # Slot of the token that predicts action token i of turn t: the one just before it.
-    before = jnp.maximum(transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :] - 1, 0)
+    action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
+    before = jnp.maximum(action_slots - 1, 0)
     picked = jnp.take_along_axis(hidden, before.reshape(batch, -1)[:, :, None], axis=1)
     pred = model.logits(picked).reshape(batch, steps, act_len, -1)  # project only where an action is predicted
 
@@ -286,4 +304,29 @@ def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, te
         return jnp.stack(out), jnp.stack(ent)
 
     logp, entropy = jax.vmap(jax.vmap(score))(transcript.valid, transcript.action_tokens, transcript.action_mask, pred)
-    return (logp, entropy) if with_entropy else logp
+    nll = jnp.zeros((), jnp.float32)
+    if observation_vocab is not None:
+        nll = _observation_nll(model, hidden, transcript, action_slots, jnp.asarray(observation_vocab, jnp.int32))
+    return TeacherForced(logp, entropy, nll)
+
+
+def _observation_nll(model, hidden, transcript: Transcript, action_slots, vocab):
+    """Mean cross-entropy of each observation token given the slots before it, over the sub-vocabulary."""
+    batch, slots = transcript.tokens.shape
+    is_action = jnp.zeros((batch, slots + 1), bool)  # one spare column for the unused slots' index
+    rows = jnp.arange(batch)[:, None, None]
+    is_action = is_action.at[rows, jnp.where(transcript.action_mask, action_slots, slots)].set(True)[:, :slots]
+    index = jnp.full((model.config.vocab_size,), -1, jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32))
+    target = index[transcript.tokens[:, 1:]]
+    scored = transcript.token_mask[:, 1:] & ~is_action[:, 1:] & (target >= 0)
+    logp = jax.nn.log_softmax(model.logits(hidden[:, :-1], vocab), axis=-1)
+    picked = jnp.take_along_axis(logp, jnp.maximum(target, 0)[..., None], axis=-1)[..., 0]
+    return -(picked * scored).sum() / jnp.maximum(scored.sum(), 1)
+
+
+def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
+                        top_p: float = 1.0, with_entropy: bool = False, free: bool = False):
+    """float32[B, T, L]: the sampler's log-probability of every action token (see :func:`teacher_forced`);
+    with ``with_entropy`` returns ``(logp, entropy)``."""
+    out = teacher_forced(graphdef, model_state, transcript, table, temperature, top_p, free)
+    return (out.logp, out.entropy) if with_entropy else out.logp

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 from metarl_jax import envs
 from metarl_jax.agents.actions import ActionTable
@@ -51,6 +52,12 @@ class TaskSpec:
     task_keys: jax.Array
     free_tokens: int = 0
     chat: ChatWrap | None = None
+
+    @property
+    def observation_vocab(self) -> np.ndarray:
+        """int32[K]: the sorted token ids the env's observation text can contain (padding excluded)."""
+        ids = np.unique(np.asarray(self.codec.table))
+        return ids[ids != self.codec.pad_id].astype(np.int32)
 
 
 def task_entry(entry) -> dict:

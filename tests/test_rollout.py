@@ -11,7 +11,7 @@ from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import rollout, teacher_forced_logp
+from metarl_jax.rollout import rollout, teacher_forced, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 
 BATCH = 3
@@ -79,6 +79,34 @@ def test_rollout_log_probs_equal_teacher_forced_forward(setup):
     assert (np.asarray(tr.logp)[mask] <= 0).all() and (np.asarray(tr.logp)[mask] < 0).any()
     # Forced tokens (the shared \boxed{ prefix) carry log-probability exactly 0.
     assert (np.asarray(tr.logp)[:, :, : s["table"].prefix_len] == 0).all()
+
+
+def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(setup):
+    """The auxiliary loss equals a direct next-token cross-entropy over the env's observation tokens, with
+    action slots skipped, and leaves the action log-probs unchanged."""
+    s = setup
+    tr, env = s["transcript"], s["env"]
+    from metarl_jax.text import Codec
+
+    vocab = np.unique(np.asarray(Codec(env, s["tok"]).table))
+    vocab = vocab[vocab != s["tok"].pad_id]
+    out = teacher_forced(s["graphdef"], s["state"], tr, s["table"], 0.7, 0.95, observation_vocab=vocab)
+    model = nnx.merge(s["graphdef"], s["state"])
+    logits = np.asarray(model(tr.tokens, tr.positions, None, tr.token_mask)[0])
+    tokens, starts, amask = np.asarray(tr.tokens), np.asarray(tr.action_start), np.asarray(tr.action_mask)
+    total, count = 0.0, 0
+    for b in range(BATCH):
+        action_slots = {int(starts[b, t]) + i for t in range(amask.shape[1]) for i in range(amask.shape[2]) if amask[b, t, i]}
+        for slot in range(1, int(tr.length[b])):
+            if slot in action_slots or tokens[b, slot] not in vocab:
+                continue
+            sub = logits[b, slot - 1, vocab]
+            total += np.log(np.exp(sub - sub.max()).sum()) + sub.max() - logits[b, slot - 1, tokens[b, slot]]
+            count += 1
+    assert count > 10 * BATCH
+    np.testing.assert_allclose(float(out.observation_nll), total / count, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out.logp), np.asarray(teacher_forced_logp(
+        s["graphdef"], s["state"], tr, s["table"], 0.7, 0.95)))
 
 
 def test_full_context_stops_the_trial_and_keeps_earned_rewards():

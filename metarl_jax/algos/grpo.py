@@ -10,8 +10,8 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in on
    every action token; with a cross-episode discount (LaMer) the return-to-go of each turn is normalised
    over the group at that turn instead;
 4. a teacher-forced forward gives the log-probabilities; the PPO-clip loss (asymmetric clip,
-   seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference and entropy
-   bonus, is differentiated and applied with optax.
+   seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference, entropy
+   bonus and auxiliary observation-prediction loss, is differentiated and applied with optax.
 
 Rows of all envs count equally in the loss. On-policy with one update per batch (ORBIT), so the ratio is 1 at
 the update; the clip matters once several updates reuse a batch. Metrics are small: scalars and
@@ -28,7 +28,7 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
-from metarl_jax.rollout import rollout, teacher_forced_logp
+from metarl_jax.rollout import rollout, teacher_forced, teacher_forced_logp
 
 
 @struct.dataclass
@@ -59,6 +59,7 @@ class GRPOHyper:
     clip_high: float = 0.28
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
+    observation_coef: float = 0.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
     gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
@@ -107,14 +108,18 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             for task, tr, adv in zip(tasks, transcripts, advantages):
                 rows, turns, act_len = tr.action_tokens.shape
                 free = task.free_tokens > 0
-                logp, entropy = teacher_forced_logp(graphdef, params, tr, task.table, hp.temperature, hp.top_p,
-                                                    with_entropy=True, free=free)
+                logp, entropy, obs_nll = teacher_forced(
+                    graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
+                    observation_vocab=task.observation_vocab if hp.observation_coef else None)
                 flat = lambda x: x.reshape(rows, turns * act_len)
                 mask = flat(tr.action_mask)
                 tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
                 loss, m = ppo_clip_loss(flat(logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high)
                 m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
                 loss = loss - hp.entropy_coef * m["entropy"]
+                if hp.observation_coef:
+                    m["observation_nll"] = obs_nll
+                    loss = loss + hp.observation_coef * obs_nll
                 if hp.kl_coef:
                     ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p, free=free)
                     m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)

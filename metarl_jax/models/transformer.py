@@ -200,11 +200,18 @@ class Transformer(nnx.Module):
         hidden, cache = self.hidden_states(tokens, positions, cache, token_mask)
         return self.logits(hidden), cache
 
-    def logits(self, hidden):
-        """Output logits float32[..., V] of final hidden states [..., D]."""
+    def logits(self, hidden, vocab=None):
+        """Output logits float32[..., V] of final hidden states [..., D]; with ``vocab`` (int32[K] token ids)
+        only those K columns, float32[..., K] (a cheap projection onto a small sub-vocabulary)."""
         if self.lm_head is None:
-            return (hidden @ self.embed[...].astype(self.dtype).T).astype(jnp.float32)
-        return self.lm_head(hidden).astype(jnp.float32)
+            weight = self.embed[...] if vocab is None else self.embed[...][vocab]
+            return (hidden @ weight.astype(self.dtype).T).astype(jnp.float32)
+        if vocab is None:
+            return self.lm_head(hidden).astype(jnp.float32)
+        out = hidden.astype(self.dtype) @ self.lm_head.merged_kernel()[:, vocab].astype(self.dtype)
+        if self.lm_head.bias is not None:
+            out = out + self.lm_head.bias[...][vocab]
+        return out.astype(jnp.float32)
 
     def hidden_states(self, tokens, positions, cache: KVCache | None = None, token_mask=None):
         """Like ``__call__`` but returns the final (normed) hidden states [B, T, D] instead of logits, so a
