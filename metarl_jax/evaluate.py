@@ -1,6 +1,7 @@
 """Evaluation of policies on multi-episode trials: per-episode success tables.
 
-``rollout`` plays a policy under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
+``rollout`` plays a policy (stateless, or an online learner with memory carried across the episodes of a trial)
+under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
 ``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``success_table``
 formats rates with 95% intervals.
 """
@@ -9,50 +10,67 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def rollout(env, params, policy: Callable, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
-    """Plays ``num`` independent rollouts of ``env`` for ``steps`` steps with ``policy(key, state) -> action``.
+def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
+    """Plays ``num`` independent rollouts of ``env`` for ``steps`` steps with ``policy``.
+
+    ``policy`` is either a stateless ``policy(key, state) -> int32[]`` action or a
+    :class:`~metarl_jax.baselines.OnlinePolicy` (``init`` / ``act`` / ``update`` over a memory pytree that is
+    carried through the whole rollout, i.e. across the episodes of a trial).
 
     Each rollout calls ``env.reset`` once and then ``env.step_env`` ``steps`` times (no auto-reset; a
     :class:`~metarl_jax.envs.MultiEpisode` trial starts its own episodes), all under ``jit(vmap(lax.scan))``.
     Keys: ``key`` is split into ``num`` rollout keys; each is split into (carry, reset key), then every step
-    splits the carry into (carry, policy key, step key).
+    splits the carry into (carry, policy key, step key). An online policy's ``init`` gets
+    ``fold_in(reset key, 1)``, so a seed gives the same tasks and env draws whichever policy plays.
 
     Returns a dict of JAX arrays (N = ``num``, T = ``steps``):
 
     * ``infos``: the step infos, each leaf stacked ``[T, N]`` (time first);
     * ``rewards``: float ``[T, N]``;
+    * ``actions``: int32 ``[T, N]``, the actions taken;
     * ``final``: the state after the last step, batched ``[N]``;
+    * ``memory`` (only for an online policy): its memory after the last step, batched ``[N]``;
     * ``states`` (only with ``keep_states``): every state, batched ``[N, T + 1]`` (rollout first), the reset
       state at index 0 and the state after step t at index t.
     """
+    from metarl_jax.baselines.online import OnlinePolicy, as_online
+
+    online = isinstance(policy, OnlinePolicy)
+    pol = as_online(policy)
 
     @jax.jit
     def run(key):
         def one(key):
             key, k0 = jax.random.split(key)
             _, state = env.reset(k0, params)
+            memory = pol.init(jax.random.fold_in(k0, 1), state)
 
             def body(carry, _):
-                key, state = carry
+                key, state, memory = carry
                 key, k_act, k_step = jax.random.split(key, 3)
-                _, state, reward, _, info = env.step_env(k_step, state, policy(k_act, state), params)
-                return (key, state), (info, reward, state if keep_states else None)
+                action = jnp.asarray(pol.act(k_act, memory, state), jnp.int32)
+                _, next_state, reward, _, info = env.step_env(k_step, state, action, params)
+                memory = pol.update(memory, state, action, reward, next_state)
+                return (key, next_state, memory), (info, reward, action, next_state if keep_states else None)
 
-            (_, final), (infos, rewards, states) = jax.lax.scan(body, (key, state), None, length=steps)
+            (_, final, memory), (infos, rewards, actions, states) = jax.lax.scan(
+                body, (key, state, memory), None, length=steps)
             if keep_states:
                 states = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), state, states)
-            return final, infos, rewards, states
+            return final, memory, infos, rewards, actions, states
 
-        final, infos, rewards, states = jax.vmap(one)(jax.random.split(key, num))
+        final, memory, infos, rewards, actions, states = jax.vmap(one)(jax.random.split(key, num))
         time_first = lambda x: jnp.swapaxes(x, 0, 1)
-        out = {"infos": jax.tree.map(time_first, infos), "rewards": time_first(rewards), "final": final}
+        out = {"infos": jax.tree.map(time_first, infos), "rewards": time_first(rewards),
+               "actions": time_first(actions), "final": final}
+        if online:
+            out["memory"] = memory
         if keep_states:
             out["states"] = states
         return out
@@ -60,15 +78,18 @@ def rollout(env, params, policy: Callable, key: jax.Array, num: int, steps: int,
     return run(key)
 
 
-def play_trials(env, params, policy: Callable, key: jax.Array, num_trials: int, steps: int | None = None):
-    """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy`` (by :func:`rollout`).
+def play_trials(env, params, policy, key: jax.Array, num_trials: int, steps: int | None = None):
+    """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy`` (by :func:`rollout`;
+    a stateless policy or an :class:`~metarl_jax.baselines.OnlinePolicy`).
 
     Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done`` (bool/int ``[T, N]``,
-    T = ``steps``, default the trial's step cap) and ``trial_return`` (float ``[N]``).
+    T = ``steps``, default the trial's step cap), ``actions`` (int32 ``[T, N]``) and ``trial_return``
+    (float ``[N]``).
     """
     steps = env.total_step_cap if steps is None else steps
     played = rollout(env, params, policy, key, num_trials, steps)
     out = {k: np.asarray(played["infos"][k]) for k in ("success", "episode_index", "episode_done")}
+    out["actions"] = np.asarray(played["actions"])
     out["trial_return"] = np.asarray(played["rewards"].sum(axis=0))
     return out
 
