@@ -2,8 +2,10 @@
 
 ``rollout`` plays a policy (stateless, or an online learner with memory carried across the episodes of a trial)
 under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
-``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``success_table``
-formats rates with 95% intervals.
+``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``summarize`` adds
+P(at least one success), the mean trial return, the mean episode length and the invalid-action rate;
+``add_regret`` the in-context regret against the oracle. ``success_table`` formats rates with 95% intervals and
+``write_report`` writes markdown, CSV and JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_stat
 
     Returns a dict of JAX arrays (N = ``num``, T = ``steps``):
 
-    * ``infos``: the step infos, each leaf stacked ``[T, N]`` (time first);
+    * ``infos``: the step infos, each leaf stacked ``[T, N]`` (time first), plus ``invalid``: the action was not
+      among ``env.valid_actions`` (or out of range);
     * ``rewards``: float ``[T, N]``;
     * ``actions``: int32 ``[T, N]``, the actions taken;
     * ``final``: the state after the last step, batched ``[N]``;
@@ -55,7 +58,9 @@ def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_stat
                 key, state, memory = carry
                 key, k_act, k_step = jax.random.split(key, 3)
                 action = jnp.asarray(pol.act(k_act, memory, state), jnp.int32)
+                invalid = ~action_is_valid(env.valid_actions(state), action)
                 _, next_state, reward, _, info = env.step_env(k_step, state, action, params)
+                info = {**info, "invalid": invalid}
                 memory = pol.update(memory, state, action, reward, next_state)
                 return (key, next_state, memory), (info, reward, action, next_state if keep_states else None)
 
@@ -82,16 +87,32 @@ def play_trials(env, params, policy, key: jax.Array, num_trials: int, steps: int
     """Plays ``num_trials`` trials of a :class:`~metarl_jax.envs.MultiEpisode` env with ``policy`` (by :func:`rollout`;
     a stateless policy or an :class:`~metarl_jax.baselines.OnlinePolicy`).
 
-    Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done`` (bool/int ``[T, N]``,
-    T = ``steps``, default the trial's step cap), ``actions`` (int32 ``[T, N]``) and ``trial_return``
-    (float ``[N]``).
+    Returns a dict of numpy arrays: ``success``, ``episode_index``, ``episode_done``, ``invalid`` and
+    ``env_step`` (the step was a game move of a live trial: not a reflection, not past the cap) (bool/int
+    ``[T, N]``, T = ``steps``, default the trial's step cap), ``actions`` (int32 ``[T, N]``) and
+    ``trial_return`` (float ``[N]``).
     """
     steps = env.total_step_cap if steps is None else steps
     played = rollout(env, params, policy, key, num_trials, steps)
-    out = {k: np.asarray(played["infos"][k]) for k in ("success", "episode_index", "episode_done")}
+    out = {k: np.asarray(played["infos"][k]) for k in ("success", "episode_index", "episode_done", "invalid")}
+    out["env_step"] = env_steps(np.asarray(played["infos"]["trial_done"]), np.asarray(played["infos"]["reflection"]))
     out["actions"] = np.asarray(played["actions"])
     out["trial_return"] = np.asarray(played["rewards"].sum(axis=0))
     return out
+
+
+def action_is_valid(valid: jax.Array, action: jax.Array) -> jax.Array:
+    """bool[...]: ``action`` (int32[...]) is in range and allowed by the mask ``valid`` (bool[..., A])."""
+    num = valid.shape[-1]
+    inside = (action >= 0) & (action < num)
+    return inside & jnp.take_along_axis(valid, jnp.clip(action, 0, num - 1)[..., None], axis=-1)[..., 0]
+
+
+def env_steps(trial_done: np.ndarray, reflection: np.ndarray) -> np.ndarray:
+    """bool[T, N]: the steps that were game moves: the trial was live before the step and it was not a
+    reflection turn (``trial_done`` is the flag after each step)."""
+    live = np.concatenate([np.ones_like(trial_done[:1], bool), ~trial_done[:-1].astype(bool)], axis=0)
+    return live & ~reflection.astype(bool)
 
 
 def episode_success(rollout: dict, num_episodes: int) -> np.ndarray:
@@ -122,9 +143,16 @@ class SuccessRow:
     episode_ci: list[tuple[float, float]]
     any_success: float
     mean_return: float
+    episode_length: float | None = None  # game moves per finished episode
+    invalid_rate: float | None = None  # share of game moves that were invalid actions (or format errors)
+    regret: float | None = None  # in-context regret: the oracle's mean trial return minus this policy's
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SuccessRow":
+        return cls(**{**d, "episode_ci": [tuple(c) for c in d["episode_ci"]]})
 
 
 def summarize(env_id: str, policy: str, rollout: dict, num_episodes: int) -> SuccessRow:
@@ -138,16 +166,73 @@ def summarize(env_id: str, policy: str, rollout: dict, num_episodes: int) -> Suc
         episode_ci=[wilson_interval(int(c), n) for c in wins.sum(axis=0)],
         any_success=float(wins.any(axis=1).mean()),
         mean_return=float(rollout["trial_return"].mean()),
+        **step_stats(rollout),
     )
+
+
+def step_stats(rollout: dict) -> dict:
+    """Mean episode length and invalid-action rate, when the rollout has the per-step flags for them."""
+    if "env_step" not in rollout:
+        return {}
+    moves = np.asarray(rollout["env_step"], bool)
+    finished = (np.asarray(rollout["episode_done"], bool) & moves).sum()
+    out = {"episode_length": float(moves.sum() / max(finished, 1))}
+    if "invalid" in rollout:
+        out["invalid_rate"] = float((np.asarray(rollout["invalid"], bool) & moves).sum() / max(moves.sum(), 1))
+    return out
+
+
+def add_regret(rows: list[SuccessRow], oracle: dict[str, float]) -> list[SuccessRow]:
+    """Sets each row's in-context regret: ``oracle[env_id]`` (the oracle's mean trial return on that env's
+    trials) minus the row's mean trial return."""
+    for r in rows:
+        if r.env_id in oracle:
+            r.regret = oracle[r.env_id] - r.mean_return
+    return rows
 
 
 def success_table(rows: list[SuccessRow]) -> str:
     """A markdown table: one row per (env, policy), columns episode 1..K success with 95% intervals."""
     k = max(len(r.episode_rates) for r in rows)
-    head = "| env | policy | " + " | ".join(f"episode {i + 1}" for i in range(k)) + " | any success | mean return |"
-    sep = "|" + "---|" * (k + 4)
+    extra = [(name, title, fmt) for name, title, fmt in _EXTRA_COLUMNS if any(getattr(r, name) is not None for r in rows)]
+    head = ("| env | policy | " + " | ".join(f"episode {i + 1}" for i in range(k)) + " | any success | mean return |"
+            + "".join(f" {title} |" for _, title, _ in extra))
+    sep = "|" + "---|" * (k + 4 + len(extra))
     lines = [head, sep]
     for r in rows:
         cells = [f"{p:.3f} [{lo:.2f}, {hi:.2f}]" for p, (lo, hi) in zip(r.episode_rates, r.episode_ci)]
-        lines.append(f"| {r.env_id} | {r.policy} | " + " | ".join(cells) + f" | {r.any_success:.3f} | {r.mean_return:.2f} |")
+        cells += [""] * (k - len(cells))
+        more = "".join(" - |" if getattr(r, name) is None else f" {getattr(r, name):{fmt}} |" for name, _, fmt in extra)
+        lines.append(f"| {r.env_id} | {r.policy} | " + " | ".join(cells) + f" | {r.any_success:.3f} | {r.mean_return:.2f} |"
+                     + more)
     return "\n".join(lines)
+
+
+_EXTRA_COLUMNS = [("regret", "regret", "+.2f"), ("episode_length", "episode length", ".2f"),
+                  ("invalid_rate", "invalid actions", ".3f")]
+
+
+def write_report(rows: list[SuccessRow], prefix: str, title: str = "") -> str:
+    """Writes ``<prefix>.md`` (the :func:`success_table`), ``<prefix>.csv`` and ``<prefix>.json``; returns the
+    markdown table."""
+    import csv
+    import json
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    table = success_table(rows)
+    with open(prefix + ".md", "w") as f:
+        f.write((f"# {title}\n\n" if title else "") + table + "\n")
+    k = max(len(r.episode_rates) for r in rows)
+    with open(prefix + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env", "policy", "trials"] + [f"episode_{i + 1}" for i in range(k)]
+                   + [f"episode_{i + 1}_ci_{e}" for i in range(k) for e in ("low", "high")]
+                   + ["any_success", "mean_return", "regret", "episode_length", "invalid_rate"])
+        for r in rows:
+            opt = ["" if v is None else f"{v:.4f}" for v in (r.regret, r.episode_length, r.invalid_rate)]
+            w.writerow([r.env_id, r.policy, r.num_trials] + [f"{p:.4f}" for p in r.episode_rates]
+                       + [f"{v:.4f}" for ci in r.episode_ci for v in ci] + [f"{r.any_success:.4f}", f"{r.mean_return:.4f}"] + opt)
+    with open(prefix + ".json", "w") as f:
+        json.dump([r.as_dict() for r in rows], f, indent=2)
+    return table

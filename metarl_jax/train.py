@@ -35,7 +35,7 @@ from flax import nnx
 from metarl_jax import config_check
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
 from metarl_jax.checkpoints import Checkpointer
-from metarl_jax.evaluate import SuccessRow, success_table, summarize
+from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import TaskSpec, build_task
@@ -143,8 +143,10 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
             tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
                          task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat)
+            moves = tr.taken & ~tr.reflection
             out[task.name] = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
-                                  truncated=tr.truncated)
+                                  truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
+                                  invalid=moves & ~action_is_valid(tr.valid, tr.actions))
         return out
 
     return jax.jit(evaluate)
@@ -153,8 +155,9 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
 def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
     """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
     time_first = lambda x: np.asarray(x).T  # noqa: E731  evaluate.summarize takes [T, N] step records
-    return [summarize(name, label, {"success": time_first(r["success"]), "episode_index": time_first(r["episode_index"]),
-                                    "trial_return": np.asarray(r["returns"])}, num_episodes)
+    steps = ("success", "episode_index", "episode_done", "env_step", "invalid")
+    return [summarize(name, label, {**{k: time_first(r[k]) for k in steps}, "trial_return": np.asarray(r["returns"])},
+                      num_episodes)
             for name, r in played.items()]
 
 
@@ -200,7 +203,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     if start == config.num_steps and os.path.exists(finished):  # a finished run: report it again
         ckpt.close()
         with open(finished) as f:
-            return [SuccessRow(**{**r, "episode_ci": [tuple(c) for c in r["episode_ci"]]}) for r in json.load(f)]
+            return [SuccessRow.from_dict(r) for r in json.load(f)]
     log = MetricsLog(workdir, resume_step=start if restored is not None else None)
 
     def evaluate(step):
