@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "hypothesis>=6.100"],
+    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8"],  # matplotlib: the experiments' plots
     # The rule-conformance tests and the throughput benchmark's peer (GEM's Python games).
     "peer": ["gem-llm==0.1.0"],
     # Parity tests of the model family against transformers' PyTorch models (a later issue).

@@ -1,0 +1,87 @@
+"""Shared pieces of the experiment scripts: playing baselines and LMs, and writing tables and plots.
+
+Every script writes ``results/<name>.md`` (markdown), ``results/<name>.csv`` and ``results/<name>.png``
+(success vs episode index, one line per method, one panel per env).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+
+from metarl_jax import baselines, envs  # noqa: E402
+from metarl_jax.evaluate import SuccessRow, play_trials, summarize, write_report  # noqa: E402
+
+# The classical online learner of each game family, in order of preference.
+CLASSICAL = ("elimination", "ucb1", "opponent_counts", "q_learning")
+
+
+def trial_env(entry: dict):
+    """The multi-episode trial env of a config task entry (turns per episode and step cap as configured)."""
+    return envs.make_trial(entry["env_id"], total_step_cap=entry["total_step_cap"],
+                           max_turns=entry["max_turns_per_episode"], intro=False, repeat_opening=False)
+
+
+def classical_name(trial) -> str | None:
+    """The classical learner that supports ``trial``'s game, or None."""
+    for name in CLASSICAL:
+        if baselines.supports(name, trial):
+            return name
+    return None
+
+
+def play_policy_rows(entries, methods, num_trials: int, num_episodes: int, seed: int = 0, log=print) -> list[SuccessRow]:
+    """Per-episode success of baseline policies (``"random"``, ``"oracle"``, ``"classical"``) on each env."""
+    rows = []
+    for entry in entries:
+        trial, params = trial_env(entry)
+        for method in methods:
+            name = classical_name(trial) if method == "classical" else method
+            if name is None:
+                log(f"  no classical learner for {entry['env_id']}; row skipped")
+                continue
+            log(f"  {entry['env_id']}: {num_trials} trials with {name}")
+            played = play_trials(trial, params, baselines.make_policy(name, trial), jax.random.PRNGKey(seed), num_trials)
+            label = f"classical ({name})" if method == "classical" else name
+            rows.append(summarize(entry["env_id"], label, played, num_episodes))
+    return rows
+
+
+def write_table(rows: list[SuccessRow], out_dir: str, name: str, title: str) -> str:
+    """Writes ``<name>.md``, ``<name>.csv``, ``<name>.json`` and ``<name>.png`` into ``out_dir``; returns the
+    markdown table."""
+    table = write_report(rows, os.path.join(out_dir, name), title)
+    plot(rows, os.path.join(out_dir, f"{name}.png"), title)
+    return table
+
+
+def plot(rows: list[SuccessRow], path: str, title: str) -> None:
+    """Success vs episode index, one line (with 95% interval band) per method, one panel per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env_ids = list(dict.fromkeys(r.env_id for r in rows))
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(4.5 * len(env_ids), 3.6), squeeze=False)
+    for ax, env_id in zip(axes[0], env_ids):
+        for r in (r for r in rows if r.env_id == env_id):
+            x = range(1, len(r.episode_rates) + 1)
+            ax.plot(x, r.episode_rates, marker="o", label=r.policy)
+            ax.fill_between(x, [lo for lo, _ in r.episode_ci], [hi for _, hi in r.episode_ci], alpha=0.15)
+        ax.set_title(env_id.replace("game:", ""), fontsize=9)
+        ax.set_xlabel("episode")
+        ax.set_xticks(list(x))
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("success rate")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,560 @@
+"""RL^2 (Duan et al. 2016; Wang et al. 2017): a recurrent policy meta-trained with PPO on multi-episode trials.
+
+The classic meta-RL baseline. A GRU policy plays the same multi-episode trials the in-context LM is trained on
+(:func:`metarl_jax.envs.make_trial`); its hidden state is the only memory and is **kept across the episodes of
+a trial** (zeroed only at the start of a trial), so "learning" within a trial happens in the activations and
+the outer PPO loop meta-trains the weights on the trial return (the number of successful episodes).
+
+Input at each step ``t`` (the observation of state ``s_t``, after the previous action):
+
+* the observation text as a *bag of tokens*: the mean of learned token embeddings over the valid tokens of
+  ``Codec(env, WordTokenizer()).render_tokens(s_t)`` (float32[E]);
+* the previous action one-hot (float32[A]; all zeros at the start of a trial);
+* the previous reward (float32[1]; 0 at the start of a trial);
+* the new-episode flag (float32[1]): 1 when the observation opens an episode (the trial's start or an
+  episode boundary), else 0.
+
+Network (:class:`RL2Net`, flax.nnx): ``concat(inputs) -> Linear(H) -> relu -> GRUCell(H) -> (policy logits
+float32[A], value float32[])``. Invalid actions (``env.valid_actions(state)``) are masked out of the logits.
+
+Training (:func:`train_rl2`, :func:`make_trainer`): each update rolls out ``num_trials`` whole trials (the
+trial's step cap, one ``lax.scan``, vmapped over trials), computes GAE advantages over the trial (the trial
+ends at the cap, so the bootstrap value there is 0), and runs ``epochs`` x ``minibatches`` PPO-clip epochs in
+which each minibatch of trials is replayed from the zero hidden state (truncation-free BPTT over the whole
+trial). Rollout and update are one jitted function, traced once.
+
+Evaluation: :func:`rl2_policy` turns a trained model into an :class:`~metarl_jax.baselines.OnlinePolicy`
+(memory = the GRU hidden state), which :func:`metarl_jax.evaluate.rollout` / ``play_trials`` accept;
+:func:`evaluate_rl2` plays trials and returns the dict :func:`metarl_jax.evaluate.summarize` takes.
+
+>>> import jax
+>>> from metarl_jax.baselines.rl2 import train_rl2, evaluate_rl2
+>>> model, history = train_rl2("BernoulliBandit-misc", jax.random.PRNGKey(0), num_updates=50)
+>>> out = evaluate_rl2(model, "BernoulliBandit-misc", jax.random.PRNGKey(1), num_trials=256)
+>>> from metarl_jax.evaluate import summarize
+>>> row = summarize("BernoulliBandit-misc", "rl2", out, num_episodes=20)
+
+Reflection turns (``make_trial(reflection=True)``) are not supported in training (the rollout length is the
+step cap); the policy itself plays such trials (its action on a reflection turn is ignored by the env).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from metarl_jax import envs
+from metarl_jax.baselines.online import OnlinePolicy
+from metarl_jax.envs.multi_episode import (
+    VIEW_AFTER_REFLECT,
+    VIEW_BOUNDARY,
+    VIEW_START,
+    TrialState,
+)
+from metarl_jax.text import Codec, WordTokenizer
+
+_NEG = -1e9  # logit of a masked (invalid) action; finite so that 0 * logp stays 0 in the entropy
+
+
+# ---------------------------------------------------------------- the network
+
+
+class RL2Net(nnx.Module):
+    """The RL^2 recurrent actor-critic (flax.nnx).
+
+    Args:
+      vocab_size: V, the token vocabulary of the observation encoder.
+      num_actions: A, the env's action count.
+      hidden: H, the GRU width.
+      embed_dim: E, the token embedding width.
+      rngs: parameter initialisation.
+
+    Shapes (leading batch dims ``...`` are allowed everywhere):
+      * :meth:`step`: ``h`` float32[..., H], ``tokens`` int32[..., L], ``length`` int32[...],
+        ``prev_action`` int32[...] (-1: none), ``prev_reward`` float32[...], ``new_episode`` bool[...]
+        -> new ``h`` float32[..., H];
+      * :meth:`heads`: ``h`` float32[..., H] -> ``(logits float32[..., A], value float32[...])`` (unmasked).
+    """
+
+    def __init__(self, vocab_size: int, num_actions: int, *, hidden: int = 128, embed_dim: int = 32,
+                 rngs: nnx.Rngs):
+        self.vocab_size, self.num_actions, self.hidden, self.embed_dim = vocab_size, num_actions, hidden, embed_dim
+        self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
+        self.inp = nnx.Linear(embed_dim + num_actions + 2, hidden, rngs=rngs)
+        self.gru = nnx.GRUCell(hidden, hidden, rngs=rngs)
+        ortho = nnx.initializers.orthogonal
+        self.pi = nnx.Linear(hidden, num_actions, kernel_init=ortho(0.01), rngs=rngs)
+        self.v = nnx.Linear(hidden, 1, kernel_init=ortho(1.0), rngs=rngs)
+
+    def initial_hidden(self, batch_shape: tuple = ()) -> jax.Array:
+        """float32[*batch_shape, H] zeros: the hidden state at the start of a trial."""
+        return jnp.zeros((*batch_shape, self.hidden), jnp.float32)
+
+    def encode(self, tokens, length, prev_action, prev_reward, new_episode) -> jax.Array:
+        """float32[..., E + A + 2]: bag-of-tokens mean, previous action one-hot, previous reward, flag."""
+        mask = (jnp.arange(tokens.shape[-1]) < length[..., None]).astype(jnp.float32)  # [..., L]
+        emb = self.embed(tokens)  # [..., L, E]
+        bag = (emb * mask[..., None]).sum(-2) / jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+        onehot = jax.nn.one_hot(prev_action, self.num_actions)  # -1 -> all zeros
+        return jnp.concatenate([
+            bag, onehot, jnp.asarray(prev_reward, jnp.float32)[..., None],
+            jnp.asarray(new_episode, jnp.float32)[..., None],
+        ], axis=-1)
+
+    def step(self, h, tokens, length, prev_action, prev_reward, new_episode) -> jax.Array:
+        """One recurrent step: the new hidden state float32[..., H] after seeing the step's inputs."""
+        x = jax.nn.relu(self.inp(self.encode(tokens, length, prev_action, prev_reward, new_episode)))
+        h, _ = self.gru(h, x)
+        return h
+
+    def heads(self, h) -> tuple[jax.Array, jax.Array]:
+        """``(logits float32[..., A], value float32[...])`` from the hidden state."""
+        return self.pi(h), self.v(h)[..., 0]
+
+
+def masked_logits(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    """Logits with invalid actions pushed to ``-1e9`` (all actions allowed if none is valid)."""
+    valid = jnp.where(valid.any(-1, keepdims=True), valid, True)
+    return jnp.where(valid, logits, _NEG)
+
+
+def new_episode_flag(state) -> jax.Array:
+    """bool[]: the observation of ``state`` opens an episode (a trial's start, an episode boundary, or the
+    first turn after a reflection); for a bare game state, ``time == 0``."""
+    if isinstance(state, TrialState):
+        v = state.view
+        return (v == VIEW_START) | (v == VIEW_BOUNDARY) | (v == VIEW_AFTER_REFLECT)
+    return state.time == 0
+
+
+@functools.cache
+def _tokenizer() -> WordTokenizer:
+    return WordTokenizer()
+
+
+def _split_model(model_or_params):
+    """``(graphdef, state)`` of an :class:`RL2Net` or of a ``(graphdef, state)`` pair."""
+    if isinstance(model_or_params, RL2Net):
+        return nnx.split(model_or_params)
+    if isinstance(model_or_params, tuple) and len(model_or_params) == 2:
+        return model_or_params
+    raise TypeError(f"expected an RL2Net or a (graphdef, state) pair, got {type(model_or_params).__name__}")
+
+
+# ---------------------------------------------------------------- the policy interface
+
+
+class RL2Memory(NamedTuple):
+    """The RL^2 policy's memory: ``h`` float32[H], the GRU state after seeing the current observation."""
+
+    h: jax.Array
+
+
+def rl2_policy(model_or_params, env, greedy: bool = False) -> OnlinePolicy:
+    """The trained RL^2 network as an :class:`~metarl_jax.baselines.OnlinePolicy` for ``env``.
+
+    Memory is :class:`RL2Memory`; ``init`` feeds the trial's first observation to a zero hidden state,
+    ``act`` samples (or, with ``greedy``, takes the argmax of) the masked policy logits, and ``update`` feeds
+    the next observation with the action taken, its reward and the new-episode flag. The hidden state is never
+    reset inside a trial. Same inputs as in training, so ``metarl_jax.evaluate.rollout(env, params,
+    rl2_policy(model, env), ...)`` evaluates the trained policy.
+
+    Args:
+      model_or_params: an :class:`RL2Net` or its ``(graphdef, state)`` from ``nnx.split``.
+      env: the trial env (``MultiEpisode``) or a bare game; its action count must match the model's.
+      greedy: act by argmax instead of sampling.
+    """
+    graphdef, state = _split_model(model_or_params)
+    model = nnx.merge(graphdef, state)
+    if model.num_actions != env.num_actions:
+        raise ValueError(f"the RL^2 model has {model.num_actions} actions but {env!r} has {env.num_actions}")
+    codec = Codec(env, _tokenizer())
+    if model.vocab_size != _tokenizer().vocab_size:
+        raise ValueError(f"the RL^2 model has vocab size {model.vocab_size}, the word tokenizer {_tokenizer().vocab_size}")
+
+    def see(h, st, prev_action, prev_reward):
+        m = nnx.merge(graphdef, state)
+        tokens, length = codec.render_tokens(st)
+        return m.step(h, tokens, length, jnp.asarray(prev_action, jnp.int32), jnp.asarray(prev_reward, jnp.float32),
+                      new_episode_flag(st))
+
+    def init(key, st):
+        m = nnx.merge(graphdef, state)
+        return RL2Memory(h=see(m.initial_hidden(), st, -1, 0.0))
+
+    def logits(memory, st):
+        m = nnx.merge(graphdef, state)
+        return masked_logits(m.heads(memory.h)[0], env.valid_actions(st))
+
+    def act(key, memory, st):
+        lg = logits(memory, st)
+        if greedy:
+            return jnp.argmax(lg).astype(jnp.int32)
+        return jax.random.categorical(key, lg).astype(jnp.int32)
+
+    def update(memory, st, action, reward, next_state):
+        return RL2Memory(h=see(memory.h, next_state, action, reward))
+
+    return OnlinePolicy(init, act, update)
+
+
+def policy_logits(model_or_params, env, memory: RL2Memory, state) -> jax.Array:
+    """float32[A]: the masked policy logits the RL^2 policy acts from in ``state`` with ``memory``."""
+    graphdef, params = _split_model(model_or_params)
+    m = nnx.merge(graphdef, params)
+    return masked_logits(m.heads(memory.h)[0], env.valid_actions(state))
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class RL2Config:
+    """Settings of RL^2 training (hashable: one compiled trainer per config).
+
+    Attributes:
+      env_id: a registered env id (``metarl_jax.envs.registered()``).
+      num_trials: N, trials per update (the PPO batch); divisible by ``minibatches``.
+      lr: Adam learning rate.
+      gamma: discount per step over the whole trial (1.0: the undiscounted trial return, the meta-RL objective).
+      gae_lambda: GAE lambda.
+      clip: PPO ratio clip.
+      entropy_coef: entropy bonus weight.
+      value_coef: value loss weight.
+      epochs: PPO epochs per update.
+      minibatches: minibatches (of whole trials) per epoch.
+      max_grad_norm: global gradient-norm clip.
+      hidden: GRU width H.
+      embed_dim: token embedding width E.
+      max_turns_per_episode: override of the env's turn limit per episode (None: the registry's).
+      total_step_cap: override of the trial's step cap T (None: the registry's).
+    """
+
+    env_id: str
+    num_trials: int = 64
+    lr: float = 1e-3
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    epochs: int = 4
+    minibatches: int = 4
+    max_grad_norm: float = 0.5
+    hidden: int = 128
+    embed_dim: int = 32
+    max_turns_per_episode: int | None = None
+    total_step_cap: int | None = None
+
+    def __post_init__(self):
+        try:
+            envs.spec(self.env_id)
+        except KeyError as e:  # the registry's message names the closest ids
+            raise ValueError(e.args[0]) from None
+        if self.num_trials < 1 or self.minibatches < 1 or self.num_trials % self.minibatches:
+            raise ValueError(f"num_trials={self.num_trials} must be a positive multiple of minibatches={self.minibatches}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gamma and gae_lambda must lie in [0, 1], got {self.gamma}, {self.gae_lambda}")
+
+
+def make_env(config: RL2Config):
+    """``(trial_env, params)`` for the config's env id and trial overrides."""
+    over = {} if config.max_turns_per_episode is None else {"max_turns": int(config.max_turns_per_episode)}
+    return envs.make_trial(config.env_id, total_step_cap=config.total_step_cap, **over)
+
+
+class TrainState(NamedTuple):
+    """RL^2 training state: ``params`` (the network's nnx.State), ``opt_state``, ``key`` (PRNG key),
+    ``step`` int32[] updates done."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array
+
+
+class Steps(NamedTuple):
+    """One batch of rollouts, each field ``[N, T, ...]`` (trial first)."""
+
+    tokens: jax.Array  # int32[N, T, L] observation tokens
+    length: jax.Array  # int32[N, T]
+    prev_action: jax.Array  # int32[N, T], -1 at t = 0
+    prev_reward: jax.Array  # float32[N, T]
+    new_episode: jax.Array  # bool[N, T]
+    valid: jax.Array  # bool[N, T, A]
+    action: jax.Array  # int32[N, T]
+    logp: jax.Array  # float32[N, T] behaviour log-prob of the action
+    value: jax.Array  # float32[N, T]
+    reward: jax.Array  # float32[N, T]
+    success: jax.Array  # bool[N, T]
+    episode_index: jax.Array  # int32[N, T]
+
+
+@dataclasses.dataclass
+class Trainer:
+    """A compiled RL^2 trainer for one :class:`RL2Config`.
+
+    Attributes:
+      config: the settings.
+      env, env_params: the trial env.
+      graphdef: the network's nnx graph definition.
+      init: ``init(key) -> TrainState`` (fresh network and optimizer).
+      update: ``update(TrainState) -> (TrainState, metrics dict of float32 scalars / float32[K])``, jitted;
+        one rollout of ``num_trials`` trials plus the PPO epochs.
+      num_episodes: K, the episodes reported in ``metrics["episode_success"]``.
+    """
+
+    config: RL2Config
+    env: Any
+    env_params: Any
+    graphdef: Any
+    init: Callable[[jax.Array], TrainState]
+    update: Callable[[TrainState], tuple[TrainState, dict]]
+    num_episodes: int
+    _traces: list
+
+    @property
+    def num_traces(self) -> int:
+        """How many times ``update`` has been traced (1 after the first call: it compiles once)."""
+        return self._traces[0]
+
+    def model(self, train_state: TrainState) -> RL2Net:
+        """The trained network of a train state."""
+        return nnx.merge(self.graphdef, train_state.params)
+
+
+def _gae(reward, value, gamma, lam):
+    """GAE advantages and returns over a whole trial, ``[N, T]`` each; the trial ends after step T - 1."""
+    next_value = jnp.concatenate([value[:, 1:], jnp.zeros_like(value[:, :1])], axis=1)
+    delta = reward + gamma * next_value - value
+
+    def back(carry, d):
+        carry = d + gamma * lam * carry
+        return carry, carry
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(delta[:, 0]), delta.T, reverse=True)
+    adv = adv.T
+    return adv, adv + value
+
+
+@functools.cache
+def make_trainer(config: RL2Config) -> Trainer:
+    """Builds (once per config; cached) the env, the network definition and the jitted update step."""
+    env, env_params = make_env(config)
+    codec = Codec(env, _tokenizer())
+    num_actions, steps = env.num_actions, env.total_step_cap
+    num_episodes = min(steps // max(1, int(env_params.max_turns)), 10)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5))
+    abstract = nnx.eval_shape(lambda: RL2Net(_tokenizer().vocab_size, num_actions, hidden=config.hidden,
+                                             embed_dim=config.embed_dim, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract)
+
+    def init(key) -> TrainState:
+        k_model, k_train = jax.random.split(key)
+        model = RL2Net(_tokenizer().vocab_size, num_actions, hidden=config.hidden, embed_dim=config.embed_dim,
+                       rngs=nnx.Rngs(params=k_model))
+        _, params = nnx.split(model)
+        return TrainState(params=params, opt_state=optimizer.init(params), key=k_train,
+                          step=jnp.zeros((), jnp.int32))
+
+    def rollout(params, key) -> Steps:
+        model = nnx.merge(graphdef, params)
+
+        def one(key):
+            key, k0 = jax.random.split(key)
+            _, state = env.reset(k0, env_params)
+
+            def body(carry, _):
+                key, state, h, pa, pr = carry
+                key, k_act, k_step = jax.random.split(key, 3)
+                tokens, length = codec.render_tokens(state)
+                flag = new_episode_flag(state)
+                valid = env.valid_actions(state)
+                h = model.step(h, tokens, length, pa, pr, flag)
+                logits, value = model.heads(h)
+                logits = masked_logits(logits, valid)
+                action = jax.random.categorical(k_act, logits).astype(jnp.int32)
+                logp = jax.nn.log_softmax(logits)[action]
+                _, state2, reward, _, info = env.step_env(k_step, state, action, env_params)
+                reward = jnp.asarray(reward, jnp.float32)
+                out = Steps(tokens, length, pa, pr, flag, valid, action, logp, value, reward,
+                            info["success"], info["episode_index"])
+                return (key, state2, h, action, reward), out
+
+            carry = (key, state, model.initial_hidden(), jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.float32))
+            _, out = jax.lax.scan(body, carry, None, length=steps)
+            return out
+
+        return jax.vmap(one)(jax.random.split(key, config.num_trials))
+
+    def replay(model, b: Steps):
+        """Recomputes ``(logits float32[n, T, A] masked, value float32[n, T])`` for a minibatch of trials."""
+        time_first = lambda x: jnp.swapaxes(x, 0, 1)
+        xs = jax.tree.map(time_first, (b.tokens, b.length, b.prev_action, b.prev_reward, b.new_episode, b.valid))
+
+        def body(h, x):
+            tokens, length, pa, pr, flag, valid = x
+            h = model.step(h, tokens, length, pa, pr, flag)
+            logits, value = model.heads(h)
+            return h, (masked_logits(logits, valid), value)
+
+        _, (logits, value) = jax.lax.scan(body, model.initial_hidden((b.action.shape[0],)), xs)
+        return time_first(logits), time_first(value)
+
+    def loss_fn(params, b: Steps, adv, ret):
+        model = nnx.merge(graphdef, params)
+        logits, value = replay(model, b)
+        logp_all = jax.nn.log_softmax(logits)
+        logp = jnp.take_along_axis(logp_all, b.action[..., None], axis=-1)[..., 0]
+        ratio = jnp.exp(logp - b.logp)
+        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - config.clip, 1 + config.clip) * adv).mean()
+        vloss = 0.5 * jnp.square(value - ret).mean()
+        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
+        loss = pg + config.value_coef * vloss - config.entropy_coef * entropy
+        aux = {"policy_loss": pg, "value_loss": vloss, "entropy": entropy,
+               "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
+               "clip_frac": (jnp.abs(ratio - 1) > config.clip).mean()}
+        return loss, aux
+
+    traces = [0]
+
+    def update(ts: TrainState):
+        traces[0] += 1
+        key, k_roll, k_perm = jax.random.split(ts.key, 3)
+        b = rollout(ts.params, k_roll)
+        adv, ret = _gae(b.reward, b.value, config.gamma, config.gae_lambda)
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        mb = config.num_trials // config.minibatches
+
+        def epoch(carry, k):
+            params, opt_state = carry
+            perm = jax.random.permutation(k, config.num_trials).reshape(config.minibatches, mb)
+
+            def minibatch(carry, idx):
+                params, opt_state = carry
+                take = lambda x: x[idx]
+                (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    params, jax.tree.map(take, b), adv[idx], ret[idx])
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                params = optax.apply_updates(params, updates)
+                return (params, opt_state), {**aux, "grad_norm": optax.tree.norm(grads)}
+
+            return jax.lax.scan(minibatch, (params, opt_state), perm)
+
+        (params, opt_state), aux = jax.lax.scan(epoch, (ts.params, ts.opt_state), jax.random.split(k_perm, config.epochs))
+        wins = jnp.stack([(b.success & (b.episode_index == k)).any(axis=1) for k in range(num_episodes)], axis=1)
+        metrics = {
+            "trial_return": b.reward.sum(1).mean(),
+            "reward_per_step": b.reward.mean(),
+            "episode_success": wins.astype(jnp.float32).mean(0),
+            **jax.tree.map(jnp.mean, aux),
+        }
+        return TrainState(params, opt_state, key, ts.step + 1), metrics
+
+    return Trainer(config=config, env=env, env_params=env_params, graphdef=graphdef, init=jax.jit(init),
+                   update=jax.jit(update, donate_argnums=0), num_episodes=num_episodes, _traces=traces)
+
+
+def _to_host(metrics: dict) -> dict:
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = float(v) if v.ndim == 0 else [float(x) for x in v]
+    return out
+
+
+def train_rl2(env_id: str, key: jax.Array, *, num_updates: int = 200, num_trials: int = 64, lr: float = 1e-3,
+              gamma: float = 1.0, gae_lambda: float = 0.95, clip: float = 0.2, entropy_coef: float = 0.01,
+              value_coef: float = 0.5, epochs: int = 4, minibatches: int = 4, max_grad_norm: float = 0.5,
+              hidden: int = 128, embed_dim: int = 32, max_turns_per_episode: int | None = None,
+              total_step_cap: int | None = None, log: Callable[[str], Any] | None = print,
+              log_every: int | None = None) -> tuple[RL2Net, list[dict]]:
+    """Meta-trains an RL^2 GRU policy with PPO on ``env_id``'s multi-episode trials.
+
+    Args:
+      env_id: a registered env id (an unknown id raises ``ValueError`` naming the closest ones).
+      key: PRNG key; the same key gives the same network and metrics.
+      num_updates: PPO updates; each rolls out ``num_trials`` whole trials.
+      num_trials ... total_step_cap: see :class:`RL2Config`.
+      log: called with a one-line progress string every ``log_every`` updates (default: 10 lines in all);
+        ``None`` for silence.
+
+    Returns:
+      ``(model, history)``: the trained :class:`RL2Net` (``nnx.split(model)`` gives ``(graphdef, params)``) and
+      one dict per update of host floats: ``trial_return`` (mean successes per trial), ``reward_per_step``,
+      ``episode_success`` (list of K floats: success rate of episodes 1..K, K = min(cap // max_turns, 10)),
+      ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clip_frac``, ``grad_norm`` and
+      ``seconds`` (wall time of the update, compile included in the first).
+    """
+    import time
+
+    config = RL2Config(env_id=env_id, num_trials=num_trials, lr=lr, gamma=gamma, gae_lambda=gae_lambda, clip=clip,
+                       entropy_coef=entropy_coef, value_coef=value_coef, epochs=epochs, minibatches=minibatches,
+                       max_grad_norm=max_grad_norm, hidden=hidden, embed_dim=embed_dim,
+                       max_turns_per_episode=max_turns_per_episode, total_step_cap=total_step_cap)
+    if num_updates < 0:
+        raise ValueError(f"num_updates must be >= 0, got {num_updates}")
+    trainer = make_trainer(config)
+    ts = trainer.init(key)
+    every = max(1, math.ceil(num_updates / 10)) if log_every is None else max(1, int(log_every))
+    history = []
+    for i in range(num_updates):
+        t0 = time.perf_counter()
+        ts, metrics = trainer.update(ts)
+        metrics = _to_host(metrics)
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        if log is not None and ((i + 1) % every == 0 or i == 0 or i + 1 == num_updates):
+            eps = " ".join(f"{s:.2f}" for s in metrics["episode_success"][:5])
+            log(f"rl2 {env_id} update {i + 1}/{num_updates}: return {metrics['trial_return']:.3f} "
+                f"episode success [{eps}] entropy {metrics['entropy']:.3f} ({metrics['seconds']:.2f}s)")
+    return trainer.model(ts), history
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_rl2(model_or_params, env_id: str, key: jax.Array, num_trials: int = 256,
+                 num_episodes: int | None = None, *, greedy: bool = False, max_turns_per_episode: int | None = None,
+                 total_step_cap: int | None = None) -> dict:
+    """Plays ``num_trials`` trials of ``env_id`` with the RL^2 policy (via :func:`metarl_jax.evaluate.play_trials`).
+
+    Use the same ``max_turns_per_episode`` / ``total_step_cap`` as in training. Returns numpy arrays:
+    ``success``, ``episode_index``, ``episode_done`` (``[T, N]``, T the step cap), ``actions`` (int32 ``[T, N]``)
+    and ``trial_return`` (float ``[N]``): the input of :func:`metarl_jax.evaluate.summarize`. With
+    ``num_episodes`` = K it also holds ``episode_success`` (bool ``[N, K]``, episode k of each trial won).
+    """
+    from metarl_jax.evaluate import episode_success, play_trials
+
+    env, params = make_env(RL2Config(env_id=env_id, max_turns_per_episode=max_turns_per_episode,
+                                     total_step_cap=total_step_cap))
+    out = play_trials(env, params, rl2_policy(model_or_params, env, greedy=greedy), key, num_trials)
+    if num_episodes is not None:
+        out["episode_success"] = episode_success(out, int(num_episodes))
+    return out
+
+
+__all__ = [
+    "RL2Config",
+    "RL2Memory",
+    "RL2Net",
+    "TrainState",
+    "Trainer",
+    "evaluate_rl2",
+    "make_trainer",
+    "new_episode_flag",
+    "policy_logits",
+    "rl2_policy",
+    "train_rl2",
+]
