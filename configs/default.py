@@ -77,7 +77,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.entropy_coef = 0.0
     # Auxiliary next-token loss on the observation text (not in ORBIT, which starts from a pretrained LM):
     # teaches a from-scratch model the game's text, e.g. what "higher than 25" implies.
-    c.observation_coef = 0.0
+    c.observation_coef = 1.0
     c.discount = False  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6

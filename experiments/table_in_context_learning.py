@@ -1,7 +1,8 @@
 """The in-context learning table: success at episode 1 / 2 / 3 on held-out trials, one row per method.
 
 Rows: the oracle (the upper bound for regret), uniform random, the classical online learner of each game (elimination, UCB1, Q-learning), RL^2 (a GRU
-trained with PPO on the same trials), the base LM (no training), single-episode RL (GRPO on one-episode
+trained with PPO on the same trials), the base LM (no training; without and with a reflection turn between
+episodes, i.e. ReAct-like and Reflexion-like prompting), single-episode RL (GRPO on one-episode
 trials) and ORBIT (GRPO on multi-episode trials). Each row is played on the same held-out tasks.
 
 Commands::
@@ -65,11 +66,18 @@ def paper_config(variant: str, pretrained_dir: str):
 
 def lm_rows(config, out_dir: str, log=print) -> list:
     """Base LM, single-episode RL and ORBIT rows (the two runs train into ``out_dir``)."""
-    run = train.build_run(config)
-    evaluator = train.make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
-    log("  base LM (no training)")
-    played = jax.device_get(evaluator(run.model_state, jax.random.PRNGKey(config.seed + 1)))
-    rows = train.summarize_eval(played, config.num_episodes_reported, "base LM")
+    rows = []
+    for label, reflection in (("base LM", False), ("base LM + reflection", True)):  # ReAct-like / Reflexion-like
+        c = config.copy_and_resolve_references()
+        c.reflection = reflection
+        if reflection:
+            for t in c.eval_tasks:  # room for the reflection turns
+                t.context_len = int(t.context_len * 1.5) if t.context_len else 0
+        run = train.build_run(c)
+        evaluator = train.make_evaluator(run.graphdef, run.eval_tasks, c.eval_temperature, c.eval_top_p)
+        log(f"  {label} (no training)")
+        played = jax.device_get(evaluator(run.model_state, jax.random.PRNGKey(c.seed + 1)))
+        rows += train.summarize_eval(played, c.num_episodes_reported, label)
     for label, single in (("single-episode RL", True), ("ORBIT", False)):
         c = config.copy_and_resolve_references()
         c.variant, c.single_episode = ("single" if single else "orbit"), single

@@ -285,7 +285,7 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     """
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
-    hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
+    hidden = _hidden_states(model, transcript)
     # Slot of the token that predicts action token i of turn t: the one just before it.
     action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
     before = jnp.maximum(action_slots - 1, 0)
@@ -308,6 +308,31 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     if observation_vocab is not None:
         nll = _observation_nll(model, hidden, transcript, action_slots, jnp.asarray(observation_vocab, jnp.int32))
     return TeacherForced(logp, entropy, nll)
+
+
+PREFIX_BUCKETS = (4, 2, 1)  # the causal pass runs over context_len / d slots for the smallest d that fits
+
+
+def _hidden_states(model, transcript: Transcript):
+    """float32[B, S, D]: final hidden states of the transcript (zero past the longest row).
+
+    The causal pass covers only the shortest static prefix (S/4, S/2 or S slots) that holds every row's
+    tokens, chosen at run time with ``lax.switch``: short trials (single-episode ones, or trials that end
+    early) cost a fraction of a full-context pass. Attention is causal, so the hidden states of the real
+    tokens do not depend on the slots cut off.
+    """
+    slots = transcript.tokens.shape[1]
+    sizes = sorted({-(-slots // d) for d in PREFIX_BUCKETS})
+
+    def pass_over(n):
+        h, _ = model.hidden_states(transcript.tokens[:, :n], transcript.positions[:, :n], None,
+                                   transcript.token_mask[:, :n])
+        return jnp.pad(h, ((0, 0), (0, slots - n), (0, 0)))
+
+    if len(sizes) == 1:
+        return pass_over(slots)
+    index = jnp.searchsorted(jnp.asarray(sizes), transcript.length.max())
+    return jax.lax.switch(index, [lambda n=n: pass_over(n) for n in sizes])
 
 
 def _observation_nll(model, hidden, transcript: Transcript, action_slots, vocab):

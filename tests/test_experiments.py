@@ -1,0 +1,53 @@
+"""The experiment scripts' plumbing (no training here): report files and plot, the ablation and paper configs
+pass the config check, and bad arguments are refused before anything runs."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+
+import ablations  # noqa: E402
+import common  # noqa: E402
+import table_in_context_learning as table  # noqa: E402
+
+from metarl_jax import train  # noqa: E402
+from metarl_jax.config_check import ConfigError  # noqa: E402
+from metarl_jax.evaluate import SuccessRow  # noqa: E402
+
+
+def test_write_table_writes_markdown_csv_json_and_plot(tmp_path):
+    rows = [SuccessRow("envA", m, 10, [0.1, 0.2 + i / 10, 0.3], [(0.0, 0.4)] * 3, 0.5, 0.6) for i, m in enumerate(("a", "b"))]
+    md = common.write_table(rows, str(tmp_path), "t", "a title")
+    assert md.count("| envA |") == 2
+    for ext in ("md", "csv", "json", "png"):
+        assert (tmp_path / f"t.{ext}").stat().st_size > 0
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classical_learner_is_chosen_per_game():
+    names = {e: common.classical_name(common.trial_env(dict(env_id=e, max_turns_per_episode=t, total_step_cap=c))[0])
+             for e, t, c in [("game:GuessTheNumber-v0-hard", 7, 21), ("BernoulliBandit-misc", 1, 20), ("maze", 9, 27),
+                             ("game:Wordle-v0-hard", 10, 30)]}
+    assert names == {"game:GuessTheNumber-v0-hard": "elimination", "BernoulliBandit-misc": "ucb1", "maze": "q_learning",
+                     "game:Wordle-v0-hard": None}
+
+
+def test_every_ablation_config_passes_the_check():
+    for name, edit in ablations.variants().items():
+        c = table.cpu_config("orbit")
+        edit(c)
+        run = train.build_run(c)
+        if name == "train_episodes_5":
+            assert [t.env.total_step_cap for t in run.train_tasks] == [20, 35]
+            assert [t.env.total_step_cap for t in run.eval_tasks] == [21, 12]
+
+
+def test_paper_scale_needs_a_local_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        table.main(["--scale", "paper", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--pretrained_dir" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="pretrained_dir"):
+        train.build_run(table.paper_config("orbit", str(tmp_path / "missing")))
