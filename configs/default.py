@@ -67,6 +67,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # GRPO (ORBIT: 32 tasks x 8, lr 1e-6, temperature 0.6 for 4B-14B models; a tiny model needs far more lr).
     c.num_tasks = 4  # per env per step
     c.group_size = 8
+    c.update_epochs = 1  # gradient updates per batch (ORBIT: 1); more reuse each rollout, bounded by the clip
     c.temperature = 1.0
     c.top_p = 1.0
     c.eval_temperature = 0.6
@@ -81,6 +82,12 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.discount = False  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6
+
+    # Scale (metarl_jax.sharding): "none" (one device), "data" (trial batch on the mesh's data axis), "fsdp"
+    # (parameters sharded on data too) or "tensor" (parameters sharded on the model axis). distributed: None
+    # initializes jax.distributed only when the environment shows several processes.
+    c.mesh = ml_collections.ConfigDict(dict(mode="none", data=-1, model=1,
+                                            distributed=ml_collections.config_dict.placeholder(bool)))
 
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))

@@ -69,7 +69,7 @@ def plot(rows: list[SuccessRow], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     env_ids = list(dict.fromkeys(r.env_id for r in rows))
-    fig, axes = plt.subplots(1, len(env_ids), figsize=(4.5 * len(env_ids), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(4.5 * len(env_ids) + 2, 3.6), squeeze=False)
     for ax, env_id in zip(axes[0], env_ids):
         for r in (r for r in rows if r.env_id == env_id):
             x = range(1, len(r.episode_rates) + 1)
@@ -81,8 +81,9 @@ def plot(rows: list[SuccessRow], path: str, title: str) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("success rate")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

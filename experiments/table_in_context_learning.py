@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     rows += rl2_rows(entries, n, k, args.rl2_updates, config.seed)
     print(f"[{time.time() - t0:5.0f}s] language models", flush=True)
     rows += lm_rows(config, os.path.join(args.out, "runs", args.scale))
-    add_regret(rows, {r.env_id: r.mean_return for r in rows if r.policy == "oracle"})
+    add_regret(rows, {r.env_id: r.episode_rates for r in rows if r.policy == "oracle"})
     order = {e["env_id"]: i for i, e in enumerate(entries)}
     rows.sort(key=lambda r: order[r.env_id])
     name = f"table_in_context_learning_{args.scale}"

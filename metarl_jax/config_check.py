@@ -30,6 +30,7 @@ _RANGES = [
     ("seed", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("num_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("num_tasks", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (tasks per env per step)"),
+    ("update_epochs", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (gradient updates per batch; ORBIT: 1)"),
     ("group_size", lambda v: isinstance(v, int) and v >= 2, "an int >= 2 (GRPO compares rollouts within a group)"),
     ("temperature", lambda v: v > 0, "> 0"),
     ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -80,6 +81,13 @@ def check_config(config) -> None:
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
     _need(config.decoding in ("constrained", "free"), "decoding", f"must be 'constrained' or 'free', got {config.decoding!r}")
+    mode = _get(config, "mesh.mode")
+    _need(mode in ("none", "data", "fsdp", "tensor"), "mesh.mode", f"must be 'none', 'data', 'fsdp' or 'tensor', got {mode!r}")
+    if mode != "none":
+        rows = config.num_tasks * config.group_size
+        data = _get(config, "mesh.data")
+        _need(data == -1 or (isinstance(data, int) and data >= 1 and rows % data == 0), "mesh.data",
+              f"must be -1 (all devices) or an int >= 1 dividing num_tasks * group_size = {rows}, got {data!r}")
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",
           "needs a Hugging Face tokenizer directory with a chat template (config.tokenizer); the built-in word "
           "vocabulary has none")

@@ -45,6 +45,7 @@ def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_stat
     from metarl_jax.baselines.online import OnlinePolicy, as_online
 
     online = isinstance(policy, OnlinePolicy)
+    masked = hasattr(env, "valid_actions")  # envs (or test wrappers) without a mask report no invalid actions
     pol = as_online(policy)
 
     @jax.jit
@@ -58,7 +59,7 @@ def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_stat
                 key, state, memory = carry
                 key, k_act, k_step = jax.random.split(key, 3)
                 action = jnp.asarray(pol.act(k_act, memory, state), jnp.int32)
-                invalid = ~action_is_valid(env.valid_actions(state), action)
+                invalid = ~action_is_valid(env.valid_actions(state), action) if masked else jnp.zeros((), bool)
                 _, next_state, reward, _, info = env.step_env(k_step, state, action, params)
                 info = {**info, "invalid": invalid}
                 memory = pol.update(memory, state, action, reward, next_state)
@@ -145,7 +146,7 @@ class SuccessRow:
     mean_return: float
     episode_length: float | None = None  # game moves per finished episode
     invalid_rate: float | None = None  # share of game moves that were invalid actions (or format errors)
-    regret: float | None = None  # in-context regret: the oracle's mean trial return minus this policy's
+    regret: float | None = None  # in-context regret: episodes won by the oracle minus episodes won (see add_regret)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -182,12 +183,14 @@ def step_stats(rollout: dict) -> dict:
     return out
 
 
-def add_regret(rows: list[SuccessRow], oracle: dict[str, float]) -> list[SuccessRow]:
-    """Sets each row's in-context regret: ``oracle[env_id]`` (the oracle's mean trial return on that env's
-    trials) minus the row's mean trial return."""
+def add_regret(rows: list[SuccessRow], oracle: dict[str, list[float]]) -> list[SuccessRow]:
+    """Sets each row's in-context regret: the successes it missed against the oracle over the reported
+    episodes, ``sum_k (oracle[env_id][k] - episode_rates[k])`` (``oracle`` maps env ids to the oracle's
+    per-episode success rates; 0 for the oracle itself, the number of episodes for a policy that never wins
+    where the oracle always does)."""
     for r in rows:
         if r.env_id in oracle:
-            r.regret = oracle[r.env_id] - r.mean_return
+            r.regret = float(sum(o - p for o, p in zip(oracle[r.env_id], r.episode_rates)))
     return rows
 
 

@@ -65,6 +65,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config, workdir = _CONFIG.value, _WORKDIR.value
+    from metarl_jax.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed(config.mesh.distributed)  # before anything touches the devices
     os.makedirs(workdir, exist_ok=True)
     if _BASELINES.value:
         from metarl_jax.play import play_baselines

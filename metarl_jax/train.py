@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from metarl_jax import config_check
+from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
 from metarl_jax.checkpoints import Checkpointer
 from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
@@ -121,7 +121,7 @@ def build_run(config) -> Run:
     hyper = GRPOHyper(
         num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
         clip_low=config.clip_low, clip_high=config.clip_high, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
-        observation_coef=config.observation_coef,
+        observation_coef=config.observation_coef, update_epochs=config.update_epochs,
         gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
         num_episodes_logged=config.num_episodes_reported,
     )
@@ -179,10 +179,16 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     label = label or ("single-episode" if config.single_episode else "orbit")
     os.makedirs(workdir, exist_ok=True)
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
-    train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
-                         donate_argnums=0)
-    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    mesh = sharding.mesh_from_config(config.mesh)
+    if mesh is None:
+        train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
+                             donate_argnums=0)
+    else:
+        state = sharding.shard_train_state(state, mesh, config.mesh.mode)
+        train_step = sharding.make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
+                                                      config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
+    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
     run_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(run_key, 2**31 - 1)
 

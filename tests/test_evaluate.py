@@ -63,8 +63,9 @@ def test_episode_length_and_invalid_rate_of_a_policy_that_repeats_itself(trial):
     assert row.episode_length == pytest.approx(moves / episodes)
     oracle = summarize(ENV, "oracle", play_trials(env, params, baselines.make_policy("oracle", env), jax.random.PRNGKey(0), 128), 3)
     assert oracle.invalid_rate == 0 and oracle.episode_rates == [1.0, 1.0, 1.0]
-    add_regret([row, oracle], {ENV: oracle.mean_return})
-    assert oracle.regret == 0 and row.regret > 1
+    add_regret([row, oracle], {ENV: oracle.episode_rates})
+    assert oracle.regret == 0
+    assert row.regret == pytest.approx(3 - sum(row.episode_rates)) and row.regret > 2
 
 
 def test_report_files_round_trip(tmp_path, trial):

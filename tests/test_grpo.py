@@ -81,3 +81,33 @@ def test_meta_learner_objects_train_and_evaluate():
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(learner.params)))
     (row,) = trained.evaluate(tasks, jax.random.PRNGKey(0), num_episodes=1)
     assert row.num_trials == 8 and 0.0 <= row.episode_rates[0] <= 1.0
+
+
+def test_update_epochs_reuse_the_batch():
+    """With update_epochs=2 the step plays the same rollout (same first, on-policy loss) and then takes a
+    second, off-policy update on it: the params move further, and the step is still traced once."""
+    tok = WordTokenizer()
+    tasks = [build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=4), tok, split="train", seed=0,
+                        num_tasks=8, intro=False)]
+    graphdef, model_state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    optimizer = optax.sgd(0.5)
+    results = {}
+    for epochs in (1, 2):
+        chex.clear_trace_counter()  # chex counts traces per code location: each epochs setting is a new step
+        hp = GRPOHyper(num_tasks=2, group_size=4, update_epochs=epochs)
+        step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, tasks, optimizer, hp), n=1))
+        state = init_train_state(model_state, optimizer)
+        for i in range(3):  # the first key whose groups give a gradient
+            new, metrics = step(state, jax.random.PRNGKey(i))
+            if float(metrics["grad_norm"]) > 0:
+                break
+        new2, _ = step(state, jax.random.PRNGKey(i))  # no retrace on a second call
+        results[epochs] = (float(metrics["loss"]), jax.tree.leaves(new.params), jax.tree.leaves(new2.params), i)
+    chex.clear_trace_counter()
+    (loss1, p1, _, i1), (loss2, p2, p2b, i2) = results[1], results[2]
+    assert i1 == i2 and loss1 == loss2, "same rollout, same first (on-policy) update"
+    start = jax.tree.leaves(model_state)
+    moved1 = sum(float(np.abs(np.asarray(a) - np.asarray(s)).sum()) for a, s in zip(p1, start))
+    moved2 = sum(float(np.abs(np.asarray(a) - np.asarray(s)).sum()) for a, s in zip(p2, start))
+    assert moved2 > moved1 > 0
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(p2, p2b)), "deterministic"

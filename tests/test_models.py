@@ -188,6 +188,8 @@ def test_load_onto_a_mesh_places_weights_on_every_device(tmp_path):
     script = tmp_path / "mesh.py"
     script.write_text(MESH_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # importable without an install too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     subprocess.run([sys.executable, str(script), d, str(tmp_path / "tokens.npy"), str(tmp_path / "out.npy")],
                    check=True, env=env, timeout=300)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), torch_logits(ref, TOKENS), atol=1e-4, rtol=0)

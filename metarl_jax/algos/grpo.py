@@ -63,6 +63,7 @@ class GRPOHyper:
     gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
+    update_epochs: int = 1  # gradient updates per batch (ORBIT: 1, fully on-policy)
 
 
 def episode_success(transcript, num_episodes: int) -> jax.Array:
@@ -84,8 +85,13 @@ def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     return adv.reshape(ret.shape)
 
 
-def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper):
-    """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``)."""
+def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None):
+    """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
+
+    ``constrain_batch`` (optional) is applied to each env's trial batch and transcript, e.g. a sharding
+    constraint that puts the rows on the mesh's data axis (:func:`metarl_jax.sharding.make_sharded_train_step`).
+    """
+    constrain = constrain_batch or (lambda tree: tree)
     g = hp.group_size
 
     def play(params, task, key):
@@ -95,8 +101,8 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         tasks_b = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), sample(task.task_keys[picks]))
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
-        return rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                       task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens, task.chat)
+        return constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, constrain(trials),
+                                 task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens, task.chat))
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
@@ -128,10 +134,20 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                 parts.append(m)
             return total / sum(tr.action_tokens.shape[0] for tr in transcripts), parts
 
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        def update(params, opt_state):
+            (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, (loss, parts, optax.tree.norm(grads))
+
+        params, opt_state, (loss, parts, grad_norm) = update(state.params, state.opt_state)
+        if hp.update_epochs > 1:  # reuse the batch: later updates are off-policy, which the PPO clip bounds
+            def again(carry, _):
+                params, opt_state = carry
+                params, opt_state, _ = update(params, opt_state)
+                return (params, opt_state), None
+
+            (params, opt_state), _ = jax.lax.scan(again, (params, opt_state), None, length=hp.update_epochs - 1)
+        metrics = {"loss": loss, "grad_norm": grad_norm}  # of the first (on-policy) update
         for task, tr, m in zip(tasks, transcripts, parts):
             metrics[task.name] = {
                 "mean_return": tr.rewards.sum(axis=1).mean(),

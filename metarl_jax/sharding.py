@@ -1,0 +1,343 @@
+"""Scaling past one device with ``jax.sharding``: a ``("data", "model")`` mesh, sharded train states and steps.
+
+Modes (``config.mesh.mode``):
+
+- ``"none"``: no mesh; the step runs on the default device (the single-device path of :mod:`metarl_jax.train`).
+- ``"data"``: data parallel. Parameters and optimizer state are replicated; the trial batch (the
+  ``num_tasks * group_size`` rows each env plays per step) is sharded on ``"data"``; XLA all-reduces the grads.
+- ``"fsdp"``: as ``"data"``, and every parameter (and its optimizer moments) is also sharded on ``"data"`` along
+  its largest axis that the ``"data"`` size divides; XLA all-gathers them where they are used.
+- ``"tensor"``: parameters sharded on ``"model"`` (column-parallel on their output axis, row-parallel on the
+  input axis of ``o_proj`` / ``down_proj``), batch on ``"data"`` (of size 1 on a ``data=1, model=N`` mesh).
+
+No pmap and no per-device code: states are placed with :class:`~jax.sharding.NamedSharding`, the step is one
+``jax.jit`` with in/out shardings, and the rollout batch is pinned with ``jax.lax.with_sharding_constraint``;
+XLA's partitioner inserts the collectives. Leaves with no divisible axis, or smaller than ``min_size``
+elements, stay replicated.
+
+Usage::
+
+    maybe_initialize_distributed(config.mesh.distributed)       # several hosts: before any other jax call
+    mesh = make_mesh(config.mesh.data, config.mesh.model)
+    state = shard_train_state(init_train_state(...), mesh, config.mesh.mode)
+    step = make_sharded_train_step(graphdef, tasks, optimizer, hyper, state, mesh, config.mesh.mode)
+    state, metrics = step(state, key)
+
+Checkpoints: :class:`metarl_jax.checkpoints.Checkpointer` saves sharded arrays as they are (orbax writes each
+shard from its owner) and restores into the template's shardings, so a template placed by
+:func:`shard_train_state` (or :func:`abstract_train_state`) restores sharded, and a single-device template
+restores onto one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "model")
+MODES = ("none", "data", "fsdp", "tensor")
+BATCH = P("data")  # the rows of a batch on the data axis
+MIN_SHARD_SIZE = 1024  # leaves with fewer elements stay replicated under fsdp / tensor
+ROW_PARALLEL = ("o_proj", "down_proj")  # tensor mode: shard these kernels on their input axis
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """``mode`` in :data:`MODES`; ``data``, ``model``: mesh axis sizes (``-1``: all remaining devices);
+    ``distributed``: :func:`maybe_initialize_distributed`'s flag (None: decide from the environment)."""
+
+    mode: str = "none"
+    data: int = -1
+    model: int = 1
+    distributed: bool | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mesh mode {self.mode!r} is not one of {MODES}")
+
+
+def mesh_spec(spec) -> MeshSpec:
+    """A :class:`MeshSpec` from a mode string, a MeshSpec, or a dict / ConfigDict with some of its fields."""
+    if isinstance(spec, MeshSpec):
+        return spec
+    if spec is None:
+        return MeshSpec()
+    if isinstance(spec, str):
+        return MeshSpec(mode=spec)
+    get = spec.get if hasattr(spec, "get") else lambda k, d=None: getattr(spec, k, d)
+    fields = {f.name: get(f.name, f.default) for f in dataclasses.fields(MeshSpec)}
+    known = {f.name for f in dataclasses.fields(MeshSpec)}
+    if hasattr(spec, "keys"):
+        unknown = set(spec.keys()) - known
+        if unknown:
+            raise ValueError(f"mesh spec: unknown field(s) {sorted(unknown)}; fields: {sorted(known)}")
+    return MeshSpec(**fields)
+
+
+# ----------------------------------------------------------------------------------------------- mesh
+
+
+def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
+    """A ``Mesh`` of shape ``(data, model)`` with axes ``("data", "model")`` over ``devices`` (default: all).
+
+    One of ``data`` / ``model`` may be ``-1``: all the devices the other axis leaves. Raises ``ValueError``
+    naming the device count when the sizes do not multiply to it.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if n == 0:
+        raise ValueError("make_mesh: no devices")
+    sizes = {"data": data, "model": model}
+    for name, size in sizes.items():
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or (size < 1 and size != -1):
+            raise ValueError(f"make_mesh: {name}={size!r}; axis sizes are positive integers or -1 (all remaining devices)")
+    if data == -1 and model == -1:
+        raise ValueError("make_mesh: at most one of data / model may be -1")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if n % fixed:
+            other = "model" if data == -1 else "data"
+            raise ValueError(f"make_mesh: {n} devices do not divide by {other}={fixed}; choose a {other} size "
+                             f"that divides {n} (divisors: {_divisors(n)})")
+        sizes = {k: (n // fixed if v == -1 else v) for k, v in sizes.items()}
+    elif fixed != n:
+        raise ValueError(f"make_mesh: data={data} x model={model} = {fixed} devices, but there are {n}; the "
+                         f"sizes must multiply to {n} (or set one to -1; sizes that divide {n}: {_divisors(n)})")
+    grid = np.asarray(devices, dtype=object).reshape(sizes["data"], sizes["model"])
+    if devices[0].platform == "tpu":  # a topology-aware order of the ICI torus; the plain order elsewhere
+        from jax.experimental import mesh_utils
+
+        with contextlib.suppress(Exception):  # the plain order is always valid
+            grid = mesh_utils.create_device_mesh((sizes["data"], sizes["model"]), devices)
+    return Mesh(grid, AXES)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def mesh_from_config(spec) -> Mesh | None:
+    """The mesh of a :class:`MeshSpec`-like spec, or None for mode ``"none"``."""
+    spec = mesh_spec(spec)
+    return None if spec.mode == "none" else make_mesh(spec.data, spec.model)
+
+
+# ----------------------------------------------------------------------------------------- parameters
+
+
+def _path_names(path) -> list[str]:
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return out
+
+
+def leaf_spec(shape, mesh: Mesh, mode: str, path=(), min_size: int = MIN_SHARD_SIZE) -> P:
+    """The ``PartitionSpec`` of one state leaf of ``shape`` under ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mesh mode {mode!r} is not one of {MODES}")
+    shape = tuple(shape)
+    if mode in ("none", "data") or not shape or math.prod(shape) < min_size:
+        return P()
+    axis_name = "data" if mode == "fsdp" else "model"
+    size = mesh.shape[axis_name]
+    if size == 1:
+        return P()
+    divisible = [i for i, d in enumerate(shape) if d % size == 0]
+    if not divisible:
+        return P()
+    if mode == "fsdp":
+        axis = max(divisible, key=lambda i: (shape[i], -i))  # the largest; the first of equals
+    else:
+        names = _path_names(path)
+        preferred = 0 if any(r in names for r in ROW_PARALLEL) and len(shape) >= 2 else len(shape) - 1
+        axis = preferred if preferred in divisible else max(divisible, key=lambda i: (shape[i], -i))
+    spec = [None] * len(shape)
+    spec[axis] = axis_name
+    return P(*spec)
+
+
+def state_shardings(state, mesh: Mesh, mode: str, min_size: int = MIN_SHARD_SIZE):
+    """The ``NamedSharding`` tree of ``state`` (any pytree of arrays: a TrainState, params, opt state).
+
+    Optimizer moments get the same spec as their parameter (same shape and path names); scalars such as the
+    step counter are replicated.
+    """
+    mode = mesh_spec(mode).mode
+
+    def one(path, leaf):
+        return NamedSharding(mesh, leaf_spec(np.shape(leaf), mesh, mode, path, min_size))
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
+def shard_train_state(state, mesh: Mesh, mode: str, min_size: int = MIN_SHARD_SIZE):
+    """``state`` placed on ``mesh`` per ``mode`` (``jax.device_put`` with :func:`state_shardings`)."""
+    return jax.device_put(state, state_shardings(state, mesh, mode, min_size))
+
+
+def abstract_train_state(state, mesh: Mesh | None, mode: str, min_size: int = MIN_SHARD_SIZE):
+    """``jax.ShapeDtypeStruct`` s of ``state`` carrying the target shardings (a checkpoint restore template);
+    with ``mesh=None`` they carry the first local device's ``SingleDeviceSharding``."""
+    if mesh is None:
+        single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=single), state)
+    shardings = state_shardings(state, mesh, mode, min_size)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), state, shardings)
+
+
+# ------------------------------------------------------------------------------------------ the batch
+
+
+def batch_spec(mode: str) -> P:
+    """The ``PartitionSpec`` of a batch's leading (row) axis: ``P("data")`` except in mode ``"none"``."""
+    return P() if mesh_spec(mode).mode == "none" else BATCH
+
+
+def constrain_batch(tree, mesh: Mesh, rows: int, spec: P = BATCH):
+    """``with_sharding_constraint`` on every leaf of ``tree`` whose leading axis has ``rows`` entries
+    (inside jit); other leaves pass through. ``rows`` must divide by the size of ``spec``'s first axis."""
+    sharding = NamedSharding(mesh, spec)
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.ndim >= 1 and x.shape[0] == rows:
+            return jax.lax.with_sharding_constraint(x, sharding)
+        return x
+
+    return jax.tree.map(one, tree)
+
+
+def global_batch(local, mesh: Mesh, spec: P = BATCH):
+    """A global ``jax.Array`` tree from each process's local rows (``jax.make_array_from_process_local_data``).
+
+    ``local`` holds this process's slice of the leading axis (numpy or jax arrays); with one process it is the
+    whole batch. Every leaf is sharded per ``spec`` (a prefix spec applies to the leading axes)."""
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def check_batch(hp, mesh: Mesh, mode: str) -> None:
+    """Raises ``ValueError`` when the per-env rollout batch does not split evenly over ``"data"``."""
+    rows, size = hp.num_tasks * hp.group_size, mesh.shape["data"]
+    if mesh_spec(mode).mode != "none" and rows % size:
+        raise ValueError(f"num_tasks * group_size = {hp.num_tasks} * {hp.group_size} = {rows} rollout rows per env "
+                         f"do not split over the mesh's data axis of {size} devices; make it a multiple of {size}")
+
+
+def make_sharded_train_step(graphdef, tasks, optimizer, hp, state, mesh: Mesh, mode: str, *, donate: bool = True,
+                            min_size: int = MIN_SHARD_SIZE, wrap=None):
+    """The GRPO step jitted on ``mesh``: ``step(state, key) -> (state, metrics)``.
+
+    ``state`` (a TrainState, concrete or abstract) fixes the in/out shardings (:func:`state_shardings`); the
+    key and the metrics are replicated; the rollout batch is constrained to ``P("data")``. ``wrap`` (optional)
+    wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``.
+    """
+    from metarl_jax.algos import grpo
+
+    mode = mesh_spec(mode).mode
+    check_batch(hp, mesh, mode)
+    spec = batch_spec(mode)
+    rows = hp.num_tasks * hp.group_size
+    step = grpo.make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=lambda t: constrain_batch(t, mesh, rows, spec))
+    if wrap is not None:
+        step = wrap(step)
+    shardings = state_shardings(state, mesh, mode, min_size)
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(shardings, replicated), out_shardings=(shardings, replicated),
+                   donate_argnums=(0,) if donate else ())
+
+
+# --------------------------------------------------------------------------------------- several hosts
+
+
+def _int_env(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def multihost_env() -> str | None:
+    """The launcher whose environment variables say this run spans several processes, or None.
+
+    ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` > 1 (or unset); SLURM (``SLURM_JOB_ID`` and
+    ``SLURM_NTASKS`` > 1); Open MPI (``OMPI_COMM_WORLD_SIZE`` > 1); a multi-host Cloud TPU slice
+    (``TPU_WORKER_HOSTNAMES`` / ``TPU_PROCESS_ADDRESSES`` listing several hosts)."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS") and (_int_env("JAX_NUM_PROCESSES") or 2) > 1:
+        return "jax"
+    if "SLURM_JOB_ID" in env and (_int_env("SLURM_NTASKS") or 1) > 1:
+        return "slurm"
+    if (_int_env("OMPI_COMM_WORLD_SIZE") or 1) > 1:
+        return "ompi"
+    for var in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+        if len([h for h in env.get(var, "").split(",") if h.strip()]) > 1:
+            return "tpu"
+    return None
+
+
+def maybe_initialize_distributed(flag: bool | None = None, **kwargs) -> bool:
+    """Calls ``jax.distributed.initialize(**kwargs)`` when ``flag`` is True, or when ``flag`` is None and
+    :func:`multihost_env` finds a multi-process launch; ``False`` never initializes. Call it before any other
+    jax call that touches devices. Returns whether the distributed runtime is up (already-initialized is
+    not an error).
+
+    With ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` fill ``num_processes`` /
+    ``process_id`` unless given; other launchers are detected by jax itself.
+    """
+    if flag is False:
+        return False
+    if flag is None and multihost_env() is None:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        for key, var in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+            if kwargs.get(key) is None and _int_env(var) is not None:
+                kwargs[key] = _int_env(var)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def describe(state, max_leaves: int | None = None) -> str:
+    """One line per leaf: path, shape and ``PartitionSpec`` (for logs)."""
+    lines = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0][:max_leaves]:
+        sharding = getattr(leaf, "sharding", None)
+        spec = getattr(sharding, "spec", sharding)
+        lines.append(f"{'/'.join(_path_names(path))} {tuple(np.shape(leaf))} {spec}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "AXES",
+    "MODES",
+    "MeshSpec",
+    "abstract_train_state",
+    "batch_spec",
+    "check_batch",
+    "constrain_batch",
+    "describe",
+    "global_batch",
+    "leaf_spec",
+    "make_mesh",
+    "make_sharded_train_step",
+    "maybe_initialize_distributed",
+    "mesh_from_config",
+    "mesh_spec",
+    "multihost_env",
+    "shard_train_state",
+    "state_shardings",
+]
