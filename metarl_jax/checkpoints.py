@@ -30,8 +30,9 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's tree structure or leaf shapes differ from the restore template."""
 
 
-def _path_str(path) -> str:
-    """``train_state/params/embed/value`` from a jax key path (dict keys, attributes and indices alike)."""
+def path_names(path) -> list[str]:
+    """``["train_state", "params", "embed", "value"]`` from a jax key path (dict keys, attributes and indices
+    alike)."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -40,7 +41,12 @@ def _path_str(path) -> str:
                 break
         else:
             parts.append(str(k))
-    return "/".join(parts)
+    return parts
+
+
+def _path_str(path) -> str:
+    """``train_state/params/embed/value`` from a jax key path."""
+    return "/".join(path_names(path))
 
 
 def _flat(tree) -> dict:

@@ -41,6 +41,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from metarl_jax.checkpoints import path_names
+
 AXES = ("data", "model")
 MODES = ("none", "data", "fsdp", "tensor")
 BATCH = P("data")  # the rows of a batch on the data axis
@@ -132,18 +134,6 @@ def mesh_from_config(spec) -> Mesh | None:
 # ----------------------------------------------------------------------------------------- parameters
 
 
-def _path_names(path) -> list[str]:
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return out
-
-
 def leaf_spec(shape, mesh: Mesh, mode: str, path=(), min_size: int = MIN_SHARD_SIZE) -> P:
     """The ``PartitionSpec`` of one state leaf of ``shape`` under ``mode`` (see the module docstring)."""
     if mode not in MODES:
@@ -161,7 +151,7 @@ def leaf_spec(shape, mesh: Mesh, mode: str, path=(), min_size: int = MIN_SHARD_S
     if mode == "fsdp":
         axis = max(divisible, key=lambda i: (shape[i], -i))  # the largest; the first of equals
     else:
-        names = _path_names(path)
+        names = path_names(path)
         preferred = 0 if any(r in names for r in ROW_PARALLEL) and len(shape) >= 2 else len(shape) - 1
         axis = preferred if preferred in divisible else max(divisible, key=lambda i: (shape[i], -i))
     spec = [None] * len(shape)
@@ -317,7 +307,7 @@ def describe(state, max_leaves: int | None = None) -> str:
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0][:max_leaves]:
         sharding = getattr(leaf, "sharding", None)
         spec = getattr(sharding, "spec", sharding)
-        lines.append(f"{'/'.join(_path_names(path))} {tuple(np.shape(leaf))} {spec}")
+        lines.append(f"{'/'.join(path_names(path))} {tuple(np.shape(leaf))} {spec}")
     return "\n".join(lines)
 
 
