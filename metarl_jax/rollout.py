@@ -27,7 +27,7 @@ from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.envs.base import tree_select
 from metarl_jax.models.sampling import process_logits, sample
-from metarl_jax.models.transformer import init_cache
+from metarl_jax.models.transformer import KVCache, init_cache
 from metarl_jax.text.chat import ChatWrap
 
 
@@ -75,7 +75,8 @@ class Transcript:
         return jnp.broadcast_to(jnp.arange(self.tokens.shape[1], dtype=jnp.int32), self.tokens.shape)
 
 
-PREFILL_BLOCK = 32  # tokens per prefill call; a turn makes as many calls as its longest row needs
+PREFILL_BLOCK = 32  # tokens per prefill call
+LONG_ROWS = 4  # prefill blocks after the first run on at most batch / LONG_ROWS rows at a time
 
 
 def _write(buffer, values, start):
@@ -83,21 +84,18 @@ def _write(buffer, values, start):
     return jax.vmap(lambda buf, val, s: jax.lax.dynamic_update_slice(buf, val.astype(buf.dtype), (s,)))(buffer, values, start)
 
 
-def _prefill(model, cache, chunk, n):
-    """Writes the first ``n[b]`` tokens of ``chunk`` [B, W] into the cache at ``cache.length``.
-
-    Runs ``ceil(max(n) / PREFILL_BLOCK)`` calls of ``PREFILL_BLOCK`` tokens (a while loop: most observations are
-    short, the padded width is not paid). Returns ``(cache, hidden [B, D] of each row's last written token)``.
-    """
-    batch, width = chunk.shape
-    block = PREFILL_BLOCK
-    chunk = jnp.pad(chunk, ((0, 0), (0, -width % block)))
+def _prefill_blocks(model, cache, chunk, n, first: int, trips):
+    """Writes blocks ``first, first + 1, ...`` (``trips`` of them, ``PREFILL_BLOCK`` tokens each) of ``chunk``
+    [B, W] into the cache from ``cache.length`` on; tokens at or past ``n[b]`` are padding (never attended to,
+    overwritten later). Returns ``(cache, hidden [B, D] of each row's token ``n - 1`` if written here, else 0)``.
+    ``cache.length`` is left at the start (the caller sets it)."""
+    batch, block = chunk.shape[0], PREFILL_BLOCK
     start = cache.length
     rows = jnp.arange(batch)
 
     def body(i, carry):
         cache, last = carry
-        off = i * block
+        off = (first + i) * block
         toks = jax.lax.dynamic_slice_in_dim(chunk, off, block, axis=1)
         idx = off + jnp.arange(block)[None, :]
         cache = cache.replace(length=start + off)
@@ -106,9 +104,53 @@ def _prefill(model, cache, chunk, n):
         last = jnp.where(here[:, None], hidden[rows, jnp.clip(n - 1 - off, 0, block - 1)], last)
         return cache, last
 
-    trips = (jnp.max(n) + block - 1) // block
     last = jnp.zeros((batch, model.config.hidden_size), jnp.float32)
     cache, last = jax.lax.fori_loop(0, trips, body, (cache, last))
+    return cache.replace(length=start), last
+
+
+def _prefill(model, cache, chunk, n):
+    """Writes the first ``n[b]`` tokens of ``chunk`` [B, W] into the cache at ``cache.length``.
+
+    Every row runs the first ``PREFILL_BLOCK`` tokens (most observations fit). The few longer ones (a new
+    episode's opening text) then run their remaining blocks in groups of ``ceil(B / LONG_ROWS)`` rows: their
+    cache rows are gathered, prefilled and scattered back, so short rows do not pay for the longest row's
+    padding. Returns ``(cache, hidden [B, D] of each row's last written token)``.
+    """
+    batch, width = chunk.shape
+    block = PREFILL_BLOCK
+    chunk = jnp.pad(chunk, ((0, 0), (0, -width % block)))
+    start = cache.length
+    cache, last = _prefill_blocks(model, cache, chunk, n, 0, (jnp.max(n) > 0).astype(jnp.int32))
+    if chunk.shape[1] > block:
+        group = -(-batch // LONG_ROWS)
+
+        def pending(carry):
+            return jnp.any(carry[2])
+
+        def on_prefix(slots, cache, pick, sub_n):  # the picked rows' first ``slots`` cache slots only
+            sub = KVCache(k=tuple(c[pick, :, :slots] for c in cache.k), v=tuple(c[pick, :, :slots] for c in cache.v),
+                          valid=cache.valid[pick, :slots], length=cache.length[pick])
+            sub, sub_last = _prefill_blocks(model, sub, chunk[pick], sub_n, 1, (jnp.max(sub_n) + block - 1) // block - 1)
+            put = lambda full, part: full.at[pick, :, :slots].set(part)  # noqa: E731
+            return KVCache(k=tuple(map(put, cache.k, sub.k)), v=tuple(map(put, cache.v, sub.v)),
+                           valid=cache.valid.at[pick, :slots].set(sub.valid), length=cache.length), sub_last
+
+        slots = cache.max_len
+        prefixes = sorted({-(-slots // d) for d in (8, 4, 2, 1)})
+
+        def run_group(carry):
+            cache, last, todo = carry
+            _, pick = jax.lax.top_k(todo.astype(jnp.int32) * (n + 1), group)  # rows with blocks left first
+            sub_n = jnp.where(todo[pick], n[pick], 0)
+            reach = jnp.max(start[pick] + (sub_n + block - 1) // block * block)  # block writes end before this slot
+            cache, sub_last = jax.lax.switch(jnp.searchsorted(jnp.asarray(prefixes), reach),
+                                             [lambda c, p, m, k=k: on_prefix(k, c, p, m) for k in prefixes],
+                                             cache, pick, sub_n)
+            last = last.at[pick].set(jnp.where((sub_n > block)[:, None], sub_last, last[pick]))
+            return cache, last, todo.at[pick].set(False)
+
+        cache, last, _ = jax.lax.while_loop(pending, run_group, (cache, last, n > block))
     return cache.replace(length=start + n), last
 
 

@@ -30,7 +30,10 @@ class KVCache:
     """A preallocated key/value cache.
 
     Attributes:
-      k, v: [L, B, S, K, E] cached keys and values.
+      k, v: tuples of L arrays [B, K, S, E], each layer's cached keys and values, heads-major so that attention
+        reads a prefix of the slots without a transpose. One array per layer, not a stacked [L, ...] one: each
+        call then updates every layer's buffer in place, where restacking the layers would copy the whole cache
+        on every prefill and decode call.
       valid: bool[B, S], slots holding a real (non-padding) token.
       length: int32[B], slots used so far in each row (the next write position).
     """
@@ -42,14 +45,15 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    layers = config.num_layers
     return KVCache(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)), v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
         valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((batch,), jnp.int32),
     )
 
@@ -124,8 +128,10 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x, cos, sin, keys_fn):
-        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask)`` supplies the attended keys [B, S, K, E]
-        and the mask bool[B, T, S] (from this call alone or from the cache)."""
+        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used)`` supplies the attended keys and values
+        and the mask: without a cache, keys [B, S, K, E], mask bool[B, T, S] and ``used`` None; with a cache,
+        the layer's cache [B, K, S, E], a function ``n -> bool[B, T, n]`` (the mask of the first n slots) and
+        ``used`` int32[]: no query attends past slot ``used - 1``."""
         cfg = self.cfg
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -134,10 +140,12 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all, mask = keys_fn(k, v)
+        k_all, v_all, mask, used = keys_fn(k, v)
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        if k_all.shape[1] == t and t >= 2 * QUERY_BLOCK:
+        if used is not None:  # a cache: attend only to the slots in use, rounded up to a bucket
+            out = _attend_prefix(q, k_all, v_all, mask, used)  # here ``mask(n)`` gives the first n slots' mask
+        elif k_all.shape[1] == t and t >= 2 * QUERY_BLOCK:
             # A causal pass over a long sequence: query block i only needs keys up to its end, which skips
             # about half of the score matrix (same result, less work and memory traffic).
             spans = [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
@@ -149,6 +157,29 @@ class Attention(nnx.Module):
 
 
 QUERY_BLOCK = 64
+CACHE_BUCKETS = 16  # cached attention covers the first i/16 of the slots, the least i that holds every query
+
+
+def _attend_prefix(q, k, v, mask_fn, used):
+    """Attention of q [B, T, K, G, E] over only the first ``n`` slots of a heads-major cache k, v [B, K, S, E]:
+    ``n`` is the least multiple of S/16 that is >= ``used``, chosen at run time with ``lax.switch``;
+    ``mask_fn(n)`` builds those slots' mask bool[B, T, n]. The slots cut off are masked for every query anyway,
+    so the result is the same; a call early in a long preallocated context costs a fraction of a full-cache
+    pass (a Python-loop generator's growing cache gets this for free). Returns [B, T, K, G, E]."""
+    slots = k.shape[2]
+    sizes = sorted({-(-slots * i // CACHE_BUCKETS) for i in range(1, CACHE_BUCKETS + 1)})
+
+    def attend(q, k, v, n):
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k[:, :, :n]).astype(jnp.float32)
+        scores = scores / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+        scores = jnp.where(mask_fn(n)[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return jnp.einsum("bkgts,bksd->btkgd", probs, v[:, :, :n])
+
+    branches = [lambda q, k, v, n=n: attend(q, k, v, n) for n in sizes]
+    if len(sizes) == 1:
+        return branches[0](q, k, v)
+    return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), used), branches, q, k, v)
 
 
 def _attend(q, k, v, mask):
@@ -228,19 +259,23 @@ class Transformer(nnx.Module):
             slots = jnp.arange(cache.max_len)
             valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(cache.valid, token_mask, cache.length)
             query_slot = cache.length[:, None] + jnp.arange(t)[None, :]  # [B, T]
-            mask = valid[:, None, :] & (slots[None, None, :] <= query_slot[:, :, None])
+            def mask(n):  # [B, T, n]: real tokens at or before each query's slot, among the first n slots
+                return valid[:, None, :n] & (slots[None, None, :n] <= query_slot[:, :, None])
+
+            used = jnp.max(cache.length) + t  # every query's keys lie in slots [0, used)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             if cache is None:
-                keys_fn = lambda k, v: (k, v, mask)
+                keys_fn = lambda k, v: (k, v, mask, None)
             else:
                 def keys_fn(k, v, i=i):
-                    write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (s, 0, 0)))
+                    write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(  # c [K, S, E], u [T, K, E]
+                        c, jnp.swapaxes(u, 0, 1).astype(c.dtype), (0, s, 0)))
                     k_all, v_all = write(cache.k[i], k, cache.length), write(cache.v[i], v, cache.length)
                     new_k.append(k_all)
                     new_v.append(v_all)
-                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask
+                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask, used
             x = layer(x, cos, sin, keys_fn)
         if cache is not None:
-            cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), valid=valid, length=cache.length + t)
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, length=cache.length + t)
         return self.norm(x), cache
