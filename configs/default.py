@@ -99,4 +99,12 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.log_every = 5
     c.checkpoint_every = 20
     c.keep_checkpoints = 2
+
+    # Faults: a step whose loss or gradients are not finite is skipped (weights and optimizer unchanged); this
+    # many skipped steps in a row stop the run with a FloatingPointError.
+    c.max_consecutive_skips = 5
+    # Testing only: NaN gradients in steps inject_nan_step .. inject_nan_step + inject_nan_count - 1 (numbered
+    # from 1 as in the logs; -1: off).
+    c.inject_nan_step = -1
+    c.inject_nan_count = 1
     return c

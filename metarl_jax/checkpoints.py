@@ -1,10 +1,23 @@
 """Orbax checkpoints for the training loop: the ``TrainState``, the loop's PRNG key and the run's JSON config.
 
 Each step is one orbax directory ``<directory>/<step>/`` with two items: ``state`` (a StandardSave of
-``{"train_state": TrainState, "key": key}``) and ``config`` (a JsonSave of the config dict). Orbax writes a step
-under ``<step>.orbax-checkpoint-tmp-<ts>`` and renames it when complete, so an interrupted save is never listed.
-:meth:`Checkpointer.restore_latest` also survives a listed step that cannot be read (a truncated file after a
-crash or full disk): it warns, moves that step aside to ``<step>.unreadable`` and falls back to the previous one.
+``{"train_state": TrainState, "key": key}``) and ``config`` (a JsonSave of the config dict).
+
+Faults (tested by ``tests/test_faults.py``, SIGKILL included):
+
+* **Interrupted saves.** Orbax writes a step under ``<step>.orbax-checkpoint-tmp[-<ts>]`` and renames it when
+  complete, so an interrupted save is never listed; :meth:`Checkpointer.restore_latest` warns about such leftovers
+  and ignores them (a later save of the same step replaces them).
+* **Interrupted deletions.** Old steps beyond ``max_to_keep`` are first renamed into ``<directory>/.trash``
+  (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
+* **Unreadable steps.** :meth:`Checkpointer.restore_latest` survives a listed step that cannot be read (a
+  truncated file after a crash or full disk): it warns, moves that step aside to ``<step>.unreadable`` and falls
+  back to the previous one.
+* **Full disk / unwritable directory.** A failed write raises :class:`UnwritableError` (an ``OSError``) naming
+  the directory, the step and the cause; the earlier steps stay on disk (old steps are only removed after a
+  save has committed). :func:`check_writable` probes a directory up front.
+* **Non-finite state.** :meth:`Checkpointer.save` refuses (``FloatingPointError``) to write a train state with a
+  NaN or inf floating-point leaf, naming the leaves.
 
 Usage::
 
@@ -19,15 +32,87 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import shutil
+import tempfile
 import warnings
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
+TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's tree structure or leaf shapes differ from the restore template."""
+
+
+class UnfinishedSaveWarning(RuntimeWarning):
+    """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found and ignored."""
+
+
+class UnwritableError(OSError):
+    """A directory the run must write to cannot be written (permissions, full disk, read-only file system, not a
+    directory); the message names the directory, the cause and the fix."""
+
+
+def check_writable(directory, what: str = "directory") -> str:
+    """Creates ``directory`` if needed, then writes, syncs and removes a 4 KiB probe file in it.
+
+    Returns the absolute path. Raises :class:`UnwritableError` naming ``what``, the directory and the cause when
+    any of that fails (e.g. no permission, a path under a regular file, no space left).
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as e:
+        cause = f"{errno.errorcode.get(e.errno, 'error')}: {e.strerror or e}" if e.errno else str(e)
+        raise UnwritableError(e.errno, f"{what} {directory} is not writable ({cause}); choose another directory "
+                              "(e.g. --workdir), fix its permissions or free disk space") from e
+    return directory
+
+
+_IO_MESSAGE = re.compile(r"os_error_code|No space left|Permission denied|Read-only file system|File too large|"
+                         r"Disk quota|Not a directory|Input/output error", re.IGNORECASE)
+
+
+def _is_io_error(e: BaseException | None) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is a file-system failure. Tensorstore reports them as
+    ``ValueError`` with an ``os_error_code``, orbax's own writes as ``OSError``."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) or _IO_MESSAGE.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves])
+
+
+def nonfinite_leaves(tree) -> list[str]:
+    """Paths (``params/embed/value``) of the floating-point leaves of ``tree`` holding a NaN or inf."""
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not flat:
+        return []
+    flags = jax.device_get(_finite_flags([x for _, x in flat]))
+    return [_path_str(p) for (p, _), ok in zip(flat, flags) if not ok]
 
 
 def path_names(path) -> list[str]:
@@ -63,29 +148,84 @@ class Checkpointer:
 
     ``directory`` is made absolute (orbax requires it). ``max_to_keep`` most recent steps are kept; ``async_save``
     writes in a background thread after the device-to-host copy, so the saved arrays may be donated right after
-    :meth:`save` returns. Single host: the unreadable-step fallback renames directories locally.
+    :meth:`save` returns. Single host: the unreadable-step fallback and the trash directory work locally.
+
+    Write failures of an async save surface at the next :meth:`save`, :meth:`wait` or :meth:`close` as
+    :class:`UnwritableError` naming the step that failed.
     """
 
     def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.trash = os.path.join(self.directory, TRASH)
+        self._pending: int | None = None  # the step of the save that may still be in flight
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                                 create=True),
+                                                 create=True, todelete_subdir=TRASH),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
         )
+        self._empty_trash()  # a run killed while deleting an old step leaves it here
+
+    def _steps_on_disk(self) -> list[int]:
+        try:
+            return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        except OSError:
+            return []
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns a file-system failure while writing ``step`` into :class:`UnwritableError`."""
+        try:
+            yield
+        except UnwritableError:
+            raise
+        except Exception as e:
+            if not _is_io_error(e):
+                raise
+            with contextlib.suppress(Exception):
+                self.manager.reload()  # orbax's in-memory step list may still name the failed step
+            kept = self._steps_on_disk()
+            raise UnwritableError(
+                getattr(e, "errno", None) or errno.EIO,
+                f"could not write checkpoint step {step} to {self.directory} ({type(e).__name__}: {str(e)[:400]}). "
+                f"The disk may be full or the directory unwritable; the earlier checkpoint steps {kept} are kept. "
+                "Free disk space or fix the permissions, then rerun the same command to resume from the latest "
+                "of them") from e
+
+    def _finish(self) -> None:
+        """Waits for the in-flight save (raising its failure, once) and deletes the old steps it moved to the
+        trash."""
+        step, self._pending = self._pending, None
+        with self._writing(step):
+            self.manager.wait_until_finished()
+        self._empty_trash()
+
+    def _empty_trash(self) -> None:
+        shutil.rmtree(self.trash, ignore_errors=True)
 
     def save(self, step: int, train_state, key, config: dict, force: bool = False) -> bool:
         """Saves ``step``; returns whether a save started (orbax skips steps <= the latest saved one).
 
         A typed key (``jax.random.key``) is stored as its raw key data. ``config`` must be JSON-serialisable
-        (tuples come back as lists).
+        (tuples come back as lists). Raises ``FloatingPointError`` (nothing written) when a floating-point leaf
+        of ``train_state`` is not finite, and :class:`UnwritableError` when this save (or the previous, async
+        one) cannot be written.
         """
+        bad = nonfinite_leaves(train_state)
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise FloatingPointError(
+                f"refusing to save checkpoint step {step} to {self.directory}: non-finite (NaN or inf) values in "
+                f"{shown}; the earlier checkpoint steps {self._steps_on_disk()} are kept")
         if _is_typed_key(key):
             key = jax.random.key_data(key)
+        self._finish()
         args = ocp.args.Composite(state=ocp.args.StandardSave({"train_state": train_state, "key": key}),
                                   config=ocp.args.JsonSave(dict(config)))
-        return bool(self.manager.save(int(step), args=args, force=force))
+        with self._writing(int(step)):
+            started = bool(self.manager.save(int(step), args=args, force=force))
+        self._pending = int(step) if started else None
+        return started
 
     def latest_step(self) -> int | None:
         """The newest complete step (in-progress or interrupted saves are not listed), or None."""
@@ -127,7 +267,7 @@ class Checkpointer:
         are cast to the template's. Returns ``(train_state, key, config)``; raises
         :class:`CheckpointMismatchError` (a ``ValueError``) when the saved tree does not fit the template.
         """
-        self.manager.wait_until_finished()
+        self._finish()
         typed = _is_typed_key(template_key)
         raw_key = jax.random.key_data(template_key) if typed else template_key
         template = {"train_state": template_train_state, "key": raw_key}
@@ -144,11 +284,17 @@ class Checkpointer:
         """Restores the newest readable step: ``(train_state, key, config, step)``, or None when there is none.
 
         A step that fails to read is skipped with a warning and renamed to ``<step>.unreadable`` so that later
-        saves of that step number are not refused. A :class:`CheckpointMismatchError` is raised, not skipped.
+        saves of that step number are not refused. Leftovers of interrupted saves (``*.orbax-checkpoint-tmp*``)
+        are reported with a warning and ignored. A :class:`CheckpointMismatchError` is raised, not skipped.
         Raises ``RuntimeError`` if steps exist but none can be read.
         """
-        self.manager.wait_until_finished()
+        self._finish()
         self.manager.reload()
+        leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
+        if leftovers:
+            warnings.warn(f"{self.directory}: ignoring unfinished checkpoint save(s) {leftovers} (a run was stopped "
+                          "while writing them); they are never restored, a later save of the same step replaces "
+                          "them, and they can be deleted", UnfinishedSaveWarning, stacklevel=2)
         steps = self.all_steps()
         for step in reversed(steps):
             try:
@@ -176,12 +322,17 @@ class Checkpointer:
         return dst
 
     def wait(self) -> None:
-        """Blocks until any in-flight async save is committed."""
-        self.manager.wait_until_finished()
+        """Blocks until any in-flight async save is committed; raises :class:`UnwritableError` if it failed."""
+        self._finish()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's resources."""
-        self.manager.close()
+        """Waits for pending saves and releases the manager's resources; raises :class:`UnwritableError` if the
+        last save failed (the resources are released either way)."""
+        try:
+            self._finish()
+        finally:
+            self.manager.close()
+            self._empty_trash()
 
     def __enter__(self):
         return self

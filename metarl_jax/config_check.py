@@ -1,12 +1,16 @@
 """Config validation: every mistake is reported before anything is compiled, naming the field and the fix.
 
-:func:`check_config` checks the plain fields (types and ranges) and the task lists (env ids, turns per episode,
-step caps). :func:`check_context` runs once the codecs are built and compares each task's context length with
+:func:`check_config` checks every field of a run config: unknown fields (typos, with the closest known name),
+numbers against their allowed ranges, booleans and strings by type, the choices (decoding, variant, mesh), the
+model (preset, pretrained directory, ``model.overrides``) and the task lists (env ids with the closest
+registered id suggested, turns per episode, step caps). :func:`check_context` runs once the codecs are built and compares each task's context length with
 the worst-case transcript (:mod:`metarl_jax.agents.context`). Both raise :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 
 from metarl_jax.envs import registry
@@ -32,8 +36,8 @@ _RANGES = [
     ("num_tasks", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (tasks per env per step)"),
     ("update_epochs", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (gradient updates per batch; ORBIT: 1)"),
     ("group_size", lambda v: isinstance(v, int) and v >= 2, "an int >= 2 (GRPO compares rollouts within a group)"),
-    ("temperature", lambda v: v > 0, "> 0"),
-    ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("temperature", lambda v: v > 0, "> 0 (sampling temperature of the training rollouts; greedy is for evaluation: eval_temperature=0)"),
+    ("top_p", lambda v: 0 < v <= 1, "in (0, 1] (nucleus sampling; 1 keeps every token)"),
     ("eval_temperature", lambda v: v >= 0, ">= 0 (0 is greedy)"),
     ("eval_top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -58,6 +62,11 @@ _RANGES = [
     ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("max_consecutive_skips", lambda v: isinstance(v, int) and v >= 1,
+     "an int >= 1 (skipped non-finite steps in a row before the run stops)"),
+    ("inject_nan_step", lambda v: isinstance(v, int) and (v == -1 or v >= 1),
+     "-1 (off) or an int >= 1 (testing: the first step whose gradient is made NaN, numbered from 1)"),
+    ("inject_nan_count", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (testing: steps made NaN in a row)"),
 ]
 
 VARIANTS = ("orbit", "single", "compare")
@@ -72,62 +81,185 @@ def _get(config, dotted: str):
     return node
 
 
+# Fields that are not numbers of the range table; with its rows they make the schema of a run config
+# (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
+BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount")
+STRING_FIELDS = ("variant", "decoding", "tokenizer", "model.preset", "model.pretrained_dir", "mesh.mode")
+OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
+DECODINGS = ("constrained", "free")
+MESH_MODES = ("none", "data", "fsdp", "tensor")
+
+
+def known_fields() -> set[str]:
+    """Every dotted field name a run config may have (the rows of the range table included)."""
+    return {row[0] for row in _RANGES} | set(BOOL_FIELDS) | set(STRING_FIELDS) | set(OTHER_FIELDS)
+
+
+def _suggest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_unknown_fields(config) -> None:
+    """Refuses a field that is not in the schema (usually a typo), naming the closest known field."""
+    sections: dict[str, set] = {}
+    for name in known_fields():
+        parts = name.split(".")
+        for i in range(len(parts)):
+            sections.setdefault(".".join(parts[:i]), set()).add(parts[i])
+    for prefix in sorted(sections):
+        node = config
+        for part in prefix.split(".") if prefix else ():
+            node = node.get(part) if hasattr(node, "get") else None
+        if not hasattr(node, "keys"):
+            continue  # a missing section is reported by _get with its field name
+        names = sections[prefix]
+        for key in node.keys():
+            if key not in names:
+                where = f"config.{prefix}" if prefix else "the config"
+                _fail(f"{prefix}.{key}" if prefix else str(key),
+                      f"is not a field of {where}; {_suggest(key, names)}known fields: {sorted(names)} (a new "
+                      "field must also be declared in metarl_jax/config_check.py)")
+
+
+def _check_types(config) -> None:
+    for field in BOOL_FIELDS:
+        value = _get(config, field)
+        _need(isinstance(value, bool), field, f"must be True or False, got {value!r} ({type(value).__name__})")
+    for field in STRING_FIELDS:
+        value = _get(config, field)
+        _need(isinstance(value, str), field, f"must be a string, got {value!r} ({type(value).__name__})")
+
+
+def _is_axis(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1)
+
+
+def _check_mesh(config) -> None:
+    mode = _get(config, "mesh.mode")
+    _need(mode in MESH_MODES, "mesh.mode", f"must be one of {MESH_MODES} ('none': one device), got {mode!r}")
+    data, model = _get(config, "mesh.data"), _get(config, "mesh.model")
+    for field, value in (("mesh.data", data), ("mesh.model", model)):
+        _need(_is_axis(value), field, f"must be -1 (all remaining devices) or an int >= 1 (a mesh axis size), got {value!r}")
+    _need(not (data == -1 and model == -1), "mesh.model", "and mesh.data are both -1; at most one axis may take all "
+          "remaining devices (for example mesh.model=1)")
+    if mode != "none":
+        rows = config.num_tasks * config.group_size
+        _need(data == -1 or rows % data == 0, "mesh.data",
+              f"must be -1 (all devices) or an int >= 1 dividing num_tasks * group_size = {rows}, got {data!r}")
+    dist = _get(config, "mesh.distributed")
+    _need(dist is None or isinstance(dist, bool), "mesh.distributed",
+          f"must be None (decide from the launch environment), True or False, got {dist!r}")
+
+
+def _check_model(config) -> None:
+    from metarl_jax.models.config import PRESETS, ModelConfig
+
+    pretrained = config.model.pretrained_dir
+    _need(pretrained == "" or os.path.isdir(pretrained), "model.pretrained_dir",
+          f"{pretrained!r} is not a directory; give a local Hugging Face model directory (config.json and "
+          "*.safetensors; nothing is downloaded) or '' for a from-scratch preset")
+    if not pretrained:
+        _need(config.model.preset in PRESETS, "model.preset",
+              f"unknown preset {config.model.preset!r}; {_suggest(config.model.preset, PRESETS)}presets: {sorted(PRESETS)}")
+    overrides = _get(config, "model.overrides")
+    _need(hasattr(overrides, "keys"), "model.overrides", f"must be a dict of ModelConfig fields, got {overrides!r}")
+    overrides = dict(overrides)
+    if not overrides:
+        return
+    _need(not pretrained, "model.overrides", "only change a from-scratch preset; a pretrained model's shape comes "
+          "from its config.json. Set model.overrides={} or model.pretrained_dir=''")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    defaults = ModelConfig()
+    for key, value in overrides.items():
+        field = f"model.overrides.{key}"
+        _need(key in fields, field, f"is not a ModelConfig field; {_suggest(key, fields)}fields: {sorted(fields)}")
+        _need(key != "vocab_size", field, "is taken from the tokenizer (config.tokenizer); remove it")
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            ok, kind = isinstance(value, str), "a string"
+        _need(ok, field, f"must be {kind} like the default {default!r}, got {value!r}")
+    try:
+        PRESETS[config.model.preset].replace(**overrides)
+    except (ValueError, TypeError) as e:
+        _fail("model.overrides", f"{overrides} do not make a valid model: {e}")
+
+
 def check_config(config) -> None:
-    """Checks the fields and task lists of a run config; raises :class:`ConfigError` on the first problem."""
+    """Checks every field of a run config before anything is built; raises :class:`ConfigError` on the first problem.
+
+    Covers unknown fields (typos, with the closest known name), the numbers of the range table, the types of
+    the boolean and string fields, the decoding / variant / mesh choices, the model (preset, pretrained
+    directory, ``model.overrides``), the tokenizer and the task lists (:func:`check_task`). The context
+    lengths are checked later, once the codecs exist (:func:`check_context`).
+    """
+    _check_unknown_fields(config)
     for field, ok, allowed in _RANGES:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(field, f"must be a number ({allowed}), got {value!r}")
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
-    _need(config.decoding in ("constrained", "free"), "decoding", f"must be 'constrained' or 'free', got {config.decoding!r}")
-    mode = _get(config, "mesh.mode")
-    _need(mode in ("none", "data", "fsdp", "tensor"), "mesh.mode", f"must be 'none', 'data', 'fsdp' or 'tensor', got {mode!r}")
-    if mode != "none":
-        rows = config.num_tasks * config.group_size
-        data = _get(config, "mesh.data")
-        _need(data == -1 or (isinstance(data, int) and data >= 1 and rows % data == 0), "mesh.data",
-              f"must be -1 (all devices) or an int >= 1 dividing num_tasks * group_size = {rows}, got {data!r}")
+    _check_types(config)
+    _need(config.decoding in DECODINGS, "decoding",
+          f"must be 'constrained' or 'free' (constrained: only valid action texts; free: free text, then "
+          f"\\boxed{{...}} parsed), got {config.decoding!r}")
+    _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
+    _check_mesh(config)
+    _check_model(config)
+    _need(config.tokenizer == "word" or os.path.isdir(config.tokenizer), "tokenizer",
+          f"{config.tokenizer!r} is neither 'word' (the built-in vocabulary) nor a local tokenizer directory "
+          "(one holding tokenizer.json or tokenizer_config.json; nothing is downloaded)")
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",
           "needs a Hugging Face tokenizer directory with a chat template (config.tokenizer); the built-in word "
-          "vocabulary has none")
-    _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
-    _need(config.model.pretrained_dir == "" or os.path.isdir(config.model.pretrained_dir), "model.pretrained_dir",
-          f"{config.model.pretrained_dir!r} is not a directory; give a local Hugging Face model directory or ''")
-    if not config.model.pretrained_dir:
-        from metarl_jax.models.config import PRESETS
-
-        _need(config.model.preset in PRESETS, "model.preset", f"unknown preset {config.model.preset!r}; presets: {sorted(PRESETS)}")
-    _need(config.tokenizer == "word" or os.path.isdir(config.tokenizer), "tokenizer",
-          f"{config.tokenizer!r} is neither 'word' (the built-in vocabulary) nor a local tokenizer directory")
+          "vocabulary has none. Set chat_format=False or point config.tokenizer at such a directory")
     for name in ("train_tasks", "eval_tasks"):
         tasks = _get(config, name)
+        _need(isinstance(tasks, (list, tuple)), name, f"must be a list of task dicts, got {tasks!r}")
         _need(len(tasks) > 0, name, "lists no task; add at least one dict(env_id=..., max_turns_per_episode=..., total_step_cap=...)")
         for i, entry in enumerate(tasks):
             check_task(entry, f"{name}[{i}]")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+TASK_KEYS = ("env_id", "max_turns_per_episode", "total_step_cap", "context_len")
+
+
 def check_task(entry, field: str) -> None:
-    """Checks one task entry (env id known, turns >= 1, cap >= turns, context_len >= 0)."""
+    """Checks one task entry: a bare env id or a dict with known keys, the env id registered (else the closest
+    id is suggested), ``max_turns_per_episode`` >= 1, ``total_step_cap`` >= the turns, ``context_len`` >= 0."""
     if isinstance(entry, str):
         entry = {"env_id": entry}
-    _need("env_id" in entry, f"{field}.env_id", "is missing")
+    _need(hasattr(entry, "keys"), field, f"must be an env id or a dict(env_id=..., max_turns_per_episode=..., "
+          f"total_step_cap=...), got {entry!r}")
+    unknown = sorted(set(entry.keys()) - set(TASK_KEYS))
+    if unknown:
+        _fail(f"{field}.{unknown[0]}", f"is not a task key; {_suggest(str(unknown[0]), TASK_KEYS)}allowed keys: {list(TASK_KEYS)}")
+    _need("env_id" in entry, f"{field}.env_id", "is missing; name a registered env, e.g. env_id='maze'")
     env_id = entry["env_id"]
     try:
         spec = registry.spec(env_id)
     except KeyError as e:
         _fail(f"{field}.env_id", str(e.args[0]))
-    allowed = {"env_id", "max_turns_per_episode", "total_step_cap", "context_len"}
-    unknown = set(entry) - allowed
-    _need(not unknown, field, f"has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     turns = entry.get("max_turns_per_episode", spec.max_turns)
     cap = entry.get("total_step_cap", spec.total_step_cap)
-    _need(isinstance(turns, int) and turns >= 1, f"{field}.max_turns_per_episode", f"must be an int >= 1, got {turns!r}")
-    _need(isinstance(cap, int) and cap >= turns, f"{field}.total_step_cap",
+    _need(_is_int(turns) and turns >= 1, f"{field}.max_turns_per_episode",
+          f"must be an int >= 1 (ORBIT's value for {env_id}: {spec.max_turns}), got {turns!r}")
+    _need(_is_int(cap), f"{field}.total_step_cap", f"must be an int >= max_turns_per_episode={turns}, got {cap!r}")
+    _need(cap >= turns, f"{field}.total_step_cap",
           f"is {cap!r}, below max_turns_per_episode={turns}: a trial could not hold one episode. Use at least {turns} "
           f"(ORBIT uses 3 x turns = {3 * turns})")
     ctx = entry.get("context_len", 0)
-    _need(isinstance(ctx, int) and ctx >= 0, f"{field}.context_len", f"must be an int >= 0 (0: the config's context_len), got {ctx!r}")
+    _need(_is_int(ctx) and ctx >= 0, f"{field}.context_len", f"must be an int >= 0 (0: the config's context_len), got {ctx!r}")
 
 
 def check_context(task, field: str, allow_truncation: bool) -> None:

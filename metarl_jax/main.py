@@ -65,10 +65,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config, workdir = _CONFIG.value, _WORKDIR.value
+    from metarl_jax.checkpoints import check_writable
+    from metarl_jax.config_check import check_config
     from metarl_jax.sharding import maybe_initialize_distributed
 
+    check_config(config)  # a bad field fails here, before jax.distributed or any compile
     maybe_initialize_distributed(config.mesh.distributed)  # before anything touches the devices
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir, "workdir")  # a clear error (not a raw OSError) for a read-only or missing parent
     if _BASELINES.value:
         from metarl_jax.play import play_baselines
 

@@ -14,6 +14,19 @@ One run = one config (see ``configs/default.py`` for every field). The loop:
    files under ``<workdir>/tensorboard``; a progress bar shows live metrics;
 5. saves checkpoints (params, optimizer, step, key, config) every ``checkpoint_every`` steps and at the end.
 
+Faults:
+
+* the workdir (and ``<workdir>/checkpoints``) must be writable: checked before anything compiles
+  (:func:`metarl_jax.checkpoints.check_writable` raises :class:`~metarl_jax.checkpoints.UnwritableError`); a
+  warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
+  full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
+* a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
+  state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
+  count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
+  ``FloatingPointError`` naming the step, the field and the fix. A checkpoint with non-finite values is never
+  written (:meth:`metarl_jax.checkpoints.Checkpointer.save` refuses it). ``inject_nan_step`` /
+  ``inject_nan_count`` inject NaN gradients to test this. Counts restart at 0 when a run resumes.
+
 Returns the final evaluation (:class:`metarl_jax.evaluate.SuccessRow` per validation env) and writes it to
 ``<workdir>/eval.md`` and ``eval.json``.
 """
@@ -23,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 import warnings
 
@@ -34,7 +48,7 @@ from flax import nnx
 
 from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
-from metarl_jax.checkpoints import Checkpointer
+from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
 from metarl_jax.rollout import rollout
@@ -124,6 +138,7 @@ def build_run(config) -> Run:
         observation_coef=config.observation_coef, update_epochs=config.update_epochs,
         gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
         num_episodes_logged=config.num_episodes_reported,
+        inject_nan_step=config.inject_nan_step, inject_nan_count=config.inject_nan_count,
     )
     return Run(tokenizer, graphdef, model_state, build_tasks(config, tokenizer, "train"),
                build_tasks(config, tokenizer, "eval"), build_optimizer(config), hyper)
@@ -170,6 +185,36 @@ def _config_dict(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+def _state_bytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def warn_if_low_disk(directory: str, state, keep: int) -> None:
+    """Warns when ``directory``'s free space is below the size of ``keep + 1`` checkpoints of ``state`` (orbax
+    writes a new step before it deletes the oldest one)."""
+    need = _state_bytes(state) * (keep + 1)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        warnings.warn(f"{directory} has {free / 2**20:.1f} MiB free, less than the ~{need / 2**20:.1f} MiB that "
+                      f"{keep + 1} checkpoints need (keep_checkpoints={keep}, plus the one being written); saves may "
+                      "fail with a full disk: free space or use another --workdir", stacklevel=3)
+
+
+def _skip_error(config, step: int, consecutive: int, latest_checkpoint) -> FloatingPointError:
+    o = config.optimizer
+    injected = ""
+    if config.inject_nan_step > 0:
+        injected = (f" (config.inject_nan_step={config.inject_nan_step} and inject_nan_count="
+                    f"{config.inject_nan_count} inject NaN gradients on purpose; set inject_nan_step=-1)")
+    return FloatingPointError(
+        f"step {step}: the last {consecutive} updates were skipped because the loss or gradients were not finite, "
+        f"which reaches config.max_consecutive_skips={config.max_consecutive_skips}{injected}. Training stopped "
+        f"with the weights of step {step - consecutive} (latest checkpoint: step {latest_checkpoint}). Lower "
+        f"config.optimizer.learning_rate (now {o.learning_rate}), keep config.optimizer.grad_clip > 0 (now "
+        f"{o.grad_clip}) or raise config.optimizer.warmup_steps (now {o.warmup_steps}), then rerun; raise "
+        "config.max_consecutive_skips to tolerate longer runs of bad steps")
+
+
 def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> list[SuccessRow]:
     """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on held-out trials.
 
@@ -177,9 +222,12 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     """
     run = build_run(config)
     label = label or ("single-episode" if config.single_episode else "orbit")
-    os.makedirs(workdir, exist_ok=True)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    check_writable(workdir, "workdir")  # before compiling: fail in seconds, not after the first steps
+    check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)
     if mesh is None:
         train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
@@ -192,7 +240,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     run_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(run_key, 2**31 - 1)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(state, run_key)
     start = 0
     saved_config = _config_dict(config)
@@ -220,26 +268,46 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
 
     bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
     t0 = time.time()
-    for step in range(start, config.num_steps):
-        state, metrics = train_step(state, jax.random.fold_in(run_key, step))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.num_steps:
-            metrics = jax.device_get(metrics)
-            flat = log.log("train", done, {**metrics, "seconds": time.time() - t0})
-            if not np.isfinite(flat["loss"]):
-                raise FloatingPointError(f"non-finite loss at step {done}; lower config.optimizer.learning_rate")
-            bar.set_postfix(format_postfix({k: v for k, v in flat.items() if k.endswith(("loss", "mean_return"))}, limit=4))
-        bar.update(1)
-        if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
-            rows = evaluate(done)
-            if not quiet:
-                bar.write(f"[{label}] step {done} held-out success\n{success_table(rows)}")
-        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.num_steps:
-            ckpt.save(done, state, run_key, saved_config)
-    bar.close()
-    rows = evaluate(config.num_steps)
-    ckpt.save(config.num_steps, state, run_key, saved_config)
-    ckpt.close()
+    skipped_total = consecutive = 0
+    try:
+        for step in range(start, config.num_steps):
+            state, metrics = train_step(state, jax.random.fold_in(run_key, step))
+            done = step + 1
+            skipped = bool(jax.device_get(metrics["skipped"]))  # one scalar per step: the loop must know now
+            consecutive = consecutive + 1 if skipped else 0
+            skipped_total += skipped
+            if skipped:
+                warnings.warn(f"[{label}] step {done}: non-finite loss or gradients, update skipped (weights and "
+                              f"optimizer unchanged; {consecutive} in a row, {skipped_total} in this run; the run "
+                              f"stops at config.max_consecutive_skips={config.max_consecutive_skips})",
+                              RuntimeWarning, stacklevel=2)
+            if done % config.log_every == 0 or done == config.num_steps or skipped:
+                metrics = jax.device_get(metrics)
+                flat = log.log("train", done, {**metrics, "skipped_total": skipped_total,
+                                               "seconds": time.time() - t0})
+                bar.set_postfix(format_postfix({k: v for k, v in flat.items() if k.endswith(("loss", "mean_return"))},
+                                               limit=4))
+            if consecutive >= config.max_consecutive_skips:
+                raise _skip_error(config, done, consecutive, ckpt.latest_step())
+            bar.update(1)
+            if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
+                rows = evaluate(done)
+                if not quiet:
+                    bar.write(f"[{label}] step {done} held-out success\n{success_table(rows)}")
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.num_steps:
+                ckpt.save(done, state, run_key, saved_config)
+        bar.close()
+        rows = evaluate(config.num_steps)
+        ckpt.save(config.num_steps, state, run_key, saved_config)
+        ckpt.close()
+    except BaseException:
+        bar.close()
+        try:  # keep what was saved; the original error is the one to report
+            ckpt.close()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"[{label}] closing the checkpointer after an error failed too: {e}", stacklevel=2)
+        log.close()
+        raise
     log.close()
     table = success_table(rows)
     with open(os.path.join(workdir, "eval.md"), "w") as f:

@@ -21,7 +21,7 @@ def test_every_orbit_id_is_registered_with_three_episode_caps():
 
 
 def test_unknown_id_suggests_the_closest():
-    with pytest.raises(KeyError, match="Did you mean 'game:Wordle-v0-hard'"):
+    with pytest.raises(KeyError, match="did you mean 'game:Wordle-v0-hard'"):
         envs.make("game:Wordle-v0-hrad")
 
 

@@ -83,7 +83,7 @@ def bad(**changes):
 
 
 BAD_CONFIGS = [
-    (dict(train_tasks=[dict(env_id="game:GuessTheNumbr-v0-easy")]), r"train_tasks\[0\]\.env_id.*Did you mean 'game:GuessTheNumber-v0-easy'"),
+    (dict(train_tasks=[dict(env_id="game:GuessTheNumbr-v0-easy")]), r"train_tasks\[0\]\.env_id.*did you mean 'game:GuessTheNumber-v0-easy'"),
     (dict(eval_tasks=[dict(env_id="mazes")]), r"eval_tasks\[0\]\.env_id.*'maze'"),
     (dict(train_tasks=[dict(env_id="maze", max_turns_per_episode=9, total_step_cap=5)]), r"train_tasks\[0\]\.total_step_cap.*below max_turns_per_episode=9"),
     (dict(train_tasks=[dict(env_id="maze", max_turns_per_episode=0)]), r"train_tasks\[0\]\.max_turns_per_episode"),

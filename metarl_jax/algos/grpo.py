@@ -13,6 +13,14 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in on
    seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference, entropy
    bonus and auxiliary observation-prediction loss, is differentiated and applied with optax.
 
+Non-finite updates are skipped: when the loss, any gradient, or the updated parameters / optimizer state are
+not finite (NaN or inf), the step keeps ``params`` and ``opt_state`` unchanged (a ``jnp.where`` over the trees,
+inside the same jit) and reports ``metrics["skipped"] = 1``; ``step`` still advances. For tests,
+``GRPOHyper.inject_nan_step`` / ``inject_nan_count`` corrupt the gradient with NaN in the steps numbered
+``inject_nan_step .. inject_nan_step + inject_nan_count - 1``, counted from 1 as in the logs and checkpoints
+(step ``n`` is the call that sees ``state.step == n - 1``; selected from the traced counter, so the step is
+traced once). The training loop counts skips and stops after ``max_consecutive_skips``.
+
 Rows of all envs count equally in the loss. On-policy with one update per batch (ORBIT), so the ratio is 1 at
 the update; the clip matters once several updates reuse a batch. Metrics are small: scalars and
 per-episode-index success rates per env, never a stacked history.
@@ -64,6 +72,8 @@ class GRPOHyper:
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
     update_epochs: int = 1  # gradient updates per batch (ORBIT: 1, fully on-policy)
+    inject_nan_step: int = -1  # testing: NaN gradients in this step (1-based, as logged; -1: never) ...
+    inject_nan_count: int = 1  # ... and the inject_nan_count - 1 steps after it
 
 
 def episode_success(transcript, num_episodes: int) -> jax.Array:
@@ -83,6 +93,17 @@ def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     grouped = ret.reshape(-1, group_size, ret.shape[1])
     adv = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-6)
     return adv.reshape(ret.shape)
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """bool[]: every floating-point leaf of ``tree`` is finite (integer leaves, e.g. optax counts, are ignored)."""
+    flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
+def select_tree(pred, on_true, on_false):
+    """``on_true`` where the scalar ``pred`` holds, else ``on_false`` (same structure), leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None):
@@ -135,19 +156,30 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             return total / sum(tr.action_tokens.shape[0] for tr in transcripts), parts
 
         def update(params, opt_state):
+            """One optax update, or none (inputs returned unchanged) when anything in it is non-finite."""
             (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, (loss, parts, optax.tree.norm(grads))
+            if hp.inject_nan_step > 0:  # testing hook: corrupt the gradient in the chosen steps
+                number = state.step + 1  # this step's number as logged
+                hit = (number >= hp.inject_nan_step) & (number < hp.inject_nan_step + hp.inject_nan_count)
+                grads = jax.tree.map(lambda x: jnp.where(hit, jnp.nan, x) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+                                     grads)
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            ok = jnp.isfinite(loss) & tree_all_finite((grads, new_params, new_opt_state))
+            return (select_tree(ok, new_params, params), select_tree(ok, new_opt_state, opt_state),
+                    (loss, parts, optax.tree.norm(grads), ~ok))
 
-        params, opt_state, (loss, parts, grad_norm) = update(state.params, state.opt_state)
+        params, opt_state, (loss, parts, grad_norm, skipped) = update(state.params, state.opt_state)
         if hp.update_epochs > 1:  # reuse the batch: later updates are off-policy, which the PPO clip bounds
             def again(carry, _):
-                params, opt_state = carry
-                params, opt_state, _ = update(params, opt_state)
-                return (params, opt_state), None
+                params, opt_state, skipped = carry
+                params, opt_state, (*_, bad) = update(params, opt_state)
+                return (params, opt_state, skipped | bad), None
 
-            (params, opt_state), _ = jax.lax.scan(again, (params, opt_state), None, length=hp.update_epochs - 1)
-        metrics = {"loss": loss, "grad_norm": grad_norm}  # of the first (on-policy) update
+            (params, opt_state, skipped), _ = jax.lax.scan(again, (params, opt_state, skipped), None,
+                                                           length=hp.update_epochs - 1)
+        # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.int32)}
         for task, tr, m in zip(tasks, transcripts, parts):
             metrics[task.name] = {
                 "mean_return": tr.rewards.sum(axis=1).mean(),

@@ -40,12 +40,35 @@ def registered() -> list[str]:
     return list(_REGISTRY)
 
 
+class UnknownEnvError(KeyError):
+    """An env id that is not registered (a ``KeyError``); the message names the closest registered id.
+
+    ``str(error)`` is the plain message (a bare ``KeyError`` would print it quoted).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def closest_id(env_id, ids=None) -> str | None:
+    """The registered id most similar to ``env_id`` (case-insensitive ``difflib`` ratio), or None."""
+    ids = list(_REGISTRY) if ids is None else list(ids)
+    if not isinstance(env_id, str) or not ids:
+        return None
+    lowered = {i.lower(): i for i in ids}
+    close = difflib.get_close_matches(env_id.lower(), list(lowered), n=1, cutoff=0.3)
+    return lowered[close[0]] if close else None
+
+
 def spec(env_id: str) -> EnvSpec:
-    """The :class:`EnvSpec` of an id; an unknown id raises ``KeyError`` naming the closest ids."""
-    if env_id not in _REGISTRY:
-        close = difflib.get_close_matches(env_id, list(_REGISTRY), n=3, cutoff=0.3)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown env id {env_id!r}.{hint} Registered ids: {', '.join(_REGISTRY)}")
+    """The :class:`EnvSpec` of an id; an unknown id raises :class:`UnknownEnvError` (a ``KeyError``) whose
+    message suggests the closest registered id and lists them all, e.g. ``unknown env id
+    'game:GuessTheNumbr-v0-hard'; did you mean 'game:GuessTheNumber-v0-hard'? Registered: ...``."""
+    if not isinstance(env_id, str) or env_id not in _REGISTRY:
+        close = closest_id(env_id)
+        hint = f"; did you mean {close!r}?" if close else "."
+        kind = "" if isinstance(env_id, str) else f" (a {type(env_id).__name__}; env ids are strings)"
+        raise UnknownEnvError(f"unknown env id {env_id!r}{kind}{hint} Registered: {', '.join(_REGISTRY)}")
     return _REGISTRY[env_id]
 
 

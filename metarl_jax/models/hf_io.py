@@ -1,8 +1,11 @@
 """Loading and saving Hugging Face checkpoints (safetensors only; never pickle, never remote code).
 
 ``load_pretrained(local_dir)`` reads ``config.json`` with ``transformers.AutoConfig`` (local files only), builds
-the model abstractly with ``nnx.eval_shape``, and places each tensor of the safetensors shards. Unknown
-architectures, missing or unexpected tensors and shape mismatches raise errors naming the tensor.
+the model abstractly with ``nnx.eval_shape``, and places each tensor of the safetensors shards. Bad input is
+refused at load time, naming the cause: an unsupported architecture (``model_type`` / ``architectures`` other
+than a Qwen3 or Llama causal LM), a quantized or unknown weight dtype (``torch_dtype``, ``quantization_config``,
+float8 tensors), a compute dtype the backend cannot run, missing shards, pickle-only or corrupt weight files,
+and missing, unexpected or mis-shaped tensors (named).
 ``save_pretrained(model, dir)`` writes ``config.json`` and ``model.safetensors`` (float32, LoRA adapters merged)
 that transformers' PyTorch classes load.
 """
@@ -52,15 +55,87 @@ def _variable(model, path):
     return obj
 
 
+# Causal-LM classes whose weights ``hf_names`` maps, per config.json ``model_type``.
+ARCHITECTURES = {"qwen3": ("Qwen3ForCausalLM",), "llama": ("LlamaForCausalLM",)}
+# Storage dtypes a checkpoint may declare (config.json ``torch_dtype`` / ``dtype``) and hold (safetensors
+# dtype codes); the weights are cast to the model's ``param_dtype`` when loaded.
+STORAGE_DTYPES = ("float32", "bfloat16", "float16", "float64")
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+# Compute / parameter dtypes the model runs in on every backend (float64 also needs ``jax_enable_x64``).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}; it must be the JSON file saved with the model") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def check_hf_config(raw: dict, where: str) -> None:
+    """Refuses a ``config.json`` this library cannot run, naming the field and the cause.
+
+    Checks ``model_type`` (qwen3 or llama), ``architectures`` (a causal LM of that type), the declared weight
+    dtype (``torch_dtype`` / ``dtype``: one of :data:`STORAGE_DTYPES`; float8 and integer types are quantized
+    checkpoints) and ``quantization_config`` (not supported).
+    """
+    model_type = raw.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"unsupported architecture model_type={model_type!r} in {where}; supported: "
+                         f"{', '.join(ARCHITECTURES)} (a Qwen3 or Llama causal LM)")
+    archs = raw.get("architectures")
+    if archs is not None:
+        if isinstance(archs, str):
+            archs = [archs]
+        if not isinstance(archs, list) or not any(a in ARCHITECTURES[model_type] for a in archs):
+            raise ValueError(f"unsupported architectures={archs!r} in {where} for model_type={model_type!r}; "
+                             f"metarl_jax loads {' or '.join(ARCHITECTURES[model_type])} (a causal LM with "
+                             "lm_head); give the directory of the causal-LM checkpoint")
+    for key in ("torch_dtype", "dtype"):
+        value = raw.get(key)
+        if value is None or value == "auto":
+            continue
+        name = str(value).removeprefix("torch.")
+        if name not in STORAGE_DTYPES:
+            quantized = name.startswith(("float8", "int", "uint", "float4")) or name in ("fp8", "fp4", "e4m3", "e5m2")
+            why = (f"a quantized dtype, which cannot run here: metarl_jax has no float8 / integer kernels on any "
+                   f"backend (this one: {jax.default_backend()}); dequantize the checkpoint first (e.g. save it in "
+                   "bfloat16 with transformers)" if quantized else "not a dtype name")
+            raise ValueError(f"{key}={value!r} in {where} is {why}; supported weight dtypes: {', '.join(STORAGE_DTYPES)}")
+    if raw.get("quantization_config"):
+        method = raw["quantization_config"].get("quant_method", "?") if isinstance(raw["quantization_config"], dict) else "?"
+        raise ValueError(f"{where} describes a quantized checkpoint (quantization_config, quant_method={method!r}); "
+                         "metarl_jax loads float weights only: dequantize it first (e.g. save it in bfloat16 with transformers)")
+
+
+def check_compute_dtype(dtype, name: str = "dtype") -> None:
+    """Refuses a compute / parameter dtype the default backend cannot run, naming the backend."""
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as e:
+        raise ValueError(f"{name}={dtype!r} is not a dtype; use one of {', '.join(COMPUTE_DTYPES)}") from e
+    platform = jax.default_backend()
+    if dt.name == "float64" and jax.config.jax_enable_x64:
+        return
+    if dt.name not in COMPUTE_DTYPES:
+        extra = " (float64 needs jax.config.update('jax_enable_x64', True))" if dt.name == "float64" else ""
+        raise ValueError(f"{name}={dt.name} cannot run on this {platform} backend{extra}; the model runs in "
+                         f"{', '.join(COMPUTE_DTYPES)} (bfloat16 halves the memory of float32)")
+
+
 def read_config(local_dir: str) -> ModelConfig:
+    """The :class:`ModelConfig` of a local Hugging Face model directory (``config.json``, checked first with
+    :func:`check_hf_config`; nothing is downloaded)."""
     if not os.path.isdir(local_dir):
         raise FileNotFoundError(f"model directory {local_dir!r} does not exist (models are never downloaded)")
-    if not os.path.exists(os.path.join(local_dir, "config.json")):
+    path = os.path.join(local_dir, "config.json")
+    if not os.path.exists(path):
         raise FileNotFoundError(f"{local_dir!r} has no config.json; it is not a Hugging Face model directory")
-    with open(os.path.join(local_dir, "config.json")) as f:
-        model_type = json.load(f).get("model_type")
-    if model_type not in ("qwen3", "llama"):
-        raise ValueError(f"unsupported architecture model_type={model_type!r} in {local_dir}; supported: qwen3, llama")
+    check_hf_config(_read_json(path), path)
     from transformers import AutoConfig
 
     return ModelConfig.from_hf(AutoConfig.from_pretrained(local_dir, local_files_only=True, trust_remote_code=False))
@@ -69,15 +144,21 @@ def read_config(local_dir: str) -> ModelConfig:
 def _shards(local_dir: str) -> list[str]:
     index = os.path.join(local_dir, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no 'weight_map' (tensor name -> shard file); re-save the model")
+        files = sorted(set(weight_map.values()))
         missing = [s for s in files if not os.path.exists(os.path.join(local_dir, s))]
         if missing:
-            raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing")
+            raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing; copy every shard of the "
+                                    "checkpoint into the directory")
         return [os.path.join(local_dir, s) for s in files]
     files = sorted(glob.glob(os.path.join(local_dir, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {local_dir!r} (pickle checkpoints are not loaded)")
+        others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(local_dir, "*.bin")) + glob.glob(os.path.join(local_dir, "*.pt")))
+        found = f" (found {others}: pickle checkpoints are never loaded; convert them to safetensors)" if others else ""
+        raise FileNotFoundError(f"no .safetensors weights in {local_dir!r}{found}; copy the checkpoint's "
+                                "*.safetensors files (and model.safetensors.index.json when sharded) into it")
     return files
 
 
@@ -87,11 +168,17 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     Args:
       dtype: compute dtype; ``param_dtype`` (default ``dtype``) is the storage dtype of the weights.
       mesh: a ``jax.sharding.Mesh``; the weights are then placed replicated on it.
+
+    Raises ``FileNotFoundError`` (no directory, no config.json, no safetensors weights, missing shards) or
+    ``ValueError`` (unsupported architecture or dtype, quantized or corrupt weights, missing, unexpected or
+    mis-shaped tensors), each naming the cause and the fix.
     """
     from safetensors import safe_open
 
     config = read_config(local_dir)
     param_dtype = dtype if param_dtype is None else param_dtype
+    check_compute_dtype(dtype, "dtype")
+    check_compute_dtype(param_dtype, "param_dtype")
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype))
     expected = hf_names(config)
     seen = set()
@@ -99,12 +186,23 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     if mesh is not None:
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     for shard in _shards(local_dir):
-        with safe_open(shard, framework="numpy") as f:
+        try:
+            handle = safe_open(shard, framework="numpy")
+        except Exception as e:  # safetensors raises its own SafetensorError on a corrupt or truncated file
+            raise ValueError(f"cannot read weights file {shard}: {e}; it is not a valid safetensors file "
+                             "(truncated download or another format)") from e
+        with handle as f:
             for name in f.keys():
                 if name not in expected:
                     if name.endswith("rotary_emb.inv_freq"):
                         continue
-                    raise ValueError(f"unexpected tensor {name!r} in {shard} for a {config.model_type} model")
+                    raise ValueError(f"unexpected tensor {name!r} in {shard} for a {config.model_type} model as "
+                                     "described by config.json; the weights belong to another architecture or size")
+                stored = f.get_slice(name).get_dtype()
+                if stored not in SAFETENSORS_DTYPES:
+                    raise ValueError(f"tensor {name!r} in {shard} is stored as {stored}, which cannot be loaded "
+                                     f"(float8 and integer tensors are quantized weights); supported: "
+                                     f"{', '.join(SAFETENSORS_DTYPES)}. Dequantize the checkpoint first")
                 path, transpose = expected[name]
                 array = f.get_tensor(name)
                 if transpose:
@@ -112,14 +210,18 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                 var = _variable(model, path)
                 if tuple(array.shape) != tuple(var.shape):
                     raise ValueError(
-                        f"tensor {name!r} has shape {array.shape} (after transpose: {transpose}), expected {tuple(var.shape)}"
+                        f"tensor {name!r} has shape {array.shape} (after transpose: {transpose}), expected "
+                        f"{tuple(var.shape)} from config.json; the weights and config.json do not match (use the "
+                        "config.json saved with these weights)"
                     )
                 value = jnp.asarray(np.ascontiguousarray(array), dtype=param_dtype)
                 var.set_value(jax.device_put(value, sharding) if sharding is not None else value)
                 seen.add(name)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise ValueError(f"missing tensor(s) in {local_dir}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(f"missing tensor(s) in {local_dir}: {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         f"({len(missing)} of {len(expected)} that config.json implies); copy every weight file "
+                         "of the checkpoint, or use the config.json saved with these weights")
     return model
 
 

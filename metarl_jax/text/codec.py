@@ -7,7 +7,8 @@ contiguous writes that run under ``jit``, ``vmap`` and ``lax.scan``. The output 
 sum over slots of the longest piece each slot may show, so no observation is ever cut.
 
 ``decode(render_tokens(state)) == env.render_text(state)`` holds for every state; the tests check it for
-random states under both tokenizer backends.
+random states under both tokenizer backends. A tokenizer that cannot render a piece or an action text of the env
+exactly is refused when the codec is built (:func:`check_renderable`), naming the env, the text and the fix.
 """
 
 from __future__ import annotations
@@ -17,7 +18,53 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax.envs.pieces import slot_ids
-from metarl_jax.text.tokenizers import Tokenizer
+from metarl_jax.text.tokenizers import Tokenizer, split_words
+
+
+def _env_name(env) -> str:
+    """The registered id of ``env`` or of the game a wrapper (the multi-episode trial) wraps."""
+    node = env
+    while node is not None:
+        env_id = getattr(node, "env_id", None)
+        if isinstance(env_id, str):
+            return env_id
+        node = getattr(node, "env", None)
+    return str(getattr(env, "name", type(env).__name__))
+
+
+def check_renderable(tokenizer: Tokenizer, env, text: str, what: str) -> list[int]:
+    """The tokens of ``text`` (a piece or an action text of ``env``), refusing a tokenizer that cannot render it.
+
+    Raises ``ValueError`` naming the env, ``what`` (e.g. ``piece 12``), the text and the fix when the word
+    vocabulary lacks some of its words, when a Hugging Face tokenizer maps some of it to its unknown token, or
+    when ``decode(encode(text)) != text``.
+    """
+    name = _env_name(env)
+    unknown_words = getattr(tokenizer, "unknown_words", None)
+    if unknown_words is not None:
+        missing = unknown_words(text)
+        if missing:
+            raise ValueError(
+                f"the word vocabulary lacks {sorted(set(missing))[:5]} used by {what} of {name!r}: {text!r}. Regenerate "
+                "it with `python -m metarl_jax.text.build_vocab` (or use a tokenizer that covers it)"
+            )
+    ids = tokenizer.encode(text)
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is not None and unk in ids and unknown_words is None:
+        words = [w for w in split_words(text) if unk in tokenizer.encode(w)] or [text]
+        raise ValueError(
+            f"{tokenizer!r} maps {words[:5]} of {what} of {name!r} ({text!r}) to its unknown token; use a tokenizer "
+            "whose vocabulary covers the env's text (a byte-level BPE such as Qwen's never produces unknown tokens) "
+            "or the built-in word vocabulary (config.tokenizer='word')"
+        )
+    decoded = tokenizer.decode(ids)
+    if decoded != text:
+        raise ValueError(
+            f"{tokenizer!r} cannot render {what} of {name!r} exactly: {text!r} decodes to {decoded!r}. Use a "
+            "tokenizer whose decode(encode(text)) == text (byte-level BPE such as Qwen's, or the built-in word "
+            "vocabulary)"
+        )
+    return ids
 
 
 class Codec:
@@ -33,22 +80,9 @@ class Codec:
         self.env = env
         self.tokenizer = tokenizer
         self.pad_id = int(tokenizer.pad_id)
-        encoded = []
-        for i, piece in enumerate(env.pieces):
-            unknown = getattr(tokenizer, "unknown_words", None)
-            if unknown is not None and unknown(piece):
-                raise ValueError(
-                    f"the word vocabulary lacks {unknown(piece)[:5]} used by {env.name!r}; regenerate it with "
-                    "`python -m metarl_jax.text.build_vocab`"
-                )
-            ids = tokenizer.encode(piece)
-            if tokenizer.decode(ids) != piece:
-                raise ValueError(
-                    f"{tokenizer!r} cannot render piece {i} of {env.name!r} exactly: {piece!r} decodes to "
-                    f"{tokenizer.decode(ids)!r}. Use a tokenizer whose decode(encode(text)) == text "
-                    "(byte-level BPE such as Qwen's, or the built-in word vocabulary)"
-                )
-            encoded.append(ids)
+        encoded = [check_renderable(tokenizer, env, piece, f"piece {i}") for i, piece in enumerate(env.pieces)]
+        for a in range(env.num_actions):  # the action table tokenizes these next: refuse them here, named
+            check_renderable(tokenizer, env, env.action_text(a), f"action {a}")
         lengths = np.array([len(e) for e in encoded], np.int32)
         width = max(1, int(lengths.max()))
         table = np.full((len(encoded), width), self.pad_id, np.int32)

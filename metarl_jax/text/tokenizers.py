@@ -111,6 +111,9 @@ class HFTokenizer:
         if pad is None:
             pad = self.hf.eos_token_id if self.hf.eos_token_id is not None else 0
         self.pad_id = int(pad)
+        # The id of the unknown token (None for byte-level BPEs, which have none); the codec refuses text
+        # that encodes to it.
+        self.unk_id = None if self.hf.unk_token_id is None else int(self.hf.unk_token_id)
 
     def encode(self, text: str) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=False))

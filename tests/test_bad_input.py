@@ -1,0 +1,332 @@
+"""Bad input is refused early with a message that names the field or cause and the fix (issue 7).
+
+``CASES`` is the table: one row per bad config or input, with the exception type it must raise and a regex of
+the message. Config rows go through :func:`metarl_jax.config_check.check_config` (no model is built) unless the
+problem only shows once the codecs exist, where they go through :func:`metarl_jax.train.build_run` (host side:
+nothing is compiled). Loader rows build a tiny Hugging Face directory locally (no downloads) and break it.
+The end of the file feeds random unicode to every registered env's ``parse_action``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import adhoc_word_tokenizer
+from metarl_jax import envs, train
+from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
+from metarl_jax.config_check import ConfigError, check_config
+from metarl_jax.models.hf_io import load_pretrained, save_pretrained
+from metarl_jax.text import Codec, HFTokenizer, WordTokenizer, split_words
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+import tiny  # noqa: E402
+
+
+# ---------------------------------------------------------------- building bad input
+
+
+def config(**changes) -> ml_collections.ConfigDict:
+    """``configs/tiny.py`` with ``changes`` (``a__b`` for ``a.b``), rebuilt without type safety, as a user's own
+    config file may be: a value of the wrong type reaches the checker instead of failing at assignment."""
+    d = tiny.get_config().to_dict()
+    for dotted, value in changes.items():
+        node = d
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return ml_collections.ConfigDict(d, type_safe=False)
+
+
+def checked(**changes):
+    """A case action: ``check_config`` of a changed tiny config."""
+    return lambda ctx: check_config(config(**changes))
+
+
+def built(**changes):
+    """A case action: ``train.build_run`` of a changed tiny config (host side only, nothing compiled)."""
+    return lambda ctx: train.build_run(config(**changes))
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What a case may need: a temporary directory and a fresh copy of a tiny pretrained model directory."""
+
+    tmp: pathlib.Path
+    source_model: str
+
+    def model_dir(self, name: str = "model") -> pathlib.Path:
+        out = self.tmp / name
+        shutil.copytree(self.source_model, out)
+        return out
+
+
+def edit_config_json(ctx: Ctx, **fields) -> str:
+    d = ctx.model_dir()
+    raw = json.loads((d / "config.json").read_text())
+    raw.update(fields)
+    (d / "config.json").write_text(json.dumps(raw))
+    return str(d)
+
+
+def weights_replaced_by_pickle(ctx: Ctx) -> None:
+    d = ctx.model_dir()
+    os.remove(d / "model.safetensors")
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    load_pretrained(str(d))
+
+
+def corrupt_weights(ctx: Ctx) -> None:
+    d = ctx.model_dir()
+    (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    load_pretrained(str(d))
+
+
+def float8_tensors(ctx: Ctx) -> None:
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    d = ctx.model_dir()
+    tensors = load_file(str(d / "model.safetensors"))
+    save_file({k: v.astype(ml_dtypes.float8_e4m3fn) for k, v in tensors.items()}, str(d / "model.safetensors"))
+    load_pretrained(str(d))
+
+
+def checkpoint_of_another_shape(ctx: Ctx) -> None:
+    key = jax.random.PRNGKey(0)
+    with Checkpointer(ctx.tmp / "ckpt", async_save=False) as ckpt:
+        ckpt.save(1, {"w": jnp.zeros((2, 3))}, key, {"note": "tiny"})
+        ckpt.restore(1, {"w": jnp.zeros((3, 3))}, key)
+
+
+def hf_tokenizer_with_unknown_tokens(ctx: Ctx) -> None:
+    """A word-level Hugging Face tokenizer that knows one word: the maze's text maps to ``[UNK]``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "You": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(ctx.tmp / "tok")
+    trial, _ = envs.make_trial("maze")
+    Codec(trial, HFTokenizer(str(ctx.tmp / "tok")))
+
+
+def word_vocabulary_of_another_env(ctx: Ctx) -> None:
+    maze, _ = envs.make_trial("maze")
+    wordle, _ = envs.make_trial("game:Wordle-v0-hard")
+    Codec(wordle, adhoc_word_tokenizer(maze))
+
+
+def word_vocabulary_without_an_action(ctx: Ctx) -> None:
+    """Every observation word of Wordle is known but the action word ``above`` is not."""
+    env, _ = envs.make_trial("game:Wordle-v0-hard")
+    assert "above" not in {w for p in env.pieces for w in split_words(p)}
+    Codec(env, WordTokenizer([t for t in adhoc_word_tokenizer(env).tokens if t != "above"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the table: ``action(ctx)`` must raise ``error`` with a message matching ``pattern``."""
+
+    name: str
+    action: Callable[[Ctx], object]
+    error: type
+    pattern: str
+
+
+GTN_HARD = "game:GuessTheNumber-v0-hard"
+CASES = [
+    # ---- task lists
+    Case("unknown env id suggests the closest", checked(train_tasks=[dict(env_id="game:GuessTheNumbr-v0-hard")]),
+         ConfigError, r"config\.train_tasks\[0\]\.env_id: unknown env id 'game:GuessTheNumbr-v0-hard'; did you mean "
+                      r"'game:GuessTheNumber-v0-hard'\? Registered: rockpaperscissors, "),
+    Case("env id of the wrong type", checked(eval_tasks=[dict(env_id=None)]),
+         ConfigError, r"config\.eval_tasks\[0\]\.env_id: unknown env id None \(a NoneType; env ids are strings\)"),
+    Case("step cap below turns per episode",
+         checked(train_tasks=[dict(env_id=GTN_HARD, max_turns_per_episode=7, total_step_cap=5)]),
+         ConfigError, r"config\.train_tasks\[0\]\.total_step_cap: is 5, below max_turns_per_episode=7.*Use at least 7"),
+    Case("zero turns per episode", checked(train_tasks=[dict(env_id="maze", max_turns_per_episode=0)]),
+         ConfigError, r"config\.train_tasks\[0\]\.max_turns_per_episode: must be an int >= 1 \(ORBIT's value for maze: 9\)"),
+    Case("unknown task key", checked(train_tasks=[dict(env_id="maze", max_turns=9)]),
+         ConfigError, r"config\.train_tasks\[0\]\.max_turns: is not a task key; did you mean 'max_turns_per_episode'\?"),
+    Case("no task", checked(eval_tasks=[]), ConfigError, r"config\.eval_tasks: lists no task; add at least one"),
+    Case("context too short for the trial", built(context_len=200, allow_truncation=False),
+         ConfigError, r"config\.context_len: is 200 tokens, shorter than the worst-case transcript of "
+                      r"game:GuessTheNumber-v0-easy .*Raise it to \d+ .*allow_truncation=True"),
+    Case("context too short for one action", built(train_tasks=[dict(env_id="game:GuessTheNumber-v0-easy",
+                                                                     total_step_cap=8, context_len=20)]),
+         ConfigError, r"config\.train_tasks\[0\]\.context_len: is 20 tokens, too short for even the first "
+                      r"observation and action .*raise it"),
+    # ---- numbers
+    Case("zero num_tasks", checked(num_tasks=0), ConfigError, r"config\.num_tasks: must be an int >= 1 \(tasks per env"),
+    Case("negative num_tasks", checked(num_tasks=-3), ConfigError, r"config\.num_tasks: must be an int >= 1 .*got -3"),
+    Case("group_size 1", checked(group_size=1), ConfigError, r"config\.group_size: must be an int >= 2 \(GRPO compares"),
+    Case("top_p 0", checked(top_p=0.0), ConfigError, r"config\.top_p: must be in \(0, 1\] .*got 0\.0"),
+    Case("temperature 0", checked(temperature=0.0),
+         ConfigError, r"config\.temperature: must be > 0 .*eval_temperature=0.*got 0\.0"),
+    Case("number given as a string", checked(optimizer__learning_rate="3e-3"),
+         ConfigError, r"config\.optimizer\.learning_rate: must be a number \(> 0\), got '3e-3'"),
+    Case("free_tokens smaller than an action", built(decoding="free", free_tokens=2),
+         ConfigError, r"config\.free_tokens: 2 tokens cannot hold an action of game:GuessTheNumber-v0-easy \(\d+ "
+                      r"tokens\); raise it"),
+    # ---- choices, booleans, strings, unknown fields
+    Case("bad decoding", checked(decoding="beam"),
+         ConfigError, r"config\.decoding: must be 'constrained' or 'free' \(.*\), got 'beam'"),
+    Case("bad mesh.mode", checked(mesh__mode="pipeline"),
+         ConfigError, r"config\.mesh\.mode: must be one of \('none', 'data', 'fsdp', 'tensor'\).*got 'pipeline'"),
+    Case("mesh.data not dividing the batch", checked(mesh__mode="data", mesh__data=3),
+         ConfigError, r"config\.mesh\.data: must be -1 \(all devices\) or an int >= 1 dividing num_tasks \* "
+                      r"group_size = 4, got 3"),
+    Case("mesh.distributed not a bool", checked(mesh__distributed="auto"),
+         ConfigError, r"config\.mesh\.distributed: must be None \(decide from the launch environment\), True or "
+                      r"False, got 'auto'"),
+    Case("wrong-type boolean (int)", checked(intro=1), ConfigError, r"config\.intro: must be True or False, got 1 \(int\)"),
+    Case("wrong-type boolean (string)", checked(allow_truncation="yes"),
+         ConfigError, r"config\.allow_truncation: must be True or False, got 'yes' \(str\)"),
+    Case("tokenizer not a string", checked(tokenizer=None), ConfigError, r"config\.tokenizer: must be a string, got None"),
+    Case("unknown config field", checked(num_task=3),
+         ConfigError, r"config\.num_task: is not a field of the config; did you mean 'num_tasks'\?"),
+    Case("chat_format with the word tokenizer", checked(chat_format=True),
+         ConfigError, r"config\.chat_format: needs a Hugging Face tokenizer directory with a chat template.*"
+                      r"Set chat_format=False"),
+    # ---- model
+    Case("missing pretrained dir", checked(model__pretrained_dir="/no/such/model"),
+         ConfigError, r"config\.model\.pretrained_dir: '/no/such/model' is not a directory; give a local Hugging "
+                      r"Face model directory"),
+    Case("unknown preset", checked(model__preset="huge"),
+         ConfigError, r"config\.model\.preset: unknown preset 'huge'; presets: \['small', 'tiny'\]"),
+    Case("unknown model.overrides field", checked(model__overrides={"hidden_sise": 32}),
+         ConfigError, r"config\.model\.overrides\.hidden_sise: is not a ModelConfig field; did you mean 'hidden_size'\?"),
+    Case("model.overrides that make no valid model", checked(model__overrides={"num_heads": 6, "num_kv_heads": 4}),
+         ConfigError, r"config\.model\.overrides: .* do not make a valid model: num_heads=6 must be a multiple of "
+                      r"num_kv_heads=4"),
+    Case("model.overrides of the vocabulary", checked(model__overrides={"vocab_size": 10}),
+         ConfigError, r"config\.model\.overrides\.vocab_size: is taken from the tokenizer"),
+    # ---- pretrained directories
+    Case("pretrained dir with a wrong model_type", lambda ctx: load_pretrained(edit_config_json(ctx, model_type="gpt2")),
+         ValueError, r"unsupported architecture model_type='gpt2' in .*config\.json; supported: qwen3, llama"),
+    Case("pretrained dir with a wrong architecture",
+         lambda ctx: train.build_run(config(model__pretrained_dir=edit_config_json(
+             ctx, architectures=["Qwen3ForSequenceClassification"]))),
+         ValueError, r"unsupported architectures=\['Qwen3ForSequenceClassification'\] .*loads Qwen3ForCausalLM"),
+    Case("float8 weight dtype in config.json", lambda ctx: load_pretrained(edit_config_json(ctx, torch_dtype="float8_e4m3fn")),
+         ValueError, r"torch_dtype='float8_e4m3fn' in .* is a quantized dtype, which cannot run here.*dequantize"),
+    Case("unknown dtype string in config.json", lambda ctx: load_pretrained(edit_config_json(ctx, dtype="float33")),
+         ValueError, r"dtype='float33' in .* is not a dtype name; supported weight dtypes: float32, bfloat16"),
+    Case("compute dtype the device cannot run",
+         lambda ctx: load_pretrained(str(ctx.model_dir()), dtype=jnp.float8_e4m3fn),
+         ValueError, r"dtype=float8_e4m3fn cannot run on this \w+ backend; the model runs in float32, bfloat16, float16"),
+    Case("float8 tensors in the weights", float8_tensors,
+         ValueError, r"tensor '.*' in .* is stored as F8_E4M3, which cannot be loaded.*Dequantize"),
+    Case("weights that do not match config.json",
+         lambda ctx: load_pretrained(edit_config_json(ctx, vocab_size=65)),
+         ValueError, r"tensor 'model\.embed_tokens\.weight' has shape \(64, 16\).*expected \(65, 16\) from "
+                     r"config\.json; the weights and config\.json do not match"),
+    Case("pickle weights only", weights_replaced_by_pickle,
+         FileNotFoundError, r"no \.safetensors weights in .*found \['pytorch_model\.bin'\].*convert them to safetensors"),
+    Case("corrupt weights file", corrupt_weights,
+         ValueError, r"cannot read weights file .*model\.safetensors.*not a valid safetensors file"),
+    Case("checkpoint of another shape", checkpoint_of_another_shape,
+         CheckpointMismatchError, r"leaf 'train_state/w' has saved shape \(2, 3\), expected shape \(3, 3\).*fresh workdir"),
+    # ---- tokenizers
+    Case("word vocabulary lacking an env's words", word_vocabulary_of_another_env,
+         ValueError, r"the word vocabulary lacks \[.*\] used by piece \d+ of 'game:Wordle-v0-hard': .*"
+                     r"python -m metarl_jax\.text\.build_vocab"),
+    Case("word vocabulary lacking an action", word_vocabulary_without_an_action,
+         ValueError, r"the word vocabulary lacks \['above'\] used by action 1 of 'game:Wordle-v0-hard': "
+                     r"'\\\\boxed\{above\}'"),
+    Case("HF tokenizer producing unknown tokens", hf_tokenizer_with_unknown_tokens,
+         ValueError, r"maps \[.*\] of piece \d+ of 'maze' \(.*\) to its unknown token; use a tokenizer whose "
+                     r"vocabulary covers the env's text"),
+    Case("unknown env id in make", lambda ctx: envs.make("game:GuessTheNumbr-v0-hard"),
+         KeyError, r"unknown env id 'game:GuessTheNumbr-v0-hard'; did you mean 'game:GuessTheNumber-v0-hard'\? "
+                   r"Registered: "),
+]
+
+
+@pytest.fixture(scope="module")
+def source_model(tmp_path_factory) -> str:
+    """A tiny Qwen3 directory (config.json + model.safetensors, vocabulary 64, hidden 16) written locally."""
+    from flax import nnx
+
+    from metarl_jax.models import Transformer, preset
+
+    cfg = preset("tiny", 64).replace(num_layers=1, hidden_size=16, intermediate_size=32, head_dim=8)
+    out = str(tmp_path_factory.mktemp("tiny_qwen3"))
+    save_pretrained(Transformer(cfg, rngs=nnx.Rngs(0)), out)
+    return out
+
+
+def test_the_table_is_large_and_distinct():
+    assert len(CASES) >= 20
+    assert len({c.name for c in CASES}) == len(CASES)
+    assert len({c.pattern for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_naming_the_cause(case, tmp_path, source_model):
+    with pytest.raises(case.error, match=case.pattern):
+        case.action(Ctx(tmp_path, source_model))
+
+
+def test_good_configs_and_the_tiny_model_pass(source_model):
+    """The table's baselines are valid: the shipped configs check and the tiny directory loads."""
+    import default
+
+    for variant in ("orbit", "single", "compare"):
+        check_config(default.get_config(variant))
+        check_config(tiny.get_config(variant))
+    check_config(config())
+    assert load_pretrained(source_model).config.vocab_size == 64
+
+
+# ---------------------------------------------------------------- parse_action never crashes
+
+ENV_IDS = envs.registered()
+# Any code point, lone surrogates and control characters included, mixed with the pieces of a box.
+ANY_CHAR = st.characters(exclude_categories=())
+NOISE = st.lists(st.one_of(st.text(ANY_CHAR, max_size=12),
+                           st.sampled_from(["\\boxed{", "\\boxed", "{", "}", "\\", " ", "\n", "\\boxed{}"])),
+                 max_size=8).map("".join)
+
+
+@pytest.fixture(scope="module")
+def envs_and_trials():
+    return {i: (envs.make(i)[0], envs.make_trial(i)[0]) for i in ENV_IDS}
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_parse_action_is_total_on_random_unicode(env_id, envs_and_trials):
+    env, trial = envs_and_trials[env_id]
+
+    @given(noise=NOISE, action=st.integers(0, env.num_actions - 1), upper=st.booleans())
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(noise, action, upper):
+        got = env.parse_action(noise)
+        assert isinstance(got, int) and -1 <= got < env.num_actions
+        assert trial.parse_action(noise) == got
+        # The last box wins whatever comes before it; case and spacing inside the box do not matter.
+        text = env.action_text(action)
+        assert env.parse_action(noise + (text.upper().replace("\\BOXED", "\\boxed") if upper else text)) == action
+
+    check()
+
+
+@pytest.mark.parametrize("junk", [None, b"\\boxed{1}", 7, ["\\boxed{1}"], "\\boxed{1", "\ud800\\boxed{\udfff}"])
+def test_parse_action_of_non_text_is_invalid(junk):
+    env, _ = envs.make(GTN_HARD)
+    assert env.parse_action(junk) == -1
