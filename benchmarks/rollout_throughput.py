@@ -15,9 +15,10 @@ rest forced), temperature 1, a from-scratch model of ``--preset`` size with the 
 * **Ours**: ``jax.jit`` of task sampling + reset + :func:`metarl_jax.rollout.rollout` (one ``lax.scan`` over
   the trial's turns; env, rendering and decoding inside it). The KV cache is preallocated at ``context_len``,
   by default the trial's worst case (4450 tokens for GuessTheNumber-hard with ORBIT's text), so nothing
-  truncates; every prefill and decode call attends over the whole preallocated cache, so our cost grows with
-  ``context_len``, not with the tokens used. ``--context-len`` sets a smaller one, as the training configs do
-  (configs/default.py: 640, compact text); truncated trials are then reported. Compile time is measured apart
+  truncates; each prefill and decode call attends only to the used prefix of the cache, rounded up to a
+  sixteenth of it (``lax.switch``), and observations longer than one prefill block run in row groups.
+  ``--context-len`` sets a smaller context, as the training configs do (configs/default.py: 640, compact
+  text); truncated trials are then reported. Compile time is measured apart
   (``lower().compile()``); then ``--repeats`` calls, each with ``block_until_ready``, best and median reported.
 * **Peer**: ``transformers.Qwen3ForCausalLM`` built from our weights (``hf_io.save_pretrained``), float32,
   default attention (sdpa), ``torch.inference_mode``, a ``DynamicCache`` (the ``cache`` / ``past_key_values``
