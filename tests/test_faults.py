@@ -97,6 +97,7 @@ NAN_RUN = dict(num_steps=4, eval_every=0, log_every=3, checkpoint_every=1, keep_
                inject_nan_count=1)
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_nan_step_is_skipped_and_the_run_finishes(tmp_path, compile_cache):
     config = tiny_config(**NAN_RUN)
     with pytest.warns(RuntimeWarning, match=r"step 2: non-finite loss or gradients, update skipped"):

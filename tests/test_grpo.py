@@ -4,6 +4,7 @@ import chex
 import jax
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step, turn_advantages
@@ -65,6 +66,7 @@ def test_turn_advantages_plain_and_discounted():
     np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper(group_size=2))), 0.0)
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_meta_learner_objects_train_and_evaluate():
     import metarl_jax
 
@@ -83,6 +85,7 @@ def test_meta_learner_objects_train_and_evaluate():
     assert row.num_trials == 8 and 0.0 <= row.episode_rates[0] <= 1.0
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_update_epochs_reuse_the_batch():
     """With update_epochs=2 the step plays the same rollout (same first, on-policy loss) and then takes a
     second, off-policy update on it: the params move further, and the step is still traced once."""

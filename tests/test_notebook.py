@@ -44,6 +44,7 @@ def test_committed_notebook_matches_its_generator_and_has_no_outputs():
             assert cell.outputs == [] and cell.execution_count is None, "commit the notebook without outputs"
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")

@@ -112,6 +112,7 @@ def test_bad_config_fails_before_compiling(changes, message, monkeypatch, tmp_pa
     assert not (tmp_path / "run").exists(), "a refused config must leave nothing behind"
 
 
+@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
     cmd = main_cmd(tmp_path)
     cmd[3] = f"--config={ROOT / 'configs' / 'tiny.py'}:compare"
