@@ -1,6 +1,6 @@
 """The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU.
 
-Command (2 CPU cores: 9 min 03 s for both runs, measured 2026-11-26)::
+Command (2 CPU cores: 8 min 17 s for both runs, measured 2026-11-26 after the rollout speed-up)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -16,9 +16,9 @@ the teacher-forced pass cheap on CPU. The from-scratch model also gets an auxili
 observation text (``observation_coef``; not in ORBIT).
 
 Expected result (measured 2026-11-26, seed 0): both runs stay near random play at this budget. Held-out
-GuessTheNumber-hard episode 1 / 2 / 3 success: ORBIT 0.148 / 0.168 / 0.148, single-episode 0.160 / 0.109 /
-0.141 (random play: 0.14 per episode); GuessTheNumber-easy: ORBIT 0.453 / 0.488 / 0.477, single-episode 0.457
-/ 0.418 / 0.457. The ORBIT paper's rise from episode 1 to 3 is NOT reproduced by this tiny CPU budget (see
+GuessTheNumber-hard episode 1 / 2 / 3 success: ORBIT 0.168 / 0.160 / 0.160, single-episode 0.168 / 0.160 /
+0.152 (random play: 0.14 per episode); GuessTheNumber-easy: ORBIT 0.438 / 0.426 / 0.422, single-episode 0.402
+/ 0.395 / 0.402 (random: 0.4). The ORBIT paper's rise from episode 1 to 3 is NOT reproduced by this tiny CPU budget (see
 issue notes and results/README.md). Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
 """
 
