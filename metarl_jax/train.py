@@ -82,12 +82,8 @@ def build_model(config, tokenizer):
         from metarl_jax.models.config import preset
         from metarl_jax.models.transformer import Transformer
 
-        cfg = preset(config.model.preset, tokenizer.vocab_size)
-        overrides = dict(config.model.overrides)
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cfg)}
-        if unknown:
-            raise config_check.ConfigError(f"config.model.overrides: unknown field(s) {sorted(unknown)} of ModelConfig")
-        model = Transformer(cfg.replace(**overrides), rngs=nnx.Rngs(config.seed))
+        cfg = preset(config.model.preset, tokenizer.vocab_size)  # overrides were checked by config_check
+        model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed))
     return nnx.split(model)
 
 

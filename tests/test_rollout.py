@@ -90,9 +90,11 @@ def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(s
 
     vocab = np.unique(np.asarray(Codec(env, s["tok"]).table))
     vocab = vocab[vocab != s["tok"].pad_id]
-    out = teacher_forced(s["graphdef"], s["state"], tr, s["table"], 0.7, 0.95, observation_vocab=vocab)
-    model = nnx.merge(s["graphdef"], s["state"])
-    logits = np.asarray(model(tr.tokens, tr.positions, None, tr.token_mask)[0])
+    # jitted: eager dispatch of the bucketed passes is slow on 2 cores
+    out = jax.jit(lambda st, tr: teacher_forced(s["graphdef"], st, tr, s["table"], 0.7, 0.95,
+                                                observation_vocab=vocab))(s["state"], tr)
+    logits = np.asarray(jax.jit(lambda st, tr: nnx.merge(s["graphdef"], st)(
+        tr.tokens, tr.positions, None, tr.token_mask)[0])(s["state"], tr))
     tokens, starts, amask = np.asarray(tr.tokens), np.asarray(tr.action_start), np.asarray(tr.action_mask)
     total, count = 0.0, 0
     for b in range(BATCH):
@@ -105,8 +107,8 @@ def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(s
             count += 1
     assert count > 10 * BATCH
     np.testing.assert_allclose(float(out.observation_nll), total / count, rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(out.logp), np.asarray(teacher_forced_logp(
-        s["graphdef"], s["state"], tr, s["table"], 0.7, 0.95)))
+    np.testing.assert_array_equal(np.asarray(out.logp), np.asarray(jax.jit(lambda st, tr: teacher_forced_logp(
+        s["graphdef"], st, tr, s["table"], 0.7, 0.95))(s["state"], tr)))
 
 
 def test_full_context_stops_the_trial_and_keeps_earned_rewards():

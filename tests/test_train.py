@@ -47,6 +47,7 @@ def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     assert steps == [4, 6]  # keep_checkpoints=2
 
 
+@pytest.mark.slow  # over a minute on 2 cores; CI runs it with `-m slow`
 def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
     proc = subprocess.Popen(main_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "checkpoints"
