@@ -20,6 +20,8 @@ Faults:
   (:func:`metarl_jax.checkpoints.check_writable` raises :class:`~metarl_jax.checkpoints.UnwritableError`); a
   warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
   full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
+* a batch whose update's attention activations look too big for the device (:func:`update_attention_bytes`,
+  rows x the square of each task's ``context_len``) is warned about before compiling, naming the fields to lower;
 * a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
   state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
   count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
@@ -196,6 +198,45 @@ def warn_if_low_disk(directory: str, state, keep: int) -> None:
                       "fail with a full disk: free space or use another --workdir", stacklevel=3)
 
 
+# XLA's buffers for the update's attention, over the scores and probabilities counted below (measured on CPU:
+# a 25 GB allocation for 10 GB counted, 16 tasks x 8 rows of BernoulliBandit-misc at 1,541 tokens).
+ATTENTION_MEMORY_FACTOR = 2.5
+
+
+def update_attention_bytes(model_config, tasks: list[TaskSpec], rows_per_task: int) -> int:
+    """Rough peak bytes of the teacher-forced update's attention activations, kept for the backward pass:
+    float32 scores and probabilities of the causal blocks, ``rows x heads x S x (S/2 + QUERY_BLOCK/2)`` per layer
+    and task (S = the task's ``context_len``), times :data:`ATTENTION_MEMORY_FACTOR`."""
+    from metarl_jax.models.transformer import QUERY_BLOCK
+
+    per_layer = sum(rows_per_task * model_config.num_heads * t.context_len * (t.context_len // 2 + QUERY_BLOCK // 2)
+                    for t in tasks)
+    return int(per_layer * 4 * 2 * model_config.num_layers * ATTENTION_MEMORY_FACTOR)
+
+
+def device_memory_bytes() -> int:
+    """Memory of the first local device: the accelerator's limit, or the host's physical memory on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def warn_if_update_may_not_fit(config, model_config, tasks: list[TaskSpec], memory_bytes: int, devices: int = 1) -> None:
+    """Warns, before compiling, when :func:`update_attention_bytes` (split over ``devices``) exceeds 80% of
+    ``memory_bytes``: the first step would otherwise die with RESOURCE_EXHAUSTED after the compile."""
+    rows = config.num_tasks * config.group_size
+    need = update_attention_bytes(model_config, tasks, rows) / max(devices, 1)
+    if need > 0.8 * memory_bytes:
+        contexts = ", ".join(f"{t.name}: {t.context_len}" for t in tasks)
+        warnings.warn(
+            f"the update may not fit in memory: its attention activations need roughly {need / 2**30:.1f} GiB per "
+            f"device, against {memory_bytes / 2**30:.1f} GiB. They grow with num_tasks x group_size (now "
+            f"{config.num_tasks} x {config.group_size} = {rows} rows per task) and with the square of each task's "
+            f"context_len ({contexts}); lower those (a context_len below the worst case truncates trials, as in "
+            "ORBIT)", stacklevel=3)
+
+
 def _skip_error(config, step: int, consecutive: int, latest_checkpoint) -> FloatingPointError:
     o = config.optimizer
     injected = ""
@@ -225,6 +266,8 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)
+    warn_if_update_may_not_fit(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks,
+                               device_memory_bytes(), 1 if mesh is None else mesh.size)
     if mesh is None:
         train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
                              donate_argnums=0)

@@ -127,3 +127,25 @@ def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
     for run, single in (("orbit", False), ("single_episode", True)):
         saved = [json.loads(p.read_text()) for p in (tmp_path / run / "checkpoints").glob("*/config/metadata")]
         assert saved and all(c["single_episode"] is single for c in saved)
+
+
+def test_update_memory_estimate_warns_before_compiling():
+    """A batch whose update cannot fit is flagged before compiling (it used to die with RESOURCE_EXHAUSTED
+    after the compile), naming the fields to lower; the default mix and a batch split over 8 devices pass."""
+    import warnings
+    from types import SimpleNamespace as Task
+
+    from metarl_jax.models.config import preset
+
+    model = preset("tiny", 4000)
+    bandit = [Task(name="BernoulliBandit-misc", context_len=1541)]
+    # Measured: 16 tasks x 8 rollouts at 1,541 tokens asked XLA for one 25 GB buffer on CPU.
+    assert 20e9 < train.update_attention_bytes(model, bandit, 128) < 30e9
+    big = Task(num_tasks=16, group_size=8)
+    with pytest.warns(UserWarning, match=r"num_tasks x group_size \(now 16 x 8 = 128 rows.*BernoulliBandit-misc: 1541"):
+        train.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=24 * 2**30)
+    default_mix = [Task(name="hard", context_len=640), Task(name="easy", context_len=400)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.warn_if_update_may_not_fit(Task(num_tasks=4, group_size=8), model, default_mix, memory_bytes=24 * 2**30)
+        train.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=24 * 2**30, devices=8)
