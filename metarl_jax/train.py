@@ -21,7 +21,7 @@ Faults:
   warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
   full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
 * a batch whose update's attention activations look too big for the device (:func:`update_attention_bytes`,
-  rows x the square of each task's ``context_len``) is warned about before compiling, naming the fields to lower;
+  rows x the square of each task's ``context_len``) is warned about before compiling, naming the fields to lower.
 * a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
   state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
   count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
