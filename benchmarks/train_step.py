@@ -111,6 +111,7 @@ def make_config(args, num_tasks: int, episodes: int, context_len: int):
 
     turns = spec(args.env).max_turns
     c = get_config("orbit")
+    c.text = "gem"  # ORBIT's text, which episode_context measures
     c.model.preset = args.preset
     entry = task(args.env, turns, turns * episodes, context_len=context_len)
     c.train_tasks = [entry]

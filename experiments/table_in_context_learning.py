@@ -51,6 +51,7 @@ def paper_config(variant: str, pretrained_dir: str):
     c.chat_format = True
     c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
     c.intro, c.repeat_opening = True, True
+    c.text = "gem"  # GEM's sentences, as ORBIT (and the suite's envs have no other style)
     c.observation_coef = 0.0  # a pretrained LM: plain ORBIT
     c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
                      task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),

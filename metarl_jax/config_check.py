@@ -84,9 +84,10 @@ def _get(config, dotted: str):
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount")
-STRING_FIELDS = ("variant", "decoding", "tokenizer", "model.preset", "model.pretrained_dir", "mesh.mode")
+STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
+TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
 
 
@@ -210,6 +211,8 @@ def check_config(config) -> None:
     _need(config.decoding in DECODINGS, "decoding",
           f"must be 'constrained' or 'free' (constrained: only valid action texts; free: free text, then "
           f"\\boxed{{...}} parsed), got {config.decoding!r}")
+    _need(config.text in TEXT_STYLES, "text",
+          f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
     _check_mesh(config)
     _check_model(config)
@@ -225,6 +228,11 @@ def check_config(config) -> None:
         _need(len(tasks) > 0, name, "lists no task; add at least one dict(env_id=..., max_turns_per_episode=..., total_step_cap=...)")
         for i, entry in enumerate(tasks):
             check_task(entry, f"{name}[{i}]")
+            env_id = entry if isinstance(entry, str) else entry["env_id"]
+            styles = registry.env_class(env_id).text_styles
+            _need(config.text in styles, "text",
+                  f"is {config.text!r}, which {name}[{i}] ({env_id}) cannot render (it has {list(styles)}); use "
+                  f"text='gem' or drop that task")
 
 
 def _is_int(v) -> bool:

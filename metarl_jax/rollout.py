@@ -332,14 +332,20 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
     before = jnp.maximum(action_slots - 1, 0)
     picked = jnp.take_along_axis(hidden, before.reshape(batch, -1)[:, :, None], axis=1)
-    pred = model.logits(picked).reshape(batch, steps, act_len, -1)  # project only where an action is predicted
+    # Project only where an action is predicted, and (constrained decoding) only onto the actions' K tokens:
+    # every other token has probability 0 there, so the distributions are the same as over the whole vocabulary.
+    vocab = None if free else jnp.asarray(table.vocab, jnp.int32)
+    pred = model.logits(picked, vocab).reshape(batch, steps, act_len, -1)
+    column = jnp.arange(table.vocab_size) if free else (
+        jnp.zeros((table.vocab_size,), jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32)))
 
     def score(valid, tokens, mask, step_logits):  # one action decode: replay the trie
         state = table.init(valid)
         out, ent = [], []
         for i in range(act_len):
-            logp = process_logits(step_logits[i], temperature, top_p, mask=None if free else table.allowed(state))
-            out.append(jnp.where(mask[i], logp[tokens[i]], 0.0))
+            allowed = None if free else table.allowed(state)[vocab]
+            logp = process_logits(step_logits[i], temperature, top_p, mask=allowed)
+            out.append(jnp.where(mask[i], logp[column[tokens[i]]], 0.0))
             p = jnp.exp(logp)
             ent.append(jnp.where(mask[i], -jnp.sum(jnp.where(p > 0, p * logp, 0.0)), 0.0))
             state = table.advance(state, tokens[i])

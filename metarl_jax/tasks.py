@@ -71,18 +71,21 @@ def task_entry(entry) -> dict:
 
 def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
-               context_len: int = 0, free_tokens: int = 0, chat: bool = False) -> TaskSpec:
+               context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem") -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
     tokens per action (else constrained decoding). ``chat`` wraps turns in the tokenizer's chat template.
+    ``text`` is the env's text style (``"gem"``, or ``"terse"`` where the env has it; see
+    :mod:`metarl_jax.envs.base`).
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
     cap = turns if single_episode else int(entry["total_step_cap"])
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
-                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns)
+                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns,
+                                  **({} if text == "gem" else {"text": text}))
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)

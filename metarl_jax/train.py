@@ -112,6 +112,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
             single_episode=config.single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
+            text=config.text,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(

@@ -163,6 +163,9 @@ CASES = [
          ConfigError, r"config\.train_tasks\[0\]\.max_turns_per_episode: must be an int >= 1 \(ORBIT's value for maze: 9\)"),
     Case("unknown task key", checked(train_tasks=[dict(env_id="maze", max_turns=9)]),
          ConfigError, r"config\.train_tasks\[0\]\.max_turns: is not a task key; did you mean 'max_turns_per_episode'\?"),
+    Case("terse text on an env without it", checked(text="terse", eval_tasks=[dict(env_id="maze")]), ConfigError,
+         r"config\.text: is 'terse', which eval_tasks\[0\] \(maze\) cannot render"),
+    Case("unknown text style", checked(text="short"), ConfigError, r"config\.text: must be 'gem' \(GEM's sentences"),
     Case("no task", checked(eval_tasks=[]), ConfigError, r"config\.eval_tasks: lists no task; add at least one"),
     Case("context too short for the trial", built(context_len=200, allow_truncation=False),
          ConfigError, r"config\.context_len: is 200 tokens, shorter than the worst-case transcript of "

@@ -33,3 +33,67 @@ def test_render_roundtrip_random_states(hard):
     codec = Codec(env, adhoc_word_tokenizer(env))
     final, _, _ = run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(2), 64, 3)
     assert len(render_roundtrip(env, codec, final)) == 64
+
+
+# ---------------------------------------------------------------- text="terse"
+
+
+@pytest.fixture(scope="module")
+def terse_trials():
+    from metarl_jax.text import WordTokenizer
+
+    tok = WordTokenizer()
+    out = {}
+    for style in ("gem", "terse"):
+        trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", intro=False, repeat_opening=False, **({"text": style} if style == "terse" else {}))
+        out[style] = (trial, params, Codec(trial, tok))
+    return out
+
+
+def play_trial_texts(trial, params, codec, actions):
+    """Plays ``actions`` from one reset (secret 20); returns every observation's text, checked against the codec."""
+    from metarl_jax.agents.context import context_budget
+
+    budget = context_budget(trial, codec, 0)
+    _, state = trial.reset_to_task(jax.random.PRNGKey(0), np.int32(19), params)
+    texts, used = [], 0
+    for t, action in enumerate([None] + list(actions)):
+        if action is not None:
+            _, state, *_ = trial.step_env(jax.random.PRNGKey(t), state, np.int32(action), params)
+        tokens, length = codec.render_tokens(state)
+        text = trial.render_text(state)
+        assert codec.decode(np.asarray(tokens), int(length)) == text
+        assert int(length) <= budget.chunk_len
+        used += int(length)
+        texts.append(text)
+    assert used <= budget.worst_case
+    return texts
+
+
+def test_terse_text_renders_one_word_per_turn(terse_trials):
+    trial, params, codec = terse_trials["terse"]
+    # episode 1: seven wrong guesses (out of turns); episode 2: 30 (lower), 19 (correct); episode 3 starts
+    texts = play_trial_texts(trial, params, codec, [0, 1, 2, 3, 4, 5, 6, 29, 19])
+    assert texts[0] == "[Episode 1]\nA secret number lies between 1 and 50. You have 7 turns.\n"
+    assert texts[1] == " higher\n"
+    assert texts[7] == " out of turns\n\n[Episode 2]\n"  # the turn limit, then the next header (no rules again)
+    assert texts[8] == " lower\n"
+    assert texts[9] == " correct\n\n[Episode 3]\n"
+
+
+def test_terse_trial_has_a_third_of_the_tokens(terse_trials):
+    rng = np.random.default_rng(0)
+    actions = list(rng.permutation(50)[:7]) + list(rng.permutation(50)[:7]) + list(rng.permutation(50)[:7])
+    counts = {}
+    for style, (trial, params, codec) in terse_trials.items():
+        texts = play_trial_texts(trial, params, codec, actions)
+        counts[style] = sum(len(codec.tokenizer.encode(t)) for t in texts)
+    assert counts["terse"] * 2.5 < counts["gem"], counts
+
+
+def test_terse_is_refused_where_the_env_has_no_such_text():
+    from metarl_jax.envs.guess_the_number import GuessTheNumber
+
+    with pytest.raises(ValueError, match=r"renders text styles \['gem', 'terse'\], got text='short'"):
+        GuessTheNumber(text="short")
+    assert envs.env_class("maze").text_styles == ("gem",)

@@ -73,6 +73,9 @@ class ActionTable:
             table[i, : len(s)] = s
         self.tokens = jnp.asarray(table)
         self.lengths = jnp.asarray([len(s) for s in seqs], jnp.int32)
+        # The K distinct tokens of all actions, sorted: constrained decoding gives every other token
+        # probability 0, so its distributions live on these K columns of the vocabulary.
+        self.vocab = np.unique(np.concatenate([np.asarray(s, np.int32) for s in seqs]))
         # Tokens every action starts with (forced: the rollout prefills them with the observation), and the
         # most tokens after that prefix before the action is determined (the sampled "decision" tokens; the
         # rest of the action is forced too and is written with the next observation).

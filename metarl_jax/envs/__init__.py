@@ -7,10 +7,10 @@
 
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, RUNNING, WON, TextEnv, TextEnvParams, TextEnvState
 from metarl_jax.envs.multi_episode import MultiEpisode, TrialState
-from metarl_jax.envs.registry import EnvSpec, UnknownEnvError, make, make_trial, register, registered, spec
+from metarl_jax.envs.registry import EnvSpec, UnknownEnvError, env_class, make, make_trial, register, registered, spec
 
 __all__ = [
     "FORMAT_ERROR", "LOST", "OUT_OF_TURNS", "RUNNING", "WON",
     "TextEnv", "TextEnvParams", "TextEnvState", "MultiEpisode", "TrialState",
-    "EnvSpec", "UnknownEnvError", "make", "make_trial", "register", "registered", "spec",
+    "EnvSpec", "UnknownEnvError", "env_class", "make", "make_trial", "register", "registered", "spec",
 ]

@@ -11,6 +11,11 @@ turn counting, the turn limit, format errors (an action index outside ``[0, num_
 the free-text decoder emits when it cannot parse ``\\boxed{...}``), the GEM convention that the last
 turn's feedback is replaced by a "maximum number of turns" message, action texts and parsing.
 
+Text styles (``text``): ``"gem"`` (every env) renders GEM's sentences, as ORBIT does. ``"terse"`` (envs that
+list it in ``text_styles``) renders each turn's feedback as a word or two after the action, e.g.
+``\\boxed{25} lower``, and the turn limit as `` out of turns``: about a third of the tokens, for small
+from-scratch models whose cost and learning speed depend on the context length.
+
 Episode status codes (``state.status``): ``RUNNING``, ``WON``, ``LOST`` (the game ended in failure, e.g.
 a mine), ``OUT_OF_TURNS`` (truncated) and ``FORMAT_ERROR`` (ends the episode, as in GEM).
 """
@@ -97,15 +102,20 @@ class TextEnv(environment.Environment):
     params_cls = TextEnvParams
     # Whether the whole episode is a deterministic function of (task, actions): the step key is unused.
     deterministic: bool = True
+    # The text styles this env can render (see the module docstring); "gem" is the default.
+    text_styles: tuple[str, ...] = ("gem",)
 
-    def __init__(self, max_turns: int):
+    def __init__(self, max_turns: int, text: str = "gem"):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if text not in self.text_styles:
+            raise ValueError(f"{type(self).__name__} renders text styles {list(self.text_styles)}, got text={text!r}")
         self.default_max_turns = int(max_turns)
+        self.text = text
         self.book = PieceBook()
         self.num: Group = self.book.add(*[str(i) for i in range(MAX_NUMBER + 1)])
         self._msg_format = self.book.add("At turn ", ", you did not provide a valid action.")
-        self._msg_out_of_turns = self.book.add_one("You have reached the maximum number of turns.")
+        self._msg_out_of_turns = self.book.add_one(self.out_of_turns_text)
         self.action_contents: list[str] = []
         self.game_layout: list[Slot] = []
         # Indices of game_layout slots that are empty whenever state.time > 0 (the rules of the opening). The
@@ -251,8 +261,16 @@ class TextEnv(environment.Environment):
         if status == FORMAT_ERROR:
             return f"At turn {int(state.time)}, you did not provide a valid action."
         if status == OUT_OF_TURNS:
-            return "You have reached the maximum number of turns."
+            return self.out_of_turns_text
         return self.render_game_text(state)
+
+    @property
+    def terse(self) -> bool:
+        return self.text == "terse"
+
+    @property
+    def out_of_turns_text(self) -> str:
+        return " out of turns\n" if self.terse else "You have reached the maximum number of turns."
 
     def pieces_text(self, piece_ids) -> str:
         """Joins the strings of an array of piece ids (a debugging aid; the codec is the real renderer)."""

@@ -6,6 +6,10 @@ says so). The episode is won by guessing the secret within ``max_turns`` turns.
 
 hard: 1..50 in 7 turns (binary search always wins; uniform random guessing without repeats wins 7/50).
 easy: 1..10 in 4 turns.
+
+``text="terse"`` shows a one-line rule at the start and then one feedback word per turn after the guess
+(``\\boxed{25} lower``; ``correct`` when found): the same information as GEM's sentences in about a third of
+the tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from metarl_jax.envs.pieces import EMPTY, slot
 
 # feedback codes
 _NONE, _HIGHER, _LOWER, _REPEAT, _CORRECT = range(5)
+TERSE_WORDS = (" higher\n", " lower\n", " already guessed\n", " correct\n")  # text="terse", by code - 1
 
 
 @struct.dataclass
@@ -34,8 +39,11 @@ class GuessTheNumber(TextEnv):
     Actions: ``i`` guesses ``low + i`` (text ``\\boxed{low+i}``).
     """
 
-    def __init__(self, low: int = 1, high: int = 50, max_turns: int = 7, env_id: str = "game:GuessTheNumber-v0-hard"):
-        super().__init__(max_turns)
+    text_styles = ("gem", "terse")
+
+    def __init__(self, low: int = 1, high: int = 50, max_turns: int = 7, env_id: str = "game:GuessTheNumber-v0-hard",
+                 text: str = "gem"):
+        super().__init__(max_turns, text)
         if not 0 <= low < high:
             raise ValueError(f"GuessTheNumber needs 0 <= low < high, got low={low}, high={high}")
         if high > self.num.size - 1:
@@ -43,6 +51,12 @@ class GuessTheNumber(TextEnv):
         self.env_id = env_id
         self.low, self.high = low, high
         self.action_contents = [str(v) for v in range(low, high + 1)]
+        if self.terse:
+            self._rules = self.book.add(f"A secret number lies between {low} and {high}. You have ", " turns.\n")
+            self._word = self.book.add(*TERSE_WORDS)  # indexed by feedback code - 1
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._word)]
+            self.opening_slots = (0, 1, 2)
+            return
         self._rules = self.book.add(
             "You are playing Guess The Number.\n"
             f"A secret whole number lies between {low} and {high}, inclusive. You have ",
@@ -96,6 +110,10 @@ class GuessTheNumber(TextEnv):
     def game_pieces(self, state: TextEnvState):
         opening = state.time == 0
         fb = state.game.feedback
+        if self.terse:
+            rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY])
+            word = jnp.stack([EMPTY, EMPTY, EMPTY, self._word[jnp.maximum(fb - 1, 0)]])
+            return jnp.where(opening, rules, word)
         correct = fb == _CORRECT
         guess = self.number(self.low + jnp.maximum(state.last_action, 0))
         turn = self.number(state.time)
@@ -116,6 +134,10 @@ class GuessTheNumber(TextEnv):
 
     def render_game_text(self, state):
         t = int(state.time)
+        if self.terse:
+            if t == 0:
+                return f"A secret number lies between {self.low} and {self.high}. You have {int(state.max_turns)} turns.\n"
+            return TERSE_WORDS[int(state.game.feedback) - 1]
         if t == 0:
             return (
                 f"You are playing Guess The Number.\nA secret whole number lies between {self.low} and {self.high}, "

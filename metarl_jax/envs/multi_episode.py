@@ -7,7 +7,8 @@ Semantics (ORBIT; see ``shared/ORBIT_FACTS.md``):
   leaves room for more episodes, and one still running at the cap is cut off;
 * the reward is 1.0 on the step that ends an episode in success (the inner game was won), else 0, so the
   trial return is the number of successful episodes;
-* each episode opens with the header ``[Episode k] New episode begins.`` followed by the game's opening
+* each episode opens with the header ``[Episode k] New episode begins.`` (``[Episode k]`` for a game in the
+  ``terse`` text style) followed by the game's opening
   observation (rules included). At a boundary the agent sees the finished episode's terminal observation,
   then the header, then the new opening;
 * optional reflection: after an episode ends (and the trial goes on) the agent gets one extra turn with a
@@ -96,12 +97,17 @@ class MultiEpisode(environment.Environment):
             "same, so use what you learn in earlier episodes to do better in later ones. Give each action inside "
             "\\boxed{}.\n",
         )
-        self._header = self.book.add("[Episode ", "] New episode begins.\n")
+        self._header = self.book.add("[Episode ", self._header_tail)
         self._newline = self.book.add_one("\n")
         self._reflect = self.book.add_one(
             "The episode is over. Before the next one starts, reflect on what you have learned about this task "
             "and how to do better.\n"
         )
+
+    @property
+    def _header_tail(self) -> str:
+        """The header after the episode number (a terse game gets a terse header too)."""
+        return "]\n" if self.env.terse else "] New episode begins.\n"
 
     # ------------------------------------------------------------------ passthroughs
     @property
@@ -253,7 +259,7 @@ class MultiEpisode(environment.Environment):
         if view == VIEW_REFLECT:
             parts.append(self.pieces[self._reflect[0]])
         if view in (VIEW_START, VIEW_BOUNDARY, VIEW_AFTER_REFLECT):
-            parts.append(f"[Episode {int(state.episode_index) + 1}] New episode begins.\n")
+            parts.append(f"[Episode {int(state.episode_index) + 1}{self._header_tail}")
         if view != VIEW_REFLECT:
             text = self.env.render_text(state.inner)
             if not self.repeat_opening and int(state.episode_index) > 0 and int(state.inner.time) == 0:

@@ -72,6 +72,12 @@ def spec(env_id: str) -> EnvSpec:
     return _REGISTRY[env_id]
 
 
+def env_class(env_id: str) -> type:
+    """The class a registered id builds (imported, not instantiated)."""
+    module_name, class_name = spec(env_id).entry_point.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def make(env_id: str, **overrides: Any):
     """Builds a registered env. Returns ``(env, params)``.
 
@@ -80,8 +86,7 @@ def make(env_id: str, **overrides: Any):
     the constructor default. Unknown names raise ``TypeError`` listing the accepted ones.
     """
     s = spec(env_id)
-    module_name, class_name = s.entry_point.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = env_class(env_id)
     base = cls(**{**s.kwargs, "env_id": env_id})
     param_fields = {f.name for f in dataclasses.fields(base.default_params)}
     ctor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "env_id"}
