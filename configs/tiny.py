@@ -24,4 +24,5 @@ def get_config(variant: str = "orbit"):
     c.train_set_size, c.eval_trials = 16, 8
     c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 6, 3, 1, 2
     c.num_episodes_reported = 2
+    c.text = "gem"  # GEM's sentences: the tests and the notebook read them
     return c
