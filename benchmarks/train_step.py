@@ -37,7 +37,8 @@ L action tokens, K observation sub-vocabulary, and the model sizes of ``benchmar
     projections = 2 * B*n * layers * (D*H*E + 2*D*K_h*E + H*E*D + 3*D*F)
     attention   = layers * B * 4*H*E * sum over query blocks of (block rows x keys up to the block's end)
                   (block-causal, QUERY_BLOCK = 64, as the model computes it; full n x n below 2 blocks)
-    lm_head     = 2 * B*T*L * D*V          (logits only where an action token is predicted)
+    lm_head     = 2 * B*T*L * D*K_a        (logits only where an action token is predicted, onto the K_a tokens of
+                                           the actions under constrained decoding, the whole V under free)
     obs_loss    = 2 * B*(S-1) * D*K        (the auxiliary observation loss, when observation_coef > 0)
     update      = update_epochs * 3 * (projections + attention + lm_head + obs_loss)   # fwd + bwd = 3 x fwd
 
@@ -200,7 +201,8 @@ def update_flops(run, cfg, transcript) -> dict:
     else:
         pairs = n * n
     attention = layers * B * 4 * h * e * pairs
-    lm_head = 2 * B * T * L * d * v
+    k_act = v if t.free_tokens else len(t.table.vocab)  # constrained decoding projects onto the actions' tokens
+    lm_head = 2 * B * T * L * d * k_act
     k_obs = len(t.observation_vocab) if hp.observation_coef else 0
     obs_loss = 2 * B * (S - 1) * d * k_obs
     forward = projections + attention + lm_head + obs_loss

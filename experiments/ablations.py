@@ -2,9 +2,9 @@
 trial, and constrained vs free decoding. Each variant is a full training run of the cpu-scale setup
 (configs/default.py), evaluated on the same held-out 3-episode trials.
 
-Command (2 CPU cores; about 7 minutes per variant at the default 120 steps, 8 variants)::
+Command (2 CPU cores; about 6 minutes per variant at 450 steps, 8 variants)::
 
-    python experiments/ablations.py [--steps 120] [--only reflection,discount]
+    python experiments/ablations.py [--steps 450] [--only reflection,discount]
 
 Writes ``results/ablations.{md,csv,png}``; runs live under ``results/runs/ablations/<variant>`` and are reused.
 Expected result: every row reports per-episode success; the baseline row equals the README main run's ORBIT row
@@ -54,7 +54,7 @@ def variants() -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=450)
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--out", default=os.path.join(REPO, "results"))
     args = parser.parse_args(argv)
