@@ -343,7 +343,7 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
         state = table.init(valid)
         out, ent = [], []
         for i in range(act_len):
-            allowed = None if free else table.allowed(state)[vocab]
+            allowed = None if free else table.allowed_columns(state)
             logp = process_logits(step_logits[i], temperature, top_p, mask=allowed)
             out.append(jnp.where(mask[i], logp[column[tokens[i]]], 0.0))
             p = jnp.exp(logp)

@@ -92,3 +92,18 @@ def test_ambiguous_action_texts_are_refused():
     tok = WordTokenizer()
     with pytest.raises(ValueError, match="not prefix-free"):
         ActionTable(Prefixy(), tok)
+
+
+def test_allowed_columns_are_the_allowed_tokens_of_the_action_vocabulary(tokenizer):
+    """The teacher-forced update masks over ``table.vocab`` only: the same mask as the full one at every step."""
+    env, _ = envs.make("game:Wordle-v0-hard")  # many actions of several tokens each
+    table = ActionTable(env, tokenizer)
+    rng = np.random.default_rng(0)
+    valid = jnp.asarray(rng.random(env.num_actions) < 0.5)
+    for action in rng.choice(np.flatnonzero(np.asarray(valid)), 5, replace=False):
+        state = table.init(valid)
+        for token in np.asarray(table.tokens[action])[: int(table.lengths[action])]:
+            full = np.asarray(table.allowed(state))
+            np.testing.assert_array_equal(np.asarray(table.allowed_columns(state)), full[table.vocab])
+            assert full.sum() == full[table.vocab].sum() > 0  # nothing allowed outside the action vocabulary
+            state = table.advance(state, token)

@@ -45,7 +45,7 @@ def terse_trials():
     tok = WordTokenizer()
     out = {}
     for style in ("gem", "terse"):
-        trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", intro=False, repeat_opening=False, **({"text": style} if style == "terse" else {}))
+        trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", intro=False, repeat_opening=False, text=style)
         out[style] = (trial, params, Codec(trial, tok))
     return out
 

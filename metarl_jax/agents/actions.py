@@ -74,8 +74,10 @@ class ActionTable:
         self.tokens = jnp.asarray(table)
         self.lengths = jnp.asarray([len(s) for s in seqs], jnp.int32)
         # The K distinct tokens of all actions, sorted: constrained decoding gives every other token
-        # probability 0, so its distributions live on these K columns of the vocabulary.
+        # probability 0, so its distributions live on these K columns of the vocabulary. ``_columns``: each
+        # entry of ``tokens`` as a column of ``vocab`` (padding clipped; it is never live).
         self.vocab = np.unique(np.concatenate([np.asarray(s, np.int32) for s in seqs]))
+        self._columns = jnp.asarray(np.minimum(np.searchsorted(self.vocab, table), len(self.vocab) - 1), jnp.int32)
         # Tokens every action starts with (forced: the rollout prefills them with the observation), and the
         # most tokens after that prefix before the action is determined (the sampled "decision" tokens; the
         # rest of the action is forced too and is written with the next observation).
@@ -126,6 +128,12 @@ class ActionTable:
         t = jnp.minimum(state.t, self.max_len - 1)
         live = state.alive & (state.t < self.lengths)
         return jnp.zeros((self.vocab_size,), bool).at[self.tokens[:, t]].max(live)
+
+    def allowed_columns(self, state: DecodeState) -> jax.Array:
+        """bool[K]: :meth:`allowed` restricted to the columns ``vocab`` (without building the [V] mask)."""
+        t = jnp.minimum(state.t, self.max_len - 1)
+        live = state.alive & (state.t < self.lengths)
+        return jnp.zeros((len(self.vocab),), bool).at[self._columns[:, t]].max(live)
 
     def advance(self, state: DecodeState, token) -> DecodeState:
         t = jnp.minimum(state.t, self.max_len - 1)
