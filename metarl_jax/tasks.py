@@ -84,8 +84,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     turns = int(entry["max_turns_per_episode"])
     cap = turns if single_episode else int(entry["total_step_cap"])
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
-                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns,
-                                  **({} if text == "gem" else {"text": text}))
+                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns, text=text)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)

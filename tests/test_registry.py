@@ -57,3 +57,20 @@ def test_parse_action_is_total():
         assert env.parse_action(junk) == -1
     with pytest.raises(IndexError):
         env.action_text(env.num_actions)
+
+
+def test_every_env_takes_the_text_style_it_declares():
+    """Every env constructor accepts ``text`` and checks it against the class's ``text_styles``."""
+    for env_id in ORBIT_IDS:
+        styles = envs.env_class(env_id).text_styles
+        assert "gem" in styles
+        env, _ = envs.make(env_id, text="gem")
+        assert env.text == "gem"
+        for style in {"terse"} - set(styles):
+            with pytest.raises(ValueError, match=f"renders text styles {styles_list(styles)}, got text='{style}'"):
+                envs.make(env_id, text=style)
+    assert envs.make("game:GuessTheNumber-v0-easy", text="terse")[0].text == "terse"
+
+
+def styles_list(styles) -> str:
+    return "\\[" + ", ".join(f"'{s}'" for s in styles) + "\\]"

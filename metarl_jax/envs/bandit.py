@@ -50,8 +50,8 @@ class BernoulliBanditText(TextEnv):
     params_cls = BanditParams
     deterministic = False
 
-    def __init__(self, max_turns: int = 1, env_id: str = "BernoulliBandit-misc"):
-        super().__init__(max_turns)
+    def __init__(self, max_turns: int = 1, env_id: str = "BernoulliBandit-misc", text: str = "gem"):
+        super().__init__(max_turns, text)
         self.env_id = env_id
         self.gymnax_env = gx.BernoulliBandit()
         self.action_contents = ["arm 1", "arm 2"]

@@ -95,8 +95,9 @@ class Blackjack(TextEnv):
     Task: :class:`BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``.
     """
 
-    def __init__(self, table_size: int = 10, max_turns: int = 4, env_id: str = "game:Blackjack-v0"):
-        super().__init__(max_turns)
+    def __init__(self, table_size: int = 10, max_turns: int = 4, env_id: str = "game:Blackjack-v0",
+                 text: str = "gem"):
+        super().__init__(max_turns, text)
         if not 1 <= table_size <= 12:
             raise ValueError(f"Blackjack needs 1 <= table_size <= 12 (so the dealer can always be dealt 17..21), "
                              f"got {table_size}")

@@ -79,8 +79,9 @@ class FrozenLakeText(TextEnv):
         is_slippery: bool = False,
         success_rate: float = 1.0 / 3.0,
         env_id: str = "FrozenLake-misc",
+        text: str = "gem",
     ):
-        super().__init__(max_turns)
+        super().__init__(max_turns, text)
         if not 0.0 <= hole_prob < 1.0:
             raise ValueError(f"hole_prob must be in [0, 1), got {hole_prob}")
         if not 0.0 <= success_rate <= 1.0:

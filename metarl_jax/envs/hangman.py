@@ -52,8 +52,9 @@ class Hangman(TextEnv):
     word_length]`` letter codes 0..25.
     """
 
-    def __init__(self, word_length: int = 3, max_turns: int = 10, env_id: str = "game:Hangman-v0-easy"):
-        super().__init__(max_turns)
+    def __init__(self, word_length: int = 3, max_turns: int = 10, env_id: str = "game:Hangman-v0-easy",
+                 text: str = "gem"):
+        super().__init__(max_turns, text)
         self.env_id = env_id
         self.word_length = int(word_length)
         self.words = load_words(self.word_length)

@@ -57,8 +57,8 @@ class Mastermind(TextEnv):
     """
 
     def __init__(self, code_length: int = 3, num_digits: int = 6, max_turns: int = 3,
-                 env_id: str = "game:Mastermind-v0-random"):
-        super().__init__(max_turns)
+                 env_id: str = "game:Mastermind-v0-random", text: str = "gem"):
+        super().__init__(max_turns, text)
         if not 1 <= code_length <= num_digits <= 9:
             raise ValueError(f"Mastermind needs 1 <= code_length <= num_digits <= 9, got {code_length}, {num_digits}")
         if num_digits ** code_length > 10_000:

@@ -145,8 +145,8 @@ class Maze(TextEnv):
     Task: :class:`MazeTask`. Game: :class:`MazeGame`. Actions: 0 up, 1 down, 2 left, 3 right.
     """
 
-    def __init__(self, max_turns: int = 9, wall_density: float = 0.25, env_id: str = "maze"):
-        super().__init__(max_turns)
+    def __init__(self, max_turns: int = 9, wall_density: float = 0.25, env_id: str = "maze", text: str = "gem"):
+        super().__init__(max_turns, text)
         if not 0.0 <= wall_density < 1.0:
             raise ValueError(f"wall_density must be in [0, 1), got {wall_density}")
         self.env_id = env_id

@@ -68,8 +68,8 @@ class Minesweeper(TextEnv):
     """
 
     def __init__(self, rows: int = 5, cols: int = 5, num_mines: int = 5, max_turns: int = 8,
-                 env_id: str = "game:Minesweeper-v0-only-reveal"):
-        super().__init__(max_turns)
+                 env_id: str = "game:Minesweeper-v0-only-reveal", text: str = "gem"):
+        super().__init__(max_turns, text)
         if rows < 1 or cols < 1 or max(rows, cols) > self.num.size - 1:
             raise ValueError(f"Minesweeper needs 1 <= rows, cols <= {self.num.size - 1}, got {rows} x {cols}")
         rr, cc = np.divmod(np.arange(rows * cols), cols)

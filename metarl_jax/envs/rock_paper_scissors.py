@@ -71,8 +71,9 @@ class RockPaperScissors(TextEnv):
 
     deterministic = False
 
-    def __init__(self, wins_needed: int = 3, max_turns: int = 5, env_id: str = "rockpaperscissors"):
-        super().__init__(max_turns)
+    def __init__(self, wins_needed: int = 3, max_turns: int = 5, env_id: str = "rockpaperscissors",
+                 text: str = "gem"):
+        super().__init__(max_turns, text)
         if not 1 <= wins_needed <= max_turns:
             raise ValueError(f"RockPaperScissors needs 1 <= wins_needed <= max_turns, got {wins_needed}, {max_turns}")
         self.env_id = env_id

@@ -66,8 +66,9 @@ class Wordle(TextEnv):
     word_length]`` letter codes 0..25.
     """
 
-    def __init__(self, word_length: int = 5, max_turns: int = 10, env_id: str = "game:Wordle-v0-hard"):
-        super().__init__(max_turns)
+    def __init__(self, word_length: int = 5, max_turns: int = 10, env_id: str = "game:Wordle-v0-hard",
+                 text: str = "gem"):
+        super().__init__(max_turns, text)
         self.env_id = env_id
         self.word_length = L = int(word_length)
         self.words = load_words(L)
