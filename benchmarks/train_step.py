@@ -36,7 +36,8 @@ L action tokens, K observation sub-vocabulary, and the model sizes of ``benchmar
 
     projections = 2 * B*n * layers * (D*H*E + 2*D*K_h*E + H*E*D + 3*D*F)
     attention   = layers * B * 4*H*E * sum over query blocks of (block rows x keys up to the block's end)
-                  (block-causal, QUERY_BLOCK = 64, as the model computes it; full n x n below 2 blocks)
+                  (block-causal, QUERY_BLOCK = 64, as the model computes it; the backward pass's
+                  recomputation of the scores is not counted)
     lm_head     = 2 * B*T*L * D*K_a        (logits only where an action token is predicted, onto the K_a tokens of
                                            the actions under constrained decoding, the whole V under free)
     obs_loss    = 2 * B*(S-1) * D*K        (the auxiliary observation loss, when observation_coef > 0)
@@ -196,10 +197,7 @@ def update_flops(run, cfg, transcript) -> dict:
     d, h, kh, e, f, v, layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
                                  cfg.vocab_size, cfg.num_layers)
     projections = 2 * B * n * layers * (d * h * e + 2 * d * kh * e + h * e * d + 3 * d * f)
-    if n >= 2 * QUERY_BLOCK:
-        pairs = sum((min(s + QUERY_BLOCK, n) - s) * min(s + QUERY_BLOCK, n) for s in range(0, n, QUERY_BLOCK))
-    else:
-        pairs = n * n
+    pairs = sum((min(s + QUERY_BLOCK, n) - s) * min(s + QUERY_BLOCK, n) for s in range(0, n, QUERY_BLOCK))
     attention = layers * B * 4 * h * e * pairs
     k_act = v if t.free_tokens else len(t.table.vocab)  # constrained decoding projects onto the actions' tokens
     lm_head = 2 * B * T * L * d * k_act

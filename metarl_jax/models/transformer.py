@@ -129,7 +129,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x, cos, sin, keys_fn):
         """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used)`` supplies the attended keys and values
-        and the mask: without a cache, keys [B, S, K, E], mask bool[B, T, S] and ``used`` None; with a cache,
+        and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T] (attention
+        is causal) and ``used`` None; with a cache,
         the layer's cache [B, K, S, E], a function ``n -> bool[B, T, n]`` (the mask of the first n slots) and
         ``used`` int32[]: no query attends past slot ``used - 1``."""
         cfg = self.cfg
@@ -145,14 +146,8 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
         if used is not None:  # a cache: attend only to the slots in use, rounded up to a bucket
             out = _attend_prefix(q, k_all, v_all, mask, used)  # here ``mask(n)`` gives the first n slots' mask
-        elif k_all.shape[1] == t and t >= 2 * QUERY_BLOCK:
-            # A causal pass over a long sequence: query block i only needs keys up to its end, which skips
-            # about half of the score matrix (same result, less work and memory traffic).
-            spans = [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
-            out = jnp.concatenate(
-                [_attend(q[:, s:e], k_all[:, :e], v_all[:, :e], mask[:, s:e, :e]) for s, e in spans], axis=1)
-        else:
-            out = _attend(q, k_all, v_all, mask)
+        else:  # one causal pass over the call's tokens; ``mask`` is the keys' validity bool[B, T]
+            out = causal_attention(q, k_all, v_all, mask)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
@@ -183,11 +178,117 @@ def _attend_prefix(q, k, v, mask_fn, used):
 
 
 def _attend(q, k, v, mask):
-    """Softmax attention. q [B, T, K, G, E]; k, v [B, S, K, E]; mask bool[B, T, S] -> [B, T, K, G, E]."""
+    """Softmax attention. q [B, T, K, G, E]; k, v [B, S, K, E]; mask bool[B, T, S] -> [B, T, K, G, E].
+    The reference the other paths are tested against."""
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+
+# Rows per chunk of the causal pass on CPU: one chunk's scores then stay in the cache (a whole batch's
+# [B, H, T, S] scores stream through memory several times per softmax; on 2 cores the mid-size update ran
+# its attention at ~30 GFLOP/s that way). Accelerators take the whole batch in one chunk.
+CPU_ROW_CHUNK = 1
+
+
+def causal_attention(q, k, v, key_valid):
+    """Causal softmax attention over one call's tokens: query i attends to the valid keys j <= i.
+
+    q [B, T, K, G, E]; k, v [B, T, K, E]; key_valid bool[B, T] -> [B, T, K, G, E], equal to :func:`_attend`
+    with ``tril & key_valid`` as the mask for every query that has a valid key (the output of a query without
+    one, a padding token's, is unspecified and gets no gradient through the keys' scores).
+
+    Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
+    of the score matrix), over chunks of rows (:data:`CPU_ROW_CHUNK` on CPU), with a custom VJP that keeps only
+    the output and the softmax statistics and recomputes each block's scores in the backward pass: the
+    [B, H, T, T] probabilities are never stored, which saves memory and, on CPU, memory traffic. A block's
+    queries of one kv head (its G query heads times its tokens) form the rows of one matrix, so every product
+    is a plain batched matmul.
+    """
+    b, t, kv, groups, e = q.shape
+    kv_first = (q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_valid)
+    chunk = CPU_ROW_CHUNK if jax.default_backend() == "cpu" else b
+    if chunk >= b:
+        out = _chunk_attention(*kv_first)
+    else:
+        out = jax.lax.map(lambda xs: _chunk_attention(*(x[None] for x in xs))[0], kv_first, batch_size=chunk)
+    return out.transpose(0, 2, 1, 3, 4)
+
+
+def _query_blocks(t: int):
+    return [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
+
+
+def _rows(x, s: int, e: int):
+    """Queries s..e-1 of x [C, K, T, G, ...] as matrix rows [C, K, (e - s) * G, ...]."""
+    return x[:, :, s:e].reshape(x.shape[0], x.shape[1], (e - s) * x.shape[3], *x.shape[4:])
+
+
+def _block_scores(q, k, key_valid, s: int, e: int):
+    """float32[C, K, (e - s) * G, e]: scores of queries s..e-1 (rows: token-major, then query head) against
+    keys 0..e-1, the disallowed ones set to the float32 minimum; and that mask, bool[C, 1, (e - s) * G, e].
+    q [C, K, T, G, E], k [C, K, T, E]."""
+    groups = q.shape[3]
+    scores = jnp.einsum("ckrd,cksd->ckrs", _rows(q, s, e), k[:, :, :e]).astype(jnp.float32)
+    scores = scores / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    query_token = s + jnp.arange((e - s) * groups) // groups
+    allowed = (query_token[:, None] >= jnp.arange(e)[None, :])[None, None] & key_valid[:, None, None, :e]
+    return jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), allowed
+
+
+def _chunk_forward(q, k, v, key_valid):
+    """q [C, K, T, G, E], k, v [C, K, T, E] -> (out [C, K, T, G, E], row max and row sum of the exponentials,
+    float32[C, K, T * G])."""
+    c, kv, t, groups, _ = q.shape
+    outs, maxes, sums = [], [], []
+    for s, e in _query_blocks(t):
+        scores, _ = _block_scores(q, k, key_valid, s, e)
+        top = scores.max(axis=-1, keepdims=True)
+        p = jnp.exp(scores - top)
+        total = p.sum(axis=-1, keepdims=True)
+        outs.append(jnp.einsum("ckrs,cksd->ckrd", (p / total).astype(v.dtype), v[:, :, :e]))
+        maxes.append(top[..., 0])
+        sums.append(total[..., 0])
+    out = jnp.concatenate(outs, axis=2).reshape(c, kv, t, groups, -1)
+    return out, jnp.concatenate(maxes, axis=2), jnp.concatenate(sums, axis=2)
+
+
+@jax.custom_vjp
+def _chunk_attention(q, k, v, key_valid):
+    return _chunk_forward(q, k, v, key_valid)[0]
+
+
+def _chunk_attention_fwd(q, k, v, key_valid):
+    out, top, total = _chunk_forward(q, k, v, key_valid)
+    return out, (q, k, v, key_valid, out, top, total)
+
+
+def _chunk_attention_bwd(res, d_out):
+    q, k, v, key_valid, out, top, total = res
+    groups = q.shape[3]
+    scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+    d_q = []
+    d_k = jnp.zeros(k.shape, jnp.float32)
+    d_v = jnp.zeros(v.shape, jnp.float32)
+    # The softmax backward's row term: sum_j p_ij dp_ij = d_out_i . out_i.
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    delta = delta.reshape(*delta.shape[:2], -1)  # [C, K, T * G], rows as in _rows
+    for s, e in _query_blocks(q.shape[2]):
+        rows = slice(s * groups, e * groups)
+        scores, allowed = _block_scores(q, k, key_valid, s, e)
+        p = jnp.exp(scores - top[..., rows, None]) / total[..., rows, None]
+        g = _rows(d_out, s, e)
+        d_v = d_v.at[:, :, :e].add(jnp.einsum("ckrs,ckrd->cksd", p.astype(g.dtype), g).astype(jnp.float32))
+        d_p = jnp.einsum("ckrd,cksd->ckrs", g, v[:, :, :e]).astype(jnp.float32)
+        d_s = jnp.where(allowed, p * (d_p - delta[..., rows, None]) * scale, 0.0)  # masked scores are constants
+        d_q.append(jnp.einsum("ckrs,cksd->ckrd", d_s.astype(k.dtype), k[:, :, :e]))
+        d_k = d_k.at[:, :, :e].add(jnp.einsum("ckrs,ckrd->cksd", d_s.astype(q.dtype), _rows(q, s, e)).astype(jnp.float32))
+    d_q = jnp.concatenate(d_q, axis=2).reshape(q.shape)
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_chunk_attention.defvjp(_chunk_attention_fwd, _chunk_attention_bwd)
 
 
 class MLP(nnx.Module):
@@ -253,8 +354,7 @@ class Transformer(nnx.Module):
         x = self.embed[...][tokens].astype(self.dtype)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         if cache is None:
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            mask = causal[None] & token_mask[:, None, :]
+            mask = token_mask  # the keys' validity; causal_attention adds the causal part
         else:
             slots = jnp.arange(cache.max_len)
             valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(cache.valid, token_mask, cache.length)
