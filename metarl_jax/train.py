@@ -20,8 +20,8 @@ Faults:
   (:func:`metarl_jax.checkpoints.check_writable` raises :class:`~metarl_jax.checkpoints.UnwritableError`); a
   warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
   full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
-* a batch whose update's attention activations look too big for the device (:func:`update_attention_bytes`,
-  rows x the square of each task's ``context_len``) is warned about before compiling, naming the fields to lower.
+* a batch whose update's activations look too big for the device (:func:`update_activation_bytes`, rows x each
+  task's ``context_len``) is warned about before compiling, naming the fields to lower.
 * a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
   state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
   count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
@@ -199,20 +199,20 @@ def warn_if_low_disk(directory: str, state, keep: int) -> None:
                       "fail with a full disk: free space or use another --workdir", stacklevel=3)
 
 
-# XLA's buffers for the update's attention, over the scores and probabilities counted below (measured on CPU:
-# a 25 GB allocation for 10 GB counted, 16 tasks x 8 rows of BernoulliBandit-misc at 1,541 tokens).
-ATTENTION_MEMORY_FACTOR = 2.5
+# Bytes the update keeps per context token, per layer and per unit of (hidden_size + intermediate_size):
+# measured on CPU from XLA's temporary buffers of the tiny preset's update (16 tasks x 8 rows of
+# BernoulliBandit-misc: 7.1 GB at 1,541 tokens, 3.5 GB at 770 tokens and at 8 x 8 rows, so linear in rows x
+# tokens). The attention's scores are recomputed in the backward pass (models.transformer.causal_attention),
+# so nothing grows with the square of the context.
+UPDATE_BYTES_PER_TOKEN_UNIT = 70
 
 
-def update_attention_bytes(model_config, tasks: list[TaskSpec], rows_per_task: int) -> int:
-    """Rough peak bytes of the teacher-forced update's attention activations, kept for the backward pass:
-    float32 scores and probabilities of the causal blocks, ``rows x heads x S x (S/2 + QUERY_BLOCK/2)`` per layer
-    and task (S = the task's ``context_len``), times :data:`ATTENTION_MEMORY_FACTOR`."""
-    from metarl_jax.models.transformer import QUERY_BLOCK
-
-    per_layer = sum(rows_per_task * model_config.num_heads * t.context_len * (t.context_len // 2 + QUERY_BLOCK // 2)
-                    for t in tasks)
-    return int(per_layer * 4 * 2 * model_config.num_layers * ATTENTION_MEMORY_FACTOR)
+def update_activation_bytes(model_config, tasks: list[TaskSpec], rows_per_task: int) -> int:
+    """Rough peak bytes of the teacher-forced update's activations: ``rows x S x layers x (D + F)`` per task
+    (S = the task's ``context_len``, D hidden size, F MLP width) times :data:`UPDATE_BYTES_PER_TOKEN_UNIT`."""
+    tokens = sum(rows_per_task * t.context_len for t in tasks)
+    width = model_config.hidden_size + model_config.intermediate_size
+    return int(tokens * model_config.num_layers * width * UPDATE_BYTES_PER_TOKEN_UNIT)
 
 
 def device_memory_bytes() -> int:
@@ -224,16 +224,16 @@ def device_memory_bytes() -> int:
 
 
 def warn_if_update_may_not_fit(config, model_config, tasks: list[TaskSpec], memory_bytes: int, devices: int = 1) -> None:
-    """Warns, before compiling, when :func:`update_attention_bytes` (split over ``devices``) exceeds 80% of
+    """Warns, before compiling, when :func:`update_activation_bytes` (split over ``devices``) exceeds 80% of
     ``memory_bytes``: the first step would otherwise die with RESOURCE_EXHAUSTED after the compile."""
     rows = config.num_tasks * config.group_size
-    need = update_attention_bytes(model_config, tasks, rows) / max(devices, 1)
+    need = update_activation_bytes(model_config, tasks, rows) / max(devices, 1)
     if need > 0.8 * memory_bytes:
         contexts = ", ".join(f"{t.name}: {t.context_len}" for t in tasks)
         warnings.warn(
-            f"the update may not fit in memory: its attention activations need roughly {need / 2**30:.1f} GiB per "
+            f"the update may not fit in memory: its activations need roughly {need / 2**30:.1f} GiB per "
             f"device, against {memory_bytes / 2**30:.1f} GiB. They grow with num_tasks x group_size (now "
-            f"{config.num_tasks} x {config.group_size} = {rows} rows per task) and with the square of each task's "
+            f"{config.num_tasks} x {config.group_size} = {rows} rows per task) and with each task's "
             f"context_len ({contexts}); lower those (a context_len below the worst case truncates trials, as in "
             "ORBIT)", stacklevel=3)
 
