@@ -177,15 +177,6 @@ def _attend_prefix(q, k, v, mask_fn, used):
     return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), used), branches, q, k, v)
 
 
-def _attend(q, k, v, mask):
-    """Softmax attention. q [B, T, K, G, E]; k, v [B, S, K, E]; mask bool[B, T, S] -> [B, T, K, G, E].
-    The reference the other paths are tested against."""
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v)
-
-
 # Rows per chunk of the causal pass on CPU: one chunk's scores then stay in the cache (a whole batch's
 # [B, H, T, S] scores stream through memory several times per softmax; on 2 cores the mid-size update ran
 # its attention at ~30 GFLOP/s that way). Accelerators take the whole batch in one chunk.
@@ -195,8 +186,8 @@ CPU_ROW_CHUNK = 1
 def causal_attention(q, k, v, key_valid):
     """Causal softmax attention over one call's tokens: query i attends to the valid keys j <= i.
 
-    q [B, T, K, G, E]; k, v [B, T, K, E]; key_valid bool[B, T] -> [B, T, K, G, E], equal to :func:`_attend`
-    with ``tril & key_valid`` as the mask for every query that has a valid key (the output of a query without
+    q [B, T, K, G, E]; k, v [B, T, K, E]; key_valid bool[B, T] -> [B, T, K, G, E], equal to plain masked
+    softmax attention with ``tril & key_valid`` as the mask for every query that has a valid key (the output of a query without
     one, a padding token's, is unspecified and gets no gradient through the keys' scores).
 
     Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
@@ -206,7 +197,7 @@ def causal_attention(q, k, v, key_valid):
     queries of one kv head (its G query heads times its tokens) form the rows of one matrix, so every product
     is a plain batched matmul.
     """
-    b, t, kv, groups, e = q.shape
+    b = q.shape[0]
     kv_first = (q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_valid)
     chunk = CPU_ROW_CHUNK if jax.default_backend() == "cpu" else b
     if chunk >= b:
