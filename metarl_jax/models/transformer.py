@@ -130,9 +130,9 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, keys_fn):
         """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used)`` supplies the attended keys and values
         and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T] (attention
-        is causal) and ``used`` None; with a cache,
-        the layer's cache [B, K, S, E], a function ``n -> bool[B, T, n]`` (the mask of the first n slots) and
-        ``used`` int32[]: no query attends past slot ``used - 1``."""
+        is causal) and ``used`` None; with a cache, the layer's cache [B, K, S, E], a function
+        ``n -> bool[B, T, n]`` (the mask of the first n slots) and ``used`` int32[]: no query attends past slot
+        ``used - 1``."""
         cfg = self.cfg
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -187,8 +187,8 @@ def causal_attention(q, k, v, key_valid):
     """Causal softmax attention over one call's tokens: query i attends to the valid keys j <= i.
 
     q [B, T, K, G, E]; k, v [B, T, K, E]; key_valid bool[B, T] -> [B, T, K, G, E], equal to plain masked
-    softmax attention with ``tril & key_valid`` as the mask for every query that has a valid key (the output of a query without
-    one, a padding token's, is unspecified and gets no gradient through the keys' scores).
+    softmax attention with ``tril & key_valid`` as the mask for every query that has a valid key (the output
+    of a query without one, a padding token's, is unspecified and gets no gradient through the keys' scores).
 
     Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
     of the score matrix), over chunks of rows (:data:`CPU_ROW_CHUNK` on CPU), with a custom VJP that keeps only
