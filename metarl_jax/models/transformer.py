@@ -207,7 +207,8 @@ def causal_attention(q, k, v, key_valid):
     return out.transpose(0, 2, 1, 3, 4)
 
 
-def _query_blocks(t: int):
+def query_blocks(t: int) -> list[tuple[int, int]]:
+    """The (start, end) token spans of the causal pass's query blocks over t tokens."""
     return [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
 
 
@@ -233,7 +234,7 @@ def _chunk_forward(q, k, v, key_valid):
     float32[C, K, T * G])."""
     c, kv, t, groups, _ = q.shape
     outs, maxes, sums = [], [], []
-    for s, e in _query_blocks(t):
+    for s, e in query_blocks(t):
         scores, _ = _block_scores(q, k, key_valid, s, e)
         top = scores.max(axis=-1, keepdims=True)
         p = jnp.exp(scores - top)
@@ -265,7 +266,7 @@ def _chunk_attention_bwd(res, d_out):
     # The softmax backward's row term: sum_j p_ij dp_ij = d_out_i . out_i.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     delta = delta.reshape(*delta.shape[:2], -1)  # [C, K, T * G], rows as in _rows
-    for s, e in _query_blocks(q.shape[2]):
+    for s, e in query_blocks(q.shape[2]):
         rows = slice(s * groups, e * groups)
         scores, allowed = _block_scores(q, k, key_valid, s, e)
         p = jnp.exp(scores - top[..., rows, None]) / total[..., rows, None]
