@@ -197,7 +197,7 @@ def update_flops(run, cfg, transcript) -> dict:
     d, h, kh, e, f, v, layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
                                  cfg.vocab_size, cfg.num_layers)
     projections = 2 * B * n * layers * (d * h * e + 2 * d * kh * e + h * e * d + 3 * d * f)
-    pairs = sum((e - s) * e for s, e in query_blocks(n))  # block rows x keys up to the block's end
+    pairs = sum((end - start) * end for start, end in query_blocks(n))  # block rows x keys up to the block's end
     attention = layers * B * 4 * h * e * pairs
     k_act = v if t.free_tokens else len(t.table.vocab)  # constrained decoding projects onto the actions' tokens
     lm_head = 2 * B * T * L * d * k_act
