@@ -88,6 +88,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # Auxiliary next-token loss on the observation text (not in ORBIT, which starts from a pretrained LM):
     # teaches a from-scratch model the game's text, e.g. what "higher than 25" implies.
     c.observation_coef = 1.0
+    # Auxiliary answer loss (not in ORBIT): -log-prob of the task's answer action (the secret number) at every
+    # turn, privileged task information used in training only (task inference as in Humplik et al. 2019, the
+    # optimal-action target of Lee et al. 2023's DPT); the policy never sees the answer. 0: off.
+    c.answer_coef = 0.0
     c.discount = False  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6

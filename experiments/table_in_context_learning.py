@@ -53,6 +53,7 @@ def paper_config(variant: str, pretrained_dir: str):
     c.intro, c.repeat_opening = True, True
     c.text = "gem"  # GEM's sentences, as ORBIT (and the suite's envs have no other style)
     c.observation_coef = 0.0  # a pretrained LM: plain ORBIT
+    c.answer_coef = 0.0
     c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
                      task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),
                      task("game:Blackjack-v0", 4, 12)]

@@ -14,6 +14,7 @@ import difflib
 import os
 
 from metarl_jax.envs import registry
+from metarl_jax.envs.base import TextEnv
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ _RANGES = [
     ("kl_coef", lambda v: v >= 0, ">= 0"),
     ("entropy_coef", lambda v: v >= 0, ">= 0"),
     ("observation_coef", lambda v: v >= 0, ">= 0"),
+    ("answer_coef", lambda v: v >= 0, ">= 0 (0: off)"),
     ("gamma_step", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gamma_traj", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train_set_size", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
@@ -222,6 +224,10 @@ def check_config(config) -> None:
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",
           "needs a Hugging Face tokenizer directory with a chat template (config.tokenizer); the built-in word "
           "vocabulary has none. Set chat_format=False or point config.tokenizer at such a directory")
+    if config.answer_coef:
+        _need(config.decoding == "constrained", "answer_coef",
+              "needs decoding='constrained' (the answer's log-probability is read on the action trie); set "
+              "answer_coef=0 or decoding='constrained'")
     for name in ("train_tasks", "eval_tasks"):
         tasks = _get(config, name)
         _need(isinstance(tasks, (list, tuple)), name, f"must be a list of task dicts, got {tasks!r}")
@@ -233,6 +239,10 @@ def check_config(config) -> None:
             _need(config.text in styles, "text",
                   f"is {config.text!r}, which {name}[{i}] ({env_id}) cannot render (it has {list(styles)}); use "
                   f"text='gem' or drop that task")
+            if name == "train_tasks" and config.answer_coef:
+                _need(getattr(registry.env_class(env_id), "answer_action", TextEnv.answer_action) is not TextEnv.answer_action, "answer_coef",
+                      f"is {config.answer_coef}, but {name}[{i}] ({env_id}) has no single answer action (games "
+                      "with one: GuessTheNumber, Wordle, Mastermind, Hangman); set answer_coef=0 or drop that task")
 
 
 def _is_int(v) -> bool:

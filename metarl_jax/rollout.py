@@ -305,15 +305,19 @@ class TeacherForced(NamedTuple):
 
     logp, entropy: float32[B, T, L] per action token (0 where masked; entropy 0 for forced tokens).
     observation_nll: float32[] mean next-token loss on observation tokens (0 unless asked for).
+    answer_logp: float32[B, T] log-probability of the row's answer action at each turn, and answer_scored:
+      bool[B, T] the turns where it is scored (None unless asked for; see :func:`teacher_forced`).
     """
 
     logp: jax.Array
     entropy: jax.Array
     observation_nll: jax.Array
+    answer_logp: jax.Array | None = None
+    answer_scored: jax.Array | None = None
 
 
 def teacher_forced(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
-                   top_p: float = 1.0, free: bool = False, observation_vocab=None) -> TeacherForced:
+                   top_p: float = 1.0, free: bool = False, observation_vocab=None, answers=None) -> TeacherForced:
     """The sampler's log-probability and entropy of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
@@ -324,6 +328,14 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     cross-entropy of the observation tokens, over that sub-vocabulary: an auxiliary world-model loss that
     gives a from-scratch model the knowledge of the game's text a pretrained LM would bring. Action slots and
     tokens outside the sub-vocabulary are not scored.
+
+    ``answers`` (int32[B], each row's answer action, ``env.answer_action`` of its task; constrained decoding
+    only) adds the log-probability of that action at every turn, under the plain constrained distribution
+    (temperature 1, top-p 1): the auxiliary answer loss's input. A turn's hidden states after its first token
+    follow the *sampled* action, so the answer's tokens are scored up to and including the first one that
+    departs from the sampled action (exact when the actions differ in one decision token, as the numbers
+    of GuessTheNumber do; a lower bound on the loss otherwise). Turns where the answer is not a valid action
+    are not scored.
     """
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
@@ -355,7 +367,27 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     nll = jnp.zeros((), jnp.float32)
     if observation_vocab is not None:
         nll = _observation_nll(model, hidden, transcript, action_slots, jnp.asarray(observation_vocab, jnp.int32))
-    return TeacherForced(logp, entropy, nll)
+    if answers is None:
+        return TeacherForced(logp, entropy, nll)
+    if free:
+        raise ValueError("the answer loss needs constrained decoding (free decoding has no action trie)")
+
+    def score_answer(valid, sampled, mask, answer, step_logits):  # the answer's tokens, replayed on the trie
+        state, same, total = table.init(valid), jnp.array(True), jnp.zeros((), jnp.float32)
+        for i in range(act_len):
+            logp_i = process_logits(step_logits[i], 1.0, 1.0, mask=table.allowed_columns(state))
+            live = same & mask[i] & (answer[i] != table.pad_id)
+            total = total + jnp.where(live, logp_i[column[answer[i]]], 0.0)
+            same = same & (answer[i] == sampled[i])
+            state = table.advance(state, answer[i])
+        return total
+
+    answers = jnp.asarray(answers, jnp.int32)
+    answer_tokens = jnp.broadcast_to(table.tokens[answers][:, None, :act_len], transcript.action_tokens.shape)
+    scored = transcript.action_mask.any(axis=-1) & jnp.take_along_axis(transcript.valid, answers[:, None, None], axis=2)[..., 0]
+    answer_logp = jax.vmap(jax.vmap(score_answer))(transcript.valid, transcript.action_tokens, transcript.action_mask,
+                                                   answer_tokens, pred)
+    return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored)
 
 
 PREFIX_BUCKETS = (4, 2, 1)  # the causal pass runs over context_len / d slots for the smallest d that fits

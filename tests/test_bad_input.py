@@ -186,6 +186,12 @@ CASES = [
     Case("free_tokens smaller than an action", built(decoding="free", free_tokens=2),
          ConfigError, r"config\.free_tokens: 2 tokens cannot hold an action of game:GuessTheNumber-v0-easy \(\d+ "
                       r"tokens\); raise it"),
+    Case("negative answer_coef", checked(answer_coef=-1.0), ConfigError, r"config\.answer_coef: must be >= 0 \(0: off\)"),
+    Case("answer loss on a game without one answer", checked(answer_coef=1.0, text="gem", train_tasks=[dict(env_id="maze")]),
+         ConfigError, r"config\.answer_coef: is 1\.0, but train_tasks\[0\] \(maze\) has no single answer action "
+                      r"\(games with one: .*GuessTheNumber"),
+    Case("answer loss with free decoding", checked(answer_coef=1.0, decoding="free"),
+         ConfigError, r"config\.answer_coef: needs decoding='constrained'"),
     # ---- choices, booleans, strings, unknown fields
     Case("bad decoding", checked(decoding="beam"),
          ConfigError, r"config\.decoding: must be 'constrained' or 'free' \(.*\), got 'beam'"),

@@ -93,6 +93,46 @@ def test_winning_actions_of_episode_one_win_episode_two(env_id):
     np.testing.assert_array_equal(won2[won1], True)
 
 
+ANSWERED = [i for i in ALL_IDS if envs.make(i)[0].has_answer_action]
+
+
+def test_only_the_single_answer_games_have_an_answer_action():
+    games = {i.split(":")[-1].split("-")[0] for i in envs.registered() if envs.make(i)[0].has_answer_action}
+    assert games == {"GuessTheNumber", "Wordle", "Mastermind", "Hangman"}
+    env, _ = envs.make_trial("maze")
+    assert not env.has_answer_action
+    with pytest.raises(NotImplementedError, match="no single answer action"):
+        env.answer_action(jnp.int32(0))
+
+
+@pytest.mark.parametrize("env_id", ANSWERED)
+def test_answer_action_wins_on_any_turn(env_id):
+    """The answer action wins the first turn of episode 1, and of episode 2 after a losing first episode."""
+    trial, params = envs.make_trial(env_id, reflection=False)
+    keys = jax.random.split(jax.random.PRNGKey(3), 64)
+
+    def play(key):
+        k_task, k_reset, k_step = jax.random.split(key, 3)
+        task = trial.sample_task(k_task, params)
+        answer = trial.answer_action(task)
+        _, state = trial.reset_to_task(k_reset, task, params)
+        _, _, r_first, _, _ = trial.step_env(k_step, state, answer, params)
+        # A losing first episode (valid actions other than the answer, until the episode ends), then the answer.
+        def wrong(state, k):
+            valid = trial.valid_actions(state).at[answer].set(False)
+            action = jax.random.choice(k, valid.shape[0], p=valid / valid.sum())
+            _, state, _, _, _ = trial.step_env(k, state, action, params)
+            return state, state.episode_index
+        state, episodes = jax.lax.scan(wrong, state, jax.random.split(k_step, trial.env.default_max_turns))
+        _, _, r_later, _, _ = trial.step_env(k_step, state, answer, params)
+        return r_first, r_later, episodes[-1]
+
+    r_first, r_later, episode = jax.jit(jax.vmap(play))(keys)
+    assert (np.asarray(r_first) == 1.0).all()
+    assert (np.asarray(episode) >= 1).all(), "the wrong guesses should end episode 1"
+    assert (np.asarray(r_later) == 1.0).all()
+
+
 @functools.lru_cache(maxsize=None)
 def jitted(env_id, reflection, repeat_opening=True):
     env, params, codec = trial_and_codec(env_id, reflection, repeat_opening)

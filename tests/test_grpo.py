@@ -1,4 +1,5 @@
-"""The compiled GRPO step: traced once over 20 steps, finite metrics, parameters move; multi-task metrics."""
+"""The compiled GRPO step: traced once over 20 steps, finite metrics, parameters move; multi-task metrics;
+the auxiliary answer loss is logged per task."""
 
 import chex
 import jax
@@ -21,7 +22,7 @@ def test_train_step_compiles_once_and_updates():
     ]
     graphdef, model_state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     optimizer = optax.adam(1e-3)
-    hp = GRPOHyper(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1)
+    hp = GRPOHyper(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1, answer_coef=0.5)
     train_step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, tasks, optimizer, hp), n=1), donate_argnums=0)
     state = init_train_state(model_state, optimizer, keep_reference=True)
     before = jax.tree.map(np.asarray, state.params)
@@ -35,6 +36,11 @@ def test_train_step_compiles_once_and_updates():
             assert m["episode_success"].shape == (3,)
             assert float(m["kl"]) >= -1e-6 and float(m["entropy"]) > 0  # k3 KL is >= 0 up to rounding
             assert float(m["truncated"]) == 0.0  # the worst-case context never fills
+            if i == 0:  # the untrained policy is near uniform over the valid actions; a Mastermind answer is
+                # scored up to its first digit that departs from the sampled guess (a lower bound, see teacher_forced)
+                log_a = np.log(task.env.num_actions)
+                low = 0.5 * log_a if "GuessTheNumber" in task.name else 0.1
+                assert low < float(m["answer_nll"]) < 1.5 * log_a
         moved = moved or float(metrics["grad_norm"]) > 0
     chex.clear_trace_counter()
     assert int(state.step) == 20

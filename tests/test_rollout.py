@@ -111,6 +111,43 @@ def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(s
         s["graphdef"], st, tr, s["table"], 0.7, 0.95))(s["state"], tr)))
 
 
+def test_answer_log_prob_replays_the_answer_on_the_action_trie(setup):
+    """Each turn's answer log-probability equals a direct computation from the forward logits: the answer's
+    tokens under the plain constrained distribution (temperature 1), up to and including the first token where
+    it departs from the sampled action. Row 0's answer is its own first action, so that turn scores it whole."""
+    s = setup
+    tr, env, table = s["transcript"], s["env"], s["table"]
+    actions = np.asarray(tr.actions)
+    answers = np.array([actions[0, 0]] + [(actions[b, 0] + 1 + b) % env.num_actions for b in range(1, BATCH)], np.int32)
+    out = jax.jit(lambda st, tr, a: teacher_forced(s["graphdef"], st, tr, table, 0.7, 0.95, answers=a))(
+        s["state"], tr, answers)
+    logits = np.asarray(jax.jit(lambda st, tr: nnx.merge(s["graphdef"], st)(
+        tr.tokens, tr.positions, None, tr.token_mask)[0])(s["state"], tr))
+    all_tokens, starts = np.asarray(table.tokens), np.asarray(tr.action_start)
+    sampled, amask, valid = np.asarray(tr.action_tokens), np.asarray(tr.action_mask), np.asarray(tr.valid)
+    scored = np.asarray(out.answer_scored)
+    np.testing.assert_array_equal(scored, amask.any(-1) & valid[np.arange(BATCH)[:, None], :, answers][:, 0])
+    assert scored[:, 0].all()
+    for b in range(BATCH):
+        answer = all_tokens[answers[b]]
+        for t in np.flatnonzero(scored[b]):
+            alive, expected = valid[b, t].copy(), 0.0
+            for i in range(amask.shape[2]):
+                if not amask[b, t, i] or answer[i] == table.pad_id:
+                    break
+                allowed = np.unique(all_tokens[alive, i])
+                row = logits[b, starts[b, t] + i - 1]
+                expected += row[answer[i]] - (np.log(np.exp(row[allowed] - row[allowed].max()).sum()) + row[allowed].max())
+                if answer[i] != sampled[b, t, i]:
+                    break
+                alive &= all_tokens[:, i] == answer[i]
+            np.testing.assert_allclose(float(out.answer_logp[b, t]), expected, rtol=1e-5, atol=1e-5)
+    # Row 0, turn 0: the answer is the sampled action, so its log-probability is the whole action's (temperature 1).
+    whole = np.asarray(jax.jit(lambda st, tr: teacher_forced_logp(s["graphdef"], st, tr, table))(s["state"], tr))
+    np.testing.assert_allclose(float(out.answer_logp[0, 0]), whole[0, 0].sum(), rtol=1e-5)
+    assert float(out.answer_logp[0, 0]) < 0
+
+
 def test_full_context_stops_the_trial_and_keeps_earned_rewards():
     s = play("game:GuessTheNumber-v0-easy", context_len=170, cap=12, intro=False)
     tr = s["transcript"]

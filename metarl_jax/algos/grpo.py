@@ -68,6 +68,7 @@ class GRPOHyper:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     observation_coef: float = 0.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
+    answer_coef: float = 0.0  # auxiliary loss: -log-prob of the task's answer action at every turn (not in ORBIT)
     gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
@@ -116,28 +117,31 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     g = hp.group_size
 
     def play(params, task, key):
+        """The env's transcript, and its rows' answer actions (int32[B]; None without the answer loss)."""
         k_pick, k_reset, k_roll = jax.random.split(key, 3)
         picks = jax.random.randint(k_pick, (hp.num_tasks,), 0, task.task_keys.shape[0])
         sample = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))
         tasks_b = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), sample(task.task_keys[picks]))
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
-        return constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, constrain(trials),
-                                 task.budget, task.context_len, hp.temperature, hp.top_p, task.free_tokens, task.chat))
+        transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
+                                       constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
+                                       task.free_tokens, task.chat))
+        return transcript, (jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None)
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
-        transcripts = [play(state.params, task, k) for task, k in zip(tasks, keys)]
+        transcripts, answers = zip(*[play(state.params, task, k) for task, k in zip(tasks, keys)])
         advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
         def loss_fn(params):
             total, parts = 0.0, []
-            for task, tr, adv in zip(tasks, transcripts, advantages):
+            for task, tr, adv, answer in zip(tasks, transcripts, advantages, answers):
                 rows, turns, act_len = tr.action_tokens.shape
                 free = task.free_tokens > 0
-                logp, entropy, obs_nll = teacher_forced(
+                logp, entropy, obs_nll, answer_logp, answer_scored = teacher_forced(
                     graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
-                    observation_vocab=task.observation_vocab if hp.observation_coef else None)
+                    observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer)
                 flat = lambda x: x.reshape(rows, turns * act_len)
                 mask = flat(tr.action_mask)
                 tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
@@ -147,6 +151,9 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                 if hp.observation_coef:
                     m["observation_nll"] = obs_nll
                     loss = loss + hp.observation_coef * obs_nll
+                if hp.answer_coef:
+                    m["answer_nll"] = -answer_logp.sum() / jnp.maximum(answer_scored.sum(), 1)
+                    loss = loss + hp.answer_coef * m["answer_nll"]
                 if hp.kl_coef:
                     ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p, free=free)
                     m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)

@@ -164,6 +164,20 @@ class TextEnv(environment.Environment):
         """
         raise NotImplementedError(f"{self.env_id} has no oracle policy")
 
+    def answer_action(self, task: Any) -> jax.Array:
+        """``int32[]``: the action that wins an episode of ``task`` on any turn (the secret number, word or
+        code); jit/vmap-safe. Games whose task has no single winning action raise ``NotImplementedError``.
+
+        Training uses it as privileged task information for the auxiliary answer loss
+        (:func:`metarl_jax.rollout.teacher_forced`); the policy never sees it.
+        """
+        raise NotImplementedError(f"{self.env_id} has no single answer action")
+
+    @property
+    def has_answer_action(self) -> bool:
+        """Whether :meth:`answer_action` is implemented."""
+        return type(self).answer_action is not TextEnv.answer_action
+
     # ------------------------------------------------------------------ gymnax API
     @property
     def default_params(self):

@@ -99,6 +99,9 @@ class GuessTheNumber(TextEnv):
     def valid_actions(self, state):
         return ~state.game.guessed
 
+    def answer_action(self, task):
+        return jnp.asarray(task, jnp.int32)  # action i guesses low + i, the secret is low + task
+
     def oracle_action(self, key, state):
         """Binary search: the middle of the interval consistent with this episode's feedback."""
         idx = jnp.arange(self.high - self.low + 1)

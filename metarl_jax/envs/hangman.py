@@ -120,9 +120,12 @@ class Hangman(TextEnv):
     def valid_actions(self, state):
         return jnp.concatenate([~state.game.guessed_letters, ~state.game.guessed_words])
 
+    def answer_action(self, task):
+        return (NUM_LETTERS + task).astype(jnp.int32)  # naming the whole word
+
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
         """Names the secret word (int32[]; reads the task)."""
-        return (NUM_LETTERS + state.task).astype(jnp.int32)
+        return self.answer_action(state.task)
 
     def board(self, state: TextEnvState) -> jax.Array:
         """``bool[word_length]``: the revealed places of the secret."""

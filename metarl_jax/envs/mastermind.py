@@ -119,6 +119,9 @@ class Mastermind(TextEnv):
     def valid_actions(self, state):
         return ~state.game.guessed
 
+    def answer_action(self, task):
+        return jnp.asarray(self.code_actions)[task]
+
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
         """The first admissible code consistent with every guess of this episode (int32[]; reads the task).
 

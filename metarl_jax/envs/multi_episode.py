@@ -141,6 +141,13 @@ class MultiEpisode(environment.Environment):
     def oracle_action(self, key, state: TrialState) -> jax.Array:
         return self.env.oracle_action(key, state.inner)
 
+    def answer_action(self, task) -> jax.Array:
+        return self.env.answer_action(task)
+
+    @property
+    def has_answer_action(self) -> bool:
+        return self.env.has_answer_action
+
     def sample_task(self, key, params):
         return self.env.sample_task(key, params)
 

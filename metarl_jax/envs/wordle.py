@@ -126,6 +126,9 @@ class Wordle(TextEnv):
     def valid_actions(self, state):
         return ~state.game.guessed
 
+    def answer_action(self, task):
+        return jnp.asarray(task, jnp.int32)  # action j is word j
+
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
         """The first word of the list consistent with the marks of every guess so far (int32[]; reads the task).
 
