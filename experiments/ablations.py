@@ -44,7 +44,7 @@ def variants() -> dict:
         "baseline": set_(),
         "reflection": set_(reflection=True, longer=1.5),
         "discount": set_(discount=True),
-        "free_decoding": set_(decoding="free", free_tokens=8, longer=1.5),
+        "free_decoding": set_(decoding="free", free_tokens=8, answer_coef=0.0, longer=1.5),
         "train_episodes_1": episodes(1),
         "train_episodes_2": episodes(2),
         "train_episodes_3": episodes(3),

@@ -183,7 +183,7 @@ CASES = [
          ConfigError, r"config\.temperature: must be > 0 .*eval_temperature=0.*got 0\.0"),
     Case("number given as a string", checked(optimizer__learning_rate="3e-3"),
          ConfigError, r"config\.optimizer\.learning_rate: must be a number \(> 0\), got '3e-3'"),
-    Case("free_tokens smaller than an action", built(decoding="free", free_tokens=2),
+    Case("free_tokens smaller than an action", built(decoding="free", free_tokens=2, answer_coef=0.0),
          ConfigError, r"config\.free_tokens: 2 tokens cannot hold an action of game:GuessTheNumber-v0-easy \(\d+ "
                       r"tokens\); raise it"),
     Case("negative answer_coef", checked(answer_coef=-1.0), ConfigError, r"config\.answer_coef: must be >= 0 \(0: off\)"),

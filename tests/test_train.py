@@ -98,7 +98,7 @@ BAD_CONFIGS = [
     (dict(train_tasks=[]), r"config\.train_tasks: lists no task"),
     (dict(chat_format=True), r"config\.chat_format: needs a Hugging Face tokenizer"),
     (dict(decoding="beam"), r"config\.decoding: must be 'constrained' or 'free'"),
-    (dict(decoding="free", free_tokens=2), r"config\.free_tokens: 2 tokens cannot hold an action"),
+    (dict(decoding="free", free_tokens=2, answer_coef=0.0), r"config\.free_tokens: 2 tokens cannot hold an action"),
 ]
 
 
