@@ -239,10 +239,15 @@ def check_config(config) -> None:
             _need(config.text in styles, "text",
                   f"is {config.text!r}, which {name}[{i}] ({env_id}) cannot render (it has {list(styles)}); use "
                   f"text='gem' or drop that task")
-            if name == "train_tasks" and config.answer_coef:
-                _need(getattr(registry.env_class(env_id), "answer_action", TextEnv.answer_action) is not TextEnv.answer_action, "answer_coef",
-                      f"is {config.answer_coef}, but {name}[{i}] ({env_id}) has no single answer action (games "
-                      "with one: GuessTheNumber, Wordle, Mastermind, Hangman); set answer_coef=0 or drop that task")
+            if name == "train_tasks" and config.answer_coef and not _has_answer_action(env_id):
+                answered = [e for e in registry.registered() if _has_answer_action(e)]
+                _fail("answer_coef", f"is {config.answer_coef}, but {name}[{i}] ({env_id}) has no single answer action "
+                      f"(envs with one: {', '.join(answered)}); set answer_coef=0 or drop that task")
+
+
+def _has_answer_action(env_id: str) -> bool:
+    """Whether the env's class implements ``answer_action`` (needed by the answer loss)."""
+    return getattr(registry.env_class(env_id), "answer_action", TextEnv.answer_action) is not TextEnv.answer_action
 
 
 def _is_int(v) -> bool:

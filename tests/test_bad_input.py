@@ -189,7 +189,7 @@ CASES = [
     Case("negative answer_coef", checked(answer_coef=-1.0), ConfigError, r"config\.answer_coef: must be >= 0 \(0: off\)"),
     Case("answer loss on a game without one answer", checked(answer_coef=1.0, text="gem", train_tasks=[dict(env_id="maze")]),
          ConfigError, r"config\.answer_coef: is 1\.0, but train_tasks\[0\] \(maze\) has no single answer action "
-                      r"\(games with one: .*GuessTheNumber"),
+                      r"\(envs with one: .*GuessTheNumber"),
     Case("answer loss with free decoding", checked(answer_coef=1.0, decoding="free"),
          ConfigError, r"config\.answer_coef: needs decoding='constrained'"),
     # ---- choices, booleans, strings, unknown fields
