@@ -17,6 +17,7 @@ log-probabilities from ``tokens`` in one causal forward; ``tests/test_rollout.py
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -351,7 +352,7 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     column = jnp.arange(table.vocab_size) if free else (
         jnp.zeros((table.vocab_size,), jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32)))
 
-    def score(valid, tokens, mask, step_logits):  # one action decode: replay the trie
+    def score(valid, tokens, mask, step_logits, temperature=temperature, top_p=top_p):  # replay the trie
         state = table.init(valid)
         out, ent = [], []
         for i in range(act_len):
@@ -372,21 +373,15 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     if free:
         raise ValueError("the answer loss needs constrained decoding (free decoding has no action trie)")
 
-    def score_answer(valid, sampled, mask, answer, step_logits):  # the answer's tokens, replayed on the trie
-        state, same, total = table.init(valid), jnp.array(True), jnp.zeros((), jnp.float32)
-        for i in range(act_len):
-            logp_i = process_logits(step_logits[i], 1.0, 1.0, mask=table.allowed_columns(state))
-            live = same & mask[i] & (answer[i] != table.pad_id)
-            total = total + jnp.where(live, logp_i[column[answer[i]]], 0.0)
-            same = same & (answer[i] == sampled[i])
-            state = table.advance(state, answer[i])
-        return total
-
     answers = jnp.asarray(answers, jnp.int32)
     answer_tokens = jnp.broadcast_to(table.tokens[answers][:, None, :act_len], transcript.action_tokens.shape)
+    # Token i of the answer is scored while tokens 0..i-1 agree with the sampled action (its hidden states).
+    agree_before = jnp.cumprod(answer_tokens == transcript.action_tokens, axis=-1)
+    agree_before = jnp.concatenate([jnp.ones_like(agree_before[..., :1]), agree_before[..., :-1]], axis=-1) > 0
+    answer_mask = transcript.action_mask & agree_before & (answer_tokens != table.pad_id)
+    plain = functools.partial(score, temperature=1.0, top_p=1.0)
+    answer_logp = jax.vmap(jax.vmap(plain))(transcript.valid, answer_tokens, answer_mask, pred)[0].sum(-1)
     scored = transcript.action_mask.any(axis=-1) & jnp.take_along_axis(transcript.valid, answers[:, None, None], axis=2)[..., 0]
-    answer_logp = jax.vmap(jax.vmap(score_answer))(transcript.valid, transcript.action_tokens, transcript.action_mask,
-                                                   answer_tokens, pred)
     return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored)
 
 
