@@ -14,7 +14,7 @@ import difflib
 import os
 
 from metarl_jax.envs import registry
-from metarl_jax.envs.base import TextEnv
+from metarl_jax.envs.base import implements_answer_action
 
 
 class ConfigError(ValueError):
@@ -239,15 +239,11 @@ def check_config(config) -> None:
             _need(config.text in styles, "text",
                   f"is {config.text!r}, which {name}[{i}] ({env_id}) cannot render (it has {list(styles)}); use "
                   f"text='gem' or drop that task")
-            if name == "train_tasks" and config.answer_coef and not _has_answer_action(env_id):
-                answered = [e for e in registry.registered() if _has_answer_action(e)]
+            if (name == "train_tasks" and config.answer_coef
+                    and not implements_answer_action(registry.env_class(env_id))):
+                answered = [e for e in registry.registered() if implements_answer_action(registry.env_class(e))]
                 _fail("answer_coef", f"is {config.answer_coef}, but {name}[{i}] ({env_id}) has no single answer action "
                       f"(envs with one: {', '.join(answered)}); set answer_coef=0 or drop that task")
-
-
-def _has_answer_action(env_id: str) -> bool:
-    """Whether the env's class implements ``answer_action`` (needed by the answer loss)."""
-    return getattr(registry.env_class(env_id), "answer_action", TextEnv.answer_action) is not TextEnv.answer_action
 
 
 def _is_int(v) -> bool:

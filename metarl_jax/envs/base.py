@@ -73,6 +73,11 @@ class TextEnvState:
     last_action: jax.Array
 
 
+def implements_answer_action(env_class: type) -> bool:
+    """Whether an env class overrides :meth:`TextEnv.answer_action` (needed by the answer loss)."""
+    return getattr(env_class, "answer_action", TextEnv.answer_action) is not TextEnv.answer_action
+
+
 def tree_select(pred, on_true, on_false):
     """``jnp.where`` over two pytrees of the same structure, with a scalar predicate."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
@@ -176,7 +181,7 @@ class TextEnv(environment.Environment):
     @property
     def has_answer_action(self) -> bool:
         """Whether :meth:`answer_action` is implemented."""
-        return type(self).answer_action is not TextEnv.answer_action
+        return implements_answer_action(type(self))
 
     # ------------------------------------------------------------------ gymnax API
     @property
