@@ -318,7 +318,8 @@ class TeacherForced(NamedTuple):
 
 
 def teacher_forced(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
-                   top_p: float = 1.0, free: bool = False, observation_vocab=None, answers=None) -> TeacherForced:
+                   top_p: float = 1.0, free: bool = False, observation_vocab=None, answers=None,
+                   cut_to_used: bool = True) -> TeacherForced:
     """The sampler's log-probability and entropy of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
@@ -337,13 +338,20 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     departs from the sampled action (exact when the actions differ in one decision token, as the numbers
     of GuessTheNumber do; a lower bound on the loss otherwise). Turns where the answer is not a valid action
     are not scored.
+
+    The forward runs over the shortest prefix that holds every row (:func:`on_used_prefix`); with
+    ``cut_to_used=False`` over all the transcript's slots (for a caller that already cut it).
     """
+    if cut_to_used:
+        return on_used_prefix(transcript, lambda cut: teacher_forced(
+            graphdef, model_state, cut, table, temperature, top_p, free, observation_vocab, answers, cut_to_used=False))
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
-    hidden = _hidden_states(model, transcript)
-    # Slot of the token that predicts action token i of turn t: the one just before it.
+    hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
+    # Slot of the token that predicts action token i of turn t: the one just before it (turns not taken may
+    # point past a cut transcript's end: clipped, and masked anyway).
     action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
-    before = jnp.maximum(action_slots - 1, 0)
+    before = jnp.clip(action_slots - 1, 0, transcript.tokens.shape[1] - 1)
     picked = jnp.take_along_axis(hidden, before.reshape(batch, -1)[:, :, None], axis=1)
     # Project only where an action is predicted, and (constrained decoding) only onto the actions' K tokens:
     # every other token has probability 0 there, so the distributions are the same as over the whole vocabulary.
@@ -385,29 +393,29 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored)
 
 
-PREFIX_BUCKETS = (4, 2, 1)  # the causal pass runs over context_len / d slots for the smallest d that fits
+PREFIX_BUCKETS = (4, 2, 1)  # a teacher-forced pass covers context_len / d slots for the smallest d that fits
 
 
-def _hidden_states(model, transcript: Transcript):
-    """float32[B, S, D]: final hidden states of the transcript (zero past the longest row).
+def prefix_sizes(slots: int) -> list[int]:
+    """The static prefix lengths a transcript of ``slots`` slots may be cut to (ascending)."""
+    return sorted({-(-slots // d) for d in PREFIX_BUCKETS})
 
-    The causal pass covers only the shortest static prefix (S/4, S/2 or S slots) that holds every row's
-    tokens, chosen at run time with ``lax.switch``: short trials (single-episode ones, or trials that end
-    early) cost a fraction of a full-context pass. Attention is causal, so the hidden states of the real
-    tokens do not depend on the slots cut off.
+
+def on_used_prefix(transcript: Transcript, fn):
+    """``fn(cut)`` where ``cut`` is the transcript cut to the shortest static prefix (S/4, S/2 or S slots) that
+    holds every row's tokens, chosen at run time with ``lax.switch``.
+
+    Short trials (single-episode ones, or trials that end early) then cost a fraction of a full-context pass;
+    attention is causal, so nothing computed for the real tokens depends on the slots cut off. ``fn``'s output
+    must not depend on the slot count. Put the switch around a whole ``value_and_grad`` rather than inside the
+    differentiated function: differentiated, a switch carries every branch's residuals out of every branch
+    (the update's step ran up to a third slower that way on 2 cores).
     """
-    slots = transcript.tokens.shape[1]
-    sizes = sorted({-(-slots // d) for d in PREFIX_BUCKETS})
-
-    def pass_over(n):
-        h, _ = model.hidden_states(transcript.tokens[:, :n], transcript.positions[:, :n], None,
-                                   transcript.token_mask[:, :n])
-        return jnp.pad(h, ((0, 0), (0, slots - n), (0, 0)))
-
+    sizes = prefix_sizes(transcript.tokens.shape[1])
     if len(sizes) == 1:
-        return pass_over(slots)
+        return fn(transcript)
     index = jnp.searchsorted(jnp.asarray(sizes), transcript.length.max())
-    return jax.lax.switch(index, [lambda n=n: pass_over(n) for n in sizes])
+    return jax.lax.switch(index, [lambda n=n: fn(transcript.replace(tokens=transcript.tokens[:, :n])) for n in sizes])
 
 
 def _observation_nll(model, hidden, transcript: Transcript, action_slots, vocab):
@@ -425,8 +433,8 @@ def _observation_nll(model, hidden, transcript: Transcript, action_slots, vocab)
 
 
 def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
-                        top_p: float = 1.0, with_entropy: bool = False, free: bool = False):
+                        top_p: float = 1.0, with_entropy: bool = False, free: bool = False, cut_to_used: bool = True):
     """float32[B, T, L]: the sampler's log-probability of every action token (see :func:`teacher_forced`);
     with ``with_entropy`` returns ``(logp, entropy)``."""
-    out = teacher_forced(graphdef, model_state, transcript, table, temperature, top_p, free)
+    out = teacher_forced(graphdef, model_state, transcript, table, temperature, top_p, free, cut_to_used=cut_to_used)
     return (out.logp, out.entropy) if with_entropy else out.logp

@@ -36,7 +36,7 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
-from metarl_jax.rollout import rollout, teacher_forced, teacher_forced_logp
+from metarl_jax.rollout import on_used_prefix, rollout, teacher_forced, teacher_forced_logp
 
 
 @struct.dataclass
@@ -134,37 +134,53 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         transcripts, answers = zip(*[play(state.params, task, k) for task, k in zip(tasks, keys)])
         advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
-        def loss_fn(params):
-            total, parts = 0.0, []
+        total_rows = sum(tr.action_tokens.shape[0] for tr in transcripts)
+
+        def task_loss(params, task, tr, adv, answer):
+            """One env's loss and metrics; ``tr`` cut to its used prefix (see ``loss_and_grad``)."""
+            rows, turns, act_len = tr.action_tokens.shape
+            free = task.free_tokens > 0
+            logp, entropy, obs_nll, answer_logp, answer_scored = teacher_forced(
+                graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
+                observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer,
+                cut_to_used=False)
+            flat = lambda x: x.reshape(rows, turns * act_len)
+            mask = flat(tr.action_mask)
+            tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
+            loss, m = ppo_clip_loss(flat(logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high)
+            m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
+            loss = loss - hp.entropy_coef * m["entropy"]
+            if hp.observation_coef:
+                m["observation_nll"] = obs_nll
+                loss = loss + hp.observation_coef * obs_nll
+            if hp.answer_coef:
+                m["answer_nll"] = -answer_logp.sum() / jnp.maximum(answer_scored.sum(), 1)
+                loss = loss + hp.answer_coef * m["answer_nll"]
+            if hp.kl_coef:
+                ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p,
+                                               free=free, cut_to_used=False)
+                m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
+                loss = loss + hp.kl_coef * m["kl"]
+            return loss * (rows / total_rows), m  # rows of all envs count equally
+
+        def loss_and_grad(params):
+            """The loss (summed over envs), its gradient, and the per-env metrics. Each env's loss and gradient
+            run together on its transcript cut to the used prefix (``on_used_prefix`` around the whole
+            ``value_and_grad``, which keeps the switch out of the differentiated function)."""
+            loss, grads, parts = 0.0, None, []
             for task, tr, adv, answer in zip(tasks, transcripts, advantages, answers):
-                rows, turns, act_len = tr.action_tokens.shape
-                free = task.free_tokens > 0
-                logp, entropy, obs_nll, answer_logp, answer_scored = teacher_forced(
-                    graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
-                    observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer)
-                flat = lambda x: x.reshape(rows, turns * act_len)
-                mask = flat(tr.action_mask)
-                tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
-                loss, m = ppo_clip_loss(flat(logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high)
-                m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
-                loss = loss - hp.entropy_coef * m["entropy"]
-                if hp.observation_coef:
-                    m["observation_nll"] = obs_nll
-                    loss = loss + hp.observation_coef * obs_nll
-                if hp.answer_coef:
-                    m["answer_nll"] = -answer_logp.sum() / jnp.maximum(answer_scored.sum(), 1)
-                    loss = loss + hp.answer_coef * m["answer_nll"]
-                if hp.kl_coef:
-                    ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p, free=free)
-                    m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
-                    loss = loss + hp.kl_coef * m["kl"]
-                total = total + loss * rows
+                def env_value_and_grad(cut, task=task, adv=adv, answer=answer):
+                    return jax.value_and_grad(lambda p: task_loss(p, task, cut, adv, answer), has_aux=True)(params)
+
+                (part_loss, m), part_grads = on_used_prefix(tr, env_value_and_grad)
+                loss = loss + part_loss
+                grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
                 parts.append(m)
-            return total / sum(tr.action_tokens.shape[0] for tr in transcripts), parts
+            return (loss, parts), grads
 
         def update(params, opt_state):
             """One optax update, or none (inputs returned unchanged) when anything in it is non-finite."""
-            (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            (loss, parts), grads = loss_and_grad(params)
             if hp.inject_nan_step > 0:  # testing hook: corrupt the gradient in the chosen steps
                 number = state.step + 1  # this step's number as logged
                 hit = (number >= hp.inject_nan_step) & (number < hp.inject_nan_step + hp.inject_nan_count)
