@@ -76,7 +76,7 @@ class Transcript:
         return jnp.broadcast_to(jnp.arange(self.tokens.shape[1], dtype=jnp.int32), self.tokens.shape)
 
 
-PREFILL_BLOCK = 32  # tokens per prefill call
+PREFILL_BLOCKS = (8, 16, 32)  # tokens per prefill call: the least that holds an ordinary turn, at most 32
 LONG_ROWS = 4  # prefill blocks after the first run on at most batch / LONG_ROWS rows at a time
 
 
@@ -85,12 +85,24 @@ def _write(buffer, values, start):
     return jax.vmap(lambda buf, val, s: jax.lax.dynamic_update_slice(buf, val.astype(buf.dtype), (s,)))(buffer, values, start)
 
 
-def _prefill_blocks(model, cache, chunk, n, first: int, trips):
-    """Writes blocks ``first, first + 1, ...`` (``trips`` of them, ``PREFILL_BLOCK`` tokens each) of ``chunk``
+def prefill_block(budget: ContextBudget, action_len: int, prefix_len: int, per_turn: int = 0, free: bool = False) -> int:
+    """Tokens per prefill call: the least of :data:`PREFILL_BLOCKS` that holds an ordinary turn's chunk (the
+    previous action's forced tail, ``per_turn`` chat tokens, ``budget.step_len`` of game text, the forced action
+    prefix), else the largest. One call then covers such a turn; longer chunks (an opening, an episode
+    boundary) take more calls on their rows only. One-word feedback then prefills 8 tokens a turn instead of 32
+    (the default run's -hard rollout ran ~25% faster)."""
+    if not budget.step_len:  # unknown
+        return PREFILL_BLOCKS[-1]
+    ordinary = (0 if free else action_len - prefix_len) + per_turn + budget.step_len + prefix_len
+    return next((b for b in PREFILL_BLOCKS if b >= ordinary), PREFILL_BLOCKS[-1])
+
+
+def _prefill_blocks(model, cache, chunk, n, first: int, trips, block: int):
+    """Writes blocks ``first, first + 1, ...`` (``trips`` of them, ``block`` tokens each) of ``chunk``
     [B, W] into the cache from ``cache.length`` on; tokens at or past ``n[b]`` are padding (never attended to,
     overwritten later). Returns ``(cache, hidden [B, D] of each row's token ``n - 1`` if written here, else 0)``.
     ``cache.length`` is left at the start (the caller sets it)."""
-    batch, block = chunk.shape[0], PREFILL_BLOCK
+    batch = chunk.shape[0]
     start = cache.length
     rows = jnp.arange(batch)
 
@@ -110,19 +122,18 @@ def _prefill_blocks(model, cache, chunk, n, first: int, trips):
     return cache.replace(length=start), last
 
 
-def _prefill(model, cache, chunk, n):
+def _prefill(model, cache, chunk, n, block: int):
     """Writes the first ``n[b]`` tokens of ``chunk`` [B, W] into the cache at ``cache.length``.
 
-    Every row runs the first ``PREFILL_BLOCK`` tokens (most observations fit). The few longer ones (a new
+    Every row runs the first ``block`` tokens (most observations fit). The few longer ones (a new
     episode's opening text) then run their remaining blocks in groups of ``ceil(B / LONG_ROWS)`` rows: their
     cache rows are gathered, prefilled and scattered back, so short rows do not pay for the longest row's
     padding. Returns ``(cache, hidden [B, D] of each row's last written token)``.
     """
     batch, width = chunk.shape
-    block = PREFILL_BLOCK
     chunk = jnp.pad(chunk, ((0, 0), (0, -width % block)))
     start = cache.length
-    cache, last = _prefill_blocks(model, cache, chunk, n, 0, (jnp.max(n) > 0).astype(jnp.int32))
+    cache, last = _prefill_blocks(model, cache, chunk, n, 0, (jnp.max(n) > 0).astype(jnp.int32), block)
     if chunk.shape[1] > block:
         group = -(-batch // LONG_ROWS)
 
@@ -132,7 +143,8 @@ def _prefill(model, cache, chunk, n):
         def on_prefix(slots, cache, pick, sub_n):  # the picked rows' first ``slots`` cache slots only
             sub = KVCache(k=tuple(c[pick, :, :slots] for c in cache.k), v=tuple(c[pick, :, :slots] for c in cache.v),
                           valid=cache.valid[pick, :slots], length=cache.length[pick])
-            sub, sub_last = _prefill_blocks(model, sub, chunk[pick], sub_n, 1, (jnp.max(sub_n) + block - 1) // block - 1)
+            sub, sub_last = _prefill_blocks(model, sub, chunk[pick], sub_n, 1, (jnp.max(sub_n) + block - 1) // block - 1,
+                                            block)
             put = lambda full, part: full.at[pick, :, :slots].set(part)  # noqa: E731
             return KVCache(k=tuple(map(put, cache.k, sub.k)), v=tuple(map(put, cache.v, sub.v)),
                            valid=cache.valid.at[pick, :slots].set(sub.valid), length=cache.length), sub_last
@@ -207,7 +219,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         raise ValueError(f"the context budget counts {budget.action_len} action tokens, the decoder writes {act_len}")
     chat = chat or ChatWrap()
     width = act_len + chat.per_turn + chunk + pre  # pending tail, chat end, chat open, observation, chat close, prefix
-    room = context_len + width + PREFILL_BLOCK  # slack: block writes never clip at the end
+    block = prefill_block(budget, act_len, pre, chat.per_turn, free)
+    room = context_len + width + block  # slack: block writes never clip at the end
     cache = init_cache(model.config, batch, room)
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
     render = jax.vmap(codec.render_tokens)
@@ -242,7 +255,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         m = jnp.where(live, m, 0)
         scratch = room - width  # past the context: where rows that take no turn write their padding
         tokens = _write(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start, scratch))
-        cache, last = _prefill(model, cache, buf, m)
+        cache, last = _prefill(model, cache, buf, m, block)
         action_start = cache.length - pre
         logits = model.logits(last)
         valid = jax.vmap(env.valid_actions)(states)

@@ -11,7 +11,7 @@ from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import rollout, teacher_forced, teacher_forced_logp
+from metarl_jax.rollout import prefill_block, rollout, teacher_forced, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 
 BATCH = 3
@@ -32,12 +32,22 @@ def play(env_id, context_len=None, cap=6, **trial_kw):
 
 
 @pytest.fixture(scope="module", params=[
-    ("game:GuessTheNumber-v0-easy", dict(intro=False)),  # one sampled token per action
+    # One sampled token per action; terse text prefills 8 tokens per call, so the opening takes several.
+    ("game:GuessTheNumber-v0-easy", dict(intro=False, text="terse")),
     ("game:Mastermind-v0-random", dict(intro=True, repeat_opening=False, reflection=True)),  # several
 ])
 def setup(request):
     env_id, kw = request.param
     return play(env_id, **kw)
+
+
+def test_prefill_block_fits_an_ordinary_turn(setup):
+    """Terse one-word feedback prefills 8-token blocks (its opening spans several); GEM's sentences 32."""
+    b, table = setup["budget"], setup["table"]
+    block = prefill_block(b, table.max_len, table.prefix_len)
+    assert block == (8 if setup["env"].env.terse else 32)
+    assert b.chunk_len > block, "the opening must take more than one block for the tests to cover that path"
+    assert prefill_block(b, table.max_len, table.prefix_len, free=True) <= block
 
 
 def replay_text(s, b):

@@ -8,6 +8,9 @@ the codec's per-slot widths, so it is tight per view and still a guarantee:
 
 * ``chunk_len``: the longest single observation (real tokens come first in a rendered observation, so the
   rollout keeps only its first ``chunk_len`` slots);
+* ``step_len``: the game text of an ordinary turn inside an episode (no opening, no episode boundary, no
+  status message such as a format error): what most turns show. Not a bound (a status message can add to it);
+  it only sizes the rollout's prefill calls;
 * ``turns``: decisions in a trial: the env steps of the cap, plus a reflection turn between episodes;
 * ``worst_case``: the longest possible transcript: the opening observation, then every later turn at its
   longest view, each followed by the longest action.
@@ -29,6 +32,7 @@ class ContextBudget:
     action_len: int
     turns: int
     worst_case: int
+    step_len: int = 0
 
 
 def context_budget(env, codec, action_len: int, per_turn: int = 0) -> ContextBudget:
@@ -49,6 +53,7 @@ def context_budget(env, codec, action_len: int, per_turn: int = 0) -> ContextBud
     inner = w[8 + n:]
     opening = set(game.opening_slots)
     later = sum(x for i, x in enumerate(inner) if i not in opening)
+    game_later = sum(x for i, x in enumerate(inner[:len(game.game_layout)]) if i not in opening)
     first = sum(inner)  # time 0: the opening, plus whatever else the game shows then
     next_first = first if env.repeat_opening else later
     views = {
@@ -62,4 +67,5 @@ def context_budget(env, codec, action_len: int, per_turn: int = 0) -> ContextBud
     turns = env.total_step_cap + (env.total_step_cap - 1 if env.reflection else 0)
     longest_later = max(v for k, v in views.items() if k != "start")
     worst = views["start"] + action_len + (turns - 1) * (longest_later + action_len) + turns * per_turn
-    return ContextBudget(chunk_len=max(views.values()), action_len=int(action_len), turns=turns, worst_case=worst)
+    return ContextBudget(chunk_len=max(views.values()), action_len=int(action_len), turns=turns, worst_case=worst,
+                         step_len=game_later)
