@@ -31,7 +31,7 @@ peak, and peak memory.
 FLOPs are counted **analytically** (the fractions use this count; XLA's ``cost_analysis()`` of the compiled
 update is printed next to it as a cross-check only: it counts a ``lax.switch``'s branches and loop bodies in
 its own way). Multiply-add = 2 FLOPs, with B rows, S context slots, n = the prefix the teacher-forced pass runs
-over (the smallest of S/4, S/2, S that holds the longest row, as ``rollout._hidden_states`` picks it), T turns,
+over (the smallest of S/2, S that holds the longest row, as ``rollout.on_used_prefix`` picks it), T turns,
 L action tokens, K observation sub-vocabulary, and the model sizes of ``benchmarks/model_flops.py``::
 
     projections = 2 * B*n * layers * (D*H*E + 2*D*K_h*E + H*E*D + 3*D*F)
@@ -40,7 +40,7 @@ L action tokens, K observation sub-vocabulary, and the model sizes of ``benchmar
                   recomputation of the scores is not counted)
     lm_head     = 2 * B*T*L * D*K_a        (logits only where an action token is predicted, onto the K_a tokens of
                                            the actions under constrained decoding, the whole V under free)
-    obs_loss    = 2 * B*(S-1) * D*K        (the auxiliary observation loss, when observation_coef > 0)
+    obs_loss    = 2 * B*(n-1) * D*K        (the auxiliary observation loss, when observation_coef > 0)
     update      = update_epochs * 3 * (projections + attention + lm_head + obs_loss)   # fwd + bwd = 3 x fwd
 
 The peak is measured in the same process: the best FLOP/s of jitted float32 square matmuls (``--peak-sizes``),
@@ -84,7 +84,7 @@ from model_flops import measure_peak, xla_flops  # noqa: E402
 from metarl_jax import train  # noqa: E402
 from metarl_jax.algos import grpo  # noqa: E402
 from metarl_jax.models.transformer import query_blocks  # noqa: E402
-from metarl_jax.rollout import PREFIX_BUCKETS, rollout  # noqa: E402
+from metarl_jax.rollout import prefix_sizes, rollout  # noqa: E402
 
 
 # ---------------------------------------------------------------- configs
@@ -193,7 +193,7 @@ def update_flops(run, cfg, transcript) -> dict:
     B, S = transcript.tokens.shape
     _, T, L = transcript.action_tokens.shape
     longest = int(transcript.length.max())
-    n = min(s for s in sorted({-(-S // d) for d in PREFIX_BUCKETS}) if s >= longest) if longest <= S else S
+    n = min(s for s in prefix_sizes(S) if s >= longest) if longest <= S else S
     d, h, kh, e, f, v, layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
                                  cfg.vocab_size, cfg.num_layers)
     projections = 2 * B * n * layers * (d * h * e + 2 * d * kh * e + h * e * d + 3 * d * f)
@@ -202,7 +202,7 @@ def update_flops(run, cfg, transcript) -> dict:
     k_act = v if t.free_tokens else len(t.table.vocab)  # constrained decoding projects onto the actions' tokens
     lm_head = 2 * B * T * L * d * k_act
     k_obs = len(t.observation_vocab) if hp.observation_coef else 0
-    obs_loss = 2 * B * (S - 1) * d * k_obs
+    obs_loss = 2 * B * (n - 1) * d * k_obs
     forward = projections + attention + lm_head + obs_loss
     total = hp.update_epochs * 3 * forward
     if hp.kl_coef:  # the frozen reference's forward (no gradient)

@@ -8,7 +8,8 @@ the same budget, in ``<workdir>/orbit`` and ``<workdir>/single_episode``, and pr
 per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
 command resumes from the last checkpoints.
 
-``--baselines`` plays the random and oracle policies instead (no training).
+``--baselines`` plays the random and oracle policies instead (no training). Compiled programs are cached in
+``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from ml_collections import config_flags
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config file (path.py[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/metarl_run", "Where checkpoints, logs and results go.")
+_COMPILE_CACHE = flags.DEFINE_boolean(
+    "compile_cache", True, "Keep compiled XLA programs in <workdir>/xla_cache (JAX's persistent compilation cache): a "
+    "resumed or repeated run, and the second run of a comparison for the programs both share (the held-out "
+    "evaluation), load them instead of compiling again.")
 _BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
 
 
@@ -72,6 +77,10 @@ def main(argv):
     check_config(config)  # a bad field fails here, before jax.distributed or any compile
     maybe_initialize_distributed(config.mesh.distributed)  # before anything touches the devices
     check_writable(workdir, "workdir")  # a clear error (not a raw OSError) for a read-only or missing parent
+    if _COMPILE_CACHE.value:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     if _BASELINES.value:
         from metarl_jax.play import play_baselines
 

@@ -406,7 +406,9 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored)
 
 
-PREFIX_BUCKETS = (4, 2, 1)  # a teacher-forced pass covers context_len / d slots for the smallest d that fits
+# A teacher-forced pass covers context_len / d slots for the smallest d that fits. Each bucket is a forward and
+# backward pass to compile (~8 s for the default run on 2 cores); a quarter-context bucket was never chosen there.
+PREFIX_BUCKETS = (2, 1)
 
 
 def prefix_sizes(slots: int) -> list[int]:
@@ -415,8 +417,8 @@ def prefix_sizes(slots: int) -> list[int]:
 
 
 def on_used_prefix(transcript: Transcript, fn):
-    """``fn(cut)`` where ``cut`` is the transcript cut to the shortest static prefix (S/4, S/2 or S slots) that
-    holds every row's tokens, chosen at run time with ``lax.switch``.
+    """``fn(cut)`` where ``cut`` is the transcript cut to the shortest static prefix (S/2 or S slots, see
+    :data:`PREFIX_BUCKETS`) that holds every row's tokens, chosen at run time with ``lax.switch``.
 
     Short trials (single-episode ones, or trials that end early) then cost a fraction of a full-context pass;
     attention is causal, so nothing computed for the real tokens depends on the slots cut off. ``fn``'s output

@@ -11,7 +11,7 @@ from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import prefill_block, rollout, teacher_forced, teacher_forced_logp
+from metarl_jax.rollout import on_used_prefix, prefill_block, prefix_sizes, rollout, teacher_forced, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 
 BATCH = 3
@@ -89,6 +89,38 @@ def test_rollout_log_probs_equal_teacher_forced_forward(setup):
     assert (np.asarray(tr.logp)[mask] <= 0).all() and (np.asarray(tr.logp)[mask] < 0).any()
     # Forced tokens (the shared \boxed{ prefix) carry log-probability exactly 0.
     assert (np.asarray(tr.logp)[:, :, : s["table"].prefix_len] == 0).all()
+
+
+def test_cutting_to_the_used_prefix_changes_no_value_or_gradient(setup):
+    """A transcript with twice the slots runs its teacher-forced pass, and a gradient taken inside
+    ``on_used_prefix`` (as the train step does), on the first half only; values and gradients equal the uncut
+    pass over the original slots."""
+    s = setup
+    tr, env = s["transcript"], s["env"]
+    from metarl_jax.text import Codec
+
+    vocab = np.unique(np.asarray(Codec(env, s["tok"]).table))
+    vocab = vocab[vocab != s["tok"].pad_id]
+    slots = tr.tokens.shape[1]
+    padded = tr.replace(tokens=jnp.pad(tr.tokens, ((0, 0), (0, slots)), constant_values=s["tok"].pad_id))
+    assert prefix_sizes(2 * slots)[0] == slots
+
+    def forced(st, t, cut):
+        return teacher_forced(s["graphdef"], st, t, s["table"], 0.7, 0.95, observation_vocab=vocab, cut_to_used=cut)
+
+    def loss(st, t):
+        out = forced(st, t, False)
+        return (out.logp * tr.action_mask).sum() + out.observation_nll
+
+    whole, cut = jax.jit(lambda st: (forced(st, tr, False), forced(st, padded, True)))(s["state"])
+    for a, b in zip(whole, cut):
+        if a is not None:  # no answers here
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    grads, cut_grads = jax.jit(lambda st: (jax.grad(loss)(st, tr),
+                                           on_used_prefix(padded, lambda t: jax.grad(loss)(st, t))))(s["state"])
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(cut_grads)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 0
 
 
 def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(setup):
