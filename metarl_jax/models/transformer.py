@@ -63,7 +63,7 @@ def matmul_rows(x, w):
 
     The result equals ``x @ w``; the difference is speed on CPU: XLA lowers a product whose left side keeps its
     batch dims, and above all the weight gradient that contracts over two of them (B and T), to a slower path.
-    Flattened, the tiny model's MLP forward plus backward ran ~3x faster on 2 cores (benchmarks/RESULTS.md).
+    Flattened, the tiny model's MLP forward plus backward ran ~3x faster on 2 cores (results/README.md).
     """
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
