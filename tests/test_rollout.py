@@ -50,6 +50,12 @@ def test_prefill_block_fits_an_ordinary_turn(setup):
     assert prefill_block(b, table.max_len, table.prefix_len, free=True) <= block
 
 
+def observation_vocab(s):
+    """The token ids the env's observation text can contain (as ``TaskSpec.observation_vocab``)."""
+    vocab = np.unique(np.asarray(Codec(s["env"], s["tok"]).table))
+    return vocab[vocab != s["tok"].pad_id]
+
+
 def replay_text(s, b):
     """The text the row's context must hold: each turn's observation, then its action."""
     env, params, tr = s["env"], s["params"], s["transcript"]
@@ -96,11 +102,7 @@ def test_cutting_to_the_used_prefix_changes_no_value_or_gradient(setup):
     ``on_used_prefix`` (as the train step does), on the first half only; values and gradients equal the uncut
     pass over the original slots."""
     s = setup
-    tr, env = s["transcript"], s["env"]
-    from metarl_jax.text import Codec
-
-    vocab = np.unique(np.asarray(Codec(env, s["tok"]).table))
-    vocab = vocab[vocab != s["tok"].pad_id]
+    tr, vocab = s["transcript"], observation_vocab(s)
     slots = tr.tokens.shape[1]
     padded = tr.replace(tokens=jnp.pad(tr.tokens, ((0, 0), (0, slots)), constant_values=s["tok"].pad_id))
     assert prefix_sizes(2 * slots)[0] == slots
@@ -127,11 +129,7 @@ def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(s
     """The auxiliary loss equals a direct next-token cross-entropy over the env's observation tokens, with
     action slots skipped, and leaves the action log-probs unchanged."""
     s = setup
-    tr, env = s["transcript"], s["env"]
-    from metarl_jax.text import Codec
-
-    vocab = np.unique(np.asarray(Codec(env, s["tok"]).table))
-    vocab = vocab[vocab != s["tok"].pad_id]
+    tr, vocab = s["transcript"], observation_vocab(s)
     # jitted: eager dispatch of the bucketed passes is slow on 2 cores
     out = jax.jit(lambda st, tr: teacher_forced(s["graphdef"], st, tr, s["table"], 0.7, 0.95,
                                                 observation_vocab=vocab))(s["state"], tr)
