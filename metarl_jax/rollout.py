@@ -28,7 +28,7 @@ from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.envs.base import tree_select
 from metarl_jax.models.sampling import process_logits, sample
-from metarl_jax.models.transformer import KVCache, init_cache
+from metarl_jax.models.transformer import init_cache
 from metarl_jax.text.chat import ChatWrap
 
 
@@ -97,38 +97,39 @@ def prefill_block(budget: ContextBudget, action_len: int, prefix_len: int, per_t
     return next((b for b in PREFILL_BLOCKS if b >= ordinary), PREFILL_BLOCKS[-1])
 
 
-def _prefill_blocks(model, cache, chunk, n, first: int, trips, block: int):
+def _prefill_blocks(model, cache, chunk, n, first: int, trips, block: int, rows=None):
     """Writes blocks ``first, first + 1, ...`` (``trips`` of them, ``block`` tokens each) of ``chunk``
     [B, W] into the cache from ``cache.length`` on; tokens at or past ``n[b]`` are padding (never attended to,
-    overwritten later). Returns ``(cache, hidden [B, D] of each row's token ``n - 1`` if written here, else 0)``.
+    overwritten later). ``rows`` (int32[B], distinct): the chunk's rows are these cache rows (None: all, in
+    order). Returns ``(cache, hidden [B, D] of each row's token ``n - 1`` if written here, else 0)``.
     ``cache.length`` is left at the start (the caller sets it)."""
     batch = chunk.shape[0]
-    start = cache.length
-    rows = jnp.arange(batch)
+    start = cache.length if rows is None else cache.length[rows]
 
     def body(i, carry):
         cache, last = carry
         off = (first + i) * block
         toks = jax.lax.dynamic_slice_in_dim(chunk, off, block, axis=1)
         idx = off + jnp.arange(block)[None, :]
-        cache = cache.replace(length=start + off)
-        hidden, cache = model.hidden_states(toks, start[:, None] + idx, cache, idx < n[:, None])
+        cache = cache.replace(length=start + off if rows is None else cache.length.at[rows].set(start + off))
+        hidden, cache = model.hidden_states(toks, start[:, None] + idx, cache, idx < n[:, None],
+                                            last_at=jnp.clip(n - 1 - off, 0, block - 1), rows=rows)
         here = (n - 1 >= off) & (n - 1 < off + block)
-        last = jnp.where(here[:, None], hidden[rows, jnp.clip(n - 1 - off, 0, block - 1)], last)
+        last = jnp.where(here[:, None], hidden[:, 0], last)
         return cache, last
 
     last = jnp.zeros((batch, model.config.hidden_size), jnp.float32)
     cache, last = jax.lax.fori_loop(0, trips, body, (cache, last))
-    return cache.replace(length=start), last
+    return cache.replace(length=start if rows is None else cache.length.at[rows].set(start)), last
 
 
 def _prefill(model, cache, chunk, n, block: int):
     """Writes the first ``n[b]`` tokens of ``chunk`` [B, W] into the cache at ``cache.length``.
 
     Every row runs the first ``block`` tokens (most observations fit). The few longer ones (a new
-    episode's opening text) then run their remaining blocks in groups of ``ceil(B / LONG_ROWS)`` rows: their
-    cache rows are gathered, prefilled and scattered back, so short rows do not pay for the longest row's
-    padding. Returns ``(cache, hidden [B, D] of each row's last written token)``.
+    episode's opening text) then run their remaining blocks in groups of ``ceil(B / LONG_ROWS)`` rows, the
+    longest first, each group on its own cache rows in place (``hidden_states(..., rows=)``), so short rows do
+    not pay for the longest row's padding. Returns ``(cache, hidden [B, D] of each row's last written token)``.
     """
     batch, width = chunk.shape
     chunk = jnp.pad(chunk, ((0, 0), (0, -width % block)))
@@ -140,26 +141,12 @@ def _prefill(model, cache, chunk, n, block: int):
         def pending(carry):
             return jnp.any(carry[2])
 
-        def on_prefix(slots, cache, pick, sub_n):  # the picked rows' first ``slots`` cache slots only
-            sub = KVCache(k=tuple(c[pick, :, :slots] for c in cache.k), v=tuple(c[pick, :, :slots] for c in cache.v),
-                          valid=cache.valid[pick, :slots], length=cache.length[pick])
-            sub, sub_last = _prefill_blocks(model, sub, chunk[pick], sub_n, 1, (jnp.max(sub_n) + block - 1) // block - 1,
-                                            block)
-            put = lambda full, part: full.at[pick, :, :slots].set(part)  # noqa: E731
-            return KVCache(k=tuple(map(put, cache.k, sub.k)), v=tuple(map(put, cache.v, sub.v)),
-                           valid=cache.valid.at[pick, :slots].set(sub.valid), length=cache.length), sub_last
-
-        slots = cache.max_len
-        prefixes = sorted({-(-slots // d) for d in (8, 4, 2, 1)})
-
         def run_group(carry):
             cache, last, todo = carry
             _, pick = jax.lax.top_k(todo.astype(jnp.int32) * (n + 1), group)  # rows with blocks left first
             sub_n = jnp.where(todo[pick], n[pick], 0)
-            reach = jnp.max(start[pick] + (sub_n + block - 1) // block * block)  # block writes end before this slot
-            cache, sub_last = jax.lax.switch(jnp.searchsorted(jnp.asarray(prefixes), reach),
-                                             [lambda c, p, m, k=k: on_prefix(k, c, p, m) for k in prefixes],
-                                             cache, pick, sub_n)
+            cache, sub_last = _prefill_blocks(model, cache, chunk[pick], sub_n, 1, (jnp.max(sub_n) + block - 1) // block - 1,
+                                              block, rows=pick)
             last = last.at[pick].set(jnp.where((sub_n > block)[:, None], sub_last, last[pick]))
             return cache, last, todo.at[pick].set(False)
 
@@ -227,6 +214,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
     prefix = jnp.broadcast_to(table.tokens[0, :pre], (batch, pre))
     positions = jnp.arange(act_len)
+    columns = jnp.asarray(table.vocab, jnp.int32)
     select_rows = jax.vmap(tree_select)  # per row: the first tree where the flag is set, else the second
     wrap_open, wrap_close, wrap_end = (jnp.broadcast_to(jnp.asarray(w, jnp.int32), (batch, len(w)))
                                        for w in (chat.open, chat.close, chat.end))
@@ -257,11 +245,10 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         tokens = _write(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start, scratch))
         cache, last = _prefill(model, cache, buf, m, block)
         action_start = cache.length - pre
-        logits = model.logits(last)
         valid = jax.vmap(env.valid_actions)(states)
         if free:
             cache, action, action_tokens, logp, emitted = _decode_free(
-                model, table, cache, logits, live, k_dec, free_tokens, temperature, top_p)
+                model, table, cache, model.logits(last), live, k_dec, free_tokens, temperature, top_p)
             length = emitted.sum(axis=1).astype(jnp.int32)
             tokens = _write(tokens, action_tokens, jnp.where(live, action_start, scratch))
             return finish(states, cache, tokens, pending, jnp.zeros_like(n), end, stopped, truncated_now, live, k_env,
@@ -270,9 +257,11 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
         logp = jnp.zeros((batch, act_len), jnp.float32)
+        logits = model.logits(last, columns)  # the actions' K tokens only
         for i in range(decide):
             keys = jax.random.split(jax.random.fold_in(k_dec, i), batch)
-            token, lp, new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p))(dstate, logits, keys)
+            token, lp, new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p, on_columns=True))(
+                dstate, logits, keys)
             chosen = live & ~dstate.done & (dstate.alive.sum(-1) > 1)  # a real choice remains
             logp = logp.at[:, pre + i].set(jnp.where(chosen, lp, 0.0))
             dstate = select_rows(chosen, new, dstate)
@@ -280,7 +269,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
                 pos = cache.length
                 hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, chosen[:, None])
                 cache = cache.replace(length=pos + chosen)
-                logits = model.logits(hidden[:, 0])
+                logits = model.logits(hidden[:, 0], columns)
         action = jnp.argmax(dstate.alive, axis=-1).astype(jnp.int32)  # determined: one action is alive
         action_tokens = table.tokens[action]
         length = table.lengths[action]

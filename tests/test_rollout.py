@@ -166,7 +166,7 @@ def test_answer_log_prob_replays_the_answer_on_the_action_trie(setup):
     all_tokens, starts = np.asarray(table.tokens), np.asarray(tr.action_start)
     sampled, amask, valid = np.asarray(tr.action_tokens), np.asarray(tr.action_mask), np.asarray(tr.valid)
     scored = np.asarray(out.answer_scored)
-    np.testing.assert_array_equal(scored, amask.any(-1) & valid[np.arange(BATCH)[:, None], :, answers][:, 0])
+    np.testing.assert_array_equal(scored, amask.any(-1) & valid[np.arange(BATCH), :, answers])  # [B, T]
     assert scored[:, 0].all()
     for b in range(BATCH):
         answer = all_tokens[answers[b]]

@@ -160,11 +160,19 @@ def _determined_at(seq, counts) -> int:
     return len(seq)
 
 
-def constrained_step(table: ActionTable, state: DecodeState, logits, key, temperature: float = 1.0, top_p: float = 1.0):
+def constrained_step(table: ActionTable, state: DecodeState, logits, key, temperature: float = 1.0, top_p: float = 1.0,
+                     on_columns: bool = False):
     """One decoding step. Returns ``(token int32[], log_prob float32[], new_state)``.
 
-    Once the decode is done the step emits ``table``'s padding with log-probability 0 and changes nothing.
+    ``logits`` is float32[V] over the whole vocabulary, or with ``on_columns`` float32[K] over the actions'
+    tokens ``table.vocab`` only (every other token has probability 0 anyway; the rollout projects onto those K
+    columns, which spares the [V] projection and sampling). Once the decode is done the step emits ``table``'s
+    padding with log-probability 0 and changes nothing.
     """
-    token, logp = sample(key, logits, temperature, top_p, mask=table.allowed(state))
+    if on_columns:
+        column, logp = sample(key, logits, temperature, top_p, mask=table.allowed_columns(state))
+        token = jnp.asarray(table.vocab, jnp.int32)[column]
+    else:
+        token, logp = sample(key, logits, temperature, top_p, mask=table.allowed(state))
     new = table.advance(state, token)
     return jnp.where(state.done, table.pad_id, token), jnp.where(state.done, 0.0, logp), new

@@ -138,54 +138,89 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.cfg = cfg
 
-    def __call__(self, x, cos, sin, keys_fn):
-        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used)`` supplies the attended keys and values
-        and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T] (attention
-        is causal) and ``used`` None; with a cache, the layer's cache [B, K, S, E], a function
-        ``n -> bool[B, T, n]`` (the mask of the first n slots) and ``used`` int32[]: no query attends past slot
-        ``used - 1``."""
+    def __call__(self, x, cos, sin, keys_fn, query_at=None):
+        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used, rows)`` supplies the attended keys and
+        values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T]
+        (attention is causal) and ``used`` and ``rows`` None; with a cache, the layer's cache [B', K, S, E], a
+        function ``n -> bool[B, T, n]`` (the mask of the first n slots), ``used`` int32[]: no query attends past
+        slot ``used - 1``, and ``rows`` (int32[B] or None): the cache rows of the call's rows (None: the same). ``query_at`` (int32[B], cache only): every token's keys and values are computed, but only
+        token ``query_at[b]`` of each row queries; the output is then [B, 1, D]."""
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        k = apply_rope(k, cos, sin)
+        k_all, v_all, mask, used, rows = keys_fn(k, v)
+        if query_at is not None:
+            x, cos, sin = (take_token(a, query_at) for a in (x, cos, sin))
+            mask = lambda n, full=mask: take_token(full(n), query_at)  # noqa: E731
+            t = 1
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all, mask, used = keys_fn(k, v)
+            q = self.q_norm(q)
+        q = apply_rope(q, cos, sin)
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
         if used is not None:  # a cache: attend only to the slots in use, rounded up to a bucket
-            out = _attend_prefix(q, k_all, v_all, mask, used)  # here ``mask(n)`` gives the first n slots' mask
+            out = _attend_prefix(q, k_all, v_all, mask, used, rows)  # ``mask(n)``: the first n slots' mask
         else:  # one causal pass over the call's tokens; ``mask`` is the keys' validity bool[B, T]
             out = causal_attention(q, k_all, v_all, mask)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
+def take_token(x, index):
+    """x [B, T, ...] at token ``index[b]`` of each row: [B, 1, ...]."""
+    return jnp.take_along_axis(x, index.reshape(-1, *([1] * (x.ndim - 1))), axis=1)
+
+
 QUERY_BLOCK = 64
 CACHE_BUCKETS = 16  # cached attention covers the first i/16 of the slots, the least i that holds every query
+# Rows per chunk of cached attention on CPU. The whole batch's scores [B, H, T, n] would stream through memory
+# on every pass of the softmax; 4 rows' stay in the cache (B = 64 rows of 32 queries over 836 slots, tiny
+# preset, 2 cores: 48 ms a layer as one batch, 11 ms in chunks of 4; chunks of 1 cost 42 ms in loop overhead).
+CPU_CACHE_ROW_CHUNK = 4
 
 
-def _attend_prefix(q, k, v, mask_fn, used):
-    """Attention of q [B, T, K, G, E] over only the first ``n`` slots of a heads-major cache k, v [B, K, S, E]:
+def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None):
+    """Attention of q [B, T, K, G, E] over only the first ``n`` slots of a heads-major cache k, v [B', K, S, E]
+    (``cache_rows`` int32[B]: the cache row of each query row; None: B' = B, row b is row b):
     ``n`` is the least multiple of S/16 that is >= ``used``, chosen at run time with ``lax.switch``;
     ``mask_fn(n)`` builds those slots' mask bool[B, T, n]. The slots cut off are masked for every query anyway,
     so the result is the same; a call early in a long preallocated context costs a fraction of a full-cache
-    pass (a Python-loop generator's growing cache gets this for free). Returns [B, T, K, G, E]."""
+    pass (a Python-loop generator's growing cache gets this for free). On CPU the rows run in chunks of
+    :data:`CPU_CACHE_ROW_CHUNK`. Returns [B, T, K, G, E]."""
+    b, t, kv, groups, e = q.shape
     slots = k.shape[2]
     sizes = sorted({-(-slots * i // CACHE_BUCKETS) for i in range(1, CACHE_BUCKETS + 1)})
+    rows = q.transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, e)  # a kv head's queries: token-major, then group
+    chunk = CPU_CACHE_ROW_CHUNK if jax.default_backend() == "cpu" else b
 
-    def attend(q, k, v, n):
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k[:, :, :n]).astype(jnp.float32)
-        scores = scores / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
-        scores = jnp.where(mask_fn(n)[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return jnp.einsum("bkgts,bksd->btkgd", probs, v[:, :, :n])
+    def attend(rows, k, v, n):
+        def on_rows(rows, k, v, mask, at=None):  # [C, K, R, E], [C|B', K, S, E] x2, bool[C, T, n], int32[C]
+            k, v = (k[:, :, :n], v[:, :, :n]) if at is None else (k[at, :, :n], v[at, :, :n])
+            scores = jnp.einsum("ckrd,cksd->ckrs", rows, k).astype(jnp.float32)
+            scores = scores / jnp.sqrt(e).astype(jnp.float32)
+            scores = jnp.where(jnp.repeat(mask, groups, axis=1)[:, None], scores, jnp.finfo(jnp.float32).min)
+            p = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+            out = jnp.einsum("ckrs,cksd->ckrd", p.astype(v.dtype), v).astype(jnp.float32)
+            return (out / p.sum(axis=-1, keepdims=True)).astype(v.dtype)  # normalised after the product: one pass less
 
-    branches = [lambda q, k, v, n=n: attend(q, k, v, n) for n in sizes]
+        mask = mask_fn(n)
+        if chunk >= b:
+            return on_rows(rows, k, v, mask, cache_rows)
+        if cache_rows is None:
+            return jax.lax.map(lambda xs: on_rows(*(x[None] for x in xs))[0], (rows, k, v, mask), batch_size=chunk)
+        return jax.lax.map(lambda xs: on_rows(xs[0][None], k, v, xs[1][None], xs[2][None])[0], (rows, mask, cache_rows),
+                           batch_size=chunk)
+
+    branches = [lambda rows, k, v, n=n: attend(rows, k, v, n) for n in sizes]
     if len(sizes) == 1:
-        return branches[0](q, k, v)
-    return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), used), branches, q, k, v)
+        out = branches[0](rows, k, v)
+    else:
+        out = jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), used), branches, rows, k, v)
+    return out.reshape(b, kv, t, groups, e).transpose(0, 2, 1, 3, 4)
 
 
 # Rows per chunk of the causal pass on CPU: one chunk's scores then stay in the cache (a whole batch's
@@ -312,8 +347,10 @@ class Block(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
 
-    def __call__(self, x, cos, sin, keys_fn):
-        x = x + self.attn(self.input_norm(x), cos, sin, keys_fn)
+    def __call__(self, x, cos, sin, keys_fn, query_at=None):
+        """x [B, T, D] -> [B, T, D], or [B, 1, D] with ``query_at`` (see :meth:`Attention.__call__`)."""
+        attended = self.attn(self.input_norm(x), cos, sin, keys_fn, query_at)
+        x = (x if query_at is None else take_token(x, query_at)) + attended
         return x + self.mlp(self.post_norm(x))
 
 
@@ -348,9 +385,21 @@ class Transformer(nnx.Module):
             out = out + self.lm_head.bias[...][vocab]
         return out.astype(jnp.float32)
 
-    def hidden_states(self, tokens, positions, cache: KVCache | None = None, token_mask=None):
+    def hidden_states(self, tokens, positions, cache: KVCache | None = None, token_mask=None, last_at=None,
+                      rows=None):
         """Like ``__call__`` but returns the final (normed) hidden states [B, T, D] instead of logits, so a
-        caller can project only the positions it needs (the vocabulary projection dominates memory)."""
+        caller can project only the positions it needs (the vocabulary projection dominates memory).
+
+        ``last_at`` (int32[B], with a cache): only token ``last_at[b]`` of each row is wanted; returns
+        [B, 1, D]. The last layer still writes every token's keys and values to the cache, but its queries,
+        attention output and MLP run for that one token: a prefill that needs one token's logits skips most of
+        the last layer.
+
+        ``rows`` (int32[B], distinct, with a cache of B' >= B rows): the call's rows are these rows of the cache
+        (written at their ``cache.length``, which advances by T); the other cache rows are left as they are.
+        A few rows of a large batch then run without copying their caches out and back."""
+        if last_at is not None and cache is None:
+            raise ValueError("last_at needs a cache (a causal pass without one returns every token)")
         cfg = self.config
         b, t = tokens.shape
         token_mask = jnp.ones((b, t), bool) if token_mask is None else token_mask.astype(bool)
@@ -360,25 +409,35 @@ class Transformer(nnx.Module):
             mask = token_mask  # the keys' validity; causal_attention adds the causal part
         else:
             slots = jnp.arange(cache.max_len)
-            valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(cache.valid, token_mask, cache.length)
-            query_slot = cache.length[:, None] + jnp.arange(t)[None, :]  # [B, T]
+            length = cache.length if rows is None else cache.length[rows]  # [B]: where this call writes
+            valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(
+                cache.valid if rows is None else cache.valid[rows], token_mask, length)
+            query_slot = length[:, None] + jnp.arange(t)[None, :]  # [B, T]
             def mask(n):  # [B, T, n]: real tokens at or before each query's slot, among the first n slots
                 return valid[:, None, :n] & (slots[None, None, :n] <= query_slot[:, :, None])
 
-            used = jnp.max(cache.length) + t  # every query's keys lie in slots [0, used)
+            used = jnp.max(length) + t  # every query's keys lie in slots [0, used)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             if cache is None:
-                keys_fn = lambda k, v: (k, v, mask, None)
+                keys_fn = lambda k, v: (k, v, mask, None, None)
             else:
                 def keys_fn(k, v, i=i):
-                    write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(  # c [K, S, E], u [T, K, E]
-                        c, jnp.swapaxes(u, 0, 1).astype(c.dtype), (0, s, 0)))
-                    k_all, v_all = write(cache.k[i], k, cache.length), write(cache.v[i], v, cache.length)
+                    if rows is None:
+                        write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(  # c [K, S, E], u [T, K, E]
+                            c, jnp.swapaxes(u, 0, 1).astype(c.dtype), (0, s, 0)))
+                        k_all, v_all = write(cache.k[i], k, length), write(cache.v[i], v, length)
+                    else:  # c [B', K, S, E] at [rows, :, query_slot] is [B, T, K, E]
+                        k_all = cache.k[i].at[rows[:, None], :, query_slot].set(k.astype(cache.k[i].dtype))
+                        v_all = cache.v[i].at[rows[:, None], :, query_slot].set(v.astype(cache.v[i].dtype))
                     new_k.append(k_all)
                     new_v.append(v_all)
-                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask, used
-            x = layer(x, cos, sin, keys_fn)
+                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask, used, rows
+            x = layer(x, cos, sin, keys_fn, last_at if i == len(self.layers) - 1 else None)
         if cache is not None:
-            cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, length=cache.length + t)
+            if rows is None:
+                cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, length=length + t)
+            else:
+                cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=cache.valid.at[rows].set(valid),
+                                length=cache.length.at[rows].add(t))
         return self.norm(x), cache
