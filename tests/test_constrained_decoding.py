@@ -107,3 +107,34 @@ def test_allowed_columns_are_the_allowed_tokens_of_the_action_vocabulary(tokeniz
             np.testing.assert_array_equal(np.asarray(table.allowed_columns(state)), full[table.vocab])
             assert full.sum() == full[table.vocab].sum() > 0  # nothing allowed outside the action vocabulary
             state = table.advance(state, token)
+
+
+
+def test_decoding_on_the_action_columns_equals_the_whole_vocabulary(tokenizer):
+    """``on_columns``: logits over the actions' K tokens only (``table.vocab``) sample allowed tokens, with the
+    log-probability the whole vocabulary's processed distribution (temperature, top-p, trie mask) gives them."""
+    from metarl_jax.models.sampling import process_logits
+
+    env, _ = envs.make("game:Mastermind-v0-random")
+    table = ActionTable(env, tokenizer)
+    logits = jax.random.normal(jax.random.PRNGKey(5), (table.max_len, table.vocab_size)) * 3.0
+    columns = jnp.asarray(table.vocab)
+
+    def one(key):
+        state = table.init()
+        ours, reference, allowed_ok = [], [], []
+        for t in range(table.max_len):
+            token, lp, new = constrained_step(table, state, logits[t][columns], jax.random.fold_in(key, t), 0.8, 0.9,
+                                              on_columns=True)
+            allowed = table.allowed(state)
+            full = process_logits(logits[t], 0.8, 0.9, mask=allowed)
+            ours.append(lp)
+            reference.append(jnp.where(state.done, 0.0, full[token]))
+            allowed_ok.append(state.done | allowed[token])
+            state = new
+        return jnp.stack(ours), jnp.stack(reference), jnp.stack(allowed_ok), state.action
+
+    ours, reference, allowed_ok, actions = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(6), 300))
+    assert np.asarray(allowed_ok).all() and (np.asarray(actions) >= 0).all()
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
+    assert len(np.unique(np.asarray(actions))) > 1  # it samples, not one fixed action

@@ -115,3 +115,39 @@ def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, ro
     for name, g, w in zip("qkv", got, want):
         np.testing.assert_allclose(g, w, atol=1e-5, err_msg=f"d{name}")
     assert float(jnp.abs(got[2]).max()) > 0.1  # the gradient is not trivially zero
+
+
+@pytest.mark.parametrize("row_chunk", [2, 64])
+def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypatch, row_chunk):
+    """``hidden_states`` with a cache, called on a subset of the cache's rows (``rows=``, in any order) and asked
+    for one token per row (``last_at=``), gives the full causal forward's hidden states at those tokens, advances
+    only those rows, and leaves a cache from which a call on every row continues exactly. Row chunks of 2 (5
+    rows: a remainder chunk) and of the whole batch."""
+    from metarl_jax.models import init_cache
+    from metarl_jax.models import transformer as tf
+
+    monkeypatch.setattr(tf, "CPU_CACHE_ROW_CHUNK", row_chunk)
+    model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(4))
+    graphdef, state = nnx.split(model)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 50, size=(5, 20)))
+    pos = jnp.broadcast_to(jnp.arange(20), (5, 20))
+    full, _ = model.hidden_states(tokens, pos)
+    first, second = jnp.asarray([3, 0, 4]), jnp.asarray([1, 2])
+    last_at = jnp.asarray([5, 2, 0])
+
+    @jax.jit
+    def run(state):
+        m = nnx.merge(graphdef, state)
+        _, cache = m.hidden_states(tokens[:, :8], pos[:, :8], init_cache(m.config, 5, 32))
+        one, cache = m.hidden_states(tokens[first, 8:14], pos[first, 8:14], cache, rows=first, last_at=last_at)
+        lengths = cache.length
+        _, cache = m.hidden_states(tokens[second, 8:14], pos[second, 8:14], cache, rows=second)
+        rest, cache = m.hidden_states(tokens[:, 14:], pos[:, 14:], cache)
+        return one, lengths, rest, cache.length
+
+    one, lengths, rest, final = run(state)
+    assert one.shape == (3, 1, model.config.hidden_size)
+    np.testing.assert_allclose(np.asarray(one[:, 0]), np.asarray(full[first, 8 + last_at]), atol=1e-5, rtol=0)
+    assert np.asarray(lengths).tolist() == [14, 8, 8, 14, 14]
+    assert np.asarray(final).tolist() == [20] * 5
+    np.testing.assert_allclose(np.asarray(rest), np.asarray(full[:, 14:]), atol=1e-5, rtol=0)
