@@ -122,7 +122,7 @@ def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypa
     """``hidden_states`` with a cache, called on a subset of the cache's rows (``rows=``, in any order) and asked
     for one token per row (``last_at=``), gives the full causal forward's hidden states at those tokens, advances
     only those rows, and leaves a cache from which a call on every row continues exactly. Row chunks of 2 (5
-    rows: a remainder chunk) and of the whole batch."""
+    rows: a remainder chunk; each chunk split in CPU_CACHE_CHAINS parts) and of the whole batch."""
     from metarl_jax.models import init_cache
     from metarl_jax.models import transformer as tf
 
@@ -151,3 +151,19 @@ def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypa
     assert np.asarray(lengths).tolist() == [14, 8, 8, 14, 14]
     assert np.asarray(final).tolist() == [20] * 5
     np.testing.assert_allclose(np.asarray(rest), np.asarray(full[:, 14:]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk,chains", [(3, 2), (2, 2), (8, 1), (3, 3)])
+def test_row_chunks_give_the_rows_in_order(chunk, chains):
+    """``map_row_chunks`` returns what one call on every row returns: 7 rows, chunks that leave a remainder,
+    chunks split into independent parts (and a part count larger than the remainder)."""
+    from metarl_jax.models.transformer import map_row_chunks
+
+    x = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3)
+    scale = jnp.arange(7, dtype=jnp.float32) + 1
+
+    def fn(x, s):  # rows to rows, each row's own numbers only
+        return x * s[:, None] + jnp.cumsum(x, axis=1)
+
+    out = jax.jit(lambda x, s: map_row_chunks(fn, (x, s), chunk, chains))(x, scale)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(fn(x, scale)), rtol=1e-6)

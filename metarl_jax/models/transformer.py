@@ -177,10 +177,36 @@ def take_token(x, index):
 
 QUERY_BLOCK = 64
 CACHE_BUCKETS = 16  # cached attention covers the first i/16 of the slots, the least i that holds every query
-# Rows per chunk of cached attention on CPU. The whole batch's scores [B, H, T, n] would stream through memory
-# on every pass of the softmax; 4 rows' stay in the cache (B = 64 rows of 32 queries over 836 slots, tiny
-# preset, 2 cores: 48 ms a layer as one batch, 11 ms in chunks of 4; chunks of 1 cost 42 ms in loop overhead).
-CPU_CACHE_ROW_CHUNK = 4
+# Rows per chunk of cached attention on CPU, and the independent parts each chunk is split into. The whole
+# batch's scores [B, H, T, n] would stream through memory on every pass of the softmax; a chunk's stay in the
+# cache. One chunk's ops form a chain of small ops that each run on one core; two independent chains keep both
+# cores of a 2-core machine busy. The GuessTheNumber-hard rollout of benchmarks/rollout_throughput.py at batch
+# 256, 2 cores: 2.25 s in chunks of 4 rows, 2.23 s in chunks of 8, 2.03 s in chunks of 8 split in 2 (the
+# whole batch at once: 4.7 s; one 32-token call of 64 rows over 836 slots took 48 ms a layer, 11 ms in chunks).
+CPU_CACHE_ROW_CHUNK = 8
+CPU_CACHE_CHAINS = 2
+
+
+def map_row_chunks(fn, xs, chunk: int, chains: int = 1):
+    """``fn(*xs)`` computed over chunks of ``chunk`` rows (a ``lax.map``), each chunk's rows split into
+    ``chains`` independent calls of ``fn`` that the runtime may run at once. ``xs``: arrays with a leading row
+    axis B; ``fn`` maps rows to rows. Rows past the last whole chunk run as one more chunk."""
+    def on_chunk(part):
+        c = part[0].shape[0]
+        if chains < 2 or c < chains:
+            return fn(*part)
+        cuts = [c * i // chains for i in range(chains + 1)]
+        return jnp.concatenate([fn(*(x[s:e] for x in part)) for s, e in zip(cuts[:-1], cuts[1:])])
+
+    b = xs[0].shape[0]
+    whole = b // chunk * chunk
+    outs = []
+    if whole:
+        out = jax.lax.map(on_chunk, tuple(x[:whole].reshape(b // chunk, chunk, *x.shape[1:]) for x in xs))
+        outs.append(out.reshape(whole, *out.shape[2:]))
+    if whole < b:
+        outs.append(on_chunk(tuple(x[whole:] for x in xs)))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
 
 def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None):
@@ -210,10 +236,8 @@ def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None):
         mask = mask_fn(n)
         if chunk >= b:
             return on_rows(rows, k, v, mask, cache_rows)
-        if cache_rows is None:
-            return jax.lax.map(lambda xs: on_rows(*(x[None] for x in xs))[0], (rows, k, v, mask), batch_size=chunk)
-        return jax.lax.map(lambda xs: on_rows(xs[0][None], k, v, xs[1][None], xs[2][None])[0], (rows, mask, cache_rows),
-                           batch_size=chunk)
+        at = jnp.arange(b) if cache_rows is None else cache_rows  # chunks read their rows' slots [0, n) only
+        return map_row_chunks(lambda r, m, at: on_rows(r, k, v, m, at), (rows, mask, at), chunk, CPU_CACHE_CHAINS)
 
     branches = [lambda rows, k, v, n=n: attend(rows, k, v, n) for n in sizes]
     if len(sizes) == 1:
