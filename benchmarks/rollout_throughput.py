@@ -15,8 +15,10 @@ rest forced), temperature 1, a from-scratch model of ``--preset`` size with the 
 * **Ours**: ``jax.jit`` of task sampling + reset + :func:`metarl_jax.rollout.rollout` (one ``lax.scan`` over
   the trial's turns; env, rendering and decoding inside it). The KV cache is preallocated at ``context_len``,
   by default the trial's worst case (4450 tokens for GuessTheNumber-hard with ORBIT's text), so nothing
-  truncates; each prefill and decode call attends only to the used prefix of the cache, rounded up to a
-  sixteenth of it (``lax.switch``), and observations longer than one prefill block run in row groups.
+  truncates; each prefill and decode call attends only to the used prefix of the cache, rounded up to one of
+  16 to 32 buckets (``lax.switch``), on CPU in chunks of rows; observations longer than one prefill block
+  run their remaining blocks in row groups, in place on their cache rows; the last layer runs its queries and
+  MLP only for the token whose logits are sampled, and sampling projects onto the actions' tokens only.
   ``--context-len`` sets a smaller context, as the training configs do (configs/default.py: 640, compact
   text); truncated trials are then reported. Compile time is measured apart
   (``lower().compile()``); then ``--repeats`` calls, each with ``block_until_ready``, best and median reported.

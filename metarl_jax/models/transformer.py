@@ -143,8 +143,9 @@ class Attention(nnx.Module):
         values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T]
         (attention is causal) and ``used`` and ``rows`` None; with a cache, the layer's cache [B', K, S, E], a
         function ``n -> bool[B, T, n]`` (the mask of the first n slots), ``used`` int32[]: no query attends past
-        slot ``used - 1``, and ``rows`` (int32[B] or None): the cache rows of the call's rows (None: the same). ``query_at`` (int32[B], cache only): every token's keys and values are computed, but only
-        token ``query_at[b]`` of each row queries; the output is then [B, 1, D]."""
+        slot ``used - 1``, and ``rows`` (int32[B] or None): the cache rows of the call's rows (None: the same).
+        ``query_at`` (int32[B], cache only): every token's keys and values are computed, but only token
+        ``query_at[b]`` of each row queries; the output is then [B, 1, D]."""
         cfg = self.cfg
         b, t, _ = x.shape
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
@@ -178,7 +179,7 @@ def take_token(x, index):
 QUERY_BLOCK = 64
 # Cached attention covers the first i/N of the slots, the least i that holds every query: N = 16, or up to 32
 # for a long cache so that a bucket spans at most ~128 slots (each bucket is a branch to compile; the batch-256
-# GuessTheNumber-hard rollout over 4,735 slots ran ~5% faster with 32, for ~9 s more compile).
+# GuessTheNumber-hard rollout over 4,735 slots ran ~8% faster with 32, for ~9 s more compile).
 CACHE_BUCKETS = 16
 MAX_CACHE_BUCKETS = 32
 BUCKET_SLOTS = 128
@@ -188,6 +189,8 @@ def cache_prefix_sizes(slots: int) -> list[int]:
     """The static prefix lengths (ascending) that cached attention over ``slots`` slots may read."""
     buckets = min(max(CACHE_BUCKETS, slots // BUCKET_SLOTS), MAX_CACHE_BUCKETS)
     return sorted({-(-slots * i // buckets) for i in range(1, buckets + 1)})
+
+
 # Rows per chunk of cached attention on CPU, and the independent parts each chunk is split into. The whole
 # batch's scores [B, H, T, n] would stream through memory on every pass of the softmax; a chunk's stay in the
 # cache. One chunk's ops form a chain of small ops that each run on one core; two independent chains keep both
