@@ -1,6 +1,6 @@
 """The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU.
 
-Command (2 CPU cores: 9 min 35 s for both runs, measured fresh 2026-11-27)::
+Command (2 CPU cores: 8 min 4 s for both runs, measured fresh 2026-11-27)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -18,12 +18,13 @@ also gets two auxiliary losses that are not in ORBIT: next-token prediction of t
 number at every turn, known to the loss only). Both runs get the same losses.
 
 Expected result (measured 2026-11-27, seed 0), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.574 / 0.914 / 0.945 (+0.371), single-episode 0.461 / 0.520 / 0.441 (-0.020);
-GuessTheNumber-easy: ORBIT 0.801 / 0.980 / 1.000 (+0.199), single-episode 0.738 / 0.914 / 0.949 (+0.211).
-Random play: 0.4 per easy episode, 0.14 per hard one. ORBIT alone with seed 1 gave -hard 0.469 / 0.785 / 0.840
-(+0.371) at step 750 (+0.391 at 700, +0.312 at 800); seed 0 gave +0.281 at 700 and +0.344 at 800. On -easy the
-single-episode policy rises too (+0.21, not analysed; the secret stays the same, so episode 1's feedback may
-still narrow it for a policy that reads its whole context); the issue's test is -hard. Without the answer loss
+GuessTheNumber-hard: ORBIT 0.566 / 0.938 / 0.934 (+0.367), single-episode 0.414 / 0.539 / 0.477 (+0.062);
+GuessTheNumber-easy: ORBIT 0.703 / 0.977 / 1.000 (+0.297), single-episode 0.758 / 0.867 / 0.879 (+0.121).
+With ``--config.seed=1``: -hard ORBIT 0.500 / 0.750 / 0.848 (+0.348), single-episode 0.430 / 0.559 / 0.602
+(+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less than
+ORBIT's, possibly because the secret stays the same across episodes and a policy that reads every earlier feedback line in its
+context can use episode 1's feedback in episode 2 without being trained to (not analysed further). An earlier
+version of the code drew -0.020 for it with seed 0 (results/README.md). Without the answer loss
 (answer_coef=0, 450 steps) -hard rose only +0.06 to +0.11 with seeds 0 to 3 (results/README.md). Numbers go to
 ``<workdir>/comparison.md`` and ``comparison.json``.
 """
