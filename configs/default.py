@@ -21,10 +21,10 @@ Expected result (measured 2026-11-27, seed 0), held-out episode 1 / 2 / 3 succes
 GuessTheNumber-hard: ORBIT 0.566 / 0.938 / 0.934 (+0.367), single-episode 0.414 / 0.539 / 0.477 (+0.062);
 GuessTheNumber-easy: ORBIT 0.703 / 0.977 / 1.000 (+0.297), single-episode 0.758 / 0.867 / 0.879 (+0.121).
 With ``--config.seed=1``: -hard ORBIT 0.500 / 0.750 / 0.848 (+0.348), single-episode 0.430 / 0.559 / 0.602
-(+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less than
-ORBIT's, possibly because the secret stays the same across episodes and a policy that reads every earlier feedback line in its
-context can use episode 1's feedback in episode 2 without being trained to (not analysed further). An earlier
-version of the code drew -0.020 for it with seed 0 (results/README.md). Without the answer loss
+(+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less
+than ORBIT's, possibly because the secret stays the same across episodes and a policy that reads every
+earlier feedback line in its context can use episode 1's feedback in episode 2 without being trained to (not
+analysed further). An earlier version of the code drew -0.020 for it with seed 0 (results/README.md). Without the answer loss
 (answer_coef=0, 450 steps) -hard rose only +0.06 to +0.11 with seeds 0 to 3 (results/README.md). Numbers go to
 ``<workdir>/comparison.md`` and ``comparison.json``.
 """
