@@ -1,6 +1,7 @@
 """Multi-episode rollout throughput: our compiled rollout vs a PyTorch + GEM Python loop, same machine, same script.
 
     python benchmarks/rollout_throughput.py                                   # GuessTheNumber-hard, tiny, batch 32
+    python benchmarks/rollout_throughput.py --batch=256   # ORBIT's batch (32 tasks x 8 rollouts); ~4 min on 2 cores
     python benchmarks/rollout_throughput.py --env=game:Mastermind-v0-random --batch=64 --preset=small
     python benchmarks/rollout_throughput.py --compact-text --context-len=1024   # configs/default.py's trial text
     python benchmarks/rollout_throughput.py --quick      # smoke run (< 1 min): batch 4, 1 repeat, JSON to the temp dir
