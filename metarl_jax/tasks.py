@@ -56,8 +56,7 @@ class TaskSpec:
     @property
     def observation_vocab(self) -> np.ndarray:
         """int32[K]: the sorted token ids the env's observation text can contain (padding excluded)."""
-        ids = np.unique(np.asarray(self.codec.table))
-        return ids[ids != self.codec.pad_id].astype(np.int32)
+        return self.codec.token_ids
 
 
 def task_entry(entry) -> dict:

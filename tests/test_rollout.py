@@ -27,8 +27,8 @@ def play(env_id, context_len=None, cap=6, **trial_kw):
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
     run = jax.jit(lambda st, key, trials: rollout(graphdef, st, env, params, codec, table, key, trials, budget,
                                                   context_len, temperature=0.7, top_p=0.95))
-    return dict(env=env, params=params, table=table, graphdef=graphdef, state=state, trials=trials, tok=tok,
-                transcript=run(state, jax.random.PRNGKey(1), trials), budget=budget, context_len=context_len)
+    return dict(env=env, params=params, codec=codec, table=table, graphdef=graphdef, state=state, trials=trials,
+                tok=tok, transcript=run(state, jax.random.PRNGKey(1), trials), budget=budget, context_len=context_len)
 
 
 @pytest.fixture(scope="module", params=[
@@ -48,12 +48,6 @@ def test_prefill_block_fits_an_ordinary_turn(setup):
     assert block == (8 if setup["env"].env.terse else 32)
     assert b.chunk_len > block, "the opening must take more than one block for the tests to cover that path"
     assert prefill_block(b, table.max_len, table.prefix_len, free=True) <= block
-
-
-def observation_vocab(s):
-    """The token ids the env's observation text can contain (as ``TaskSpec.observation_vocab``)."""
-    vocab = np.unique(np.asarray(Codec(s["env"], s["tok"]).table))
-    return vocab[vocab != s["tok"].pad_id]
 
 
 def replay_text(s, b):
@@ -102,7 +96,7 @@ def test_cutting_to_the_used_prefix_changes_no_value_or_gradient(setup):
     ``on_used_prefix`` (as the train step does), on the first half only; values and gradients equal the uncut
     pass over the original slots."""
     s = setup
-    tr, vocab = s["transcript"], observation_vocab(s)
+    tr, vocab = s["transcript"], s["codec"].token_ids
     slots = tr.tokens.shape[1]
     padded = tr.replace(tokens=jnp.pad(tr.tokens, ((0, 0), (0, slots)), constant_values=s["tok"].pad_id))
     assert prefix_sizes(2 * slots)[0] == slots
@@ -129,7 +123,7 @@ def test_observation_loss_scores_only_observation_tokens_of_the_sub_vocabulary(s
     """The auxiliary loss equals a direct next-token cross-entropy over the env's observation tokens, with
     action slots skipped, and leaves the action log-probs unchanged."""
     s = setup
-    tr, vocab = s["transcript"], observation_vocab(s)
+    tr, vocab = s["transcript"], s["codec"].token_ids
     # jitted: eager dispatch of the bucketed passes is slow on 2 cores
     out = jax.jit(lambda st, tr: teacher_forced(s["graphdef"], st, tr, s["table"], 0.7, 0.95,
                                                 observation_vocab=vocab))(s["state"], tr)

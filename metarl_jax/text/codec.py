@@ -95,6 +95,12 @@ class Codec:
         self.max_len = max(1, sum(self.slot_widths))
         self._widest_slot = max(1, max(self.slot_widths, default=1))
 
+    @property
+    def token_ids(self) -> np.ndarray:
+        """int32[K]: the sorted token ids the rendered text can contain (padding excluded)."""
+        ids = np.unique(np.asarray(self.table))
+        return ids[ids != self.pad_id].astype(np.int32)
+
     def tokens(self, piece_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Piece ids ``int32[S]`` -> ``(tokens int32[max_len], length int32[])``; pads with ``pad_id``.
 
