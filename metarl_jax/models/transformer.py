@@ -204,7 +204,8 @@ CPU_CACHE_CHAINS = 2
 def map_row_chunks(fn, xs, chunk: int, chains: int = 1):
     """``fn(*xs)`` computed over chunks of ``chunk`` rows (a ``lax.map``), each chunk's rows split into
     ``chains`` independent calls of ``fn`` that the runtime may run at once. ``xs``: arrays with a leading row
-    axis B; ``fn`` maps rows to rows. Rows past the last whole chunk run as one more chunk."""
+    axis B; ``fn`` maps rows to rows. Rows past the last whole chunk run as one more chunk; a chunk of at least B
+    rows is one call."""
     def on_chunk(part):
         c = part[0].shape[0]
         if chains < 2 or c < chains:
@@ -213,6 +214,8 @@ def map_row_chunks(fn, xs, chunk: int, chains: int = 1):
         return jnp.concatenate([fn(*(x[s:e] for x in part)) for s, e in zip(cuts[:-1], cuts[1:])])
 
     b = xs[0].shape[0]
+    if chunk >= b:
+        return on_chunk(xs)
     whole = b // chunk * chunk
     outs = []
     if whole:
@@ -285,11 +288,7 @@ def causal_attention(q, k, v, key_valid):
     b = q.shape[0]
     kv_first = (q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_valid)
     chunk = CPU_ROW_CHUNK if jax.default_backend() == "cpu" else b
-    if chunk >= b:
-        out = _chunk_attention(*kv_first)
-    else:
-        out = jax.lax.map(lambda xs: _chunk_attention(*(x[None] for x in xs))[0], kv_first, batch_size=chunk)
-    return out.transpose(0, 2, 1, 3, 4)
+    return map_row_chunks(_chunk_attention, kv_first, chunk).transpose(0, 2, 1, 3, 4)
 
 
 def query_blocks(t: int) -> list[tuple[int, int]]:
