@@ -27,7 +27,7 @@ from flax import nnx, struct
 from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.envs.base import tree_select
-from metarl_jax.models.sampling import process_logits, sample
+from metarl_jax.models.sampling import VOCAB_CHUNK, chunked_logp_entropy, process_logits, sample
 from metarl_jax.models.transformer import init_cache
 from metarl_jax.text.chat import ChatWrap
 
@@ -154,10 +154,12 @@ def _prefill(model, cache, chunk, n, block: int):
     return cache.replace(length=start + n), last
 
 
-def _decode_free(model, table, cache, logits, live, key, num_tokens: int, temperature: float, top_p: float):
+def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, temperature: float, top_p: float):
     """Free decoding: up to ``num_tokens`` tokens from the whole vocabulary, each written to the cache; a row
     stops as soon as its last tokens spell an action (its ``\\boxed{...}``). Rows that never do choose -1, which
     the env treats as a format error.
+
+    ``row_keys(key) -> key[B]``: the rows' keys of a draw (see :func:`rollout`).
 
     Returns ``(cache, action int32[B], tokens int32[B, N], logp float32[B, N], emitted bool[B, N])``.
     """
@@ -166,7 +168,7 @@ def _decode_free(model, table, cache, logits, live, key, num_tokens: int, temper
     def step(carry, i):
         cache, logits, window, found, action = carry
         active = live & ~found
-        token, lp = sample(jax.random.fold_in(key, i), logits, temperature, top_p)
+        token, lp = jax.vmap(lambda k, l: sample(k, l, temperature, top_p))(row_keys(i), logits)
         token = jnp.where(active, token, table.pad_id)
         pos = cache.length
         hidden, cache = model.hidden_states(token[:, None], pos[:, None], cache, active[:, None])
@@ -184,7 +186,7 @@ def _decode_free(model, table, cache, logits, live, key, num_tokens: int, temper
 
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
-            chat: ChatWrap | None = None) -> Transcript:
+            chat: ChatWrap | None = None, rows_per_chunk: int = 0) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
@@ -196,9 +198,40 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
     ``table.decide_len`` tokens; the chosen action's remaining tokens are forced and wait for the next
     prefill. Their log-probability is exactly 0 under constrained decoding.
+
+    ``rows_per_chunk`` (a divisor of B; 0: all rows) plays the rows in micro-batches of that many, one after
+    the other inside the same program (``lax.map``), each with a KV cache of its own rows only: the cache's
+    memory is that of one micro-batch. Every random draw of a row comes from the row's own key (the draw's
+    key split over the B rows), so the result equals the unchunked rollout's with the same ``key``.
+    """
+    batch = trial_states.total_steps.shape[0]
+    play = functools.partial(_rollout_rows, graphdef, model_state, env, env_params, codec, table, key,
+                             budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
+                             free_tokens=free_tokens, chat=chat, total_rows=batch)
+    if not rows_per_chunk or rows_per_chunk >= batch:
+        return play(trial_states, 0)
+    if batch % rows_per_chunk:
+        raise ValueError(f"rows_per_chunk={rows_per_chunk} does not divide the batch of {batch} rows")
+    chunks = batch // rows_per_chunk
+    split = jax.tree.map(lambda x: x.reshape(chunks, rows_per_chunk, *x.shape[1:]), trial_states)
+    out = jax.lax.map(lambda a: play(a[0], a[1] * rows_per_chunk), (split, jnp.arange(chunks, dtype=jnp.int32)))
+    return jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), out)
+
+
+def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, row_offset, *,
+                  budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
+                  chat: ChatWrap | None, total_rows: int) -> Transcript:
+    """:func:`rollout` of the rows ``row_offset .. row_offset + B - 1`` of a batch of ``total_rows``
+    (``trial_states`` holds those B rows).
     """
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
+
+    def row_keys(k):
+        """key[B]: this call's rows of ``k`` split over the whole batch."""
+        keys = jax.random.split(k, total_rows)
+        return keys if batch == total_rows else jax.lax.dynamic_slice_in_dim(keys, row_offset, batch)
+
     free = free_tokens > 0
     chunk, decide = budget.chunk_len, table.decide_len
     act_len, pre = (free_tokens, 0) if free else (table.max_len, table.prefix_len)
@@ -208,7 +241,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     width = act_len + chat.per_turn + chunk + pre  # pending tail, chat end, chat open, observation, chat close, prefix
     block = prefill_block(budget, act_len, pre, chat.per_turn, free)
     room = context_len + width + block  # slack: block writes never clip at the end
-    cache = init_cache(model.config, batch, room)
+    cache = init_cache(model.config, batch, room, model.dtype)
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
     render = jax.vmap(codec.render_tokens)
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
@@ -248,7 +281,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         valid = jax.vmap(env.valid_actions)(states)
         if free:
             cache, action, action_tokens, logp, emitted = _decode_free(
-                model, table, cache, model.logits(last), live, k_dec, free_tokens, temperature, top_p)
+                model, table, cache, model.logits(last), live, lambda i: row_keys(jax.random.fold_in(k_dec, i)),
+                free_tokens, temperature, top_p)
             length = emitted.sum(axis=1).astype(jnp.int32)
             tokens = _write(tokens, action_tokens, jnp.where(live, action_start, scratch))
             return finish(states, cache, tokens, pending, jnp.zeros_like(n), end, stopped, truncated_now, live, k_env,
@@ -259,7 +293,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
         logp = jnp.zeros((batch, act_len), jnp.float32)
         logits = model.logits(last, columns)  # the actions' K tokens only
         for i in range(decide):
-            keys = jax.random.split(jax.random.fold_in(k_dec, i), batch)
+            keys = row_keys(jax.random.fold_in(k_dec, i))
             token, lp, new = jax.vmap(lambda d, l, k: constrained_step(table, d, l, k, temperature, top_p, on_columns=True))(
                 dstate, logits, keys)
             chosen = live & ~dstate.done & (dstate.alive.sum(-1) > 1)  # a real choice remains
@@ -284,7 +318,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
                action, action_tokens, length, action_start, logp, valid):
         """Steps the env with the decoded actions and emits the turn's record."""
         end = jnp.where(live, action_start + length, end)
-        _, new_states, reward, _, info = step_env(jax.random.split(k_env, batch), states, action, env_params)
+        _, new_states, reward, _, info = step_env(row_keys(k_env), states, action, env_params)
         new_states = select_rows(live, new_states, states)
         out = dict(
             action_tokens=action_tokens, action_mask=live[:, None] & (positions[None, :] < length[:, None]),
@@ -307,7 +341,8 @@ class TeacherForced(NamedTuple):
     """One teacher-forced pass over a transcript (see :func:`teacher_forced`).
 
     logp, entropy: float32[B, T, L] per action token (0 where masked; entropy 0 for forced tokens).
-    observation_nll: float32[] mean next-token loss on observation tokens (0 unless asked for).
+    observation_nll: float32[] mean next-token loss on observation tokens (0 unless asked for), and
+      observation_count: float32[] the number of tokens it averages.
     answer_logp: float32[B, T] log-probability of the row's answer action at each turn, and answer_scored:
       bool[B, T] the turns where it is scored (None unless asked for; see :func:`teacher_forced`).
     """
@@ -317,16 +352,18 @@ class TeacherForced(NamedTuple):
     observation_nll: jax.Array
     answer_logp: jax.Array | None = None
     answer_scored: jax.Array | None = None
+    observation_count: jax.Array | None = None
 
 
 def teacher_forced(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
                    top_p: float = 1.0, free: bool = False, observation_vocab=None, answers=None,
-                   cut_to_used: bool = True) -> TeacherForced:
+                   cut_to_used: bool = True, vocab_chunk: int = VOCAB_CHUNK) -> TeacherForced:
     """The sampler's log-probability and entropy of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
     temperature/top-p processed distribution the decoder used (constrained decoding: the trie is replayed from
-    ``valid``; ``free``: the whole vocabulary).
+    ``valid``; ``free``: the whole vocabulary, scored in column chunks of ``vocab_chunk`` when ``top_p=1``
+    (:func:`~metarl_jax.models.sampling.chunked_logp_entropy`), so no [B, T, L, V] array is built).
 
     ``observation_vocab`` (int32[K], the token ids the env's text can show) adds the mean next-token
     cross-entropy of the observation tokens, over that sub-vocabulary: an auxiliary world-model loss that
@@ -346,7 +383,8 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     """
     if cut_to_used:
         return on_used_prefix(transcript, lambda cut: teacher_forced(
-            graphdef, model_state, cut, table, temperature, top_p, free, observation_vocab, answers, cut_to_used=False))
+            graphdef, model_state, cut, table, temperature, top_p, free, observation_vocab, answers, cut_to_used=False,
+            vocab_chunk=vocab_chunk))
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
     hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
@@ -357,6 +395,19 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     picked = jnp.take_along_axis(hidden, before.reshape(batch, -1)[:, :, None], axis=1)
     # Project only where an action is predicted, and (constrained decoding) only onto the actions' K tokens:
     # every other token has probability 0 there, so the distributions are the same as over the whole vocabulary.
+    nll = count = jnp.zeros((), jnp.float32)
+    if observation_vocab is not None:
+        nll, count = _observation_nll(model, hidden, transcript, jnp.asarray(observation_vocab, jnp.int32))
+    if free and top_p == 1.0 and temperature > 0:
+        # The whole vocabulary, in column chunks: never a [B, T, L, V] array (V = 151,936 for Qwen3).
+        logp, entropy = chunked_logp_entropy(
+            lambda h, columns: model.logits(h, columns), picked.reshape(batch, steps, act_len, -1),
+            transcript.action_tokens, model.config.vocab_size, temperature, vocab_chunk)
+        mask = transcript.action_mask
+        logp, entropy = jnp.where(mask, logp, 0.0), jnp.where(mask, entropy, 0.0)
+        if answers is not None:
+            raise ValueError("the answer loss needs constrained decoding (free decoding has no action trie)")
+        return TeacherForced(logp, entropy, nll, observation_count=count)
     vocab = None if free else jnp.asarray(table.vocab, jnp.int32)
     pred = model.logits(picked, vocab).reshape(batch, steps, act_len, -1)
     column = jnp.arange(table.vocab_size) if free else (
@@ -375,11 +426,8 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
         return jnp.stack(out), jnp.stack(ent)
 
     logp, entropy = jax.vmap(jax.vmap(score))(transcript.valid, transcript.action_tokens, transcript.action_mask, pred)
-    nll = jnp.zeros((), jnp.float32)
-    if observation_vocab is not None:
-        nll = _observation_nll(model, hidden, transcript, action_slots, jnp.asarray(observation_vocab, jnp.int32))
     if answers is None:
-        return TeacherForced(logp, entropy, nll)
+        return TeacherForced(logp, entropy, nll, observation_count=count)
     if free:
         raise ValueError("the answer loss needs constrained decoding (free decoding has no action trie)")
 
@@ -391,8 +439,8 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     answer_mask = transcript.action_mask & agree_before & (answer_tokens != table.pad_id)
     plain = functools.partial(score, temperature=1.0, top_p=1.0)
     answer_logp = jax.vmap(jax.vmap(plain))(transcript.valid, answer_tokens, answer_mask, pred)[0].sum(-1)
-    scored = transcript.action_mask.any(axis=-1) & jnp.take_along_axis(transcript.valid, answers[:, None, None], axis=2)[..., 0]
-    return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored)
+    scored = answer_turns(transcript, answers)
+    return TeacherForced(logp, entropy, nll, jnp.where(scored, answer_logp, 0.0), scored, count)
 
 
 # A teacher-forced pass covers context_len / d slots for the smallest d that fits. Each bucket is a forward and
@@ -422,18 +470,39 @@ def on_used_prefix(transcript: Transcript, fn):
     return jax.lax.switch(index, [lambda n=n: fn(transcript.replace(tokens=transcript.tokens[:, :n])) for n in sizes])
 
 
-def _observation_nll(model, hidden, transcript: Transcript, action_slots, vocab):
-    """Mean cross-entropy of each observation token given the slots before it, over the sub-vocabulary."""
+def observation_targets(transcript: Transcript, vocab, vocab_size: int):
+    """The next-token targets of the observation loss: ``(target int32[B, S-1], scored bool[B, S-1])``, the
+    column in ``vocab`` (int32[K]) of each slot's next token and whether it is scored (a real observation token
+    in the sub-vocabulary; action tokens are not). Needs no model: a row micro-batch of the update takes the
+    whole batch's count of scored tokens from it."""
+    vocab = jnp.asarray(vocab, jnp.int32)
     batch, slots = transcript.tokens.shape
+    act_len = transcript.action_tokens.shape[2]
+    action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
     is_action = jnp.zeros((batch, slots + 1), bool)  # one spare column for the unused slots' index
     rows = jnp.arange(batch)[:, None, None]
-    is_action = is_action.at[rows, jnp.where(transcript.action_mask, action_slots, slots)].set(True)[:, :slots]
-    index = jnp.full((model.config.vocab_size,), -1, jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32))
+    is_action = is_action.at[rows, jnp.where(transcript.action_mask, jnp.minimum(action_slots, slots), slots)].set(True)[:, :slots]
+    index = jnp.full((vocab_size,), -1, jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32))
     target = index[transcript.tokens[:, 1:]]
-    scored = transcript.token_mask[:, 1:] & ~is_action[:, 1:] & (target >= 0)
+    return target, transcript.token_mask[:, 1:] & ~is_action[:, 1:] & (target >= 0)
+
+
+def _observation_nll(model, hidden, transcript: Transcript, vocab):
+    """``(mean, count)``: the mean cross-entropy of each observation token given the slots before it, over the
+    sub-vocabulary, and the number of tokens scored (float32[])."""
+    target, scored = observation_targets(transcript, vocab, model.config.vocab_size)
     logp = jax.nn.log_softmax(model.logits(hidden[:, :-1], vocab), axis=-1)
     picked = jnp.take_along_axis(logp, jnp.maximum(target, 0)[..., None], axis=-1)[..., 0]
-    return -(picked * scored).sum() / jnp.maximum(scored.sum(), 1)
+    count = scored.sum().astype(jnp.float32)
+    return -(picked * scored).sum() / jnp.maximum(count, 1), count
+
+
+def answer_turns(transcript: Transcript, answers) -> jax.Array:
+    """bool[B, T]: the turns where the answer loss scores ``answers`` (int32[B]): turns taken where the answer
+    is a valid action."""
+    answers = jnp.asarray(answers, jnp.int32)
+    valid = jnp.take_along_axis(transcript.valid, answers[:, None, None], axis=2)[..., 0]
+    return transcript.action_mask.any(axis=-1) & valid
 
 
 def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,

@@ -29,6 +29,7 @@ per-episode-index success rates per env, never a stacked history.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,8 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
-from metarl_jax.rollout import on_used_prefix, rollout, teacher_forced, teacher_forced_logp
+from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, teacher_forced,
+                                teacher_forced_logp)
 
 
 @struct.dataclass
@@ -73,6 +75,8 @@ class GRPOHyper:
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
     update_epochs: int = 1  # gradient updates per batch (ORBIT: 1, fully on-policy)
+    rollout_rows: int = 0  # rows per rollout micro-batch (a divisor of num_tasks * group_size; 0: all at once)
+    update_rows: int = 0  # rows per gradient micro-batch, accumulated (a divisor of num_tasks * group_size; 0: all)
     inject_nan_step: int = -1  # testing: NaN gradients in this step (1-based, as logged; -1: never) ...
     inject_nan_count: int = 1  # ... and the inject_nan_count - 1 steps after it
 
@@ -94,6 +98,55 @@ def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     grouped = ret.reshape(-1, group_size, ret.shape[1])
     adv = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-6)
     return adv.reshape(ret.shape)
+
+
+class LossTotals(NamedTuple):
+    """One env's whole-batch denominators of the loss terms (float32[] each; they do not depend on the
+    parameters): rows, sequences with an action token, action tokens, scored observation tokens, scored answer
+    turns."""
+
+    rows: jax.Array
+    sequences: jax.Array
+    tokens: jax.Array
+    observation: jax.Array
+    answer: jax.Array
+
+
+def loss_totals(transcript, task, answers, hp: GRPOHyper) -> LossTotals:
+    """The :class:`LossTotals` of one env's transcript (``answers``: int32[B] or None)."""
+    mask = transcript.action_mask.reshape(transcript.action_mask.shape[0], -1)
+    zero = jnp.zeros((), jnp.float32)
+    observation = answer = zero
+    if hp.observation_coef:
+        observation = observation_targets(transcript, task.observation_vocab, task.table.vocab_size)[1].sum()
+    if answers is not None:
+        answer = answer_turns(transcript, answers).sum()
+    return LossTotals(rows=jnp.asarray(mask.shape[0], jnp.float32), sequences=mask.any(axis=1).sum().astype(jnp.float32),
+                      tokens=mask.sum().astype(jnp.float32), observation=jnp.asarray(observation, jnp.float32),
+                      answer=jnp.asarray(answer, jnp.float32))
+
+
+def accumulate_over_rows(value_and_grad, rows, rows_per_chunk: int):
+    """``value_and_grad(rows)`` summed over micro-batches of ``rows_per_chunk`` rows (a ``lax.scan``; 0 or at
+    least the batch: one call). ``rows``: a pytree whose leaves share a leading row axis (None leaves allowed);
+    the function's outputs must be sums over rows (each micro-batch's share of the whole batch's loss, as
+    :class:`LossTotals` denominators give), so the sum equals the whole batch's value and gradient. Only one
+    micro-batch's activations are alive at a time."""
+    batch = jax.tree.leaves(rows)[0].shape[0]
+    if not rows_per_chunk or rows_per_chunk >= batch:
+        return value_and_grad(rows)
+    if batch % rows_per_chunk:
+        raise ValueError(f"update rows per micro-batch {rows_per_chunk} do not divide the batch of {batch} rows")
+    chunks = batch // rows_per_chunk
+    split = jax.tree.map(lambda x: x.reshape(chunks, rows_per_chunk, *x.shape[1:]), rows)
+    first = jax.tree.map(lambda x: x[0], split)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(value_and_grad, first))
+
+    def body(total, chunk):
+        return jax.tree.map(jnp.add, total, value_and_grad(chunk)), None
+
+    total, _ = jax.lax.scan(body, zeros, split)
+    return total
 
 
 def tree_all_finite(tree) -> jax.Array:
@@ -126,7 +179,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat))
+                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows))
         return transcript, (jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None)
 
     def train_step(state: TrainState, key):
@@ -136,43 +189,55 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
 
         total_rows = sum(tr.action_tokens.shape[0] for tr in transcripts)
 
-        def task_loss(params, task, tr, adv, answer):
-            """One env's loss and metrics; ``tr`` cut to its used prefix (see ``loss_and_grad``)."""
+        totals = [loss_totals(tr, task, answer, hp) for task, tr, answer in zip(tasks, transcripts, answers)]
+
+        def task_loss(params, task, tr, adv, answer, total: LossTotals):
+            """One env's loss and metrics on some of its rows (``tr`` cut to its used prefix; see
+            ``loss_and_grad``), each term divided by the env's whole-batch ``total``: the losses and metrics of
+            row micro-batches add up to the whole batch's."""
             rows, turns, act_len = tr.action_tokens.shape
             free = task.free_tokens > 0
-            logp, entropy, obs_nll, answer_logp, answer_scored = teacher_forced(
+            scored = teacher_forced(
                 graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
                 observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer,
                 cut_to_used=False)
             flat = lambda x: x.reshape(rows, turns * act_len)
             mask = flat(tr.action_mask)
             tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
-            loss, m = ppo_clip_loss(flat(logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high)
-            m["entropy"] = (flat(entropy) * mask).sum() / jnp.maximum(mask.sum(), 1)
+            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high,
+                                    num_sequences=total.sequences, num_tokens=total.tokens)
+            m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
             loss = loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
-                m["observation_nll"] = obs_nll
-                loss = loss + hp.observation_coef * obs_nll
+                m["observation_nll"] = scored.observation_nll * scored.observation_count / jnp.maximum(total.observation, 1)
+                loss = loss + hp.observation_coef * m["observation_nll"]
             if hp.answer_coef:
-                m["answer_nll"] = -answer_logp.sum() / jnp.maximum(answer_scored.sum(), 1)
+                m["answer_nll"] = -scored.answer_logp.sum() / jnp.maximum(total.answer, 1)
                 loss = loss + hp.answer_coef * m["answer_nll"]
             if hp.kl_coef:
                 ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p,
                                                free=free, cut_to_used=False)
-                m["kl"] = kl_to_reference(flat(logp), flat(ref_logp), mask)
+                m["kl"] = kl_to_reference(flat(scored.logp), flat(ref_logp), mask, num_sequences=total.sequences)
                 loss = loss + hp.kl_coef * m["kl"]
-            return loss * (rows / total_rows), m  # rows of all envs count equally
+            return loss * (total.rows / total_rows), m  # rows of all envs count equally
 
         def loss_and_grad(params):
             """The loss (summed over envs), its gradient, and the per-env metrics. Each env's loss and gradient
             run together on its transcript cut to the used prefix (``on_used_prefix`` around the whole
-            ``value_and_grad``, which keeps the switch out of the differentiated function)."""
+            ``value_and_grad``, which keeps the switch out of the differentiated function), over row
+            micro-batches of ``hp.update_rows`` whose gradients are summed (:func:`accumulate_over_rows`)."""
             loss, grads, parts = 0.0, None, []
-            for task, tr, adv, answer in zip(tasks, transcripts, advantages, answers):
-                def env_value_and_grad(cut, task=task, adv=adv, answer=answer):
-                    return jax.value_and_grad(lambda p: task_loss(p, task, cut, adv, answer), has_aux=True)(params)
+            for task, tr, adv, answer, total in zip(tasks, transcripts, advantages, answers, totals):
+                def rows_value_and_grad(rows, task=task, total=total):
+                    tr, adv, answer = rows
 
-                (part_loss, m), part_grads = on_used_prefix(tr, env_value_and_grad)
+                    def on_cut(cut):
+                        return jax.value_and_grad(lambda p: task_loss(p, task, cut, adv, answer, total),
+                                                  has_aux=True)(params)
+
+                    return on_used_prefix(tr, on_cut)
+
+                (part_loss, m), part_grads = accumulate_over_rows(rows_value_and_grad, (tr, adv, answer), hp.update_rows)
                 loss = loss + part_loss
                 grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
                 parts.append(m)

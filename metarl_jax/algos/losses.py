@@ -61,29 +61,34 @@ def broadcast_to_tokens(adv: Array, action_mask: Array) -> Array:
     return jnp.where(mask, jnp.asarray(adv, jnp.float32)[:, None], 0.0)
 
 
-def masked_seq_mean_token_mean(values: Array, action_mask: Array) -> Array:
+def masked_seq_mean_token_mean(values: Array, action_mask: Array, num_sequences=None) -> Array:
     """float[N, L] -> scalar: per-sequence mean over masked tokens, then mean over sequences
-    that have at least one masked token (0 if none)."""
+    that have at least one masked token (0 if none).
+
+    ``num_sequences`` (optional) replaces the count of such sequences in the denominator: a row micro-batch
+    of a larger batch passes the whole batch's count, so that the micro-batches' results add up to the
+    whole batch's."""
     mask = jnp.asarray(action_mask).astype(jnp.float32)
     values = jnp.where(mask > 0, values, 0.0)
     tok_count = mask.sum(axis=-1)  # [N]
     seq_mean = values.sum(axis=-1) / jnp.maximum(tok_count, 1.0)  # [N]; 0 when no tokens
-    n_seq = (tok_count > 0).astype(jnp.float32).sum()
+    n_seq = (tok_count > 0).astype(jnp.float32).sum() if num_sequences is None else num_sequences
     return seq_mean.sum() / jnp.maximum(n_seq, 1.0)
 
 
-def masked_token_mean(values: Array, action_mask: Array) -> Array:
-    """float[N, L] -> scalar: mean over all masked tokens of the batch (0 if none)."""
+def masked_token_mean(values: Array, action_mask: Array, num_tokens=None) -> Array:
+    """float[N, L] -> scalar: mean over all masked tokens of the batch (0 if none); ``num_tokens``
+    (optional) replaces the count of masked tokens in the denominator (see :func:`masked_seq_mean_token_mean`)."""
     mask = jnp.asarray(action_mask).astype(jnp.float32)
     values = jnp.where(mask > 0, values, 0.0)
-    return values.sum() / jnp.maximum(mask.sum(), 1.0)
+    return values.sum() / jnp.maximum(mask.sum() if num_tokens is None else num_tokens, 1.0)
 
 
-def _aggregate(values: Array, action_mask: Array, aggregation: str) -> Array:
+def _aggregate(values: Array, action_mask: Array, aggregation: str, num_sequences=None, num_tokens=None) -> Array:
     if aggregation == "seq-mean-token-mean":
-        return masked_seq_mean_token_mean(values, action_mask)
+        return masked_seq_mean_token_mean(values, action_mask, num_sequences)
     if aggregation == "token-mean":
-        return masked_token_mean(values, action_mask)
+        return masked_token_mean(values, action_mask, num_tokens)
     raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
 
 
@@ -95,6 +100,8 @@ def ppo_clip_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.28,
     aggregation: str = "seq-mean-token-mean",
+    num_sequences=None,
+    num_tokens=None,
 ) -> Tuple[Array, Dict[str, Array]]:
     """PPO clipped surrogate with an asymmetric clip range.
 
@@ -105,6 +112,9 @@ def ppo_clip_loss(
       action_mask: [N, L]; only these tokens are trained.
       clip_low, clip_high: ratio clipped to [1 - clip_low, 1 + clip_high].
       aggregation: "seq-mean-token-mean" (see module docstring) or "token-mean".
+      num_sequences, num_tokens: optional denominators for a row micro-batch of a larger batch (the whole
+        batch's sequences with an action token, and its action tokens), so that the micro-batches' losses
+        and metrics add up to the whole batch's.
     Returns:
       (loss scalar, metrics) where per-token loss = -min(r A, clip(r) A), r = exp(logp - old_logp);
       metrics: clip_fraction (share of action tokens where the clipped term is the active one and
@@ -123,28 +133,29 @@ def ppo_clip_loss(
     unclipped = ratio * adv
     clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     per_token = -jnp.minimum(unclipped, clipped)
-    loss = _aggregate(per_token, mask, aggregation)
+    loss = _aggregate(per_token, mask, aggregation, num_sequences, num_tokens)
 
     sg_ratio = lax.stop_gradient(ratio)
     sg_log_ratio = lax.stop_gradient(log_ratio)
     is_clipped = (lax.stop_gradient(clipped) < lax.stop_gradient(unclipped)).astype(jnp.float32)
     metrics = {
-        "clip_fraction": masked_token_mean(is_clipped, mask),
-        "approx_kl": masked_token_mean((sg_ratio - 1.0) - sg_log_ratio, mask),
-        "ratio_mean": masked_token_mean(sg_ratio, mask),
+        "clip_fraction": masked_token_mean(is_clipped, mask, num_tokens),
+        "approx_kl": masked_token_mean((sg_ratio - 1.0) - sg_log_ratio, mask, num_tokens),
+        "ratio_mean": masked_token_mean(sg_ratio, mask, num_tokens),
     }
     return loss, metrics
 
 
-def kl_to_reference(logp: Array, ref_logp: Array, action_mask: Array) -> Array:
+def kl_to_reference(logp: Array, ref_logp: Array, action_mask: Array, num_sequences=None) -> Array:
     """k3 estimator of KL(pi || ref): exp(d) - d - 1 with d = ref_logp - logp (>= 0).
 
-    Args: logp, ref_logp float[N, L]; action_mask [N, L]. Returns a scalar (seq-mean-token-mean).
+    Args: logp, ref_logp float[N, L]; action_mask [N, L]; num_sequences as in :func:`masked_seq_mean_token_mean`.
+    Returns a scalar (seq-mean-token-mean).
     """
     mask = jnp.asarray(action_mask).astype(bool)
     d = jnp.where(mask, lax.stop_gradient(ref_logp) - logp, 0.0)
     k3 = jnp.exp(d) - d - 1.0
-    return masked_seq_mean_token_mean(k3, mask)
+    return masked_seq_mean_token_mean(k3, mask, num_sequences)
 
 
 def entropy_bonus(logits: Array, action_mask: Array) -> Array:
