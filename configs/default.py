@@ -44,7 +44,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.variant = variant
     c.single_episode = variant == "single"
 
-    c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}))
+    # dtype: the compute dtype ("float32" or "bfloat16": half the memory and the accelerators' fast matmuls);
+    # param_dtype: the weights' storage dtype (the optimizer state follows it).
+    c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}, dtype="float32",
+                                             param_dtype="float32"))
     c.tokenizer = "word"  # or a local Hugging Face tokenizer directory
 
     c.train_tasks = [
@@ -106,6 +109,13 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # initializes jax.distributed only when the environment shows several processes.
     c.mesh = ml_collections.ConfigDict(dict(mode="none", data=-1, model=1,
                                             distributed=ml_collections.config_dict.placeholder(bool)))
+
+    # Memory: the rollout and the update run in row micro-batches (rollout_rows, update_rows: divisors of
+    # num_tasks * group_size; gradients are accumulated), each 0 = the largest that the memory budget holds
+    # (memory_budget_gb per device; 0 = the device's memory). The default run fits whole.
+    c.memory_budget_gb = 0.0
+    c.rollout_rows = 0
+    c.update_rows = 0
 
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))

@@ -49,6 +49,7 @@ def paper_config(variant: str, pretrained_dir: str):
     c.model.pretrained_dir = pretrained_dir
     c.tokenizer = pretrained_dir
     c.chat_format = True
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"  # bf16 compute, float32 master weights (as verl's FSDP)
     c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
     c.intro, c.repeat_opening = True, True
     c.text = "gem"  # GEM's sentences, as ORBIT (and the suite's envs have no other style)

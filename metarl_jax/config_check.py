@@ -58,6 +58,11 @@ _RANGES = [
     ("keep_checkpoints", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("free_tokens", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (tokens per action in free decoding)"),
     ("context_len", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: the worst case)"),
+    ("rollout_rows", lambda v: isinstance(v, int) and v >= 0,
+     "an int >= 0 (rows per rollout micro-batch, dividing num_tasks * group_size; 0: from memory_budget_gb)"),
+    ("update_rows", lambda v: isinstance(v, int) and v >= 0,
+     "an int >= 0 (rows per gradient micro-batch, dividing num_tasks * group_size; 0: from memory_budget_gb)"),
+    ("memory_budget_gb", lambda v: v >= 0, ">= 0 (GiB per device the step may use; 0: the device's memory)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
@@ -86,11 +91,13 @@ def _get(config, dotted: str):
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount")
-STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "mesh.mode")
+STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "model.dtype",
+                 "model.param_dtype", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
 TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
+MODEL_DTYPES = ("float32", "bfloat16")
 
 
 def known_fields() -> set[str]:
@@ -146,10 +153,18 @@ def _check_mesh(config) -> None:
         _need(_is_axis(value), field, f"must be -1 (all remaining devices) or an int >= 1 (a mesh axis size), got {value!r}")
     _need(not (data == -1 and model == -1), "mesh.model", "and mesh.data are both -1; at most one axis may take all "
           "remaining devices (for example mesh.model=1)")
+    rows = config.num_tasks * config.group_size
     if mode != "none":
-        rows = config.num_tasks * config.group_size
         _need(data == -1 or rows % data == 0, "mesh.data",
               f"must be -1 (all devices) or an int >= 1 dividing num_tasks * group_size = {rows}, got {data!r}")
+    for field in ("rollout_rows", "update_rows"):
+        value = _get(config, field)
+        _need(value == 0 or rows % value == 0, field,
+              f"must divide num_tasks * group_size = {rows} (the rows of one env's batch), got {value}; divisors: "
+              f"{[d for d in range(1, rows + 1) if rows % d == 0]} (0: chosen from memory_budget_gb)")
+        if mode != "none" and data != -1 and value:
+            _need(value % data == 0, field, f"must be a multiple of mesh.data={data} (each data-parallel device "
+                  f"takes an equal share of a micro-batch), got {value}")
     dist = _get(config, "mesh.distributed")
     _need(dist is None or isinstance(dist, bool), "mesh.distributed",
           f"must be None (decide from the launch environment), True or False, got {dist!r}")
@@ -158,6 +173,10 @@ def _check_mesh(config) -> None:
 def _check_model(config) -> None:
     from metarl_jax.models.config import PRESETS, ModelConfig
 
+    for field in ("model.dtype", "model.param_dtype"):
+        value = _get(config, field)
+        _need(value in MODEL_DTYPES, field, f"must be one of {MODEL_DTYPES} (model.dtype: the compute dtype; "
+              f"model.param_dtype: the weights' storage dtype), got {value!r}")
     pretrained = config.model.pretrained_dir
     _need(pretrained == "" or os.path.isdir(pretrained), "model.pretrained_dir",
           f"{pretrained!r} is not a directory; give a local Hugging Face model directory (config.json and "

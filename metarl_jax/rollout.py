@@ -200,8 +200,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     prefill. Their log-probability is exactly 0 under constrained decoding.
 
     ``rows_per_chunk`` (a divisor of B; 0: all rows) plays the rows in micro-batches of that many, one after
-    the other inside the same program (``lax.map``), each with a KV cache of its own rows only: the cache's
-    memory is that of one micro-batch. Every random draw of a row comes from the row's own key (the draw's
+    the other inside the same program (``lax.map``; chunks are strided, see :func:`split_rows`), each with a KV
+    cache of its own rows only: the cache's memory is that of one micro-batch. Every random draw of a row comes from the row's own key (the draw's
     key split over the B rows), so the result equals the unchunked rollout's with the same ``key``.
     """
     batch = trial_states.total_steps.shape[0]
@@ -213,24 +213,39 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     if batch % rows_per_chunk:
         raise ValueError(f"rows_per_chunk={rows_per_chunk} does not divide the batch of {batch} rows")
     chunks = batch // rows_per_chunk
-    split = jax.tree.map(lambda x: x.reshape(chunks, rows_per_chunk, *x.shape[1:]), trial_states)
-    out = jax.lax.map(lambda a: play(a[0], a[1] * rows_per_chunk), (split, jnp.arange(chunks, dtype=jnp.int32)))
-    return jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), out)
+    out = jax.lax.map(lambda a: play(a[0], a[1]), (split_rows(trial_states, chunks), jnp.arange(chunks, dtype=jnp.int32)))
+    return merge_rows(out)
 
 
-def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, row_offset, *,
+def split_rows(tree, chunks: int):
+    """Leaves [B, ...] -> [chunks, B / chunks, ...], chunk i holding rows ``i, i + chunks, i + 2 chunks, ...``.
+
+    Strided, not contiguous: a batch sharded by contiguous row blocks over a mesh's data axis then gives every
+    chunk an equal share of each device's rows, so the chunks run one after the other on all devices at once
+    without moving rows. None leaves pass through."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), 0, 1), tree)
+
+
+def merge_rows(tree):
+    """The inverse of :func:`split_rows`: leaves [chunks, C, ...] -> [chunks * C, ...] in the original row order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
                   chat: ChatWrap | None, total_rows: int) -> Transcript:
-    """:func:`rollout` of the rows ``row_offset .. row_offset + B - 1`` of a batch of ``total_rows``
-    (``trial_states`` holds those B rows).
-    """
+    """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
+    (``trial_states`` holds its B rows; with B = ``total_rows`` the chunk is the whole batch)."""
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
 
     def row_keys(k):
         """key[B]: this call's rows of ``k`` split over the whole batch."""
         keys = jax.random.split(k, total_rows)
-        return keys if batch == total_rows else jax.lax.dynamic_slice_in_dim(keys, row_offset, batch)
+        if batch == total_rows:
+            return keys
+        return jax.lax.dynamic_index_in_dim(split_rows(keys, total_rows // batch), chunk_index, axis=0,
+                                             keepdims=False)
 
     free = free_tokens > 0
     chunk, decide = budget.chunk_len, table.decide_len

@@ -20,7 +20,9 @@ Faults:
   (:func:`metarl_jax.checkpoints.check_writable` raises :class:`~metarl_jax.checkpoints.UnwritableError`); a
   warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
   full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
-* a batch whose update's activations look too big for the device (:func:`update_activation_bytes`, rows x each
+* the rollout and the update run in row micro-batches sized from a memory budget (:func:`micro_batches`);
+  a batch whose update's activations still look too big for the device
+  (:func:`metarl_jax.memory.update_activation_bytes`, rows x each
   task's ``context_len``) is warned about before compiling, naming the fields to lower.
 * a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
   state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
@@ -44,6 +46,7 @@ import warnings
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -52,6 +55,8 @@ from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
 from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
+from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes,
+                               warn_if_update_may_not_fit)
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import TaskSpec, build_task
@@ -68,6 +73,7 @@ class Run:
     eval_tasks: list[TaskSpec]
     optimizer: optax.GradientTransformation
     hyper: GRPOHyper
+    micro_batches: MicroBatches
 
 
 def build_model(config, tokenizer):
@@ -75,7 +81,8 @@ def build_model(config, tokenizer):
     if config.model.pretrained_dir:
         from metarl_jax.models.hf_io import load_pretrained
 
-        model = load_pretrained(config.model.pretrained_dir)
+        model = load_pretrained(config.model.pretrained_dir, dtype=config.model.dtype,
+                                param_dtype=config.model.param_dtype)
         if model.config.vocab_size < tokenizer.vocab_size:
             raise config_check.ConfigError(
                 f"config.model.pretrained_dir: the model's vocabulary ({model.config.vocab_size}) is smaller than the "
@@ -85,7 +92,8 @@ def build_model(config, tokenizer):
         from metarl_jax.models.transformer import Transformer
 
         cfg = preset(config.model.preset, tokenizer.vocab_size)  # overrides were checked by config_check
-        model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed))
+        model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed),
+                            param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype))
     return nnx.split(model)
 
 
@@ -131,6 +139,9 @@ def build_run(config) -> Run:
     config_check.check_config(config)
     tokenizer = load_tokenizer(config.tokenizer)
     graphdef, model_state = build_model(config, tokenizer)
+    train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
+    optimizer = build_optimizer(config)
+    micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = GRPOHyper(
         num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
         clip_low=config.clip_low, clip_high=config.clip_high, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
@@ -139,14 +150,38 @@ def build_run(config) -> Run:
         gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
         num_episodes_logged=config.num_episodes_reported,
         inject_nan_step=config.inject_nan_step, inject_nan_count=config.inject_nan_count,
+        rollout_rows=micro.rollout, update_rows=micro.update,
     )
-    return Run(tokenizer, graphdef, model_state, build_tasks(config, tokenizer, "train"),
-               build_tasks(config, tokenizer, "eval"), build_optimizer(config), hyper)
+    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, hyper, micro)
 
 
-def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float):
+def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks) -> MicroBatches:
+    """Rows per rollout, update and evaluation micro-batch: ``config.rollout_rows`` / ``update_rows`` where
+    set, the rest from the memory budget (``config.memory_budget_gb``, 0: the device's memory; see
+    :func:`metarl_jax.memory.plan_micro_batches`). Warns when even the smallest micro-batches look too big."""
+    spec = sharding.mesh_spec(config.mesh)
+    data = 1 if spec.mode == "none" else sharding.mesh_from_config(spec).shape["data"]
+    state = tree_bytes(model_state) * (2 if config.kl_coef > 0 else 1) + tree_bytes(
+        jax.eval_shape(optimizer.init, model_state))
+    if spec.mode == "fsdp":
+        state //= data
+    budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()
+    rows = config.num_tasks * config.group_size
+    plan = plan_micro_batches(model.config, train_tasks, eval_tasks, rows, config.eval_trials, budget, state,
+                              model.dtype, data)
+    if not plan.fits and not (config.rollout_rows and config.update_rows):
+        warnings.warn(f"the step may not fit in {budget / 2**30:.1f} GiB per device even in micro-batches of "
+                      f"{plan.rollout} rollout and {plan.update} update rows (of {rows}); lower each task's "
+                      "context_len or the model size, raise config.memory_budget_gb if the device has more, or "
+                      "set config.rollout_rows / config.update_rows", stacklevel=3)
+    return dataclasses.replace(plan, rollout=config.rollout_rows or plan.rollout,
+                               update=config.update_rows or plan.update)
+
+
+def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0):
     """``evaluate(params, key) -> {env: (success int[N, T], episode_index int[N, T], returns [N], truncated [N])}``
-    over each task's whole validation set, one jitted program."""
+    over each task's whole validation set, one jitted program; ``rows_per_chunk`` (a divisor of N; 0: all)
+    plays the trials in micro-batches (:func:`metarl_jax.rollout.rollout`)."""
 
     def evaluate(params, key):
         out = {}
@@ -157,7 +192,8 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
             tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat)
+                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
+                         rows_per_chunk=rows_per_chunk)
             moves = tr.taken & ~tr.reflection
             out[task.name] = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
                                   truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
@@ -185,58 +221,15 @@ def _config_dict(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _state_bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
-
-
 def warn_if_low_disk(directory: str, state, keep: int) -> None:
     """Warns when ``directory``'s free space is below the size of ``keep + 1`` checkpoints of ``state`` (orbax
     writes a new step before it deletes the oldest one)."""
-    need = _state_bytes(state) * (keep + 1)
+    need = tree_bytes(state) * (keep + 1)
     free = shutil.disk_usage(directory).free
     if free < need:
         warnings.warn(f"{directory} has {free / 2**20:.1f} MiB free, less than the ~{need / 2**20:.1f} MiB that "
                       f"{keep + 1} checkpoints need (keep_checkpoints={keep}, plus the one being written); saves may "
                       "fail with a full disk: free space or use another --workdir", stacklevel=3)
-
-
-# Bytes the update keeps per context token, per layer and per unit of (hidden_size + intermediate_size):
-# measured on CPU from XLA's temporary buffers of the tiny preset's update (16 tasks x 8 rows of
-# BernoulliBandit-misc: 7.1 GB at 1,541 tokens, 3.5 GB at 770 tokens and at 8 x 8 rows, so linear in rows x
-# tokens). The attention's scores are recomputed in the backward pass (models.transformer.causal_attention),
-# so nothing grows with the square of the context.
-UPDATE_BYTES_PER_TOKEN_UNIT = 70
-
-
-def update_activation_bytes(model_config, tasks: list[TaskSpec], rows_per_task: int) -> int:
-    """Rough peak bytes of the teacher-forced update's activations: ``rows x S x layers x (D + F)`` per task
-    (S = the task's ``context_len``, D hidden size, F MLP width) times :data:`UPDATE_BYTES_PER_TOKEN_UNIT`."""
-    tokens = sum(rows_per_task * t.context_len for t in tasks)
-    width = model_config.hidden_size + model_config.intermediate_size
-    return int(tokens * model_config.num_layers * width * UPDATE_BYTES_PER_TOKEN_UNIT)
-
-
-def device_memory_bytes() -> int:
-    """Memory of the first local device: the accelerator's limit, or the host's physical memory on CPU."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def warn_if_update_may_not_fit(config, model_config, tasks: list[TaskSpec], memory_bytes: int, devices: int = 1) -> None:
-    """Warns, before compiling, when :func:`update_activation_bytes` (split over ``devices``) exceeds 80% of
-    ``memory_bytes``: the first step would otherwise die with RESOURCE_EXHAUSTED after the compile."""
-    rows = config.num_tasks * config.group_size
-    need = update_activation_bytes(model_config, tasks, rows) / max(devices, 1)
-    if need > 0.8 * memory_bytes:
-        contexts = ", ".join(f"{t.name}: {t.context_len}" for t in tasks)
-        warnings.warn(
-            f"the update may not fit in memory: its activations need roughly {need / 2**30:.1f} GiB per "
-            f"device, against {memory_bytes / 2**30:.1f} GiB. They grow with num_tasks x group_size (now "
-            f"{config.num_tasks} x {config.group_size} = {rows} rows per task) and with each task's "
-            f"context_len ({contexts}); lower those (a context_len below the worst case truncates trials, as in "
-            "ORBIT)", stacklevel=3)
 
 
 def _skip_error(config, step: int, consecutive: int, latest_checkpoint) -> FloatingPointError:
@@ -269,7 +262,8 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)
     warn_if_update_may_not_fit(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks,
-                               device_memory_bytes(), 1 if mesh is None else mesh.size)
+                               int(config.memory_budget_gb * 2**30) or device_memory_bytes(),
+                               1 if mesh is None else mesh.size, run.hyper.update_rows)
     if mesh is None:
         train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
                              donate_argnums=0)
@@ -277,7 +271,8 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         state = sharding.shard_train_state(state, mesh, config.mesh.mode)
         train_step = sharding.make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
                                                       config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
-    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
+    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
+                               run.micro_batches.evaluate)
     run_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(run_key, 2**31 - 1)
 

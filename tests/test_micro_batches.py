@@ -135,3 +135,49 @@ def test_accumulated_gradients_equal_the_whole_batch():
                                    err_msg=jax.tree_util.keystr(path))
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+
+
+def test_memory_plan_fits_the_budget():
+    """The planner keeps the tiny default whole, and cuts a Qwen3-1.7B row batch at a 32,768-token context
+    into micro-batches whose estimated bytes fit one 141 GB device beside the train state."""
+    from types import SimpleNamespace
+
+    from metarl_jax import memory
+    from metarl_jax.agents.context import ContextBudget
+    from metarl_jax.models.config import ModelConfig
+
+    assert memory.largest_rows(256, 10, 75) == 4  # divisors of 256 whose rows fit 75 bytes
+    assert memory.largest_rows(256, 10, 75, multiple=8) == 32  # 8 data-parallel devices hold 4 rows each
+    assert memory.largest_rows(12, 10, 5) == 1  # none fits: the smallest
+    qwen = ModelConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+                       num_kv_heads=8, head_dim=128)
+    task = SimpleNamespace(context_len=32768, budget=ContextBudget(chunk_len=600, action_len=1024, turns=30,
+                                                                   worst_case=40000))
+    one_row = memory.kv_cache_bytes(qwen, 1, 32768, "bfloat16")
+    assert 3.5e9 < one_row < 4e9  # 28 layers x 2 x 8 heads x 128 x 2 bytes x 32,768 slots
+    state = 2_000_000_000 * 12  # float32 weights and two Adam moments
+    plan = memory.plan_micro_batches(qwen, [task], [task], 256, 256, 141 * 10**9, state, "bfloat16", remat="full")
+    assert plan.fits and 1 <= plan.rollout < 256 and 1 <= plan.update < 256
+    for rows, per_row in ((plan.rollout, memory.rollout_bytes_per_row(qwen, task, "bfloat16")),
+                          (plan.update, memory.update_activation_bytes(qwen, [task], 1, "full", "bfloat16"))):
+        assert rows * per_row <= memory.USABLE_SHARE * 141e9 - 2 * state < 2 * rows * per_row  # the largest that fits
+
+
+def test_config_refuses_micro_batches_that_do_not_divide_the_batch():
+    import sys
+
+    from metarl_jax import config_check
+
+    sys.path.insert(0, "configs")
+    from default import get_config
+
+    c = get_config("orbit")
+    c.rollout_rows = 3
+    with pytest.raises(config_check.ConfigError, match=r"config.rollout_rows: must divide num_tasks \* group_size = 32"):
+        config_check.check_config(c)
+    c.rollout_rows, c.update_rows = 8, 5
+    with pytest.raises(config_check.ConfigError, match="config.update_rows"):
+        config_check.check_config(c)
+    c.update_rows, c.model.dtype = 8, "float16"
+    with pytest.raises(config_check.ConfigError, match="config.model.dtype: must be one of"):
+        config_check.check_config(c)

@@ -37,8 +37,8 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
-from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, teacher_forced,
-                                teacher_forced_logp)
+from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, split_rows,
+                                teacher_forced, teacher_forced_logp)
 
 
 @struct.dataclass
@@ -137,8 +137,7 @@ def accumulate_over_rows(value_and_grad, rows, rows_per_chunk: int):
         return value_and_grad(rows)
     if batch % rows_per_chunk:
         raise ValueError(f"update rows per micro-batch {rows_per_chunk} do not divide the batch of {batch} rows")
-    chunks = batch // rows_per_chunk
-    split = jax.tree.map(lambda x: x.reshape(chunks, rows_per_chunk, *x.shape[1:]), rows)
+    split = split_rows(rows, batch // rows_per_chunk)  # strided: each chunk spans every data-parallel device
     first = jax.tree.map(lambda x: x[0], split)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(value_and_grad, first))
 
