@@ -58,6 +58,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
         task("game:GuessTheNumber-v0-hard", 7, 21, context_len=224),
         task("game:GuessTheNumber-v0-easy", 4, 12, context_len=160),
     ]
+    # One program for all envs: a batch of num_tasks tasks drawn from the union of the envs' task sets (ORBIT's
+    # shuffled mix; compile time does not grow with the number of envs). False: num_tasks tasks of every env,
+    # each env rolled out and differentiated on its own.
+    c.mix_games = False
     c.train_set_size = 512  # ORBIT: 512 training tasks per env
     c.eval_trials = 256  # ORBIT: 256 validation tasks per env
     c.num_episodes_reported = 3
@@ -82,7 +86,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
 
     # GRPO (ORBIT: 32 tasks x 8, lr 1e-6, temperature 0.6 for 4B-14B models; a tiny model needs far more lr:
     # 3e-3 rose across episodes with seeds 0 to 3; 6e-3 gave about no rise with seeds 0 and 1).
-    c.num_tasks = 4  # per env per step
+    c.num_tasks = 4  # per env per step (with mix_games: per step over the mixture)
     c.group_size = 8
     c.update_epochs = 1  # gradient updates per batch (ORBIT: 1); more reuse each rollout, bounded by the clip
     c.temperature = 1.0

@@ -60,7 +60,8 @@ def paper_config(variant: str, pretrained_dir: str):
                      task("game:Blackjack-v0", 4, 12)]
     c.eval_tasks = [task("maze", 9, 27), task("game:Mastermind-v0-random", 3, 9)]
     c.context_len = 32768
-    c.num_tasks, c.group_size = 7, 8  # 5 envs x 7 tasks ~ ORBIT's 32 tasks x 8 rollouts
+    c.mix_games = True  # ORBIT's shuffled mix of the 5 games, one program
+    c.num_tasks, c.group_size = 32, 8  # ORBIT: 32 tasks x 8 rollouts a step
     c.temperature, c.top_p = 0.6, 1.0
     c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-6, 0
     c.num_steps, c.eval_every = 200, 50

@@ -90,7 +90,8 @@ def _get(config, dotted: str):
 
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
-BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount")
+BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
+               "mix_games")
 STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "model.dtype",
                  "model.param_dtype", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")

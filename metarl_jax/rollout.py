@@ -186,10 +186,12 @@ def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, t
 
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
-            chat: ChatWrap | None = None, rows_per_chunk: int = 0) -> Transcript:
+            chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
+    ``row_context_len`` (int32[B], each at most ``context_len``) gives each row a smaller limit of its own (a
+    :class:`~metarl_jax.envs.mixture.GameMixture`'s rows, each with its game's context).
     ``free_tokens`` > 0 switches to free decoding (:func:`_decode_free`, ORBIT's mode: the model writes up to
     that many tokens and its ``\\boxed{...}`` is parsed); 0 is constrained decoding. ``chat`` wraps observations
     and actions in the tokenizer's chat turns (:mod:`metarl_jax.text.chat`).
@@ -205,15 +207,16 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     key split over the B rows), so the result equals the unchunked rollout's with the same ``key``.
     """
     batch = trial_states.total_steps.shape[0]
+    limit = jnp.full((batch,), context_len, jnp.int32) if row_context_len is None else jnp.asarray(row_context_len, jnp.int32)
     play = functools.partial(_rollout_rows, graphdef, model_state, env, env_params, codec, table, key,
                              budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
                              free_tokens=free_tokens, chat=chat, total_rows=batch)
     if not rows_per_chunk or rows_per_chunk >= batch:
-        return play(trial_states, 0)
+        return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
         raise ValueError(f"rows_per_chunk={rows_per_chunk} does not divide the batch of {batch} rows")
     chunks = batch // rows_per_chunk
-    out = jax.lax.map(lambda a: play(a[0], a[1]), (split_rows(trial_states, chunks), jnp.arange(chunks, dtype=jnp.int32)))
+    out = jax.lax.map(lambda a: play(*a), (*split_rows((trial_states, limit), chunks), jnp.arange(chunks, dtype=jnp.int32)))
     return merge_rows(out)
 
 
@@ -231,11 +234,12 @@ def merge_rows(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
-def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, chunk_index, *,
+def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, limit, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
                   chat: ChatWrap | None, total_rows: int) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
-    (``trial_states`` holds its B rows; with B = ``total_rows`` the chunk is the whole batch)."""
+    (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
+    the chunk is the whole batch)."""
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
 
@@ -278,7 +282,7 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         parts = [(pending, pending_n), (wrap_end, end_n), (wrap_open, len(chat.open)), (obs, n),
                  (wrap_close, len(chat.close)), (prefix, pre)]
         m = sum(k for _, k in parts)
-        fits = start + m - pre + act_len <= context_len
+        fits = start + m - pre + act_len <= limit
         live = ~states.trial_done & ~stopped & fits
         truncated_now = ~states.trial_done & ~stopped & ~fits
         buf = jnp.full((batch, width), codec.pad_id, jnp.int32)

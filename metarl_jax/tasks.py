@@ -18,13 +18,15 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax import envs
 from metarl_jax.agents.actions import ActionTable
 from metarl_jax.agents.context import ContextBudget, context_budget
+from metarl_jax.envs.mixture import GameMixture, MixtureKey
 from metarl_jax.text.chat import ChatWrap, chat_wrap
-from metarl_jax.text.codec import Codec
+from metarl_jax.text.codec import Codec, MixtureCodec
 
 SPLIT_SALT = {"train": 0, "validation": 1}
 
@@ -39,7 +41,9 @@ class TaskSpec:
       budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
       free_tokens: 0 for constrained decoding, else the free-decoding budget per action (tokens).
       chat: the chat turn wrapping (:class:`~metarl_jax.text.chat.ChatWrap`), or None for plain text.
-      task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task).
+      task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
+        are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
+      games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
     """
 
     name: str
@@ -52,6 +56,17 @@ class TaskSpec:
     task_keys: jax.Array
     free_tokens: int = 0
     chat: ChatWrap | None = None
+    games: tuple = ()
+
+    @property
+    def context_limits(self) -> np.ndarray:
+        """int32[G]: a mixture's context limit of each game's rows (see :func:`build_mixture`)."""
+        extra = self.budget.action_len - np.array([g.budget.action_len for g in self.games], np.int32)
+        return np.array([g.context_len for g in self.games], np.int32) + extra
+
+    def row_context_len(self, game):
+        """int32[B]: the context limit of each row of a mixture's batch (``game``: int32[B]); None for one env."""
+        return jnp.asarray(self.context_limits)[game] if self.games else None
 
     @property
     def observation_vocab(self) -> np.ndarray:
@@ -93,6 +108,33 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
         context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
         free_tokens=int(free_tokens), chat=wrap,
     )
+
+
+def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> TaskSpec:
+    """One :class:`TaskSpec` that plays ``tasks`` (built by :func:`build_task` with one tokenizer and the same
+    decoding) as a :class:`~metarl_jax.envs.mixture.GameMixture`: a batch drawn from its task set (the union of
+    the members' sets) mixes the games at random, as ORBIT's shuffled mix does, in one compiled program.
+
+    The action table covers the union of the games' actions; a row keeps its own game's context: its limit is
+    the member's ``context_len`` plus the slots by which the mixture's longest action exceeds the member's
+    (the rollout reserves a whole action's slots before each turn), so a row stops exactly where its game
+    alone would."""
+    if len({t.free_tokens for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
+        raise ValueError("the games of a mixture must share the decoding (free_tokens) and the chat format")
+    mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
+    codec = MixtureCodec(mixture, tokenizer, [t.codec for t in tasks])
+    table = ActionTable(mixture, tokenizer)
+    free = tasks[0].free_tokens
+    budgets = [t.budget for t in tasks]
+    budget = ContextBudget(chunk_len=max(b.chunk_len for b in budgets), action_len=free or table.max_len,
+                           turns=max(b.turns for b in budgets), worst_case=max(b.worst_case for b in budgets),
+                           step_len=max(b.step_len for b in budgets))
+    keys = MixtureKey(key=jnp.concatenate([t.task_keys for t in tasks]),
+                      game=jnp.concatenate([jnp.full((t.task_keys.shape[0],), g, jnp.int32) for g, t in enumerate(tasks)]))
+    longest = max(t.context_len + budget.action_len - t.budget.action_len for t in tasks)  # see context_limits
+    return TaskSpec(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
+                    budget=budget, context_len=longest, task_keys=keys, free_tokens=free, chat=tasks[0].chat,
+                    games=tuple(tasks))
 
 
 def _stable_hash(text: str) -> int:

@@ -59,7 +59,7 @@ from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_bat
                                warn_if_update_may_not_fit)
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
 from metarl_jax.rollout import rollout
-from metarl_jax.tasks import TaskSpec, build_task
+from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
 
 @dataclasses.dataclass
@@ -106,7 +106,8 @@ def build_optimizer(config) -> optax.GradientTransformation:
 
 
 def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
-    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked."""
+    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
+    ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`)."""
     entries = config.train_tasks if split == "train" else config.eval_tasks
     field = "train_tasks" if split == "train" else "eval_tasks"
     out = []
@@ -129,7 +130,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
         config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
                                    config.allow_truncation)
         out.append(task)
-    return out
+    return [build_mixture(out, tokenizer)] if config.mix_games and len(out) > 1 else out
 
 
 def build_run(config) -> Run:
@@ -191,13 +192,23 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             k_reset, k_roll = jax.random.split(k)
             _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
+            games = task.task_keys.game if task.games else None
             tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
                          task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
-                         rows_per_chunk=rows_per_chunk)
+                         rows_per_chunk=rows_per_chunk,
+                         row_context_len=task.row_context_len(games) if task.games else None)
             moves = tr.taken & ~tr.reflection
-            out[task.name] = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
-                                  truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
-                                  invalid=moves & ~action_is_valid(tr.valid, tr.actions))
+            played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
+                          truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
+                          invalid=moves & ~action_is_valid(tr.valid, tr.actions))
+            if not task.games:
+                out[task.name] = played
+                continue
+            start = 0  # a mixture's validation set is its games' sets one after the other
+            for member in task.games:
+                size = member.task_keys.shape[0]
+                out[member.name] = jax.tree.map(lambda x, s=start, n=size: x[s:s + n], played)
+                start += size
         return out
 
     return jax.jit(evaluate)

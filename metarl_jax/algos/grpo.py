@@ -4,7 +4,10 @@
 metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in one program:
 
 1. draw ``hp.num_tasks`` tasks from its training set and replicate each ``hp.group_size`` times (the GRPO
-   group: same task, same trial start, independent sampling);
+   group: same task, same trial start, independent sampling). A mixture of games
+   (:func:`metarl_jax.tasks.build_mixture`) is one such task list: its draws mix the games at random, as ORBIT's
+   shuffled mix does, and its rollout and update are one program whatever the number of games; its rollout
+   metrics are logged per game;
 2. :func:`metarl_jax.rollout.rollout` plays every trial to its step cap;
 3. the trial return (successful episodes) gives group-relative advantages ``(R - mean) / (std + eps)`` on
    every action token; with a cross-episode discount (LaMer) the return-to-go of each turn is normalised
@@ -61,7 +64,7 @@ def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_
 class GRPOHyper:
     """Hyperparameters of the step (ORBIT's values where it has them)."""
 
-    num_tasks: int = 8  # tasks per env per step
+    num_tasks: int = 8  # tasks per env (or per mixture of games) per step
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
@@ -81,10 +84,32 @@ class GRPOHyper:
     inject_nan_count: int = 1  # ... and the inject_nan_count - 1 steps after it
 
 
-def episode_success(transcript, num_episodes: int) -> jax.Array:
-    """float32[num_episodes]: share of rows whose k-th episode (0-based) ended in success."""
-    return jnp.stack([(transcript.success & (transcript.episode_index == k)).any(axis=1).mean()
+def episode_success(transcript, num_episodes: int, rows=None) -> jax.Array:
+    """float32[num_episodes]: share of rows (of those where ``rows``, bool[B], holds) whose k-th episode
+    (0-based) ended in success."""
+    return jnp.stack([row_mean((transcript.success & (transcript.episode_index == k)).any(axis=1), rows)
                       for k in range(num_episodes)])
+
+
+def row_mean(values, rows=None) -> jax.Array:
+    """Mean of ``values`` [B] over the rows where ``rows`` (bool[B]) holds (all when None); 0 over no rows."""
+    values = jnp.asarray(values, jnp.float32)
+    if rows is None:
+        return values.mean()
+    return jnp.where(rows, values, 0.0).sum() / jnp.maximum(rows.sum(), 1)
+
+
+def rollout_metrics(transcript, context_len, num_episodes: int, rows=None) -> dict:
+    """The per-env rollout metrics of a step (over the rows where ``rows`` holds: one game of a mixture)."""
+    out = {
+        "mean_return": row_mean(transcript.rewards.sum(axis=1), rows),
+        "episode_success": episode_success(transcript, num_episodes, rows),
+        "context_used": row_mean(transcript.length, rows) / context_len,
+        "truncated": row_mean(transcript.truncated, rows),
+    }
+    if rows is not None:
+        out["rows"] = rows.sum()
+    return out
 
 
 def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
@@ -169,7 +194,8 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     g = hp.group_size
 
     def play(params, task, key):
-        """The env's transcript, and its rows' answer actions (int32[B]; None without the answer loss)."""
+        """The env's transcript, its rows' answer actions (int32[B]; None without the answer loss) and, for a
+        mixture of games, each row's game (int32[B]; else None)."""
         k_pick, k_reset, k_roll = jax.random.split(key, 3)
         picks = jax.random.randint(k_pick, (hp.num_tasks,), 0, task.task_keys.shape[0])
         sample = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))
@@ -178,12 +204,14 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows))
-        return transcript, (jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None)
+                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows,
+                                       row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
+        answers = jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None
+        return transcript, answers, (tasks_b.game if task.games else None)
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
-        transcripts, answers = zip(*[play(state.params, task, k) for task, k in zip(tasks, keys)])
+        transcripts, answers, games = zip(*[play(state.params, task, k) for task, k in zip(tasks, keys)])
         advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
         total_rows = sum(tr.action_tokens.shape[0] for tr in transcripts)
@@ -267,14 +295,13 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                                                            length=hp.update_epochs - 1)
         # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped
         metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.int32)}
-        for task, tr, m in zip(tasks, transcripts, parts):
-            metrics[task.name] = {
-                "mean_return": tr.rewards.sum(axis=1).mean(),
-                "episode_success": episode_success(tr, hp.num_episodes_logged),
-                "context_used": tr.length.mean() / task.context_len,
-                "truncated": tr.truncated.mean(),
-                **m,
-            }
+        for task, tr, m, game in zip(tasks, transcripts, parts, games):
+            if not task.games:
+                metrics[task.name] = {**rollout_metrics(tr, task.context_len, hp.num_episodes_logged), **m}
+                continue
+            metrics[task.name] = m  # a mixture: the loss terms of its whole batch, the rollout metrics per game
+            for index, member in enumerate(task.games):
+                metrics[member.name] = rollout_metrics(tr, member.context_len, hp.num_episodes_logged, game == index)
         new = TrainState(params=params, opt_state=opt_state, step=state.step + 1, ref_params=state.ref_params)
         return new, metrics
 

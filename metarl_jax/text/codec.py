@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarl_jax.envs.mixture import select_game
 from metarl_jax.envs.pieces import slot_ids
 from metarl_jax.text.tokenizers import Tokenizer, split_words
 
@@ -131,3 +132,32 @@ class Codec:
     def encode_action(self, i: int) -> list[int]:
         """Tokens of the canonical text of action ``i``."""
         return self.tokenizer.encode(self.env.action_text(i))
+
+
+class MixtureCodec:
+    """The codec of a :class:`~metarl_jax.envs.mixture.GameMixture`: each game's :class:`Codec`, and a row's
+    observation rendered by its own game's (every game's rendering is computed under ``vmap``; the row's is
+    kept). Rendered observations are padded to the longest game's ``max_len``."""
+
+    def __init__(self, mixture, tokenizer: Tokenizer, codecs: list[Codec] | None = None):
+        self.env = mixture
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.pad_id)
+        self.codecs = list(codecs) if codecs is not None else [Codec(e, tokenizer) for e in mixture.envs]
+        self.max_len = max(c.max_len for c in self.codecs)
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        """int32[K]: the sorted token ids any game's text can contain (padding excluded)."""
+        return np.unique(np.concatenate([c.token_ids for c in self.codecs])).astype(np.int32)
+
+    def render_tokens(self, state) -> tuple[jax.Array, jax.Array]:
+        """``(tokens int32[max_len], length int32[])`` of the row's game's observation (jit/vmap-safe)."""
+        rendered = []
+        for codec, s in zip(self.codecs, state.states):
+            tokens, n = codec.render_tokens(s)
+            rendered.append((jnp.pad(tokens, (0, self.max_len - codec.max_len), constant_values=self.pad_id), n))
+        return select_game(state.game, rendered)
+
+    def decode(self, tokens, length=None) -> str:
+        return self.codecs[0].decode(tokens, length)
