@@ -113,3 +113,32 @@ def preset(name: str, vocab_size: int) -> ModelConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
     return PRESETS[name].replace(vocab_size=vocab_size)
+
+
+# The released Qwen3 dense models' shapes (the ``config.json`` of each Hugging Face checkpoint): hidden size,
+# MLP width, layers, query heads, tied embeddings. All have 8 kv heads of 128 dims, a 151,936-token vocabulary,
+# RoPE theta 1e6 and RMSNorm epsilon 1e-6.
+QWEN3_SIZES = {
+    "0.6B": (1024, 3072, 28, 16, True),
+    "1.7B": (2048, 6144, 28, 16, True),
+    "4B": (2560, 9728, 36, 32, True),
+    "8B": (4096, 12288, 36, 32, False),
+    "14B": (5120, 17408, 40, 40, False),
+}
+
+
+def qwen3_config_json(size: str, **overrides) -> dict:
+    """The ``config.json`` dict of a Qwen3 size (a key of :data:`QWEN3_SIZES`), as its checkpoint ships it;
+    ``overrides`` replace fields (e.g. ``num_hidden_layers`` for a shallower random model of the same widths).
+    Written to a directory it loads with :func:`metarl_jax.models.hf_io.read_config`, no weights needed."""
+    if size not in QWEN3_SIZES:
+        raise KeyError(f"unknown Qwen3 size {size!r}; sizes: {list(QWEN3_SIZES)}")
+    hidden, mlp, layers, heads, tied = QWEN3_SIZES[size]
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": hidden,
+        "intermediate_size": mlp, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": 8, "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": tied, "attention_bias": False,
+        "attention_dropout": 0.0, "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645,
+        **overrides,
+    }
