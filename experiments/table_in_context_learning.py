@@ -32,7 +32,8 @@ import time
 import jax
 
 from common import REPO, play_policy_rows, write_table  # experiments/ is on sys.path
-from default import get_config, task
+from default import get_config
+from paper import get_config as get_paper_config
 
 from metarl_jax import train
 from metarl_jax.evaluate import add_regret, summarize
@@ -44,27 +45,10 @@ def cpu_config(variant: str):
 
 
 def paper_config(variant: str, pretrained_dir: str):
-    """ORBIT's published setup, for accelerators (see ../shared/ORBIT_FACTS.md)."""
-    c = get_config(variant)
-    c.model.pretrained_dir = pretrained_dir
-    c.tokenizer = pretrained_dir
-    c.chat_format = True
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"  # bf16 compute, float32 master weights (as verl's FSDP)
-    c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
-    c.intro, c.repeat_opening = True, True
-    c.text = "gem"  # GEM's sentences, as ORBIT (and the suite's envs have no other style)
-    c.observation_coef = 0.0  # a pretrained LM: plain ORBIT
-    c.answer_coef = 0.0
-    c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
-                     task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),
-                     task("game:Blackjack-v0", 4, 12)]
-    c.eval_tasks = [task("maze", 9, 27), task("game:Mastermind-v0-random", 3, 9)]
-    c.context_len = 32768
-    c.mix_games = True  # ORBIT's shuffled mix of the 5 games, one program
-    c.num_tasks, c.group_size = 32, 8  # ORBIT: 32 tasks x 8 rollouts a step
-    c.temperature, c.top_p = 0.6, 1.0
-    c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-6, 0
-    c.num_steps, c.eval_every = 200, 50
+    """ORBIT's published setup (configs/paper.py), for accelerators, with the model and tokenizer of
+    ``pretrained_dir``."""
+    c = get_paper_config(variant)
+    c.model.pretrained_dir = c.tokenizer = pretrained_dir
     return c
 
 

@@ -1,0 +1,52 @@
+"""ORBIT's published setting: a pretrained Qwen3 meta-trained on five games, held-out Maze and Mastermind.
+
+Command (an accelerator; the model and its tokenizer come from a local directory, nothing is downloaded)::
+
+    python -m metarl_jax.main --config=configs/paper.py --workdir=/tmp/orbit_qwen3 \\
+        --config.model.pretrained_dir=/path/to/Qwen3-4B --config.tokenizer=/path/to/Qwen3-4B
+
+What it runs (ORBIT's values, from the paper and its released code): GRPO with 8 rollouts per task and 32
+tasks a step drawn from a shuffled mix of rock-paper-scissors, Minesweeper, Hangman, Wordle and Blackjack
+(``mix_games``: one program for all five), 800 steps (10 epochs of 2,560 tasks), lr 1e-6, temperature 0.6,
+no KL, no entropy bonus, chat format, free decoding (up to 1,024 tokens a turn, then the last ``\\boxed{}``),
+a 32,768-token context with ORBIT's truncation, bfloat16 compute with float32 weights. Rollout and update run
+in row micro-batches sized from the device's memory (``memory_budget_gb``; ``benchmarks/paper_scale.py``
+gives XLA's own memory figure per model size and mesh). Evaluation: 256 held-out trials each of Maze and
+Mastermind at temperature 0.6, top-p 0.95.
+
+Expected result: not measured yet at this scale (no paper-scale run has been made with this library; the
+paper reports that episode-3 success rises above episode 1 on the held-out games after training). A CPU smoke
+run of the same config with a random 2-layer model at Qwen3-0.6B widths is ``tests/test_paper_scale.py``.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from default import get_config as default_config  # noqa: E402
+from default import task  # noqa: E402
+
+
+def get_config(variant: str = "orbit"):
+    c = default_config(variant)
+    c.model.pretrained_dir = ""  # set: a local Qwen3 directory
+    c.tokenizer = "word"  # set: the same directory (its tokenizer and chat template)
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"  # bf16 compute, float32 master weights (verl's FSDP)
+    c.chat_format = True
+    c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
+    c.intro, c.repeat_opening = True, True
+    c.text = "gem"  # GEM's sentences, as ORBIT
+    c.observation_coef = 0.0  # a pretrained LM: plain ORBIT
+    c.answer_coef = 0.0
+    c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
+                     task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),
+                     task("game:Blackjack-v0", 4, 12)]
+    c.eval_tasks = [task("maze", 9, 27), task("game:Mastermind-v0-random", 3, 9)]
+    c.context_len = 32768
+    c.allow_truncation = True
+    c.mix_games = True  # ORBIT's shuffled mix of the five games, one program
+    c.num_tasks, c.group_size = 32, 8  # ORBIT: 32 tasks x 8 rollouts a step
+    c.temperature, c.top_p = 0.6, 1.0
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-6, 0
+    c.num_steps, c.eval_every, c.checkpoint_every = 800, 50, 50
+    return c
