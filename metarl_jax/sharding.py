@@ -13,7 +13,9 @@ Modes (``config.mesh.mode``):
 No pmap and no per-device code: states are placed with :class:`~jax.sharding.NamedSharding`, the step is one
 ``jax.jit`` with in/out shardings, and the rollout batch is pinned with ``jax.lax.with_sharding_constraint``;
 XLA's partitioner inserts the collectives. Leaves with no divisible axis, or smaller than ``min_size``
-elements, stay replicated.
+elements, stay replicated. The decoder layers' parameters are stacked [L, ...] (any leaf under ``layers``):
+they are never sharded on the layer axis L (the layer scan slices it), and are placed as one layer's
+parameter would be, on the same axes shifted by one, and counted per layer against ``min_size``.
 
 Usage::
 
@@ -135,24 +137,29 @@ def mesh_from_config(spec) -> Mesh | None:
 
 
 def leaf_spec(shape, mesh: Mesh, mode: str, path=(), min_size: int = MIN_SHARD_SIZE) -> P:
-    """The ``PartitionSpec`` of one state leaf of ``shape`` under ``mode`` (see the module docstring)."""
+    """The ``PartitionSpec`` of one state leaf of ``shape`` under ``mode`` (see the module docstring).
+
+    A leaf whose ``path`` passes through ``layers`` and has at least 2 axes is a stacked decoder-layer
+    parameter [L, ...]: axis 0 is never sharded, and the other axes are chosen as for one layer's parameter."""
     if mode not in MODES:
         raise ValueError(f"mesh mode {mode!r} is not one of {MODES}")
     shape = tuple(shape)
-    if mode in ("none", "data") or not shape or math.prod(shape) < min_size:
+    names = path_names(path)
+    first = 1 if "layers" in names and len(shape) >= 2 else 0  # the first axis that may be sharded
+    if mode in ("none", "data") or not shape or math.prod(shape[first:]) < min_size:
         return P()
     axis_name = "data" if mode == "fsdp" else "model"
     size = mesh.shape[axis_name]
     if size == 1:
         return P()
-    divisible = [i for i, d in enumerate(shape) if d % size == 0]
+    divisible = [i for i, d in enumerate(shape) if i >= first and d % size == 0]
     if not divisible:
         return P()
     if mode == "fsdp":
         axis = max(divisible, key=lambda i: (shape[i], -i))  # the largest; the first of equals
     else:
-        names = path_names(path)
-        preferred = 0 if any(r in names for r in ROW_PARALLEL) and len(shape) >= 2 else len(shape) - 1
+        row_parallel = any(r in names for r in ROW_PARALLEL) and len(shape) - first >= 2
+        preferred = first if row_parallel else len(shape) - 1
         axis = preferred if preferred in divisible else max(divisible, key=lambda i: (shape[i], -i))
     spec = [None] * len(shape)
     spec[axis] = axis_name

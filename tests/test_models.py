@@ -170,7 +170,7 @@ from metarl_jax.models import load_pretrained
 d = sys.argv[1]
 mesh = jax.make_mesh((2, 2), ("data", "model"))
 model = load_pretrained(d, mesh=mesh)
-kernel = model.layers[0].attn.q_proj.kernel[...]
+kernel = model.layers.attn.q_proj.kernel[...]  # [L, in, out], every layer's
 assert len(jax.devices()) == 4 and kernel.sharding.mesh.shape == mesh.shape, kernel.sharding
 assert len(kernel.sharding.device_set) == 4
 tokens = jnp.asarray(np.load(sys.argv[2]))
@@ -220,6 +220,6 @@ def test_decode_inside_lax_scan_matches_full_forward():
 def test_bfloat16_load_stores_bf16_and_stays_close(pair):
     ref, _, d = pair
     model = load_pretrained(d, dtype=jnp.bfloat16)
-    assert model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    assert model.layers.mlp.up_proj.kernel[...].dtype == jnp.bfloat16
     logits, _ = model(jnp.asarray(TOKENS), positions(*TOKENS.shape))
     np.testing.assert_allclose(np.asarray(logits), torch_logits(ref, TOKENS), atol=5e-2, rtol=0)

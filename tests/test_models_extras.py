@@ -27,8 +27,8 @@ def test_lora_starts_as_the_base_model_and_trains_only_adapters():
     add_lora(model, rank=4, alpha=8.0, rngs=nnx.Rngs(1))
     lora_logits, _ = model(TOKENS, POS)
     np.testing.assert_allclose(np.asarray(lora_logits), np.asarray(base_logits), atol=1e-6)
-    n_adapters = len(jax.tree.leaves(nnx.state(model, LoRAParam)))
-    assert n_adapters == 2 * 7 * model.config.num_layers
+    adapters = jax.tree.leaves(nnx.state(model, LoRAParam))  # a and b of 7 projections, stacked over the layers
+    assert len(adapters) == 2 * 7 and all(a.shape[0] == model.config.num_layers for a in adapters)
 
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=LoRAParam)
     before = float(loss_fn(model))
@@ -71,8 +71,8 @@ def test_save_pretrained_merges_lora(tmp_path):
 
     model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(0))
     add_lora(model, rank=2, alpha=4.0, rngs=nnx.Rngs(1))
-    for layer in model.layers:  # make the adapters non-zero
-        layer.attn.q_proj.lora_b.set_value(jnp.full(layer.attn.q_proj.lora_b.shape, 0.05))
+    lora_b = model.layers.attn.q_proj.lora_b  # [L, rank, out]: make the adapters non-zero, each layer's its own
+    lora_b.set_value(jnp.broadcast_to(0.05 * (1 + jnp.arange(lora_b.shape[0]))[:, None, None], lora_b.shape))
     save_pretrained(model, str(tmp_path))
     expected, _ = model(TOKENS, POS)
     got, _ = load_pretrained(str(tmp_path))(TOKENS, POS)
@@ -117,17 +117,19 @@ def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, ro
     assert float(jnp.abs(got[2]).max()) > 0.1  # the gradient is not trivially zero
 
 
-@pytest.mark.parametrize("row_chunk", [2, 64])
-def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypatch, row_chunk):
+@pytest.mark.parametrize("row_chunk,layers", [(2, 2), (64, 2), (2, 6)])
+def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypatch, row_chunk, layers):
     """``hidden_states`` with a cache, called on a subset of the cache's rows (``rows=``, in any order) and asked
     for one token per row (``last_at=``), gives the full causal forward's hidden states at those tokens, advances
     only those rows, and leaves a cache from which a call on every row continues exactly. Row chunks of 2 (5
-    rows: a remainder chunk; each chunk split in CPU_CACHE_CHAINS parts) and of the whole batch."""
+    rows: a remainder chunk; each chunk split in CPU_CACHE_CHAINS parts) and of the whole batch; 2 layers (the
+    unrolled layer scan) and 6 (a rolled scan, more than UNROLL_LAYERS)."""
     from metarl_jax.models import init_cache
     from metarl_jax.models import transformer as tf
 
     monkeypatch.setattr(tf, "CPU_CACHE_ROW_CHUNK", row_chunk)
-    model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(4))
+    assert (layers > tf.UNROLL_LAYERS) == (layers == 6)
+    model = Transformer(preset("tiny", 50).replace(num_layers=layers), rngs=nnx.Rngs(4))
     graphdef, state = nnx.split(model)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 50, size=(5, 20)))
     pos = jnp.broadcast_to(jnp.arange(20), (5, 20))

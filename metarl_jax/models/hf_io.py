@@ -8,6 +8,8 @@ float8 tensors), a compute dtype the backend cannot run, missing shards, pickle-
 and missing, unexpected or mis-shaped tensors (named).
 ``save_pretrained(model, dir)`` writes ``config.json`` and ``model.safetensors`` (float32, LoRA adapters merged)
 that transformers' PyTorch classes load.
+
+HF's per-layer tensors ``model.layers.{i}.…`` are slice i of our stacked layer parameters ([L, ...]).
 """
 
 from __future__ import annotations
@@ -25,33 +27,41 @@ from metarl_jax.models.config import ModelConfig
 from metarl_jax.models.transformer import Transformer
 
 
-def hf_names(config: ModelConfig) -> dict[str, tuple[tuple, bool]]:
-    """HF tensor name -> (path of our parameter, whether the HF tensor is its transpose)."""
-    names: dict[str, tuple[tuple, bool]] = {"model.embed_tokens.weight": (("embed",), False), "model.norm.weight": (("norm", "weight"), False)}
+def hf_names(config: ModelConfig) -> dict[str, tuple[tuple, bool, int | None]]:
+    """HF tensor name -> (path of our parameter, whether the HF tensor is its transpose, its layer: the index
+    into the parameter's leading layer axis, or None for a parameter outside the stacked layers)."""
+    names: dict[str, tuple[tuple, bool, int | None]] = {}
+    def add(name, path, transpose, layer=None):
+        names[name] = (path, transpose, layer)
+
+    add("model.embed_tokens.weight", ("embed",), False)
+    add("model.norm.weight", ("norm", "weight"), False)
     if not config.tie_embeddings:
-        names["lm_head.weight"] = (("lm_head", "kernel"), True)
+        add("lm_head.weight", ("lm_head", "kernel"), True)
     for i in range(config.num_layers):
-        hf, ours = f"model.layers.{i}.", ("layers", i)
-        names[hf + "input_layernorm.weight"] = (ours + ("input_norm", "weight"), False)
-        names[hf + "post_attention_layernorm.weight"] = (ours + ("post_norm", "weight"), False)
+        hf, ours = f"model.layers.{i}.", ("layers",)
+        add(hf + "input_layernorm.weight", ours + ("input_norm", "weight"), False, i)
+        add(hf + "post_attention_layernorm.weight", ours + ("post_norm", "weight"), False, i)
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            names[hf + f"self_attn.{proj}.weight"] = (ours + ("attn", proj, "kernel"), True)
+            add(hf + f"self_attn.{proj}.weight", ours + ("attn", proj, "kernel"), True, i)
             if config.attention_bias:
-                names[hf + f"self_attn.{proj}.bias"] = (ours + ("attn", proj, "bias"), False)
+                add(hf + f"self_attn.{proj}.bias", ours + ("attn", proj, "bias"), False, i)
         if config.qk_norm:
-            names[hf + "self_attn.q_norm.weight"] = (ours + ("attn", "q_norm", "weight"), False)
-            names[hf + "self_attn.k_norm.weight"] = (ours + ("attn", "k_norm", "weight"), False)
+            add(hf + "self_attn.q_norm.weight", ours + ("attn", "q_norm", "weight"), False, i)
+            add(hf + "self_attn.k_norm.weight", ours + ("attn", "k_norm", "weight"), False, i)
         for proj in ("gate_proj", "up_proj", "down_proj"):
-            names[hf + f"mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
+            add(hf + f"mlp.{proj}.weight", ours + ("mlp", proj, "kernel"), True, i)
             if config.mlp_bias:
-                names[hf + f"mlp.{proj}.bias"] = (ours + ("mlp", proj, "bias"), False)
+                add(hf + f"mlp.{proj}.bias", ours + ("mlp", proj, "bias"), False, i)
     return names
 
 
 def _variable(model, path):
+    """The attribute of ``model`` at ``path`` (names), e.g. the stacked variable ("layers", "attn", "q_proj",
+    "kernel")."""
     obj = model
     for p in path:
-        obj = obj[p] if isinstance(p, int) else getattr(obj, p)
+        obj = getattr(obj, p)
     return obj
 
 
@@ -182,6 +192,7 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype))
     expected = hf_names(config)
     seen = set()
+    stacks: dict[tuple, np.ndarray] = {}  # path -> the stacked layer parameter, assembled on the host
     sharding = None
     if mesh is not None:
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -203,26 +214,39 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                     raise ValueError(f"tensor {name!r} in {shard} is stored as {stored}, which cannot be loaded "
                                      f"(float8 and integer tensors are quantized weights); supported: "
                                      f"{', '.join(SAFETENSORS_DTYPES)}. Dequantize the checkpoint first")
-                path, transpose = expected[name]
+                path, transpose, layer = expected[name]
                 array = f.get_tensor(name)
                 if transpose:
                     array = array.T
                 var = _variable(model, path)
-                if tuple(array.shape) != tuple(var.shape):
+                shape = tuple(var.shape) if layer is None else tuple(var.shape[1:])
+                if tuple(array.shape) != shape:
                     raise ValueError(
                         f"tensor {name!r} has shape {array.shape} (after transpose: {transpose}), expected "
-                        f"{tuple(var.shape)} from config.json; the weights and config.json do not match (use the "
+                        f"{shape} from config.json; the weights and config.json do not match (use the "
                         "config.json saved with these weights)"
                     )
-                value = jnp.asarray(np.ascontiguousarray(array), dtype=param_dtype)
-                var.set_value(jax.device_put(value, sharding) if sharding is not None else value)
+                if layer is None:
+                    _place(var, array, param_dtype, sharding)
+                else:
+                    if path not in stacks:
+                        stacks[path] = np.empty(var.shape, np.dtype(param_dtype))
+                    stacks[path][layer] = array
                 seen.add(name)
     missing = sorted(set(expected) - seen)
     if missing:
         raise ValueError(f"missing tensor(s) in {local_dir}: {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                          f"({len(missing)} of {len(expected)} that config.json implies); copy every weight file "
                          "of the checkpoint, or use the config.json saved with these weights")
+    for path, stack in stacks.items():  # complete now: every layer's tensor was seen
+        _place(_variable(model, path), stack, param_dtype, sharding)
     return model
+
+
+def _place(var, array, param_dtype, sharding) -> None:
+    """Sets ``var`` to the host ``array`` in ``param_dtype``, placed per ``sharding`` (None: the default device)."""
+    value = jnp.asarray(np.ascontiguousarray(array), dtype=param_dtype)
+    var.set_value(jax.device_put(value, sharding) if sharding is not None else value)
 
 
 def save_pretrained(model: Transformer, out_dir: str) -> None:
@@ -235,11 +259,14 @@ def save_pretrained(model: Transformer, out_dir: str) -> None:
     hf.architectures = ["Qwen3ForCausalLM" if config.model_type == "qwen3" else "LlamaForCausalLM"]
     hf.save_pretrained(out_dir)
     tensors = {}
-    for name, (path, transpose) in hf_names(config).items():
-        if path[-1] == "kernel":  # LoRA adapters, if any, are merged into the saved weights
-            array = np.asarray(_variable(model, path[:-1]).merged_kernel(), np.float32)
-        else:
-            array = np.asarray(_variable(model, path)[...], np.float32)
+    values: dict[tuple, np.ndarray] = {}  # path -> the (stacked) parameter on the host, read once
+    for name, (path, transpose, layer) in hf_names(config).items():
+        if path not in values:
+            if path[-1] == "kernel":  # LoRA adapters, if any, are merged into the saved weights
+                values[path] = np.asarray(_variable(model, path[:-1]).merged_kernel(), np.float32)
+            else:
+                values[path] = np.asarray(_variable(model, path)[...], np.float32)
+        array = values[path] if layer is None else values[path][layer]
         tensors[name] = np.ascontiguousarray(array.T if transpose else array)
     tmp = os.path.join(out_dir, "model.safetensors.tmp")
     save_file(tensors, tmp, metadata={"format": "pt"})

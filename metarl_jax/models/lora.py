@@ -1,14 +1,16 @@
 """LoRA adapters on the attention and MLP projections; only the adapters are trainable.
 
-``add_lora(model, rank, alpha, rngs)`` gives every targeted :class:`~metarl_jax.models.transformer.Linear` two
-:class:`LoRAParam` matrices ``a [in, rank]`` (random) and ``b [rank, out]`` (zero, so the model is unchanged
-at first); the projection becomes ``x @ W + (alpha / rank) * (x @ a) @ b``. Train with
+``add_lora(model, rank, alpha, rngs)`` gives every targeted :class:`~metarl_jax.models.transformer.Linear` of
+the stacked decoder layers two :class:`LoRAParam` stacks ``a [L, in, rank]`` (random) and ``b [L, rank, out]``
+(zero, so the model is unchanged at first), one adapter per layer; layer l's projection becomes
+``x @ W[l] + (alpha / rank) * (x @ a[l]) @ b[l]``. Train with
 ``nnx.split(model, LoRAParam, ...)`` or ``nnx.Optimizer(model, tx, wrt=LoRAParam)``: the base weights are
 ``nnx.Param`` and stay frozen.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import nnx
 
 from metarl_jax.models.transformer import Linear
@@ -22,19 +24,21 @@ class LoRAParam(nnx.Variable):
 
 
 def add_lora(model, rank: int, alpha: float, rngs: nnx.Rngs, targets=ATTENTION + MLP):
-    """Adds adapters in place to the ``targets`` projections of every layer; returns the model."""
+    """Adds adapters in place to the ``targets`` projections of every layer; returns the model. Each layer's
+    ``a`` is an independent draw."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     unknown = set(targets) - set(ATTENTION + MLP)
     if unknown:
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {ATTENTION + MLP}")
-    for layer in model.layers:
-        for name in targets:
-            parent = layer.attn if name in ATTENTION else layer.mlp
-            linear: Linear = getattr(parent, name)
-            d_in, d_out = linear.kernel.shape
-            dtype = linear.kernel[...].dtype
-            linear.lora_a = nnx.data(LoRAParam(nnx.initializers.normal(1.0 / rank)(rngs.params(), (d_in, rank), dtype)))
-            linear.lora_b = nnx.data(LoRAParam(nnx.initializers.zeros(rngs.params(), (rank, d_out), dtype)))
-            linear.lora_scale = alpha / rank
+    layers = model.layers
+    init = nnx.initializers.normal(1.0 / rank)
+    for name in targets:
+        linear: Linear = getattr(layers.attn if name in ATTENTION else layers.mlp, name)
+        num_layers, d_in, d_out = linear.kernel.shape
+        dtype = linear.kernel[...].dtype
+        a = jnp.stack([init(rngs.params(), (d_in, rank), dtype) for _ in range(num_layers)])
+        linear.lora_a = nnx.data(LoRAParam(a))
+        linear.lora_b = nnx.data(LoRAParam(jnp.zeros((num_layers, rank, d_out), dtype)))
+        linear.lora_scale = alpha / rank
     return model

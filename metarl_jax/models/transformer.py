@@ -14,6 +14,12 @@ Shapes: B batch, T tokens in this call, S cache slots, D hidden, H query heads, 
 
 Numerics follow the ``transformers`` PyTorch reference (RMSNorm in float32, RoPE with the rotate-half
 convention, softmax in float32), so logits match it to 1e-4 in float32.
+
+The L decoder layers are one :class:`Block` whose variables are stacked on a leading layer axis (a kernel is
+[L, in, out]) and run in a ``lax.scan``, so compile time does not grow with depth; models of at most
+:data:`UNROLL_LAYERS` layers have the scan fully unrolled (the speed of a Python loop). ``remat`` (``"none"``,
+``"full"``, ``"dots"``: :data:`REMAT_POLICIES`) recomputes each layer's activations in the backward pass of
+the cache-free (teacher-forced) call instead of storing them.
 """
 
 from __future__ import annotations
@@ -30,10 +36,9 @@ class KVCache:
     """A preallocated key/value cache.
 
     Attributes:
-      k, v: tuples of L arrays [B, K, S, E], each layer's cached keys and values, heads-major so that attention
-        reads a prefix of the slots without a transpose. One array per layer, not a stacked [L, ...] one: each
-        call then updates every layer's buffer in place, where restacking the layers would copy the whole cache
-        on every prefill and decode call.
+      k, v: [L, B, K, S, E], every layer's cached keys and values, heads-major per layer so that attention reads
+        a prefix of the slots without a transpose. The layer scan carries them and writes each layer's new
+        tokens in place (a scatter at layer i); attention reads layer i's slots straight from the stacked array.
       valid: bool[B, S], slots holding a real (non-padding) token.
       length: int32[B], slots used so far in each row (the next write position).
     """
@@ -45,17 +50,14 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.k.shape[3]
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens."""
-    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
-    layers = config.num_layers
-    return KVCache(
-        k=tuple(jnp.zeros(shape, dtype) for _ in range(layers)), v=tuple(jnp.zeros(shape, dtype) for _ in range(layers)),
-        valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((batch,), jnp.int32),
-    )
+    shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, max_len), bool),
+                   length=jnp.zeros((batch,), jnp.int32))
 
 
 def matmul_rows(x, w):
@@ -91,7 +93,8 @@ class Linear(nnx.Module):
         return y
 
     def merged_kernel(self):
-        """The kernel with any LoRA adapter folded in ([in, out])."""
+        """The kernel with any LoRA adapter folded in: [in, out], or [L, in, out] for stacked layers (each
+        layer's own adapters folded into its kernel)."""
         if self.lora_a is None:
             return self.kernel[...]
         return self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...])
@@ -139,11 +142,12 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x, cos, sin, keys_fn, query_at=None):
-        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used, rows)`` supplies the attended keys and
-        values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity bool[B, T]
-        (attention is causal) and ``used`` and ``rows`` None; with a cache, the layer's cache [B', K, S, E], a
-        function ``n -> bool[B, T, n]`` (the mask of the first n slots), ``used`` int32[]: no query attends past
-        slot ``used - 1``, and ``rows`` (int32[B] or None): the cache rows of the call's rows (None: the same).
+        """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used, rows, layer)`` supplies the attended keys
+        and values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity
+        bool[B, T] (attention is causal) and ``used``, ``rows`` and ``layer`` None; with a cache, the stacked
+        cache [L, B', K, S, E] (this layer's new keys written), a function ``n -> bool[B, T, n]`` (the mask of
+        the first n slots), ``used`` int32[]: no query attends past slot ``used - 1``, ``rows`` (int32[B] or
+        None): the cache rows of the call's rows (None: the same), and ``layer`` int32[]: this layer's index.
         ``query_at`` (int32[B], cache only): every token's keys and values are computed, but only token
         ``query_at[b]`` of each row queries; the output is then [B, 1, D]."""
         cfg = self.cfg
@@ -153,7 +157,7 @@ class Attention(nnx.Module):
         if self.k_norm is not None:
             k = self.k_norm(k)
         k = apply_rope(k, cos, sin)
-        k_all, v_all, mask, used, rows = keys_fn(k, v)
+        k_all, v_all, mask, used, rows, layer = keys_fn(k, v)
         if query_at is not None:
             x, cos, sin = (take_token(a, query_at) for a in (x, cos, sin))
             mask = lambda n, full=mask: take_token(full(n), query_at)  # noqa: E731
@@ -165,7 +169,7 @@ class Attention(nnx.Module):
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
         if used is not None:  # a cache: attend only to the slots in use, rounded up to a bucket
-            out = _attend_prefix(q, k_all, v_all, mask, used, rows)  # ``mask(n)``: the first n slots' mask
+            out = _attend_prefix(q, k_all, v_all, mask, used, rows, layer)  # ``mask(n)``: the first n slots' mask
         else:  # one causal pass over the call's tokens; ``mask`` is the keys' validity bool[B, T]
             out = causal_attention(q, k_all, v_all, mask)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
@@ -226,9 +230,10 @@ def map_row_chunks(fn, xs, chunk: int, chains: int = 1):
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
 
-def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None):
-    """Attention of q [B, T, K, G, E] over only the first ``n`` slots of a heads-major cache k, v [B', K, S, E]
-    (``cache_rows`` int32[B]: the cache row of each query row; None: B' = B, row b is row b):
+def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None, layer=0):
+    """Attention of q [B, T, K, G, E] over only the first ``n`` slots of layer ``layer`` (int32[]) of a stacked
+    heads-major cache k, v [L, B', K, S, E] (``cache_rows`` int32[B]: the cache row of each query row; None:
+    B' = B, row b is row b); the slots are read from the stacked array, never copied out as a whole layer:
     ``n`` is the least of :func:`cache_prefix_sizes` (multiples of S/16, or finer) that is >= ``used``,
     chosen at run time with ``lax.switch``;
     ``mask_fn(n)`` builds those slots' mask bool[B, T, n]. The slots cut off are masked for every query anyway,
@@ -236,14 +241,18 @@ def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None):
     pass (a Python-loop generator's growing cache gets this for free). On CPU the rows run in chunks of
     :data:`CPU_CACHE_ROW_CHUNK`. Returns [B, T, K, G, E]."""
     b, t, kv, groups, e = q.shape
-    slots = k.shape[2]
+    slots = k.shape[3]
     sizes = cache_prefix_sizes(slots)
     rows = q.transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, e)  # a kv head's queries: token-major, then group
     chunk = CPU_CACHE_ROW_CHUNK if jax.default_backend() == "cpu" else b
 
     def attend(rows, k, v, n):
-        def on_rows(rows, k, v, mask, at=None):  # [C, K, R, E], [C|B', K, S, E] x2, bool[C, T, n], int32[C]
-            k, v = (k[:, :, :n], v[:, :, :n]) if at is None else (k[at, :, :n], v[at, :, :n])
+        def on_rows(rows, k, v, mask, at=None):  # [C, K, R, E], [L, C|B', K, S, E] x2, bool[C, T, n], int32[C]
+            if at is None:
+                k, v = k[layer, :, :, :n], v[layer, :, :, :n]
+            else:
+                k, v = k[layer, at, :, :n], v[layer, at, :, :n]
+            k, v = k.astype(rows.dtype), v.astype(rows.dtype)
             scores = jnp.einsum("ckrd,cksd->ckrs", rows, k).astype(jnp.float32)
             scores = scores / jnp.sqrt(e).astype(jnp.float32)
             scores = jnp.where(jnp.repeat(mask, groups, axis=1)[:, None], scores, jnp.finfo(jnp.float32).min)
@@ -279,7 +288,9 @@ def causal_attention(q, k, v, key_valid):
     of a query without one, a padding token's, is unspecified and gets no gradient through the keys' scores).
 
     Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
-    of the score matrix), over chunks of rows (:data:`CPU_ROW_CHUNK` on CPU), with a custom VJP that keeps only
+    of the score matrix; past :data:`MAX_UNROLLED_QUERY_BLOCKS` blocks, a loop over blocks that read keys up to
+    the end of their group of :func:`key_groups`, so the traced program stays bounded), over chunks of rows
+    (:data:`CPU_ROW_CHUNK` on CPU), with a custom VJP that keeps only
     the output and the softmax statistics and recomputes each block's scores in the backward pass: the
     [B, H, T, T] probabilities are never stored, which saves memory and, on CPU, memory traffic. A block's
     queries of one kv head (its G query heads times its tokens) form the rows of one matrix, so every product
@@ -294,6 +305,49 @@ def causal_attention(q, k, v, key_valid):
 def query_blocks(t: int) -> list[tuple[int, int]]:
     """The (start, end) token spans of the causal pass's query blocks over t tokens."""
     return [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
+
+
+# A causal pass over more query blocks than this (T > 2,048 tokens) loops over them instead of tracing each
+# block: the blocks fall into KEY_GROUPS groups of consecutive blocks, and a group's blocks run in a
+# ``lax.map`` / ``lax.scan`` reading keys up to the group's end (its extra keys masked), so the program holds
+# KEY_GROUPS block bodies whatever T (32,768 tokens would otherwise trace 512 blocks) for ~1/KEY_GROUPS more
+# score FLOPs than the block-causal pass.
+MAX_UNROLLED_QUERY_BLOCKS = 32
+KEY_GROUPS = 8
+
+
+def key_groups(t: int) -> list[tuple[int, int, int]]:
+    """The looped causal pass's groups over t tokens: (first query block, number of blocks, key end)."""
+    blocks = -(-t // QUERY_BLOCK)
+    cuts = [blocks * i // KEY_GROUPS for i in range(KEY_GROUPS + 1)]
+    return [(a, b - a, min(b * QUERY_BLOCK, t)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _looped(t: int) -> bool:
+    return len(query_blocks(t)) > MAX_UNROLLED_QUERY_BLOCKS
+
+
+def _pad_tokens(x, size: int, value=0):
+    """x [C, K, T, ...] padded with ``value`` on axis 2 to ``size``."""
+    return jnp.pad(x, [(0, 0), (0, 0), (0, size - x.shape[2])] + [(0, 0)] * (x.ndim - 3), constant_values=value)
+
+
+def _block_scores_at(q, k, key_valid, s):
+    """:func:`_block_scores` of the ``QUERY_BLOCK`` queries from token ``s`` (int32[]) of q [C, K, T', G, E]
+    against every key of k [C, K, n, E] (key_valid bool[C, n]); also returns those queries as rows
+    [C, K, QUERY_BLOCK * G, E]."""
+    c, kv, _, groups, e = q.shape
+    rows = jax.lax.dynamic_slice_in_dim(q, s, QUERY_BLOCK, axis=2).reshape(c, kv, QUERY_BLOCK * groups, e)
+    scores = jnp.einsum("ckrd,cksd->ckrs", rows, k).astype(jnp.float32) / jnp.sqrt(e).astype(jnp.float32)
+    query_token = s + jnp.arange(QUERY_BLOCK * groups) // groups
+    allowed = (query_token[:, None] >= jnp.arange(k.shape[2])[None, :])[None, None] & key_valid[:, None, None, :]
+    return jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), allowed, rows
+
+
+def _blocks_to_rows(x):
+    """[N, C, K, R, ...] (N blocks' rows) -> [C, K, N * R, ...], the blocks in order."""
+    x = jnp.moveaxis(x, 0, 2)
+    return x.reshape(*x.shape[:2], -1, *x.shape[4:])
 
 
 def _rows(x, s: int, e: int):
@@ -317,6 +371,8 @@ def _chunk_forward(q, k, v, key_valid):
     """q [C, K, T, G, E], k, v [C, K, T, E] -> (out [C, K, T, G, E], row max and row sum of the exponentials,
     float32[C, K, T * G])."""
     c, kv, t, groups, _ = q.shape
+    if _looped(t):
+        return _chunk_forward_looped(q, k, v, key_valid)
     outs, maxes, sums = [], [], []
     for s, e in query_blocks(t):
         scores, _ = _block_scores(q, k, key_valid, s, e)
@@ -328,6 +384,29 @@ def _chunk_forward(q, k, v, key_valid):
         sums.append(total[..., 0])
     out = jnp.concatenate(outs, axis=2).reshape(c, kv, t, groups, -1)
     return out, jnp.concatenate(maxes, axis=2), jnp.concatenate(sums, axis=2)
+
+
+def _chunk_forward_looped(q, k, v, key_valid):
+    """:func:`_chunk_forward` as a loop over the query blocks of each of the :func:`key_groups` (the queries
+    padded to whole blocks; the padding's rows are dropped)."""
+    c, kv, t, groups, e = q.shape
+    padded = _pad_tokens(q, -(-t // QUERY_BLOCK) * QUERY_BLOCK)
+    outs, maxes, sums = [], [], []
+    for first, count, end in key_groups(t):
+        def block(j, k=k[:, :, :end], v=v[:, :, :end], key_valid=key_valid[:, :end], first=first):
+            scores, _, _ = _block_scores_at(padded, k, key_valid, (first + j) * QUERY_BLOCK)
+            top = scores.max(axis=-1, keepdims=True)
+            p = jnp.exp(scores - top)
+            total = p.sum(axis=-1, keepdims=True)
+            return jnp.einsum("ckrs,cksd->ckrd", (p / total).astype(v.dtype), v), top[..., 0], total[..., 0]
+
+        out, top, total = jax.lax.map(block, jnp.arange(count))
+        outs.append(_blocks_to_rows(out))
+        maxes.append(_blocks_to_rows(top))
+        sums.append(_blocks_to_rows(total))
+    rows = t * groups
+    out = jnp.concatenate(outs, axis=2)[:, :, :rows].reshape(c, kv, t, groups, e)
+    return out, jnp.concatenate(maxes, axis=2)[:, :, :rows], jnp.concatenate(sums, axis=2)[:, :, :rows]
 
 
 @jax.custom_vjp
@@ -350,6 +429,8 @@ def _chunk_attention_bwd(res, d_out):
     # The softmax backward's row term: sum_j p_ij dp_ij = d_out_i . out_i.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     delta = delta.reshape(*delta.shape[:2], -1)  # [C, K, T * G], rows as in _rows
+    if _looped(q.shape[2]):
+        return _chunk_attention_bwd_looped(q, k, v, key_valid, d_out, top, total, delta)
     for s, e in query_blocks(q.shape[2]):
         rows = slice(s * groups, e * groups)
         scores, allowed = _block_scores(q, k, key_valid, s, e)
@@ -361,6 +442,43 @@ def _chunk_attention_bwd(res, d_out):
         d_q.append(jnp.einsum("ckrs,cksd->ckrd", d_s.astype(k.dtype), k[:, :, :e]))
         d_k = d_k.at[:, :, :e].add(jnp.einsum("ckrs,ckrd->cksd", d_s.astype(q.dtype), _rows(q, s, e)).astype(jnp.float32))
     d_q = jnp.concatenate(d_q, axis=2).reshape(q.shape)
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+def _chunk_attention_bwd_looped(q, k, v, key_valid, d_out, top, total, delta):
+    """The backward pass of :func:`_chunk_forward_looped`: a ``lax.scan`` over each group's query blocks that
+    accumulates the gradients of the group's keys and values. The padding's rows have a zero output gradient
+    (and a unit softmax sum, so that they stay finite), so they add nothing."""
+    c, kv, t, groups, e = q.shape
+    size = -(-t // QUERY_BLOCK) * QUERY_BLOCK
+    scale = 1.0 / jnp.sqrt(e).astype(jnp.float32)
+    padded, d_out = _pad_tokens(q, size), _pad_tokens(d_out, size)
+    top, delta = _pad_tokens(top, size * groups), _pad_tokens(delta, size * groups)
+    total = _pad_tokens(total, size * groups, 1.0)
+    block_rows = QUERY_BLOCK * groups
+    d_q = []
+    d_k = jnp.zeros(k.shape, jnp.float32)
+    d_v = jnp.zeros(v.shape, jnp.float32)
+    for first, count, end in key_groups(t):
+        def block(grads, j, k=k[:, :, :end], v=v[:, :, :end], key_valid=key_valid[:, :end], first=first):
+            d_k, d_v = grads  # [C, K, end, E] float32: the group's keys' and values' gradients so far
+            s = (first + j) * QUERY_BLOCK
+            scores, allowed, rows = _block_scores_at(padded, k, key_valid, s)
+            at = lambda x: jax.lax.dynamic_slice_in_dim(x, s * groups, block_rows, axis=2)[..., None]  # noqa: E731
+            p = jnp.exp(scores - at(top)) / at(total)
+            g = jax.lax.dynamic_slice_in_dim(d_out, s, QUERY_BLOCK, axis=2).reshape(c, kv, block_rows, e)
+            d_v = d_v + jnp.einsum("ckrs,ckrd->cksd", p.astype(g.dtype), g).astype(jnp.float32)
+            d_p = jnp.einsum("ckrd,cksd->ckrs", g, v).astype(jnp.float32)
+            d_s = jnp.where(allowed, p * (d_p - at(delta)) * scale, 0.0)  # masked scores are constants
+            d_k = d_k + jnp.einsum("ckrs,ckrd->cksd", d_s.astype(rows.dtype), rows).astype(jnp.float32)
+            return (d_k, d_v), jnp.einsum("ckrs,cksd->ckrd", d_s.astype(k.dtype), k)
+
+        zeros = jnp.zeros((c, kv, end, e), jnp.float32)
+        (group_k, group_v), group_q = jax.lax.scan(block, (zeros, zeros), jnp.arange(count))
+        d_k = d_k.at[:, :, :end].add(group_k)
+        d_v = d_v.at[:, :, :end].add(group_v)
+        d_q.append(_blocks_to_rows(group_q))
+    d_q = jnp.concatenate(d_q, axis=2)[:, :, :t * groups].reshape(q.shape)
     return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
 
 
@@ -392,14 +510,53 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_norm(x))
 
 
-class Transformer(nnx.Module):
-    """The causal LM. ``param_dtype`` stores the weights; ``dtype`` is the compute dtype."""
+# A model of at most this many layers runs its layer scan fully unrolled: XLA then schedules the layers as
+# one program, as a Python loop would (the tiny 2-layer model's train step is no slower than a loop); deeper
+# models run a rolled scan, one traced layer body whatever the depth.
+UNROLL_LAYERS = 4
+# Rematerialisation policies of the cache-free pass, per layer (``jax.checkpoint``): "none" stores every
+# activation the backward pass needs; "full" stores only each layer's input and recomputes the rest of the
+# layer in the backward pass (least memory, one more forward pass); "dots" also stores the outputs of the
+# projections (matmuls without batch dimensions), recomputing only the cheap elementwise ops, norms and
+# attention (whose custom VJP stores only its output and softmax statistics either way).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32):
+
+def stack_modules(modules):
+    """One module of the type of ``modules`` (all alike) whose every variable holds theirs stacked on a new
+    leading axis [L, ...]."""
+    graphdef, first = nnx.split(modules[0])
+    states = [first] + [nnx.split(m)[1] for m in modules[1:]]
+    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+def layer_slice(state, i):
+    """Layer ``i`` (int or int32[]) of a stacked layer state: every leaf [L, ...] -> [...]."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
+
+
+class Transformer(nnx.Module):
+    """The causal LM. ``param_dtype`` stores the weights; ``dtype`` is the compute dtype.
+
+    ``layers`` is one :class:`Block` whose variables are stacked over the L layers ([L, ...]); the layers run in
+    a ``lax.scan`` (fully unrolled for at most :data:`UNROLL_LAYERS` layers). ``remat`` names the per-layer
+    rematerialisation policy of the cache-free pass (a key of :data:`REMAT_POLICIES`; calls with a cache are
+    inference and never rematerialise)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
+                 remat: str = "none"):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r} is not a rematerialisation policy; choose one of {sorted(REMAT_POLICIES)}")
         self.config = config
         self.dtype = dtype
+        self.remat = remat
         self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype))
-        self.layers = nnx.List([Block(config, rngs=rngs, param_dtype=param_dtype, dtype=dtype) for _ in range(config.num_layers)])
+        self.layers = stack_modules([Block(config, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
+                                     for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = None if config.tie_embeddings else Linear(
             config.hidden_size, config.vocab_size, bias=False, rngs=rngs, param_dtype=param_dtype, dtype=dtype
@@ -431,7 +588,7 @@ class Transformer(nnx.Module):
         ``last_at`` (int32[B], with a cache): only token ``last_at[b]`` of each row is wanted; returns
         [B, 1, D]. The last layer still writes every token's keys and values to the cache, but its queries,
         attention output and MLP run for that one token: a prefill that needs one token's logits skips most of
-        the last layer.
+        the last layer (the scan then runs the first L - 1 layers and the last one runs after it).
 
         ``rows`` (int32[B], distinct, with a cache of B' >= B rows): the call's rows are these rows of the cache
         (written at their ``cache.length``, which advances by T); the other cache rows are left as they are.
@@ -443,39 +600,68 @@ class Transformer(nnx.Module):
         token_mask = jnp.ones((b, t), bool) if token_mask is None else token_mask.astype(bool)
         x = self.embed[...][tokens].astype(self.dtype)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        if cache is None:
-            mask = token_mask  # the keys' validity; causal_attention adds the causal part
-        else:
-            slots = jnp.arange(cache.max_len)
-            length = cache.length if rows is None else cache.length[rows]  # [B]: where this call writes
-            valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(
-                cache.valid if rows is None else cache.valid[rows], token_mask, length)
-            query_slot = length[:, None] + jnp.arange(t)[None, :]  # [B, T]
-            def mask(n):  # [B, T, n]: real tokens at or before each query's slot, among the first n slots
-                return valid[:, None, :n] & (slots[None, None, :n] <= query_slot[:, :, None])
+        layers_def, layers = nnx.split(self.layers)
+        num_layers = cfg.num_layers
+        unroll = num_layers <= UNROLL_LAYERS
 
-            used = jnp.max(length) + t  # every query's keys lie in slots [0, used)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            if cache is None:
-                keys_fn = lambda k, v: (k, v, mask, None, None)
-            else:
-                def keys_fn(k, v, i=i):
-                    if rows is None:
-                        write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(  # c [K, S, E], u [T, K, E]
-                            c, jnp.swapaxes(u, 0, 1).astype(c.dtype), (0, s, 0)))
-                        k_all, v_all = write(cache.k[i], k, length), write(cache.v[i], v, length)
-                    else:  # c [B', K, S, E] at [rows, :, query_slot] is [B, T, K, E]
-                        k_all = cache.k[i].at[rows[:, None], :, query_slot].set(k.astype(cache.k[i].dtype))
-                        v_all = cache.v[i].at[rows[:, None], :, query_slot].set(v.astype(cache.v[i].dtype))
-                    new_k.append(k_all)
-                    new_v.append(v_all)
-                    return k_all.astype(k.dtype), v_all.astype(v.dtype), mask, used, rows
-            x = layer(x, cos, sin, keys_fn, last_at if i == len(self.layers) - 1 else None)
-        if cache is not None:
-            if rows is None:
-                cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, length=length + t)
-            else:
-                cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=cache.valid.at[rows].set(valid),
-                                length=cache.length.at[rows].add(t))
+        def scan(body, carry, xs, length):
+            if length == 0:
+                return carry
+            return jax.lax.scan(lambda c, s: (body(c, s), None), carry, xs, length=length,
+                                unroll=True if unroll else 1)[0]
+
+        if cache is None:
+            def keys_fn(k, v):  # the call's own keys; causal_attention adds the causal part to their validity
+                return k, v, token_mask, None, None, None
+
+            def layer(x, params):
+                return nnx.merge(layers_def, params)(x, cos, sin, keys_fn)
+
+            if self.remat != "none":  # a rolled scan already keeps XLA from merging the recomputation away
+                layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=unroll)
+            return self.norm(scan(layer, x, layers, num_layers)), None
+
+        slots = jnp.arange(cache.max_len)
+        length = cache.length if rows is None else cache.length[rows]  # [B]: where this call writes
+        valid = jax.vmap(lambda v, m, i: jax.lax.dynamic_update_slice(v, m, (i,)))(
+            cache.valid if rows is None else cache.valid[rows], token_mask, length)
+        query_slot = length[:, None] + jnp.arange(t)[None, :]  # [B, T]
+        def mask(n):  # [B, T, n]: real tokens at or before each query's slot, among the first n slots
+            return valid[:, None, :n] & (slots[None, None, :n] <= query_slot[:, :, None])
+
+        used = jnp.max(length) + t  # every query's keys lie in slots [0, used)
+
+        def write(c, u, i):
+            """The stacked cache c [L, B', K, S, E] with this call's keys u [B, T, K, E] at layer i."""
+            if rows is None:  # row b at slots length[b] ...: one window [K, T, E] per row, clamped into the cache
+                starts = jnp.stack([jnp.full((b,), i, jnp.int32), jnp.arange(b, dtype=jnp.int32), length], axis=1)
+                dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(0, 1),
+                                                       scatter_dims_to_operand_dims=(0, 1, 3))
+                return jax.lax.scatter(c, starts, jnp.swapaxes(u, 1, 2).astype(c.dtype), dims, indices_are_sorted=True,
+                                       unique_indices=True, mode=jax.lax.GatherScatterMode.CLIP)
+            return c.at[i, rows[:, None], :, query_slot].set(u.astype(c.dtype))  # the indexed slots: [B, T, K, E]
+
+        def layer(carry, i, query_at=None):
+            """Layer i (int32[] or int) over the carry (x, k, v), returning it with this layer's keys and values
+            written; its parameters are indexed out of the stack here, so the last layer can run apart."""
+            x, k_cache, v_cache = carry
+            written = []
+
+            def keys_fn(k, v):
+                written.append((write(k_cache, k, i), write(v_cache, v, i)))
+                return *written[0], mask, used, rows, i
+
+            x = nnx.merge(layers_def, layer_slice(layers, i))(x, cos, sin, keys_fn, query_at)
+            return x, *written[0]
+
+        scanned = num_layers if last_at is None else num_layers - 1
+        carry = scan(layer, (x, cache.k, cache.v), jnp.arange(scanned), scanned)
+        if last_at is not None:
+            carry = layer(carry, num_layers - 1, last_at)
+        x, new_k, new_v = carry
+        if rows is None:
+            cache = KVCache(k=new_k, v=new_v, valid=valid, length=length + t)
+        else:
+            cache = KVCache(k=new_k, v=new_v, valid=cache.valid.at[rows].set(valid),
+                            length=cache.length.at[rows].add(t))
         return self.norm(x), cache

@@ -167,7 +167,8 @@ def test_tensor_parallel_forward_matches_single_device(run):
     tp = sh.shard_train_state(params, mesh, "tensor")
     q = find_leaf(tp, "q_proj")
     o = find_leaf(tp, "o_proj")
-    assert q.sharding.spec == P(None, "model") and o.sharding.spec == P("model", None)
+    # stacked layer kernels [L, in, out]: never sharded on L; column-parallel q, row-parallel o
+    assert q.sharding.spec == P(None, None, "model") and o.sharding.spec == P(None, "model", None)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 16), 0, 100)
     positions = jnp.broadcast_to(jnp.arange(16), (4, 16))
 
@@ -305,6 +306,20 @@ def test_leaf_specs_and_spec_parsing():
     path = (jax.tree_util.DictKey("mlp"), jax.tree_util.DictKey("down_proj"), jax.tree_util.DictKey("kernel"))
     assert sh.leaf_spec((192, 64), mesh, "tensor", path) == P("model", None)
     assert sh.leaf_spec((64, 192), mesh, "tensor") == P(None, "model")
+    # Stacked decoder-layer parameters [L, ...] (under "layers") are never sharded on the layer axis L, even the
+    # largest; they are sharded as one layer's parameter would be (and small per layer: replicated)
+    def layer(*names):  # the key path of a stacked layer variable's value
+        return tuple(map(jax.tree_util.GetAttrKey, ("layers", *names, "value")))
+
+    assert sh.leaf_spec((8, 64, 192), mesh8, "fsdp", layer("mlp", "up_proj", "kernel")) == P(None, None, "data")
+    assert sh.leaf_spec((8, 192, 64), mesh8, "fsdp", layer("mlp", "down_proj", "kernel")) == P(None, "data", None)
+    assert sh.leaf_spec((256, 16, 128), mesh8, "fsdp", layer("attn", "k_proj", "kernel")) == P(None, None, "data")
+    assert sh.leaf_spec((8, 64), mesh8, "fsdp", layer("input_norm", "weight")) == P()  # 64 per layer: small
+    assert sh.leaf_spec((8, 192, 64), mesh, "tensor", layer("mlp", "down_proj", "kernel")) == P(None, "model", None)
+    assert sh.leaf_spec((8, 64, 192), mesh, "tensor", layer("mlp", "up_proj", "kernel")) == P(None, None, "model")
+    assert sh.leaf_spec((8, 512, 4), mesh, "tensor", layer("attn", "o_proj", "lora_a")) == P(None, "model", None)
+    assert sh.leaf_spec((8, 4, 1024), mesh, "tensor", layer("attn", "q_proj", "lora_b")) == P(None, None, "model")
+    assert sh.leaf_spec((8, 3, 1024), mesh8, "fsdp", layer("attn", "q_proj", "lora_b")) == P(None, None, "data")
     assert sh.mesh_spec("fsdp") == sh.MeshSpec(mode="fsdp")
     assert sh.mesh_spec({"mode": "tensor", "model": 4}) == sh.MeshSpec(mode="tensor", data=-1, model=4)
     with pytest.raises(ValueError, match="mesh mode 'zero3' is not one of"):
