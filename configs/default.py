@@ -45,9 +45,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.single_episode = variant == "single"
 
     # dtype: the compute dtype ("float32" or "bfloat16": half the memory and the accelerators' fast matmuls);
-    # param_dtype: the weights' storage dtype (the optimizer state follows it).
+    # param_dtype: the weights' storage dtype (the optimizer state follows it); remat: the update's per-layer
+    # rematerialisation ("none", "dots" or "full": least memory, one more forward pass).
     c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}, dtype="float32",
-                                             param_dtype="float32"))
+                                             param_dtype="float32", remat="none"))
     c.tokenizer = "word"  # or a local Hugging Face tokenizer directory
 
     c.train_tasks = [

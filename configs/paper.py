@@ -32,6 +32,7 @@ def get_config(variant: str = "orbit"):
     c.model.pretrained_dir = ""  # set: a local Qwen3 directory
     c.tokenizer = "word"  # set: the same directory (its tokenizer and chat template)
     c.model.dtype, c.model.param_dtype = "bfloat16", "float32"  # bf16 compute, float32 master weights (verl's FSDP)
+    c.model.remat = "full"  # each layer's activations recomputed in the update: a 32,768-token row then fits
     c.chat_format = True
     c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
     c.intro, c.repeat_opening = True, True

@@ -93,7 +93,7 @@ def _get(config, dotted: str):
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games")
 STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "model.dtype",
-                 "model.param_dtype", "mesh.mode")
+                 "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
 TEXT_STYLES = ("gem", "terse")
@@ -178,6 +178,10 @@ def _check_model(config) -> None:
         value = _get(config, field)
         _need(value in MODEL_DTYPES, field, f"must be one of {MODEL_DTYPES} (model.dtype: the compute dtype; "
               f"model.param_dtype: the weights' storage dtype), got {value!r}")
+    from metarl_jax.models.transformer import REMAT_POLICIES
+
+    _need(config.model.remat in REMAT_POLICIES, "model.remat", f"must be one of {sorted(REMAT_POLICIES)} (the "
+          f"per-layer rematerialisation of the update: 'full' keeps least memory), got {config.model.remat!r}")
     pretrained = config.model.pretrained_dir
     _need(pretrained == "" or os.path.isdir(pretrained), "model.pretrained_dir",
           f"{pretrained!r} is not a directory; give a local Hugging Face model directory (config.json and "

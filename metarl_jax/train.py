@@ -82,7 +82,7 @@ def build_model(config, tokenizer):
         from metarl_jax.models.hf_io import load_pretrained
 
         model = load_pretrained(config.model.pretrained_dir, dtype=config.model.dtype,
-                                param_dtype=config.model.param_dtype)
+                                param_dtype=config.model.param_dtype, remat=config.model.remat)
         if model.config.vocab_size < tokenizer.vocab_size:
             raise config_check.ConfigError(
                 f"config.model.pretrained_dir: the model's vocabulary ({model.config.vocab_size}) is smaller than the "
@@ -93,7 +93,8 @@ def build_model(config, tokenizer):
 
         cfg = preset(config.model.preset, tokenizer.vocab_size)  # overrides were checked by config_check
         model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed),
-                            param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype))
+                            param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype),
+                            remat=config.model.remat)
     return nnx.split(model)
 
 
@@ -169,7 +170,7 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
     budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()
     rows = config.num_tasks * config.group_size
     plan = plan_micro_batches(model.config, train_tasks, eval_tasks, rows, config.eval_trials, budget, state,
-                              model.dtype, data)
+                              model.dtype, data, remat=config.model.remat)
     if not plan.fits and not (config.rollout_rows and config.update_rows):
         warnings.warn(f"the step may not fit in {budget / 2**30:.1f} GiB per device even in micro-batches of "
                       f"{plan.rollout} rollout and {plan.update} update rows (of {rows}); lower each task's "

@@ -172,12 +172,13 @@ def _shards(local_dir: str) -> list[str]:
     return files
 
 
-def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=None) -> Transformer:
+def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=None, remat: str = "none") -> Transformer:
     """Loads a Qwen3 or Llama checkpoint from a local directory into a :class:`Transformer`.
 
     Args:
       dtype: compute dtype; ``param_dtype`` (default ``dtype``) is the storage dtype of the weights.
       mesh: a ``jax.sharding.Mesh``; the weights are then placed replicated on it.
+      remat: the per-layer rematerialisation policy of the training pass (see :class:`Transformer`).
 
     Raises ``FileNotFoundError`` (no directory, no config.json, no safetensors weights, missing shards) or
     ``ValueError`` (unsupported architecture or dtype, quantized or corrupt weights, missing, unexpected or
@@ -189,7 +190,8 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     param_dtype = dtype if param_dtype is None else param_dtype
     check_compute_dtype(dtype, "dtype")
     check_compute_dtype(param_dtype, "param_dtype")
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype))
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype,
+                                               remat=remat))
     expected = hf_names(config)
     seen = set()
     stacks: dict[tuple, np.ndarray] = {}  # path -> the stacked layer parameter, assembled on the host
