@@ -1,16 +1,19 @@
 """Compile time of the ORBIT train step against the number of games: one program per game vs one mixture.
 
     python benchmarks/compile_games.py                   # 1, 2 and 5 of ORBIT's train games, both layouts
-    python benchmarks/compile_games.py --games=1,5 --layouts=mixture
+    python benchmarks/compile_games.py --games=1,5 --layouts=mixture --rows=16 --out=/tmp/c16.json
 
 Setup: ``configs/tiny.py`` (the tiny from-scratch model, 2 tasks x 2 rows, GEM's text, constrained decoding,
 the observation loss) with ``train_tasks`` = the first N of ORBIT's five training games (rock-paper-scissors,
 Minesweeper, Hangman, Wordle, Blackjack; their registry turns and step caps). Two layouts:
 
 * ``per-game`` (``mix_games=False``): every game's rollout and update are traced apart inside the step, so the
-  program holds N copies of the model's rollout and update;
-* ``mixture`` (``mix_games=True``): one :class:`~metarl_jax.envs.mixture.GameMixture` whose batch mixes the games
-  (``num_tasks`` tasks over the mixture), one rollout and one update whatever N.
+  program holds N copies of the model's rollout and update, each of ``--rows`` rows;
+* ``mixture`` (``mix_games=True``): one :class:`~metarl_jax.envs.mixture.GameMixture` whose batch of ``--rows``
+  rows mixes the games, one rollout and one update whatever N.
+
+The row count shapes the program too (on CPU, cached attention runs in chunks of 8 rows, plus one for a
+remainder), so compare layouts at the same ``--rows``.
 
 Each (N, layout) runs in a fresh subprocess (no compile cache): trace + lower seconds, XLA compile seconds, and
 the first step's run seconds. The ratio to N = 1 is printed per layout. JSON goes to
@@ -32,7 +35,7 @@ GAMES = ["rockpaperscissors", "game:Minesweeper-v0-only-reveal", "game:Hangman-v
          "game:Blackjack-v0"]
 
 
-def measure(num_games: int, mixture: bool) -> dict:
+def measure(num_games: int, mixture: bool, rows: int = 4) -> dict:
     """Builds the step for the first ``num_games`` games and times its trace + lower, compile and first run."""
     sys.path.insert(0, os.path.join(REPO, "configs"))
     import jax
@@ -45,7 +48,7 @@ def measure(num_games: int, mixture: bool) -> dict:
     config.train_tasks = [dict(env_id=g) for g in GAMES[:num_games]]
     config.mix_games = mixture
     config.answer_coef = 0.0  # not every game has an answer action
-    config.num_tasks = 2 * num_games if mixture else 2  # the same rows per step in both layouts
+    config.num_tasks = rows // config.group_size  # rows per program: per env (per-game), per mixture (mixture)
     run = train.build_run(config)
     state = init_train_state(run.model_state, run.optimizer)
     step = jax.jit(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), donate_argnums=0)
@@ -67,18 +70,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--games", default="1,2,5", help="numbers of games (the first N of ORBIT's five)")
     parser.add_argument("--layouts", default="per-game,mixture")
+    parser.add_argument("--rows", type=int, default=4, help="rows per program (tasks x 2 rollouts): per env in "
+                        "the per-game layout, per mixture in the mixture layout (the tiny config: 2 x 2)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "compile_games.json"))
     args = parser.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(measure(int(args.one[0]), args.one[1] == "mixture")), flush=True)
+        print("RESULT " + json.dumps(measure(int(args.one[0]), args.one[1] == "mixture", args.rows)), flush=True)
         return 0
     rows = []
     for n in (int(x) for x in args.games.split(",")):
         for layout in args.layouts.split(","):
             if n == 1 and layout == "mixture" and "per-game" in args.layouts:
                 continue  # the same program
-            proc = subprocess.run([sys.executable, __file__, "--one", str(n), layout], capture_output=True, text=True,
+            proc = subprocess.run([sys.executable, __file__, "--one", str(n), layout, f"--rows={args.rows}"],
+                                  capture_output=True, text=True,
                                   cwd=REPO, env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
 
     with open(args.out, "w") as f:
         json.dump(dict(device=str(jax.devices()[0].device_kind), date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
-                       rows=rows), f, indent=2)
+                       rows_per_program=args.rows, results=rows), f, indent=2)
     print(f"wrote {args.out}")
     return 0
 

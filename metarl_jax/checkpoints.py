@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from metarl_jax.sharding import path_names
+
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
 TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
 
@@ -115,18 +117,6 @@ def nonfinite_leaves(tree) -> list[str]:
     return [_path_str(p) for (p, _), ok in zip(flat, flags) if not ok]
 
 
-def path_names(path) -> list[str]:
-    """``["train_state", "params", "embed", "value"]`` from a jax key path (dict keys, attributes and indices
-    alike)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return parts
 
 
 def _path_str(path) -> str:

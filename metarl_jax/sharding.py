@@ -2,7 +2,7 @@
 
 Modes (``config.mesh.mode``):
 
-- ``"none"``: no mesh; the step runs on the default device (the single-device path of :mod:`metarl_jax.train`).
+- ``"none"``: one device, as a 1 x 1 mesh: every run takes the same jitted path (:func:`jit_on_mesh`).
 - ``"data"``: data parallel. Parameters and optimizer state are replicated; the trial batch (the
   ``num_tasks * group_size`` rows each env plays per step) is sharded on ``"data"``; XLA all-reduces the grads.
 - ``"fsdp"``: as ``"data"``, and every parameter (and its optimizer moments) is also sharded on ``"data"`` along
@@ -22,7 +22,7 @@ Usage::
     maybe_initialize_distributed(config.mesh.distributed)       # several hosts: before any other jax call
     mesh = make_mesh(config.mesh.data, config.mesh.model)
     state = shard_train_state(init_train_state(...), mesh, config.mesh.mode)
-    step = make_sharded_train_step(graphdef, tasks, optimizer, hyper, state, mesh, config.mesh.mode)
+    step = grpo.make_sharded_train_step(graphdef, tasks, optimizer, hyper, state, mesh, config.mesh.mode)
     state, metrics = step(state, key)
 
 Checkpoints: :class:`metarl_jax.checkpoints.Checkpointer` saves sharded arrays as they are (orbax writes each
@@ -43,7 +43,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metarl_jax.checkpoints import path_names
 
 AXES = ("data", "model")
 MODES = ("none", "data", "fsdp", "tensor")
@@ -127,13 +126,27 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def mesh_from_config(spec) -> Mesh | None:
-    """The mesh of a :class:`MeshSpec`-like spec, or None for mode ``"none"``."""
+def mesh_from_config(spec) -> Mesh:
+    """The mesh of a :class:`MeshSpec`-like spec; mode ``"none"`` is a 1 x 1 mesh of the first local device."""
     spec = mesh_spec(spec)
-    return None if spec.mode == "none" else make_mesh(spec.data, spec.model)
+    return make_mesh(1, 1, devices=jax.local_devices()[:1]) if spec.mode == "none" else make_mesh(spec.data, spec.model)
 
 
 # ----------------------------------------------------------------------------------------- parameters
+
+
+def path_names(path) -> list[str]:
+    """``["train_state", "params", "embed", "value"]`` from a jax key path (dict keys, attributes and indices
+    alike)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return parts
 
 
 def leaf_spec(shape, mesh: Mesh, mode: str, path=(), min_size: int = MIN_SHARD_SIZE) -> P:
@@ -233,24 +246,18 @@ def check_batch(hp, mesh: Mesh, mode: str) -> None:
                          f"do not split over the mesh's data axis of {size} devices; make it a multiple of {size}")
 
 
-def make_sharded_train_step(graphdef, tasks, optimizer, hp, state, mesh: Mesh, mode: str, *, donate: bool = True,
-                            min_size: int = MIN_SHARD_SIZE, wrap=None):
-    """The GRPO step jitted on ``mesh``: ``step(state, key) -> (state, metrics)``.
-
-    ``state`` (a TrainState, concrete or abstract) fixes the in/out shardings (:func:`state_shardings`); the
-    key and the metrics are replicated; the rollout batch is constrained to ``P("data")``. ``wrap`` (optional)
-    wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``.
-    """
-    from metarl_jax.algos import grpo
-
-    mode = mesh_spec(mode).mode
-    check_batch(hp, mesh, mode)
+def batch_constraint(mesh: Mesh, mode: str, rows: int):
+    """``constrain(tree)``: :func:`constrain_batch` of a batch of ``rows`` rows per ``mode`` (a step's
+    ``constrain_batch`` argument: the algorithm pins its rows without knowing the mesh)."""
     spec = batch_spec(mode)
-    rows = hp.num_tasks * hp.group_size
-    step = grpo.make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=lambda t: constrain_batch(t, mesh, rows, spec))
-    if wrap is not None:
-        step = wrap(step)
-    shardings = state_shardings(state, mesh, mode, min_size)
+    return lambda tree: constrain_batch(tree, mesh, rows, spec)
+
+
+def jit_on_mesh(step, state, mesh: Mesh, mode: str, *, donate: bool = True, min_size: int = MIN_SHARD_SIZE):
+    """``jax.jit`` of ``step(state, key) -> (state, metrics)`` on ``mesh``: ``state`` (concrete or abstract)
+    fixes the in/out shardings (:func:`state_shardings`); the key and the metrics are replicated; the state is
+    donated unless ``donate=False``. One device is a 1 x 1 mesh (mode ``"none"``): the same path."""
+    shardings = state_shardings(state, mesh, mesh_spec(mode).mode, min_size)
     replicated = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(shardings, replicated), out_shardings=(shardings, replicated),
                    donate_argnums=(0,) if donate else ())
@@ -330,7 +337,9 @@ __all__ = [
     "global_batch",
     "leaf_spec",
     "make_mesh",
-    "make_sharded_train_step",
+    "batch_constraint",
+    "jit_on_mesh",
+    "path_names",
     "maybe_initialize_distributed",
     "mesh_from_config",
     "mesh_spec",

@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 
 from metarl_jax import config_check, sharding
-from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
+from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
 from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
 from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes,
@@ -162,7 +162,7 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
     set, the rest from the memory budget (``config.memory_budget_gb``, 0: the device's memory; see
     :func:`metarl_jax.memory.plan_micro_batches`). Warns when even the smallest micro-batches look too big."""
     spec = sharding.mesh_spec(config.mesh)
-    data = 1 if spec.mode == "none" else sharding.mesh_from_config(spec).shape["data"]
+    data = sharding.mesh_from_config(spec).shape["data"]
     state = tree_bytes(model_state) * (2 if config.kl_coef > 0 else 1) + tree_bytes(
         jax.eval_shape(optimizer.init, model_state))
     if spec.mode == "fsdp":
@@ -272,17 +272,13 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
-    mesh = sharding.mesh_from_config(config.mesh)
+    mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
     warn_if_update_may_not_fit(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks,
-                               int(config.memory_budget_gb * 2**30) or device_memory_bytes(),
-                               1 if mesh is None else mesh.size, run.hyper.update_rows)
-    if mesh is None:
-        train_step = jax.jit(chex.assert_max_traces(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), n=1),
-                             donate_argnums=0)
-    else:
-        state = sharding.shard_train_state(state, mesh, config.mesh.mode)
-        train_step = sharding.make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
-                                                      config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
+                               int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
+                               run.hyper.update_rows)
+    state = sharding.shard_train_state(state, mesh, config.mesh.mode)
+    train_step = make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
+                                         config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
     evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
                                run.micro_batches.evaluate)
     run_key = jax.random.PRNGKey(config.seed)

@@ -20,3 +20,64 @@ def test_qwen3_configs_load_with_the_released_parameter_counts(size, tmp_path):
                  + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size + 2 * c.head_dim)
     total = c.num_layers * per_layer + c.vocab_size * c.hidden_size * (1 if c.tie_embeddings else 2) + c.hidden_size
     assert abs(total / 1e9 - RELEASED[size]) < 0.05, total
+
+
+GAMES = ["rockpaperscissors", "game:Minesweeper-v0-only-reveal", "game:Hangman-v0-easy", "game:Wordle-v0-hard",
+         "game:Blackjack-v0", "maze", "game:Mastermind-v0-random"]
+
+
+def make_qwen3_dir(out_dir: str, layers: int = 2, seed: int = 0) -> str:
+    """A local Hugging Face directory of a random Qwen3 at Qwen3-0.6B's widths and vocabulary with ``layers``
+    layers, and a byte-level BPE with a chat template trained on the games' text (nothing is downloaded)."""
+    from flax import nnx
+
+    from metarl_jax import envs
+    from metarl_jax.models import Transformer
+    from metarl_jax.models.config import ModelConfig
+    from metarl_jax.models.hf_io import save_pretrained
+    from metarl_jax.text.tiny import make_bpe_tokenizer
+
+    import transformers
+
+    hf = transformers.Qwen3Config(**{k: v for k, v in qwen3_config_json("0.6B", num_hidden_layers=layers).items()
+                                     if k not in ("architectures", "model_type", "torch_dtype")})
+    save_pretrained(Transformer(ModelConfig.from_hf(hf), rngs=nnx.Rngs(seed)), out_dir)
+    texts = []
+    for env_id in GAMES:
+        env, _ = envs.make_trial(env_id)
+        texts += list(env.pieces) + [env.action_text(a) for a in range(env.num_actions)]
+    make_bpe_tokenizer(texts, out_dir, vocab_size=1024)
+    return out_dir
+
+
+@pytest.mark.slow  # several minutes on 2 cores
+def test_paper_config_trains_and_evaluates_a_qwen3_directory_on_cpu(tmp_path):
+    """configs/paper.py through ``python -m metarl_jax.main``, pointed at a local random Qwen3 (0.6B widths and
+    vocabulary, 2 layers) and its BPE tokenizer: 2 ORBIT steps of free decoding on the mixture of the five
+    training games, then the held-out Maze and Mastermind evaluation; sizes cut for 2 CPU cores and 24 GB."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    model_dir = make_qwen3_dir(str(tmp_path / "qwen3"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = tmp_path / "run"
+    overrides = dict(num_steps=2, num_tasks=5, group_size=2, free_tokens=12, context_len=768, train_set_size=8,
+                     eval_trials=4, eval_every=0, checkpoint_every=0, log_every=1)
+    cmd = [sys.executable, "-m", "metarl_jax.main", "--config=configs/paper.py", f"--workdir={workdir}",
+           f"--config.model.pretrained_dir={model_dir}", f"--config.tokenizer={model_dir}", "--nocompile_cache",
+           *(f"--config.{k}={v}" for k, v in overrides.items())]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    assert peak_gb < 24, f"peak resident memory {peak_gb:.1f} GB"
+    rows = json.loads((workdir / "eval.json").read_text())
+    assert sorted(r["env_id"] for r in rows) == ["game:Mastermind-v0-random", "maze"]
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["kind"] == "train"]
+    assert [m["step"] for m in train] == [1, 2]
+    for game in GAMES[:5]:  # every game's rollout metrics are logged; a game may draw no rows in a step
+        assert any(f"{game}/mean_return" in m for m in train)
+    assert sum(m[f"{g}/rows"] for g in GAMES[:5] for m in train[:1]) == 10
+    assert all(abs(m["loss"]) < 1e3 for m in train)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from metarl_jax import sharding
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
 from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, split_rows,
                                 teacher_forced, teacher_forced_logp)
@@ -188,7 +189,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
 
     ``constrain_batch`` (optional) is applied to each env's trial batch and transcript, e.g. a sharding
-    constraint that puts the rows on the mesh's data axis (:func:`metarl_jax.sharding.make_sharded_train_step`).
+    constraint that puts the rows on the mesh's data axis (:func:`make_sharded_train_step`).
     """
     constrain = constrain_batch or (lambda tree: tree)
     g = hp.group_size
@@ -306,3 +307,17 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         return new, metrics
 
     return train_step
+
+
+def make_sharded_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, state, mesh,
+                            mode: str, *, donate: bool = True, min_size: int = sharding.MIN_SHARD_SIZE, wrap=None):
+    """The train step jitted on ``mesh`` (:func:`metarl_jax.sharding.jit_on_mesh`): ``step(state, key) ->
+    (state, metrics)``, the rollout batch constrained to the mesh's data axis. ``state`` (a TrainState, concrete
+    or abstract) fixes the in/out shardings per ``mode``; one device is a 1 x 1 mesh in mode ``"none"``.
+    ``wrap`` (optional) wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``."""
+    sharding.check_batch(hp, mesh, mode)
+    rows = hp.num_tasks * hp.group_size
+    step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows))
+    if wrap is not None:
+        step = wrap(step)
+    return sharding.jit_on_mesh(step, state, mesh, mode, donate=donate, min_size=min_size)

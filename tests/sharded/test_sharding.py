@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from metarl_jax import sharding as sh
 from metarl_jax import train
-from metarl_jax.algos.grpo import init_train_state, make_train_step
+from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, make_train_step
 from metarl_jax.checkpoints import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def sharded(run, sgd, reference):
                 return counted
 
             state = sh.shard_train_state(state0, mesh, mode)
-            step = sh.make_sharded_train_step(run.graphdef, run.train_tasks, sgd, run.hyper, state, mesh, mode, wrap=count)
+            step = make_sharded_train_step(run.graphdef, run.train_tasks, sgd, run.hyper, state, mesh, mode, wrap=count)
             hlo = step.lower(state, KEY).as_text()
             new, metrics = step(state, KEY)
             first = (jax.tree.map(np.asarray, new), jax.device_get(metrics))
@@ -276,7 +276,7 @@ def test_make_mesh_shapes():
     assert dict(sh.make_mesh(2, -1).shape) == {"data": 2, "model": 4}
     assert dict(sh.make_mesh(2, 2, devices=jax.devices()[:4]).shape) == {"data": 2, "model": 2}
     assert sh.make_mesh(1, 8).axis_names == ("data", "model")
-    assert sh.mesh_from_config({"mode": "none"}) is None
+    assert dict(sh.mesh_from_config({"mode": "none"}).shape) == {"data": 1, "model": 1}  # one device: a 1 x 1 mesh
     assert dict(sh.mesh_from_config({"mode": "tensor", "data": 1, "model": -1}).shape) == {"data": 1, "model": 8}
 
 
