@@ -27,7 +27,7 @@ from flax import nnx, struct
 from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.envs.base import tree_select
-from metarl_jax.models.sampling import VOCAB_CHUNK, chunked_logp_entropy, process_logits, sample
+from metarl_jax.models.sampling import chunked_logp_entropy, process_logits, sample, vocab_chunk_for
 from metarl_jax.models.transformer import init_cache
 from metarl_jax.text.chat import ChatWrap
 
@@ -186,7 +186,7 @@ def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, t
 
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
-            chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None) -> Transcript:
+            chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None, constrain=None) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
@@ -205,12 +205,15 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     the other inside the same program (``lax.map``; chunks are strided, see :func:`split_rows`), each with a KV
     cache of its own rows only: the cache's memory is that of one micro-batch. Every random draw of a row comes from the row's own key (the draw's
     key split over the B rows), so the result equals the unchunked rollout's with the same ``key``.
+    ``constrain(tree, axis=0)`` (optional, e.g. :func:`metarl_jax.sharding.row_constraint`) pins a micro-batch's
+    states and KV cache to the mesh's data axis.
     """
     batch = trial_states.total_steps.shape[0]
     limit = jnp.full((batch,), context_len, jnp.int32) if row_context_len is None else jnp.asarray(row_context_len, jnp.int32)
     play = functools.partial(_rollout_rows, graphdef, model_state, env, env_params, codec, table, key,
                              budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
-                             free_tokens=free_tokens, chat=chat, total_rows=batch)
+                             free_tokens=free_tokens, chat=chat, total_rows=batch,
+                             constrain=constrain or (lambda tree, axis=0: tree))
     if not rows_per_chunk or rows_per_chunk >= batch:
         return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
@@ -236,7 +239,7 @@ def merge_rows(tree):
 
 def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, limit, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
-                  chat: ChatWrap | None, total_rows: int) -> Transcript:
+                  chat: ChatWrap | None, total_rows: int, constrain) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
     (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
     the chunk is the whole batch)."""
@@ -260,7 +263,10 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
     width = act_len + chat.per_turn + chunk + pre  # pending tail, chat end, chat open, observation, chat close, prefix
     block = prefill_block(budget, act_len, pre, chat.per_turn, free)
     room = context_len + width + block  # slack: block writes never clip at the end
+    trial_states = constrain(trial_states)
     cache = init_cache(model.config, batch, room, model.dtype)
+    cache = cache.replace(k=constrain(cache.k, 1), v=constrain(cache.v, 1), valid=constrain(cache.valid),
+                          length=constrain(cache.length))
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
     render = jax.vmap(codec.render_tokens)
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
@@ -348,7 +354,7 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         )
         return (new_states, cache, tokens, pending, pending_n, end, stopped | truncated_now), out
 
-    tokens = jnp.full((batch, room), codec.pad_id, jnp.int32)
+    tokens = constrain(jnp.full((batch, room), codec.pad_id, jnp.int32))
     zeros = jnp.zeros((batch,), jnp.int32)
     init = (trial_states, cache, tokens, jnp.full((batch, act_len), table.pad_id, jnp.int32), zeros, zeros, jnp.zeros((batch,), bool))
     (_, _, tokens, _, _, end, truncated), out = jax.lax.scan(turn, init, jnp.arange(budget.turns))
@@ -376,12 +382,13 @@ class TeacherForced(NamedTuple):
 
 def teacher_forced(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,
                    top_p: float = 1.0, free: bool = False, observation_vocab=None, answers=None,
-                   cut_to_used: bool = True, vocab_chunk: int = VOCAB_CHUNK) -> TeacherForced:
+                   cut_to_used: bool = True, vocab_chunk: int = 0) -> TeacherForced:
     """The sampler's log-probability and entropy of every action token, recomputed in one causal forward.
 
     Each action token is scored by the hidden state of the slot before it, under the same constrained,
     temperature/top-p processed distribution the decoder used (constrained decoding: the trie is replayed from
-    ``valid``; ``free``: the whole vocabulary, scored in column chunks of ``vocab_chunk`` when ``top_p=1``
+    ``valid``; ``free``: the whole vocabulary, scored in column chunks of ``vocab_chunk`` (0: sized by
+    :func:`~metarl_jax.models.sampling.vocab_chunk_for` from the positions scored) when ``top_p=1``
     (:func:`~metarl_jax.models.sampling.chunked_logp_entropy`), so no [B, T, L, V] array is built).
 
     ``observation_vocab`` (int32[K], the token ids the env's text can show) adds the mean next-token
@@ -421,7 +428,8 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
         # The whole vocabulary, in column chunks: never a [B, T, L, V] array (V = 151,936 for Qwen3).
         logp, entropy = chunked_logp_entropy(
             lambda h, columns: model.logits(h, columns), picked.reshape(batch, steps, act_len, -1),
-            transcript.action_tokens, model.config.vocab_size, temperature, vocab_chunk)
+            transcript.action_tokens, model.config.vocab_size, temperature,
+            vocab_chunk or vocab_chunk_for(batch * steps * act_len, model.config.vocab_size))
         mask = transcript.action_mask
         logp, entropy = jnp.where(mask, logp, 0.0), jnp.where(mask, entropy, 0.0)
         if answers is not None:

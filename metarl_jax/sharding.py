@@ -253,6 +253,25 @@ def batch_constraint(mesh: Mesh, mode: str, rows: int):
     return lambda tree: constrain_batch(tree, mesh, rows, spec)
 
 
+def row_constraint(mesh: Mesh, mode: str):
+    """``constrain(tree, axis=0)``: every array leaf of ``tree`` (a batch: states, a KV cache's arrays) with its
+    ``axis`` on the mesh's data axis (``axis=1`` for a stacked cache [L, B, ...]); the identity in mode
+    ``"none"``. For micro-batches inside a step, whose row count differs from the batch's."""
+    if mesh_spec(mode).mode == "none":
+        return lambda tree, axis=0: tree
+
+    def constrain(tree, axis=0):
+        def one(x):
+            if not isinstance(x, jax.Array) or x.ndim <= axis:
+                return x
+            spec = [None] * axis + ["data"]
+            return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
+
+        return jax.tree.map(one, tree)
+
+    return constrain
+
+
 def jit_on_mesh(step, state, mesh: Mesh, mode: str, *, donate: bool = True, min_size: int = MIN_SHARD_SIZE):
     """``jax.jit`` of ``step(state, key) -> (state, metrics)`` on ``mesh``: ``state`` (concrete or abstract)
     fixes the in/out shardings (:func:`state_shardings`); the key and the metrics are replicated; the state is
@@ -338,6 +357,7 @@ __all__ = [
     "leaf_spec",
     "make_mesh",
     "batch_constraint",
+    "row_constraint",
     "jit_on_mesh",
     "path_names",
     "maybe_initialize_distributed",

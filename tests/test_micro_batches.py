@@ -48,6 +48,15 @@ def test_chunked_logp_and_entropy_equal_the_whole_vocabulary():
         chunked_logp_entropy(lambda h, cols: h @ weight[:, cols], hidden, tokens, 50, 0.0)
 
 
+def test_vocabulary_chunks_shrink_with_the_positions_scored():
+    from metarl_jax.models.sampling import CHUNK_LOGITS_BYTES, VOCAB_CHUNK, vocab_chunk_for
+
+    assert vocab_chunk_for(100, 151936) == VOCAB_CHUNK
+    assert vocab_chunk_for(100, 50) == 50
+    big = vocab_chunk_for(8 * 30 * 1024, 151936)  # 8 rows x 30 turns x 1,024 free tokens
+    assert big < VOCAB_CHUNK and 8 * 30 * 1024 * big * 4 <= CHUNK_LOGITS_BYTES
+
+
 def _play(free_tokens: int, rows_per_chunk: int, env_id="game:GuessTheNumber-v0-easy"):
     env, params = envs.make_trial(env_id, total_step_cap=5, intro=False, text="terse")
     tok = WordTokenizer()

@@ -185,13 +185,15 @@ def select_tree(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None):
+def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
+                    constrain_rows=None):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
 
     ``constrain_batch`` (optional) is applied to each env's trial batch and transcript, e.g. a sharding
     constraint that puts the rows on the mesh's data axis (:func:`make_sharded_train_step`).
     """
     constrain = constrain_batch or (lambda tree: tree)
+    on_rows = constrain_rows or (lambda tree, axis=0: tree)
     g = hp.group_size
 
     def play(params, task, key):
@@ -205,7 +207,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows,
+                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows,
                                        row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None
         return transcript, answers, (tasks_b.game if task.games else None)
@@ -257,7 +259,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             loss, grads, parts = 0.0, None, []
             for task, tr, adv, answer, total in zip(tasks, transcripts, advantages, answers, totals):
                 def rows_value_and_grad(rows, task=task, total=total):
-                    tr, adv, answer = rows
+                    tr, adv, answer = on_rows(rows)  # a micro-batch stays spread over the data axis
 
                     def on_cut(cut):
                         return jax.value_and_grad(lambda p: task_loss(p, task, cut, adv, answer, total),
@@ -317,7 +319,8 @@ def make_sharded_train_step(graphdef, tasks, optimizer: optax.GradientTransforma
     ``wrap`` (optional) wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``."""
     sharding.check_batch(hp, mesh, mode)
     rows = hp.num_tasks * hp.group_size
-    step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows))
+    step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows),
+                           constrain_rows=sharding.row_constraint(mesh, mode))
     if wrap is not None:
         step = wrap(step)
     return sharding.jit_on_mesh(step, state, mesh, mode, donate=donate, min_size=min_size)

@@ -46,9 +46,20 @@ def sample(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=None)
     return tokens, jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
 
 
-# Vocabulary columns per chunk of :func:`chunked_logp_entropy`: a chunk's logits [N, C] float32 are the largest
-# buffer it holds (N = 4,096 scored positions x 8,192 columns is 128 MiB).
+# Vocabulary columns per chunk of :func:`chunked_logp_entropy`: at most VOCAB_CHUNK, and few enough that a
+# chunk's float32 logits [N, C], the largest buffer it holds, stay within CHUNK_LOGITS_BYTES (free decoding's
+# update scores N = rows x turns x tokens positions: 8 x 30 x 1,024 positions at 8,192 columns would be 8 GB).
 VOCAB_CHUNK = 8192
+CHUNK_LOGITS_BYTES = 2**30
+
+
+def vocab_chunk_for(positions: int, vocab_size: int) -> int:
+    """Columns per vocabulary chunk for ``positions`` scored positions (see :data:`CHUNK_LOGITS_BYTES`): a power
+    of two between 128 and :data:`VOCAB_CHUNK`."""
+    chunk = VOCAB_CHUNK
+    while chunk > 128 and positions * chunk * 4 > CHUNK_LOGITS_BYTES:
+        chunk //= 2
+    return min(chunk, vocab_size)
 
 
 def chunked_logp_entropy(project, hidden, tokens, vocab_size: int, temperature: float = 1.0,

@@ -106,9 +106,12 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x):
+        """Normalised in float32, scaled by the weight, returned in x's dtype (bfloat16 compute stays bfloat16
+        with float32 weights: a float32 result would turn the queries and keys, and the KV cache read with
+        them, into float32)."""
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...] * y.astype(x.dtype)
+        return (self.weight[...] * y.astype(x.dtype)).astype(x.dtype)
 
 
 def rope_tables(positions, head_dim: int, theta: float):
