@@ -63,7 +63,7 @@ def test_paper_config_trains_and_evaluates_a_qwen3_directory_on_cpu(tmp_path):
     model_dir = make_qwen3_dir(str(tmp_path / "qwen3"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     workdir = tmp_path / "run"
-    overrides = dict(num_steps=2, num_tasks=5, group_size=2, free_tokens=12, context_len=768, train_set_size=8,
+    overrides = dict(num_steps=2, num_tasks=5, group_size=2, free_tokens=12, context_len=2048, train_set_size=8,
                      eval_trials=4, eval_every=0, checkpoint_every=0, log_every=1)
     cmd = [sys.executable, "-m", "metarl_jax.main", "--config=configs/paper.py", f"--workdir={workdir}",
            f"--config.model.pretrained_dir={model_dir}", f"--config.tokenizer={model_dir}", "--nocompile_cache",
