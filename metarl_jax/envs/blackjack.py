@@ -22,8 +22,8 @@ Cards are named like ``7 of hearts``, ``K of spades``, ``A of clubs``, ``10 of d
 Actions: ``hit 0`` .. ``hit {table_size - 1}`` (indices ``0 .. table_size - 1``), then ``stand`` (index
 ``table_size``).
 
-GEM has no Blackjack; the rules follow ORBIT's description (see ``shared/ORBIT_FACTS.md``). The per-episode
-texts are ours. ``oracle_action`` reads the deck: it searches the subsets of the untaken positions (of size
+GEM has no Blackjack; the rules follow ORBIT's description (the paper and its released code;
+``docs/differences_from_orbit.md``). The per-episode texts are ours. ``oracle_action`` reads the deck: it searches the subsets of the untaken positions (of size
 at most the turns left minus one, enumerated statically up to ``default_max_turns - 1``) for one whose cards
 make a winning stand, hits its positions and then stands (and stands when no subset wins).
 """

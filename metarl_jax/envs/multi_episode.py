@@ -1,6 +1,6 @@
 """The multi-episode wrapper: one *trial* = several episodes of the same task.
 
-Semantics (ORBIT; see ``shared/ORBIT_FACTS.md``):
+Semantics (ORBIT: the paper and its released code, XiaofengLin7/ORBIT; ``docs/differences_from_orbit.md``):
 
 * the task is drawn once per trial; every episode of the trial is reset with that same task;
 * the trial ends only when the total number of steps reaches ``total_step_cap``; an episode that ends early
