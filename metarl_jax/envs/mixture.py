@@ -99,8 +99,8 @@ class GameMixture:
         index: dict[str, int] = {}
         for env in self.envs:
             for a in range(env.num_actions):
-                index.setdefault(env.action_text(a), len(texts))
-                if len(texts) < len(index):
+                if env.action_text(a) not in index:
+                    index[env.action_text(a)] = len(texts)
                     texts.append(env.action_text(a))
         self._texts = texts
         # union_of[g][a]: the mixture's action of game g's action a; local[g][u]: game g's action of mixture action
