@@ -16,7 +16,8 @@ The row micro-batches come from ``metarl_jax.memory.plan_micro_batches`` with ``
 (the H200's 141 GB on one device; 80 GB per device on 8). Each (size, devices) runs in its own process: 8 devices
 are fake CPU devices (``--xla_force_host_platform_device_count``), so the memory figure is XLA's CPU
 compiler's buffer assignment for the partitioned program, an estimate of an accelerator's (whose compiler
-fuses and schedules differently).
+fuses and schedules differently). The program traced is the accelerator's: the CPU-only row chunks of the
+model's attention (``models.transformer.CPU_ROW_CHUNK``, ``CPU_CACHE_ROW_CHUNK``) are turned off.
 
 Printed and written to ``benchmarks/results/paper_scale.json``: per size and mesh, the peak bytes per device
 (``memory_analysis()``: arguments + outputs + temporaries - aliased), the parts, the chosen micro-batches,
@@ -60,13 +61,16 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
 
     from metarl_jax import memory, sharding
     from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
-    from metarl_jax.models import Transformer
+    from metarl_jax.models import Transformer, transformer
     from metarl_jax.models.config import ModelConfig, qwen3_config_json
     from metarl_jax.tasks import build_mixture, build_task
     from metarl_jax.text import HFTokenizer
 
     import transformers
 
+    # The accelerator's program, not the CPU's: on CPU the model runs attention one chunk of rows at a time (a
+    # loop over rows, which also keeps a data-parallel mesh from splitting them); accelerators take the batch.
+    transformer.CPU_ROW_CHUNK = transformer.CPU_CACHE_ROW_CHUNK = 1 << 30
     tok = HFTokenizer(tokenizer_dir)
     raw = qwen3_config_json(size)
     cfg = ModelConfig.from_hf(transformers.Qwen3Config(**{k: v for k, v in raw.items()

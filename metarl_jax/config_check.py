@@ -181,7 +181,7 @@ def _check_model(config) -> None:
     from metarl_jax.models.transformer import REMAT_POLICIES
 
     _need(config.model.remat in REMAT_POLICIES, "model.remat", f"must be one of {sorted(REMAT_POLICIES)} (the "
-          f"per-layer rematerialisation of the update: 'full' keeps least memory), got {config.model.remat!r}")
+          f"rematerialisation of the update: 'nested' keeps least memory, then 'full'), got {config.model.remat!r}")
     pretrained = config.model.pretrained_dir
     _need(pretrained == "" or os.path.isdir(pretrained), "model.pretrained_dir",
           f"{pretrained!r} is not a directory; give a local Hugging Face model directory (config.json and "

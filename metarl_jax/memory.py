@@ -19,6 +19,8 @@ import warnings
 import jax
 import numpy as np
 
+from metarl_jax.models.transformer import remat_group_size
+
 # Bytes the update keeps per context token, per layer and per unit of (hidden_size + intermediate_size):
 # measured on CPU from XLA's temporary buffers of the tiny preset's update (16 tasks x 8 rows of
 # BernoulliBandit-misc: 7.1 GB at 1,541 tokens, 3.5 GB at 770 tokens and at 8 x 8 rows, so linear in rows x
@@ -49,11 +51,15 @@ def update_activation_bytes(model_config, tasks, rows_per_task: int, remat: str 
     Without rematerialisation (``remat="none"``): ``rows x S x L x (D + F)`` times
     :data:`UPDATE_BYTES_PER_TOKEN_UNIT`. With it (any other policy), each layer keeps only its input and the
     backward pass recomputes one layer at a time: ``rows x S x (L x D x 2 x bytes of dtype + (4 D + 3 F) x 8)``
-    (the layer inputs and residuals, plus one layer's float32 working set forward and backward)."""
+    (the layer inputs and residuals, plus one layer's float32 working set forward and backward); ``"nested"``
+    keeps L / g + g layer inputs instead of L (g from :func:`~metarl_jax.models.transformer.remat_group_size`)."""
     tokens = sum(rows_per_task * t.context_len for t in tasks)
     d, f, layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
     if remat == "none":
         return int(tokens * layers * (d + f) * UPDATE_BYTES_PER_TOKEN_UNIT)
+    if remat == "nested":
+        group = remat_group_size(layers)
+        layers = layers // group + group if group > 1 else layers
     return int(tokens * (layers * d * 2 * np.dtype(dtype).itemsize + (4 * d + 3 * f) * 8))
 
 

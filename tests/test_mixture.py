@@ -46,6 +46,11 @@ def test_each_row_plays_its_own_game(mix):
                 (task.env.action_text(i) for i in np.flatnonzero(valid)), key=lambda s: list(map(env.action_text, range(env.num_actions))).index(s))
             text = m.codec.decode(*m.codec.render_tokens(mstate))
             assert text == task.env.render_text(state) == env.render_text(mstate)
+            tokens, n = m.codec.render_tokens(mstate)  # the shared table's tokens are the game's own, padded
+            own, own_n = task.codec.render_tokens(state)
+            assert int(n) == int(own_n) and tokens.shape == (m.codec.max_len,)
+            assert np.asarray(tokens)[:int(n)].tolist() == np.asarray(own)[:int(n)].tolist()
+            assert (np.asarray(tokens)[int(n):] == m.codec.pad_id).all()
             action = int(rng.choice(np.flatnonzero(valid)))
             maction = env._texts.index(task.env.action_text(action))
             k = jax.random.PRNGKey(100 + t)

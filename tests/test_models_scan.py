@@ -70,10 +70,11 @@ def test_traced_program_does_not_grow_with_depth():
 
 
 @pytest.mark.parametrize("layers", [2, 6])
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["full", "dots", "nested"])
 def test_remat_gives_the_same_values_and_gradients(layers, remat):
     """Rematerialised layers (unrolled scan: 2 layers; rolled: 6) give the logits and parameter gradients of
-    the plain pass, to 1e-5, and the remat policy is really in the traced program."""
+    the plain pass, to 1e-5, and the remat policy is really in the traced program ("nested" on 6 rolled
+    layers: a checkpointed scan over 3 groups of 2 checkpointed layers)."""
     def loss_and_grad(model):
         graphdef, state = nnx.split(model)
 
@@ -89,9 +90,24 @@ def test_remat_gives_the_same_values_and_gradients(layers, remat):
     value, logits, grads, n_plain = loss_and_grad(tiny(layers))
     value_r, logits_r, grads_r, n_remat = loss_and_grad(tiny(layers, remat=remat))
     assert n_plain == 0 and n_remat > 0
+    if remat == "nested" and layers > tf.UNROLL_LAYERS:
+        assert tf.remat_group_size(layers) == 2 and n_remat == 2 * n_plain_remat(layers)
     np.testing.assert_allclose(float(value_r), float(value), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(logits_r), np.asarray(logits), atol=1e-5, rtol=0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0), grads_r, grads)
+
+
+def n_plain_remat(layers):
+    """The checkpoint equations of one ``remat="full"`` pass of ``layers`` layers."""
+    graphdef, state = nnx.split(tiny(layers, remat="full"))
+    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(TOKENS, POS)[0])(state).jaxpr
+    return len([e for e in equations(jaxpr) if e.primitive.name in ("checkpoint", "remat2")])
+
+
+def test_remat_group_size():
+    """Groups of about sqrt(L) layers that divide L: 40 layers -> 5 (8 + 5 inputs kept), 28 -> 4, 36 -> 6; a
+    prime depth has no groups."""
+    assert [tf.remat_group_size(n) for n in (40, 28, 36, 6, 7)] == [5, 4, 6, 2, 1]
 
 
 def test_unknown_remat_policy_is_refused():
