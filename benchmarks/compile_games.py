@@ -2,6 +2,7 @@
 
     python benchmarks/compile_games.py                   # 1, 2 and 5 of ORBIT's train games, both layouts
     python benchmarks/compile_games.py --games=1,5 --layouts=mixture --rows=16 --out=/tmp/c16.json
+    python benchmarks/compile_games.py --each            # also each of the five games alone
 
 Setup: ``configs/tiny.py`` (the tiny from-scratch model, 2 tasks x 2 rows, GEM's text, constrained decoding,
 the observation loss) with ``train_tasks`` = the first N of ORBIT's five training games (rock-paper-scissors,
@@ -35,8 +36,9 @@ GAMES = ["rockpaperscissors", "game:Minesweeper-v0-only-reveal", "game:Hangman-v
          "game:Blackjack-v0"]
 
 
-def measure(num_games: int, mixture: bool, rows: int = 4) -> dict:
-    """Builds the step for the first ``num_games`` games and times its trace + lower, compile and first run."""
+def measure(num_games: int, mixture: bool, rows: int = 4, game: int | None = None) -> dict:
+    """Builds the step for the first ``num_games`` games (or for game number ``game`` alone) and times its
+    trace + lower, compile and first run."""
     sys.path.insert(0, os.path.join(REPO, "configs"))
     import jax
     from tiny import get_config
@@ -45,7 +47,8 @@ def measure(num_games: int, mixture: bool, rows: int = 4) -> dict:
     from metarl_jax.algos.grpo import init_train_state, make_train_step
 
     config = get_config("orbit")
-    config.train_tasks = [dict(env_id=g) for g in GAMES[:num_games]]
+    games = GAMES[:num_games] if game is None else [GAMES[game]]
+    config.train_tasks = [dict(env_id=g) for g in games]
     config.mix_games = mixture
     config.answer_coef = 0.0  # not every game has an answer action
     config.num_tasks = rows // config.group_size  # rows per program: per env (per-game), per mixture (mixture)
@@ -61,7 +64,7 @@ def measure(num_games: int, mixture: bool, rows: int = 4) -> dict:
     out, metrics = compiled(state, key)
     jax.block_until_ready(metrics)
     t3 = time.perf_counter()
-    return dict(games=num_games, layout="mixture" if mixture else "per-game", rows=config.num_tasks * config.group_size
+    return dict(games=len(games), names=games, layout="mixture" if mixture else "per-game", rows=config.num_tasks * config.group_size
                 * (1 if mixture else num_games), lower_s=t1 - t0, compile_s=t2 - t1, first_run_s=t3 - t2,
                 total_s=t3 - t0, context_len=[t.context_len for t in run.train_tasks])
 
@@ -72,35 +75,45 @@ def main(argv=None) -> int:
     parser.add_argument("--layouts", default="per-game,mixture")
     parser.add_argument("--rows", type=int, default=4, help="rows per program (tasks x 2 rollouts): per env in "
                         "the per-game layout, per mixture in the mixture layout (the tiny config: 2 x 2)")
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
+    parser.add_argument("--each", action="store_true", help="also time each of the five games alone (one-game "
+                        "programs differ with the game's text and context lengths)")
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: one measurement, print JSON
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "compile_games.json"))
     args = parser.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(measure(int(args.one[0]), args.one[1] == "mixture", args.rows)), flush=True)
+        game = int(args.one[2])
+        print("RESULT " + json.dumps(measure(int(args.one[0]), args.one[1] == "mixture", args.rows,
+                                             None if game < 0 else game)), flush=True)
         return 0
-    rows = []
+    runs = []  # (number of games, layout, the one game's index or -1 for the first N)
     for n in (int(x) for x in args.games.split(",")):
         for layout in args.layouts.split(","):
-            if n == 1 and layout == "mixture" and "per-game" in args.layouts:
-                continue  # the same program
-            proc = subprocess.run([sys.executable, __file__, "--one", str(n), layout, f"--rows={args.rows}"],
-                                  capture_output=True, text=True,
-                                  cwd=REPO, env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"{n} games, {layout}: failed")
-            rows.append(json.loads(line[0][len("RESULT "):]))
-            r = rows[-1]
-            print(f"{n} game(s), {layout:8s}: lower {r['lower_s']:6.1f} s, compile {r['compile_s']:6.1f} s, first run "
-                  f"{r['first_run_s']:5.1f} s, total {r['total_s']:6.1f} s", flush=True)
+            if not (n == 1 and layout == "mixture" and "per-game" in args.layouts):  # else the same program
+                runs.append((n, layout, -1))
+    if args.each:
+        runs += [(1, "per-game", g) for g in range(1, len(GAMES))]  # the first game alone is N = 1 above
+    rows = []
+    for n, layout, game in runs:
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), layout, str(game), f"--rows={args.rows}"],
+                              capture_output=True, text=True,
+                              cwd=REPO, env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{n} games, {layout}: failed")
+        rows.append(json.loads(line[0][len("RESULT "):]))
+        r = rows[-1]
+        name = f" ({r['names'][0]})" if n == 1 else ""
+        print(f"{n} game(s){name}, {layout:8s}: lower {r['lower_s']:6.1f} s, compile {r['compile_s']:6.1f} s, "
+              f"first run {r['first_run_s']:5.1f} s, total {r['total_s']:6.1f} s", flush=True)
     base = next((r for r in rows if r["games"] == 1), None)
     if base:
         print("\n| games | layout | rows / step | trace + lower s | compile s | first run s | total s | total / 1 game |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             r["ratio_to_one_game"] = r["total_s"] / base["total_s"]
-            print(f"| {r['games']} | {r['layout']} | {r['rows']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+            games = f"1 ({r['names'][0]})" if r["games"] == 1 else str(r["games"])
+            print(f"| {games} | {r['layout']} | {r['rows']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
                   f"{r['first_run_s']:.1f} | {r['total_s']:.1f} | {r['ratio_to_one_game']:.2f}x |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     import jax

@@ -220,3 +220,22 @@ def test_long_causal_pass_traces_a_bounded_program():
 
     assert tf.MAX_UNROLLED_QUERY_BLOCKS < 40
     assert len(program(40 * tf.QUERY_BLOCK)) == len(program(80 * tf.QUERY_BLOCK))
+
+
+def test_row_constraint_applies_to_each_layer_input():
+    """``with_row_constraint`` puts a function on every layer's input of the cache-free pass (FSDP's sharding
+    constraint); an identity there leaves the logits as they were, and the function sees [B, T, D] inputs."""
+    model = tiny(6)
+    graphdef, state = nnx.split(model)
+    seen = []
+
+    def constrain(x):
+        seen.append(x.shape)
+        return x
+
+    constrained = tf.with_row_constraint(graphdef, state, constrain)
+    logits = jax.jit(lambda s: nnx.merge(constrained, s)(TOKENS, POS)[0])(state)
+    assert seen and all(shape == (TOKENS.shape[0], TOKENS.shape[1], model.config.hidden_size) for shape in seen)
+    plain = jax.jit(lambda s: nnx.merge(graphdef, s)(TOKENS, POS)[0])(state)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(plain), atol=1e-6, rtol=0)
+    assert nnx.merge(graphdef, state).constrain_rows is None  # the original graphdef is unchanged

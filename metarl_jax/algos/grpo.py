@@ -41,6 +41,7 @@ from flax import nnx, struct
 
 from metarl_jax import sharding
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
+from metarl_jax.models.transformer import with_row_constraint
 from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, split_rows,
                                 teacher_forced, teacher_forced_logp)
 
@@ -319,8 +320,11 @@ def make_sharded_train_step(graphdef, tasks, optimizer: optax.GradientTransforma
     ``wrap`` (optional) wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``."""
     sharding.check_batch(hp, mesh, mode)
     rows = hp.num_tasks * hp.group_size
+    on_rows = sharding.row_constraint(mesh, mode)
+    if sharding.mesh_spec(mode).mode != "none":  # the update's layers keep their rows on the data axis
+        graphdef = with_row_constraint(graphdef, state.params, on_rows)
     step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows),
-                           constrain_rows=sharding.row_constraint(mesh, mode))
+                           constrain_rows=on_rows)
     if wrap is not None:
         step = wrap(step)
     return sharding.jit_on_mesh(step, state, mesh, mode, donate=donate, min_size=min_size)

@@ -415,8 +415,8 @@ def _block_loop(count: int, body, buffers):
     """``body(j, buffers)`` for j = 0..count-1 as a ``lax.while_loop``. Not a ``scan``: when the loop sits in a
     differentiated program (the backward pass of a rematerialised layer), JAX's partial evaluation of a scan
     moves the body's cotangent-free work (the causal and padding masks) into a loop of its own and stacks its
-    results over the iterations as residuals; a while loop has none, so nothing is stacked (the 32,768-token
-    Qwen3-14B step had kept bool[rows, 64 blocks, 8 heads, 320, 32,768] masks, 43 GB each)."""
+    results over the iterations as residuals (bool[blocks, heads, block rows, keys] per key group); a while loop
+    has none, so nothing is stacked."""
     def step(carry):
         j, buffers = carry
         return j + 1, body(j, buffers)
@@ -537,7 +537,7 @@ UNROLL_LAYERS = 4
 # within groups of about sqrt(L) layers (:func:`remat_group_size`) and keeps only each group's input across the
 # model: the backward pass reruns a group's forward to get its layers' inputs, then each layer's, so the update
 # costs one more forward pass than "full" for L / g + g layer inputs instead of L (13 instead of 40 for 40
-# layers: 14 GB less for a 32,768-token row of Qwen3-14B).
+# layers).
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -561,6 +561,14 @@ def stack_modules(modules):
     return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
+def with_row_constraint(graphdef, params, constrain):
+    """The graphdef of the model ``nnx.merge(graphdef, params)`` with ``constrain_rows = constrain`` (params may be
+    abstract, ``jax.ShapeDtypeStruct`` leaves)."""
+    model = nnx.merge(graphdef, params)
+    model.constrain_rows = constrain
+    return nnx.graphdef(model)
+
+
 def layer_slice(state, i):
     """Layer ``i`` (int or int32[]) of a stacked layer state: every leaf [L, ...] -> [...]."""
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), state)
@@ -572,7 +580,12 @@ class Transformer(nnx.Module):
     ``layers`` is one :class:`Block` whose variables are stacked over the L layers ([L, ...]); the layers run in
     a ``lax.scan`` (fully unrolled for at most :data:`UNROLL_LAYERS` layers). ``remat`` names the per-layer
     rematerialisation policy of the cache-free pass (a key of :data:`REMAT_POLICIES`; calls with a cache are
-    inference and never rematerialise)."""
+    inference and never rematerialise).
+
+    ``constrain_rows`` (default None): a function applied to each layer's input [B, T, D] in the cache-free pass,
+    e.g. a sharding constraint that keeps the rows on a mesh's data axis (:func:`with_row_constraint`). Under
+    FSDP the weights and the rows are split over the same axis, and without it XLA may gather every row's
+    activations for a matmul instead of the weight."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
                  remat: str = "none"):
@@ -581,6 +594,7 @@ class Transformer(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.remat = remat
+        self.constrain_rows = None
         self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), param_dtype))
         self.layers = stack_modules([Block(config, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
                                      for _ in range(config.num_layers)])
@@ -642,6 +656,8 @@ class Transformer(nnx.Module):
                 return k, v, token_mask, None, None, None
 
             def layer(x, params):
+                if self.constrain_rows is not None:
+                    x = self.constrain_rows(x)
                 return nnx.merge(layers_def, params)(x, cos, sin, keys_fn)
 
             if self.remat != "none":  # a rolled scan already keeps XLA from merging the recomputation away

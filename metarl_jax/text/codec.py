@@ -145,8 +145,8 @@ class MixtureCodec:
     row's observation rendered from its own game's pieces. Each game's piece ids are computed under ``vmap``
     (cheap integer work), shifted into the shared table and the row's are kept; the tokens are then written
     once, with slots as wide as the widest game's, so the program holds one rendering whatever the number of
-    games (rendering each game and keeping the row's cost ~3 s of CPU compile per game). Rendered observations
-    are padded to the longest game's ``max_len``.
+    games (rendering every game and keeping the row's would compile one rendering per game). Rendered
+    observations are padded to the longest game's ``max_len``.
 
     Attributes:
       codecs: each game's :class:`Codec` (its checks, its table); offsets: int32[G], where each game's pieces
