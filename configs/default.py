@@ -1,6 +1,6 @@
 """The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU.
 
-Command (2 CPU cores: 8 min 4 s for both runs, measured fresh 2026-11-27)::
+Command (2 CPU cores: 8 min 55 s for both runs, measured fresh 2026-12-04)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -17,11 +17,11 @@ also gets two auxiliary losses that are not in ORBIT: next-token prediction of t
 (``observation_coef``) and the answer loss (``answer_coef``: the policy's log-probability of the secret
 number at every turn, known to the loss only). Both runs get the same losses.
 
-Expected result (measured 2026-11-27, seed 0), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.566 / 0.938 / 0.934 (+0.367), single-episode 0.414 / 0.539 / 0.477 (+0.062);
-GuessTheNumber-easy: ORBIT 0.703 / 0.977 / 1.000 (+0.297), single-episode 0.758 / 0.867 / 0.879 (+0.121).
-With ``--config.seed=1``: -hard ORBIT 0.500 / 0.750 / 0.848 (+0.348), single-episode 0.430 / 0.559 / 0.602
-(+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less
+Expected result (measured 2026-12-04, seed 0), held-out episode 1 / 2 / 3 success:
+GuessTheNumber-hard: ORBIT 0.551 / 0.875 / 0.941 (+0.391), single-episode 0.410 / 0.480 / 0.445 (+0.035);
+GuessTheNumber-easy: ORBIT 0.730 / 0.969 / 1.000 (+0.270), single-episode 0.691 / 0.797 / 0.824 (+0.133).
+With ``--config.seed=1`` (code of 2026-11-27): -hard ORBIT 0.500 / 0.750 / 0.848 (+0.348), single-episode
+0.430 / 0.559 / 0.602 (+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less
 than ORBIT's, possibly because the secret stays the same across episodes and a policy that reads every
 earlier feedback line in its context can use episode 1's feedback in episode 2 without being trained to (not
 analysed further). An earlier version of the code drew -0.020 for it with seed 0 (results/README.md). Without the answer loss
@@ -46,7 +46,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
 
     # dtype: the compute dtype ("float32" or "bfloat16": half the memory and the accelerators' fast matmuls);
     # param_dtype: the weights' storage dtype (the optimizer state follows it); remat: the update's per-layer
-    # rematerialisation ("none", "dots" or "full": least memory, one more forward pass).
+    # rematerialisation ("none", "dots", "full": one more forward pass, or "nested": least memory, two more).
     c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}, dtype="float32",
                                              param_dtype="float32", remat="none"))
     c.tokenizer = "word"  # or a local Hugging Face tokenizer directory
