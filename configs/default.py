@@ -105,6 +105,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # turn, privileged task information used in training only (task inference as in Humplik et al. 2019, the
     # optimal-action target of Lee et al. 2023's DPT); the policy never sees the answer. 0: off.
     c.answer_coef = 10.0
+    # The answer loss's target: "task" (the secret, privileged) or "hindsight" (the action that won the row's
+    # first won episode, read from its own transcript: only what the policy saw; rows that never won: no loss).
+    c.answer_from = "task"
     c.discount = False  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6

@@ -92,8 +92,8 @@ def _get(config, dotted: str):
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games")
-STRING_FIELDS = ("variant", "decoding", "text", "tokenizer", "model.preset", "model.pretrained_dir", "model.dtype",
-                 "model.param_dtype", "model.remat", "mesh.mode")
+STRING_FIELDS = ("variant", "decoding", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
+                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
 TEXT_STYLES = ("gem", "terse")
@@ -248,6 +248,9 @@ def check_config(config) -> None:
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",
           "needs a Hugging Face tokenizer directory with a chat template (config.tokenizer); the built-in word "
           "vocabulary has none. Set chat_format=False or point config.tokenizer at such a directory")
+    _need(config.answer_from in ("task", "hindsight"), "answer_from",
+          f"must be 'task' (the task's answer, privileged) or 'hindsight' (the winning action of the row's own "
+          f"transcript), got {config.answer_from!r}")
     if config.answer_coef:
         _need(config.decoding == "constrained", "answer_coef",
               "needs decoding='constrained' (the answer's log-probability is read on the action trie); set "

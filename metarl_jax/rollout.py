@@ -458,8 +458,9 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
     if free:
         raise ValueError("the answer loss needs constrained decoding (free decoding has no action trie)")
 
-    answers = jnp.asarray(answers, jnp.int32)
-    answer_tokens = jnp.broadcast_to(table.tokens[answers][:, None, :act_len], transcript.action_tokens.shape)
+    answers = jnp.asarray(answers, jnp.int32)  # -1: none (see answer_turns); its tokens are never scored
+    answer_tokens = jnp.broadcast_to(table.tokens[jnp.maximum(answers, 0)][:, None, :act_len],
+                                     transcript.action_tokens.shape)
     # Token i of the answer is scored while tokens 0..i-1 agree with the sampled action (its hidden states).
     agree_before = jnp.cumprod(answer_tokens == transcript.action_tokens, axis=-1)
     agree_before = jnp.concatenate([jnp.ones_like(agree_before[..., :1]), agree_before[..., :-1]], axis=-1) > 0
@@ -525,11 +526,22 @@ def _observation_nll(model, hidden, transcript: Transcript, vocab):
 
 
 def answer_turns(transcript: Transcript, answers) -> jax.Array:
-    """bool[B, T]: the turns where the answer loss scores ``answers`` (int32[B]): turns taken where the answer
-    is a valid action."""
+    """bool[B, T]: the turns where the answer loss scores ``answers`` (int32[B]; -1: the row has none): turns
+    taken where the answer is a valid action."""
     answers = jnp.asarray(answers, jnp.int32)
-    valid = jnp.take_along_axis(transcript.valid, answers[:, None, None], axis=2)[..., 0]
-    return transcript.action_mask.any(axis=-1) & valid
+    valid = jnp.take_along_axis(transcript.valid, jnp.maximum(answers, 0)[:, None, None], axis=2)[..., 0]
+    return transcript.action_mask.any(axis=-1) & valid & (answers >= 0)[:, None]
+
+
+def hindsight_answers(transcript: Transcript) -> jax.Array:
+    """int32[B]: the action that won each row's first won episode, read from the row's own transcript (-1 for
+    a row that never won). In a game whose winning action is the task's answer (GuessTheNumber's secret,
+    Wordle's word, Mastermind's code) this is the answer, learnt from what the policy itself saw: no
+    privileged information, and only rows that found it are scored."""
+    won = transcript.success & transcript.taken
+    first = jnp.argmax(won, axis=1)
+    action = jnp.take_along_axis(transcript.actions, first[:, None], axis=1)[:, 0]
+    return jnp.where(won.any(axis=1), action, -1).astype(jnp.int32)
 
 
 def teacher_forced_logp(graphdef, model_state, transcript: Transcript, table, temperature: float = 1.0,

@@ -187,6 +187,8 @@ CASES = [
          ConfigError, r"config\.free_tokens: 2 tokens cannot hold an action of game:GuessTheNumber-v0-easy \(\d+ "
                       r"tokens\); raise it"),
     Case("negative answer_coef", checked(answer_coef=-1.0), ConfigError, r"config\.answer_coef: must be >= 0 \(0: off\)"),
+    Case("unknown answer target", checked(answer_from="oracle"), ConfigError,
+         r"config\.answer_from: must be 'task' \(the task's answer, privileged\) or 'hindsight'"),
     Case("answer loss on a game without one answer", checked(answer_coef=1.0, text="gem", train_tasks=[dict(env_id="maze")]),
          ConfigError, r"config\.answer_coef: is 1\.0, but train_tasks\[0\] \(maze\) has no single answer action "
                       r"\(envs with one: .*GuessTheNumber"),

@@ -120,3 +120,24 @@ def test_update_epochs_reuse_the_batch():
     moved2 = sum(float(np.abs(np.asarray(a) - np.asarray(s)).sum()) for a, s in zip(p2, start))
     assert moved2 > moved1 > 0
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(p2, p2b)), "deterministic"
+
+
+def test_hindsight_answers_come_from_the_rows_own_wins():
+    """The hindsight target is the action of each row's first won turn (-1 without a win); ``answer_turns``
+    scores no turn of a row without one, and the turns where its answer is valid otherwise."""
+    from types import SimpleNamespace
+
+    from metarl_jax.rollout import answer_turns, hindsight_answers
+
+    success = np.array([[0, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0]], bool)
+    taken = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    actions = np.arange(20, dtype=np.int32).reshape(4, 5) % 7
+    tr = SimpleNamespace(success=success, taken=taken, actions=actions)
+    answers = np.asarray(hindsight_answers(tr))
+    assert answers.tolist() == [actions[0, 2], -1, actions[2, 0], -1]  # row 3's win is on a turn not taken
+    valid = np.ones((4, 5, 7), bool)
+    valid[0, 1, answers[0]] = False  # row 0's answer was not a valid action at turn 1
+    tr = SimpleNamespace(valid=valid, action_mask=np.broadcast_to(taken[:, :, None], (4, 5, 3)))
+    scored = np.asarray(answer_turns(tr, answers))
+    assert scored[0].tolist() == [True, False, True, True, True]
+    assert not scored[1].any() and not scored[3].any() and scored[2].all()

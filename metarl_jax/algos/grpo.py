@@ -42,8 +42,8 @@ from flax import nnx, struct
 from metarl_jax import sharding
 from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
 from metarl_jax.models.transformer import with_row_constraint
-from metarl_jax.rollout import (answer_turns, observation_targets, on_used_prefix, rollout, split_rows,
-                                teacher_forced, teacher_forced_logp)
+from metarl_jax.rollout import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, rollout,
+                                split_rows, teacher_forced, teacher_forced_logp)
 
 
 @struct.dataclass
@@ -76,6 +76,10 @@ class GRPOHyper:
     entropy_coef: float = 0.0
     observation_coef: float = 0.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
     answer_coef: float = 0.0  # auxiliary loss: -log-prob of the task's answer action at every turn (not in ORBIT)
+    # The answer loss's target: "task" (env.answer_action of the row's task: privileged information) or
+    # "hindsight" (the action that won the row's first won episode, from its own transcript; rows that never won
+    # are not scored: rollout.hindsight_answers).
+    answer_from: str = "task"
     gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
     num_episodes_logged: int = 3
@@ -210,7 +214,10 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
                                        task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows,
                                        row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
-        answers = jax.vmap(task.env.answer_action)(tasks_b) if hp.answer_coef else None
+        answers = None
+        if hp.answer_coef:
+            answers = (hindsight_answers(transcript) if hp.answer_from == "hindsight"
+                       else jax.vmap(task.env.answer_action)(tasks_b))
         return transcript, answers, (tasks_b.game if task.games else None)
 
     def train_step(state: TrainState, key):
