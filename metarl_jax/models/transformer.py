@@ -390,7 +390,6 @@ def _chunk_forward_looped(q, k, v, key_valid):
     c, kv, t, groups, e = q.shape
     size = -(-t // QUERY_BLOCK) * QUERY_BLOCK
     padded = _pad_tokens(q, size)
-    block_rows = QUERY_BLOCK * groups
     out = jnp.zeros((c, kv, size * groups, e), v.dtype)
     top = jnp.zeros((c, kv, size * groups), jnp.float32)
     total = jnp.ones((c, kv, size * groups), jnp.float32)
