@@ -98,6 +98,8 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.clip_high = 0.28
     c.kl_coef = 0.0
     c.entropy_coef = 0.0
+    # Weight of ORBIT's PPO-clip policy-gradient term; 0 leaves only the auxiliary losses below (an ablation).
+    c.policy_coef = 1.0
     # Auxiliary next-token loss on the observation text (not in ORBIT, which starts from a pretrained LM):
     # teaches a from-scratch model the game's text, e.g. what "higher than 25" implies.
     c.observation_coef = 1.0

@@ -47,6 +47,7 @@ _RANGES = [
     ("entropy_coef", lambda v: v >= 0, ">= 0"),
     ("observation_coef", lambda v: v >= 0, ">= 0"),
     ("answer_coef", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("policy_coef", lambda v: v >= 0, ">= 0 (1: ORBIT's policy gradient; 0: off, only the auxiliary losses train)"),
     ("gamma_step", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gamma_traj", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train_set_size", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),

@@ -94,7 +94,8 @@ def test_meta_learner_objects_train_and_evaluate():
 @pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_update_epochs_reuse_the_batch():
     """With update_epochs=2 the step plays the same rollout (same first, on-policy loss) and then takes a
-    second, off-policy update on it: the params move further, and the step is still traced once."""
+    second, off-policy update on it: the params move further, and the step is still traced once. With
+    policy_coef=0 the same batch moves nothing."""
     tok = WordTokenizer()
     tasks = [build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=4), tok, split="train", seed=0,
                         num_tasks=8, intro=False)]
@@ -120,6 +121,13 @@ def test_update_epochs_reuse_the_batch():
     moved2 = sum(float(np.abs(np.asarray(a) - np.asarray(s)).sum()) for a, s in zip(p2, start))
     assert moved2 > moved1 > 0
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(p2, p2b)), "deterministic"
+
+    # policy_coef=0 switches the policy gradient off: on the same batch, whose groups gave a gradient above,
+    # no other term is on, so nothing moves.
+    off = jax.jit(make_train_step(graphdef, tasks, optimizer, GRPOHyper(num_tasks=2, group_size=4, policy_coef=0.0)))
+    still, metrics = off(init_train_state(model_state, optimizer), jax.random.PRNGKey(i1))
+    assert float(metrics["grad_norm"]) == 0.0 and float(metrics["loss"]) == 0.0
+    assert all(np.array_equal(np.asarray(a), np.asarray(s)) for a, s in zip(jax.tree.leaves(still.params), start))
 
 
 def test_hindsight_answers_come_from_the_rows_own_wins():

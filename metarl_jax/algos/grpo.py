@@ -74,6 +74,7 @@ class GRPOHyper:
     clip_high: float = 0.28
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
+    policy_coef: float = 1.0  # weight of the PPO-clip policy-gradient term (0: only the auxiliary losses train)
     observation_coef: float = 0.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
     answer_coef: float = 0.0  # auxiliary loss: -log-prob of the task's answer action at every turn (not in ORBIT)
     # The answer loss's target: "task" (env.answer_action of the row's task: privileged information) or
@@ -245,7 +246,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high,
                                     num_sequences=total.sequences, num_tokens=total.tokens)
             m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
-            loss = loss - hp.entropy_coef * m["entropy"]
+            loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
                 m["observation_nll"] = scored.observation_nll * scored.observation_count / jnp.maximum(total.observation, 1)
                 loss = loss + hp.observation_coef * m["observation_nll"]
