@@ -22,7 +22,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # matplotlib: the experiments' plots; nbclient, nbformat, ipykernel: tests/test_notebook.py runs the quickstart.
-    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    # scipy: the experiments' intervals over seeds (jax installs it too).
+    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     # The rule-conformance tests and the throughput benchmark's peer (GEM's Python games).
     "peer": ["gem-llm==0.1.0"],
     # Parity tests of the model family against transformers' PyTorch models (a later issue).

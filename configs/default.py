@@ -1,31 +1,31 @@
-"""The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU.
+"""The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU, with no privileged
+information.
 
-Command (2 CPU cores: 8 min 55 s for both runs, measured fresh 2026-12-04)::
+Command (2 CPU cores: 10 min 2 s for both runs, measured 2026-12-05)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
 Variants: ``--config=configs/default.py:single`` trains only the single-episode baseline and
 ``--config=configs/default.py:orbit`` only the multi-episode run; the default (``:compare``) trains both with
-the same budget (750 GRPO steps each) and prints their held-out per-episode success side by side.
+the same budget (1,000 GRPO steps each) and prints their held-out per-episode success side by side.
 
 The task mix: GuessTheNumber-easy (1..10, 4 turns, 3 episodes) and GuessTheNumber-hard (1..50, 7 turns, 3
 episodes), built-in word vocabulary, no downloads. Held out: 256 validation trials of each, drawn from a
 separate key. The text is ``terse`` (the rules in one line, then one feedback word per guess:
 ``\\boxed{25} lower``), shown in the first episode only (``repeat_opening=False``), and the context is capped
-at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full). The from-scratch model
-also gets two auxiliary losses that are not in ORBIT: next-token prediction of the observation text
-(``observation_coef``) and the answer loss (``answer_coef``: the policy's log-probability of the secret
-number at every turn, known to the loss only). Both runs get the same losses.
+at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full). ORBIT's policy gradient
+gets LaMer's cross-episode discount (``discount``: an earlier win is worth more). The from-scratch model also
+gets two auxiliary losses that are not in ORBIT, and both use only what the policy itself saw: next-token
+prediction of the observation text (``observation_coef``) and the hindsight answer loss (``answer_coef`` with
+``answer_from="hindsight"``: at every turn, the log-probability of the action that won the row's first won
+episode, read from its own transcript; rows that never won are not scored). The secret itself (the privileged
+target, ``answer_from="task"``) is never used. Both runs get the same losses.
 
-Expected result (measured 2026-12-04, seed 0), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.551 / 0.875 / 0.941 (+0.391), single-episode 0.410 / 0.480 / 0.445 (+0.035);
-GuessTheNumber-easy: ORBIT 0.730 / 0.969 / 1.000 (+0.270), single-episode 0.691 / 0.797 / 0.824 (+0.133).
-With ``--config.seed=1`` (code of 2026-11-27): -hard ORBIT 0.500 / 0.750 / 0.848 (+0.348), single-episode
-0.430 / 0.559 / 0.602 (+0.172). Random play: 0.4 per easy episode, 0.14 per hard one. The single-episode policy rises too, less
-than ORBIT's, possibly because the secret stays the same across episodes and a policy that reads every
-earlier feedback line in its context can use episode 1's feedback in episode 2 without being trained to (not
-analysed further). An earlier version of the code drew -0.020 for it with seed 0 (results/README.md). Without the answer loss
-(answer_coef=0, 450 steps) -hard rose only +0.06 to +0.11 with seeds 0 to 3 (results/README.md). Numbers go to
+Expected result (measured 2026-12-05, seed 0), held-out episode 1 / 2 / 3 success:
+GuessTheNumber-hard: ORBIT 0.516 / 0.840 / 0.902 (+0.387), single-episode 0.414 / 0.469 / 0.469 (+0.055);
+GuessTheNumber-easy: ORBIT 0.645 / 0.953 / 1.000 (+0.355), single-episode 0.629 / 0.707 / 0.699 (+0.070).
+Random play: 0.4 per easy episode, 0.14 per hard one. Which loss makes the gain (three seeds each, 95%
+intervals): ``python experiments/ablations.py --table mechanism`` and results/README.md. Numbers go to
 ``<workdir>/comparison.md`` and ``comparison.json``.
 """
 
@@ -103,14 +103,14 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # Auxiliary next-token loss on the observation text (not in ORBIT, which starts from a pretrained LM):
     # teaches a from-scratch model the game's text, e.g. what "higher than 25" implies.
     c.observation_coef = 1.0
-    # Auxiliary answer loss (not in ORBIT): -log-prob of the task's answer action (the secret number) at every
-    # turn, privileged task information used in training only (task inference as in Humplik et al. 2019, the
-    # optimal-action target of Lee et al. 2023's DPT); the policy never sees the answer. 0: off.
+    # Auxiliary answer loss (not in ORBIT): -log-prob of an answer action at every turn (task inference as in
+    # Humplik et al. 2019, the optimal-action target of Lee et al. 2023's DPT); the policy never sees the target.
+    # 0: off. Its target, answer_from: "hindsight" (the action that won the row's first won episode, read from its
+    # own transcript: only what the policy saw; rows that never won: no loss) or "task" (the secret number:
+    # privileged task information, an ablation).
     c.answer_coef = 10.0
-    # The answer loss's target: "task" (the secret, privileged) or "hindsight" (the action that won the row's
-    # first won episode, read from its own transcript: only what the policy saw; rows that never won: no loss).
-    c.answer_from = "task"
-    c.discount = False  # LaMer's cross-episode discount
+    c.answer_from = "hindsight"
+    c.discount = True  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6
 
@@ -129,7 +129,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))
-    c.num_steps = 750
+    c.num_steps = 1000
     c.eval_every = 0  # held-out evaluation at the end only (each one costs ~10 s of the 10-minute budget)
     c.log_every = 5
     c.checkpoint_every = 50

@@ -53,6 +53,38 @@ def play_policy_rows(entries, methods, num_trials: int, num_episodes: int, seed:
     return rows
 
 
+def pool_seeds(per_seed: list[list[SuccessRow]]) -> list[SuccessRow]:
+    """One row per (env, policy) from the same rows of several seeds' runs.
+
+    Each episode's rate is the mean of the seeds' rates, and its interval is the 95% Student-t interval of that
+    mean over seeds (n - 1 degrees of freedom, clipped to [0, 1]): it counts the seed-to-seed spread, which the
+    per-run Wilson intervals do not. ``num_trials`` is the total over seeds. With one seed the run's own Wilson
+    intervals are kept.
+    """
+    import numpy as np
+    from scipy import stats
+
+    if len(per_seed) == 1:
+        return list(per_seed[0])
+    groups: dict[tuple[str, str], list[SuccessRow]] = {}
+    for rows in per_seed:
+        for r in rows:
+            groups.setdefault((r.env_id, r.policy), []).append(r)
+    pooled = []
+    for (env_id, policy), rows in groups.items():
+        rates = np.array([r.episode_rates for r in rows])  # [seeds, episodes]
+        n = len(rows)
+        mean = rates.mean(axis=0)
+        half = stats.t.ppf(0.975, n - 1) * rates.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.ones_like(mean)
+        pooled.append(SuccessRow(
+            env_id=env_id, policy=policy, num_trials=sum(r.num_trials for r in rows),
+            episode_rates=[float(m) for m in mean],
+            episode_ci=[(float(max(0.0, m - h)), float(min(1.0, m + h))) for m, h in zip(mean, half)],
+            any_success=float(np.mean([r.any_success for r in rows])),
+            mean_return=float(np.mean([r.mean_return for r in rows]))))
+    return pooled
+
+
 def write_table(rows: list[SuccessRow], out_dir: str, name: str, title: str) -> str:
     """Writes ``<name>.md``, ``<name>.csv``, ``<name>.json`` and ``<name>.png`` into ``out_dir``; returns the
     markdown table."""
