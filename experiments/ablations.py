@@ -15,7 +15,7 @@ Commands (2 CPU cores)::
     python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 2 hours
 
 Writes ``results/ablations.{md,csv,json,png}`` or ``results/mechanism.{md,csv,json,png}`` (and, for several
-seeds, ``results/mechanism_per_seed.json``); runs live under ``results/runs/<table>/<variant>[/seed<k>]`` and are
+seeds, ``results/mechanism_per_seed.json``); runs live under ``results/runs/<ablations|mechanism>/<variant>[/seed<k>]`` and are
 reused (a finished run is reported again, an unfinished one resumes). Expected result: the ``ingredients``
 baseline row equals the README main run's ORBIT row at the same step count; the mechanism table's conclusion is
 recorded in results/README.md. The margins are whatever the runs measure.
@@ -112,27 +112,27 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x]
     steps = args.steps or (450 if args.table == "ingredients" else None)
     configs = {}
-    for name in names:  # build and check every config before any training
+    for variant in names:  # build and check every config before any training
         for seed in seeds:
-            base, edit = table[name]
+            base, edit = table[variant]
             c = get_config(base)
             c.seed, c.eval_every = seed, 0
             c.num_steps = steps or c.num_steps
             edit(c)
             train.build_run(c)
-            configs[name, seed] = c
+            configs[variant, seed] = c
+    name = "ablations" if args.table == "ingredients" else "mechanism"  # the ingredients table keeps its old name
     per_seed: dict[int, list] = {seed: [] for seed in seeds}
-    for (name, seed), c in configs.items():
-        print(f"== {name}, seed {seed}", flush=True)
-        workdir = os.path.join(args.out, "runs", args.table, slug(name) + (f"/seed{seed}" if len(seeds) > 1 else ""))
-        per_seed[seed] += train.train_and_evaluate(c, workdir, label=name)
+    for (variant, seed), c in configs.items():
+        print(f"== {variant}, seed {seed}", flush=True)
+        workdir = os.path.join(args.out, "runs", name, slug(variant) + (f"/seed{seed}" if len(seeds) > 1 else ""))
+        per_seed[seed] += train.train_and_evaluate(c, workdir, label=variant)
     if args.table == "mechanism":  # random play on the same held-out envs, once per seed
         main = get_config("orbit")
         for seed in seeds:
             per_seed[seed] += play_policy_rows(main.eval_tasks, ["random"], main.eval_trials, main.num_episodes_reported,
                                                seed=seed)
     rows = pool_seeds([per_seed[s] for s in seeds])
-    name = "ablations" if args.table == "ingredients" else "mechanism"  # the ingredients table keeps its old name
     if len(seeds) > 1:
         with open(os.path.join(args.out, f"{name}_per_seed.json"), "w") as f:
             json.dump({str(s): [r.as_dict() for r in rows_] for s, rows_ in per_seed.items()}, f, indent=2)
