@@ -35,9 +35,25 @@ def test_classical_learner_is_chosen_per_game():
                      "game:Wordle-v0-hard": None}
 
 
+def test_pool_seeds_gives_the_mean_and_a_t_interval_over_seeds():
+    def row(policy, rates, n=100):
+        return SuccessRow("envA", policy, n, rates, [(0.0, 1.0)] * len(rates), rates[-1], sum(rates))
+
+    per_seed = [[row("a", [0.2, 0.5]), row("b", [0.4, 0.4])], [row("a", [0.4, 0.7]), row("b", [0.4, 0.4])],
+                [row("a", [0.3, 0.9]), row("b", [0.4, 0.4])]]
+    pooled = {r.policy: r for r in common.pool_seeds(per_seed)}
+    a, b = pooled["a"], pooled["b"]
+    assert a.num_trials == 300 and a.episode_rates == pytest.approx([0.3, 0.7])
+    # sd over seeds 0.1 and 0.2, t(0.975, 2 dof) = 4.303: half-widths 0.248 and 0.497 (clipped to [0, 1])
+    assert a.episode_ci[0] == pytest.approx((0.3 - 0.24843, 0.3 + 0.24843), abs=1e-4)
+    assert a.episode_ci[1] == pytest.approx((0.7 - 0.49686, 1.0), abs=1e-4)
+    assert b.episode_ci == [pytest.approx((0.4, 0.4))] * 2  # equal seeds: no spread
+    assert common.pool_seeds(per_seed[:1])[0] is per_seed[0][0]  # one seed: the run's own intervals
+
+
 def test_every_ablation_config_passes_the_check():
-    for name, edit in ablations.variants().items():
-        c = table.cpu_config("orbit")
+    for name, (base, edit) in {**ablations.ingredient_variants(), **ablations.mechanism_variants()}.items():
+        c = table.cpu_config(base)
         edit(c)
         run = train.build_run(c)
         if name == "train_episodes_5":
