@@ -24,9 +24,9 @@ recorded in results/README.md. The margins are whatever the runs measure.
 from __future__ import annotations
 
 import argparse
-import os
-
+import dataclasses
 import json
+import os
 import re
 
 from common import REPO, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     for (variant, seed), c in configs.items():
         print(f"== {variant}, seed {seed}", flush=True)
         workdir = os.path.join(args.out, "runs", name, slug(variant) + (f"/seed{seed}" if len(seeds) > 1 else ""))
-        per_seed[seed] += train.train_and_evaluate(c, workdir, label=variant)
+        evaluated = train.train_and_evaluate(c, workdir, label=variant)
+        per_seed[seed] += [dataclasses.replace(r, policy=variant) for r in evaluated]  # a reused run keeps its own label
     if args.table == "mechanism":  # random play on the same held-out envs, once per seed
         main = get_config("orbit")
         for seed in seeds:
