@@ -59,7 +59,7 @@ def pool_seeds(per_seed: list[list[SuccessRow]]) -> list[SuccessRow]:
     Each episode's rate is the mean of the seeds' rates, and its interval is the 95% Student-t interval of that
     mean over seeds (n - 1 degrees of freedom, clipped to [0, 1]): it counts the seed-to-seed spread, which the
     per-run Wilson intervals do not. ``num_trials`` is the total over seeds. With one seed the run's own Wilson
-    intervals are kept.
+    intervals are kept; a row that only one of several seeds has gets [0, 1] (no spread to measure).
     """
     import numpy as np
     from scipy import stats
