@@ -1,7 +1,7 @@
 """The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU, with no privileged
 information.
 
-Command (2 CPU cores: 10 min 2 s for both runs, measured 2026-12-05)::
+Command (2 CPU cores: 9 min 21 s for both runs, measured alone 2026-12-05)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
