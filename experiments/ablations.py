@@ -35,6 +35,17 @@ from default import get_config
 from metarl_jax import train
 
 
+def set_(longer=1.0, **kw):
+    """A config edit: sets the fields ``kw`` and scales every task's context by ``longer`` (for variants that add
+    tokens per turn)."""
+    def edit(c):
+        for k, v in kw.items():
+            setattr(c, k, v)
+        for t in list(c.train_tasks) + list(c.eval_tasks):
+            t.context_len = int(t.context_len * longer)
+    return edit
+
+
 def ingredient_variants() -> dict:
     """name -> (base config variant, function editing the config in place)."""
 
@@ -43,14 +54,6 @@ def ingredient_variants() -> dict:
             for t in c.train_tasks:  # n episodes of training trials; evaluation stays at 3
                 t.total_step_cap = n * t.max_turns_per_episode
             c.single_episode = n == 1
-        return edit
-
-    def set_(longer=1.0, **kw):  # longer: scales the contexts for variants that add tokens per turn
-        def edit(c):
-            for k, v in kw.items():
-                setattr(c, k, v)
-            for t in list(c.train_tasks) + list(c.eval_tasks):
-                t.context_len = int(t.context_len * longer)
         return edit
 
     table = {
@@ -69,13 +72,6 @@ def ingredient_variants() -> dict:
 def mechanism_variants() -> dict:
     """name -> (base config variant, function editing the config in place). The main run's answer loss (its
     target as configured) is "the answer loss"; "the secret" is the privileged target."""
-
-    def set_(**kw):
-        def edit(c):
-            for k, v in kw.items():
-                setattr(c, k, v)
-        return edit
-
     return {
         "ORBIT: policy gradient only": ("orbit", set_(answer_coef=0.0)),
         "answer loss only (no policy gradient)": ("orbit", set_(policy_coef=0.0)),
@@ -137,7 +133,7 @@ def main(argv=None) -> int:
     if len(seeds) > 1:
         with open(os.path.join(args.out, f"{name}_per_seed.json"), "w") as f:
             json.dump({str(s): [r.as_dict() for r in rows_] for s, rows_ in per_seed.items()}, f, indent=2)
-    what = f"{steps or configs[next(iter(configs))].num_steps} steps, seeds {args.seeds}"
+    what = f"{next(iter(configs.values())).num_steps} steps, seeds {args.seeds}"
     print(write_table(rows, args.out, name, f"Ablations: {args.table} (cpu scale, {what})"))
     return 0
 
