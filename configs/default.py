@@ -98,6 +98,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.eval_top_p = 0.95
     c.clip_low = 0.2
     c.clip_high = 0.28
+    c.dual_clip = 3.0  # dual-clip PPO bound on negative advantages (verl's clip_ratio_c); inert with update_epochs=1
+    # The advantage's group std: 0 the population std, 1 the sample std (ORBIT's, configs/paper.py). The CPU run's
+    # numbers were measured with 0.
+    c.advantage_std_ddof = 0
     c.kl_coef = 0.0
     c.entropy_coef = 0.0
     # Weight of ORBIT's PPO-clip policy-gradient term; 0 leaves only the auxiliary losses below (an ablation).

@@ -53,5 +53,9 @@ def get_config(variant: str = "orbit"):
     c.num_tasks, c.group_size = 32, 8  # ORBIT: 32 tasks x 8 rollouts a step
     c.temperature, c.top_p = 0.6, 1.0
     c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-6, 0
+    # verl's actor optimizer as ORBIT runs it: AdamW, betas (0.9, 0.999), weight decay 0.01, gradient clip 1.0
+    c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay, c.optimizer.grad_clip = 0.9, 0.999, 0.01, 1.0
+    c.advantage_std_ddof = 1  # verl's GRPO advantage divides by torch.std (the sample std) + 1e-6
+    c.dual_clip = 3.0  # verl's clip_ratio_c
     c.num_steps, c.eval_every, c.checkpoint_every = 800, 50, 50
     return c

@@ -146,7 +146,8 @@ def build_run(config) -> Run:
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = GRPOHyper(
         num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
-        clip_low=config.clip_low, clip_high=config.clip_high, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
+        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
+        advantage_std_ddof=config.advantage_std_ddof, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
         policy_coef=config.policy_coef, observation_coef=config.observation_coef,
         answer_coef=config.answer_coef, answer_from=config.answer_from, update_epochs=config.update_epochs,
         gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,

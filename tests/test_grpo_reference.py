@@ -6,8 +6,9 @@ action tokens and the shorter actions' padding is masked.
 The policy is then scored under *other* parameters (the recorded ones plus noise), so the importance ratios
 differ from 1 and both sides of the asymmetric clip are hit. The reference loops over rows and tokens in float64:
 
-* advantage of row i: (R_i - mean of its group) / (population std of its group + 1e-6), 0 when the group's
-  returns are all equal, R_i the row's summed reward;
+* advantage of row i: (R_i - mean of its group) / (std of its group + 1e-6), 0 when the group's returns are
+  all equal, R_i the row's summed reward; the std is the population std, or with ``advantage_std_ddof=1`` the
+  sample std (ORBIT's, through verl);
 * per action token: -min(r A, clip(r, 1 - 0.2, 1 + 0.28) A), r = exp(logp - logp_old);
 * "seq-mean-token-mean": the mean over each row's action tokens, then over the rows that have one.
 """
@@ -47,14 +48,14 @@ def recorded():
     return tr, np.asarray(adv), np.asarray(scored.logp)
 
 
-def reference_advantages(returns, group):
+def reference_advantages(returns, group, ddof=0):
     out = np.zeros(len(returns))
     for start in range(0, len(returns), group):
         r = np.asarray(returns[start:start + group], np.float64)
         if r.max() == r.min():
             continue
         mean = sum(r) / group
-        std = (sum((x - mean) ** 2 for x in r) / group) ** 0.5
+        std = (sum((x - mean) ** 2 for x in r) / (group - ddof)) ** 0.5
         for j in range(group):
             out[start + j] = (r[j] - mean) / (std + 1e-6)
     return out
@@ -91,6 +92,16 @@ def test_advantages_match_the_reference(recorded):
     returns = np.asarray(tr.rewards).sum(axis=1)
     np.testing.assert_allclose(adv, np.broadcast_to(reference_advantages(returns, GROUP)[:, None], adv.shape),
                                atol=1e-6, rtol=0)
+
+
+def test_sample_std_advantages_match_the_reference(recorded):
+    """ORBIT's advantage (verl: torch.std, the sample std) on the recorded batch."""
+    tr, adv, _ = recorded
+    sample = np.asarray(turn_advantages(tr, GROUP, GRPOHyper(num_tasks=TASKS, group_size=GROUP, advantage_std_ddof=1)))
+    returns = np.asarray(tr.rewards).sum(axis=1)
+    np.testing.assert_allclose(sample, np.broadcast_to(reference_advantages(returns, GROUP, ddof=1)[:, None], adv.shape),
+                               atol=1e-6, rtol=0)
+    assert np.abs(sample).max() < np.abs(adv).max()  # the sample std is the larger one
 
 
 def test_ppo_loss_matches_the_reference(recorded):

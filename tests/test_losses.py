@@ -42,6 +42,24 @@ def test_group_advantages_equal_returns_are_exactly_zero():
     assert float(adv[3]) > 0 and float(adv[4]) < 0
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_group_advantages_std_against_numpy(ddof):
+    """ddof 1 is verl's torch.std (ORBIT's advantage), ddof 0 the population std; float64 NumPy reference."""
+    returns = np.random.default_rng(0).integers(0, 4, size=24).astype(np.float64)
+    returns[8:16] = 2.0  # one group of equal returns
+    adv = np.asarray(group_advantages(jnp.asarray(returns), group_size=8, ddof=ddof))
+    for g in range(3):
+        r = returns[8 * g:8 * g + 8]
+        want = np.zeros(8) if r.min() == r.max() else (r - r.mean()) / (r.std(ddof=ddof) + 1e-6)
+        np.testing.assert_allclose(adv[8 * g:8 * g + 8], want, atol=1e-6, rtol=0)
+    assert not np.allclose(adv, np.asarray(group_advantages(jnp.asarray(returns), 8, ddof=1 - ddof)))
+
+
+def test_group_advantages_refuses_other_ddof():
+    with pytest.raises(ValueError, match="ddof"):
+        group_advantages(jnp.zeros(4), 2, ddof=2)
+
+
 def test_broadcast_to_tokens():
     mask = jnp.array([[0, 1, 1, 0], [1, 0, 0, 1]], bool)
     out = broadcast_to_tokens(jnp.array([2.0, -3.0]), mask)
@@ -88,6 +106,30 @@ def test_ppo_gradient_zero_beyond_clip_and_on_observation_tokens():
     assert g[0] == 0.0  # observation token: exactly zero
     assert g[1] == 0.0 and g[3] == 0.0  # clipped at 1.28 (A>0) and at 0.8 (A<0)
     assert np.all(g[[2, 4, 5, 6]] != 0.0)
+
+
+def test_dual_clip_against_reference():
+    """Dual-clip (c = 3) against verl's formulation, written out in NumPy: for A < 0 the token loss is
+    min(max(-rA, -clip(r)A), -cA); for A >= 0 it is the usual max(-rA, -clip(r)A)."""
+    ratios = np.array([5.0, 2.0, 5.0, 0.5, 3.5])
+    advs = np.array([-1.0, -1.0, 1.0, -1.0, -0.5])
+    old = jnp.zeros((1, 5))
+    logp = jnp.log(jnp.asarray(ratios))[None]
+    mask = jnp.ones((1, 5), bool)
+    base = np.maximum(-ratios * advs, -np.clip(ratios, 0.8, 1.28) * advs)
+    want = np.where(advs < 0, np.minimum(base, -3.0 * advs), base)  # [3, 2, -1.28, 0.8, 1.5]
+    loss, m = ppo_clip_loss(logp, old, jnp.asarray(advs)[None], mask, dual_clip=3.0)
+    assert float(loss) == pytest.approx(want.mean(), abs=1e-6)
+    assert float(m["dual_clip_fraction"]) == pytest.approx(2 / 5, abs=1e-6)
+    # A token held at the dual-clip bound gets no gradient; r = 2 with A = -1 keeps -rA's.
+    g = np.asarray(jax.grad(lambda lp: ppo_clip_loss(lp, old, jnp.asarray(advs)[None], mask, dual_clip=3.0)[0])(logp))[0]
+    np.testing.assert_allclose(g, np.array([0.0, 2.0, 0.0, 0.0, 0.0]) / 5, atol=1e-6)
+    off, m_off = ppo_clip_loss(logp, old, jnp.asarray(advs)[None], mask)
+    assert float(off) == pytest.approx(base.mean(), abs=1e-6) and float(m_off["dual_clip_fraction"]) == 0.0
+    # Inert at r = 1 (one on-policy update per batch).
+    same = jnp.zeros((1, 5))
+    np.testing.assert_allclose(ppo_clip_loss(same, old, jnp.asarray(advs)[None], mask, dual_clip=3.0)[0],
+                               ppo_clip_loss(same, old, jnp.asarray(advs)[None], mask)[0], rtol=0, atol=0)
 
 
 def test_ppo_clip_boundaries_1p28_and_0p8():

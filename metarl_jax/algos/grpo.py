@@ -40,7 +40,8 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax import sharding
-from metarl_jax.algos.losses import discounted_returns, group_advantages, kl_to_reference, ppo_clip_loss
+from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to_reference, normalise_over_groups,
+                                     ppo_clip_loss)
 from metarl_jax.models.transformer import with_row_constraint
 from metarl_jax.rollout import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, rollout,
                                 split_rows, teacher_forced, teacher_forced_logp)
@@ -72,6 +73,8 @@ class GRPOHyper:
     top_p: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.28
+    dual_clip: float = 3.0  # bound -c A on negative advantages' token loss (verl's clip_ratio_c); 0: off
+    advantage_std_ddof: int = 0  # the group std: 0 population, 1 sample (ORBIT's, through verl's torch.std)
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     policy_coef: float = 1.0  # weight of the PPO-clip policy-gradient term (0: only the auxiliary losses train)
@@ -122,14 +125,12 @@ def rollout_metrics(transcript, context_len, num_episodes: int, rows=None) -> di
 def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     """float32[B, T]: the advantage of each turn's action tokens."""
     if hp.gamma_step is None:
-        adv = group_advantages(transcript.rewards.sum(axis=1), group_size)
+        adv = group_advantages(transcript.rewards.sum(axis=1), group_size, ddof=hp.advantage_std_ddof)
         return jnp.broadcast_to(adv[:, None], transcript.rewards.shape)
     env_steps = transcript.taken & ~transcript.reflection
     ret = discounted_returns(transcript.rewards, transcript.episode_done, hp.gamma_step, hp.gamma_traj)
     ret = jnp.where(env_steps, ret, 0.0)
-    grouped = ret.reshape(-1, group_size, ret.shape[1])
-    adv = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-6)
-    return adv.reshape(ret.shape)
+    return normalise_over_groups(ret, group_size, ddof=hp.advantage_std_ddof)
 
 
 class LossTotals(NamedTuple):
@@ -244,7 +245,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             mask = flat(tr.action_mask)
             tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
             loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high,
-                                    num_sequences=total.sequences, num_tokens=total.tokens)
+                                    num_sequences=total.sequences, num_tokens=total.tokens, dual_clip=hp.dual_clip)
             m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
             loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:

@@ -24,28 +24,46 @@ Array = jax.Array
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean")
 
 
-def group_advantages(returns: Array, group_size: int, eps: float = 1e-6) -> Array:
-    """GRPO group-relative advantage.
+def normalise_over_groups(values: Array, group_size: int, eps: float = 1e-6, ddof: int = 0) -> Array:
+    """GRPO's group normalisation along the leading axis: ``(x - group mean) / (group std + eps)``.
+
+    Args:
+      values: float[N, ...], N = num_tasks * group_size, each group's rows adjacent; trailing axes (e.g. the
+        turns of a per-turn return) are normalised position by position.
+      group_size: G, rows per group.
+      eps: added to the group std.
+      ddof: the std's delta degrees of freedom: 0 the population std, 1 the sample std (verl's ``torch.std``,
+        which ORBIT trains with).
+    Returns:
+      float[N, ...]. Positions where a group's values are all equal get exactly 0 (also for G = 1 with ddof 1,
+      where the sample std is undefined).
+    """
+    values = jnp.asarray(values, jnp.float32)
+    n = values.shape[0]
+    if n % group_size:
+        raise ValueError(f"len(returns)={n} is not a multiple of group_size={group_size}")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof={ddof}: expected 0 (population std) or 1 (sample std)")
+    r = values.reshape(n // group_size, group_size, *values.shape[1:])
+    mean = r.mean(axis=1, keepdims=True)
+    all_equal = r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True)
+    var = jnp.square(r - mean).sum(axis=1, keepdims=True) / max(group_size - ddof, 1)
+    adv = (r - mean) / (jnp.sqrt(var) + eps)
+    return jnp.where(all_equal, 0.0, adv).reshape(values.shape)
+
+
+def group_advantages(returns: Array, group_size: int, eps: float = 1e-6, ddof: int = 0) -> Array:
+    """GRPO group-relative advantage of each rollout's return.
 
     Args:
       returns: float[N], N = num_tasks * group_size, each group's rollouts adjacent.
       group_size: G, rollouts per task.
       eps: added to the group std.
+      ddof: 0 the population std, 1 the sample std (ORBIT's, through verl).
     Returns:
-      float[N]: (R - group mean) / (group std + eps), std the population std (ddof=0).
-      A group whose returns are all equal gets exactly 0.
+      float[N]: (R - group mean) / (group std + eps). A group whose returns are all equal gets exactly 0.
     """
-    returns = jnp.asarray(returns, jnp.float32)
-    n = returns.shape[0]
-    if n % group_size:
-        raise ValueError(f"len(returns)={n} is not a multiple of group_size={group_size}")
-    r = returns.reshape(n // group_size, group_size)
-    mean = r.mean(axis=1, keepdims=True)
-    std = r.std(axis=1, keepdims=True)  # ddof=0
-    adv = (r - mean) / (std + eps)
-    all_equal = r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True)
-    adv = jnp.where(all_equal, 0.0, adv)
-    return adv.reshape(n)
+    return normalise_over_groups(returns, group_size, eps, ddof)
 
 
 def broadcast_to_tokens(adv: Array, action_mask: Array) -> Array:
@@ -102,6 +120,7 @@ def ppo_clip_loss(
     aggregation: str = "seq-mean-token-mean",
     num_sequences=None,
     num_tokens=None,
+    dual_clip: float = 0.0,
 ) -> Tuple[Array, Dict[str, Array]]:
     """PPO clipped surrogate with an asymmetric clip range.
 
@@ -115,11 +134,16 @@ def ppo_clip_loss(
       num_sequences, num_tokens: optional denominators for a row micro-batch of a larger batch (the whole
         batch's sequences with an action token, and its action tokens), so that the micro-batches' losses
         and metrics add up to the whole batch's.
+      dual_clip: c > 1 bounds a negative advantage's token loss by -c A (dual-clip PPO, Ye et al. 2020; verl's
+        ``clip_ratio_c``, 3.0), so a token whose ratio has grown far cannot push the loss without limit; 0: off.
+        Inert while r <= c, i.e. always with one update per batch (r = 1).
     Returns:
-      (loss scalar, metrics) where per-token loss = -min(r A, clip(r) A), r = exp(logp - old_logp);
+      (loss scalar, metrics) where per-token loss = -min(r A, clip(r) A), r = exp(logp - old_logp), then
+      min(that, -c A) where A < 0 under dual-clip;
       metrics: clip_fraction (share of action tokens where the clipped term is the active one and
-      differs from the unclipped one), approx_kl (mean of (r - 1) - log r), ratio_mean; the
-      metrics are token means over action tokens and carry no gradient.
+      differs from the unclipped one), dual_clip_fraction (share where the dual-clip bound is active),
+      approx_kl (mean of (r - 1) - log r), ratio_mean; the metrics are token means over action tokens and
+      carry no gradient.
     """
     mask = jnp.asarray(action_mask).astype(bool)
     old_logp = lax.stop_gradient(old_logp)
@@ -133,6 +157,9 @@ def ppo_clip_loss(
     unclipped = ratio * adv
     clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     per_token = -jnp.minimum(unclipped, clipped)
+    dual_bound = -dual_clip * adv
+    dual_active = (adv < 0) & (per_token > dual_bound) if dual_clip else jnp.zeros_like(mask)
+    per_token = jnp.where(dual_active, dual_bound, per_token)
     loss = _aggregate(per_token, mask, aggregation, num_sequences, num_tokens)
 
     sg_ratio = lax.stop_gradient(ratio)
@@ -140,6 +167,7 @@ def ppo_clip_loss(
     is_clipped = (lax.stop_gradient(clipped) < lax.stop_gradient(unclipped)).astype(jnp.float32)
     metrics = {
         "clip_fraction": masked_token_mean(is_clipped, mask, num_tokens),
+        "dual_clip_fraction": masked_token_mean(lax.stop_gradient(dual_active).astype(jnp.float32), mask, num_tokens),
         "approx_kl": masked_token_mean((sg_ratio - 1.0) - sg_log_ratio, mask, num_tokens),
         "ratio_mean": masked_token_mean(sg_ratio, mask, num_tokens),
     }
