@@ -47,8 +47,7 @@ def normalise_over_groups(values: Array, group_size: int, eps: float = 1e-6, ddo
     r = values.reshape(n // group_size, group_size, *values.shape[1:])
     mean = r.mean(axis=1, keepdims=True)
     all_equal = r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True)
-    var = jnp.square(r - mean).sum(axis=1, keepdims=True) / max(group_size - ddof, 1)
-    adv = (r - mean) / (jnp.sqrt(var) + eps)
+    adv = (r - mean) / (r.std(axis=1, keepdims=True, ddof=ddof if group_size > 1 else 0) + eps)
     return jnp.where(all_equal, 0.0, adv).reshape(values.shape)
 
 
