@@ -4,12 +4,13 @@ opponent-count best response (Rock Paper Scissors).
 What they observe:
 * ``BernoulliBandit-misc``: after each pull, whether it paid (``game.paid``, shown as "it paid 1 / nothing").
   Arms are the actions; the reward of a pull is its payout.
-* ``rockpaperscissors``: after each round, the opponent's move (``game.opponent``, shown as "the opponent
-  played ...") and the round's result. UCB1 treats the three moves as arms with reward 1 for a won round
-  (0 for a draw or a loss); Thompson sampling and the opponent-count learner model the opponent's move
-  distribution from the moves seen (never from the hidden task) and play its best response: the move that
-  beats the opponent's most likely (sampled, for Thompson) move, i.e. the move with the highest win
-  probability.
+* ``rockpaperscissors`` (and ``rockpaperscissors-verbose``): after each round, the round's result ("You win /
+  lose this round", "This round is a draw"). Together with the learner's own move it gives the opponent's move
+  (:func:`~metarl_jax.envs.rock_paper_scissors.opponent_move`; the verbose variant also names it). UCB1 treats
+  the three moves as arms with reward 1 for a won round (0 for a draw or a loss); Thompson sampling and the
+  opponent-count learner model the opponent's move distribution from the moves inferred (never from the hidden
+  task) and play its best response: the move that beats the opponent's most likely (sampled, for Thompson)
+  move, i.e. the move with the highest win probability.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from metarl_jax.baselines.online import OnlinePolicy, argmax_random, current_game, game_env, require, transition
 from metarl_jax.envs.bandit import BernoulliBanditText
-from metarl_jax.envs.rock_paper_scissors import RockPaperScissors
+from metarl_jax.envs.rock_paper_scissors import RockPaperScissors, opponent_move
 
 _RPS_WIN = 0  # RockPaperScissorsGame.result code of a won round
 
@@ -133,7 +134,7 @@ def _rps_learner(env, belief_fn) -> OnlinePolicy:
 
     def update(memory, state, action, reward, next_state):
         tr = transition(state, next_state)
-        seen = jax.nn.one_hot(tr.after.game.opponent, 3) * tr.shown
+        seen = jax.nn.one_hot(opponent_move(tr.after.last_action, tr.after.game.result), 3) * tr.shown
         return OpponentCounts(counts=memory.counts + seen)
 
     return OnlinePolicy(init, act, update)

@@ -1,7 +1,9 @@
 """The env registry: ``make(env_id, **overrides) -> (env, params)`` and ``registered()``.
 
 Every id carries ORBIT's per-episode turn limit and trial step cap (DESIGN.md's table), so
-``make_trial(env_id)`` builds the multi-episode trial that the paper uses.
+``make_trial(env_id)`` builds the multi-episode trial that the paper uses. The ORBIT ids follow ORBIT's rules;
+the ``variant`` ids keep this library's earlier rules of some of those games under their own names (each
+env module's docstring describes its variant).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class EnvSpec:
     kwargs: dict
     max_turns: int
     total_step_cap: int
-    split: str  # "train", "held-out", "demo" or "classic"
+    split: str  # "train", "held-out", "demo", "classic" or "variant"
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -130,3 +132,7 @@ register("game:GuessTheNumber-v0-easy", _G + "guess_the_number:GuessTheNumber", 
 register("game:GuessTheNumber-v0-hard", _G + "guess_the_number:GuessTheNumber", max_turns=7, total_step_cap=21, split="demo", low=1, high=50)
 register("BernoulliBandit-misc", _G + "bandit:BernoulliBanditText", max_turns=1, total_step_cap=20, split="classic")
 register("FrozenLake-misc", _G + "frozen_lake:FrozenLakeText", max_turns=8, total_step_cap=24, split="classic")
+
+# ---------------------------------------------------------------- earlier rules of ORBIT games, kept as variants
+register("rockpaperscissors-verbose", _G + "rock_paper_scissors:RockPaperScissors", max_turns=5, total_step_cap=15,
+         split="variant", rules="verbose")

@@ -1,23 +1,35 @@
 """Rock Paper Scissors against a biased opponent (ORBIT's ``rockpaperscissors``), JAX-native.
 
-Rules. Each turn is a round: the agent plays ``\\boxed{rock}``, ``\\boxed{paper}`` or ``\\boxed{scissors}``
-and the opponent draws a move from its hidden mixed strategy (with the step key, so the env is not
-deterministic). Rock beats scissors, scissors beat paper, paper beats rock; equal moves draw. The feedback
-gives both moves, the round's result and the running score (wins, losses, draws). The episode is WON as soon
-as the agent has ``wins_needed`` (3) wins, within ``max_turns`` (5) rounds.
+Rules (``rules="orbit"``, the id ``rockpaperscissors``; ORBIT: XiaofengLin7/ORBIT envs/rps_env_adapter.py). Each
+turn is a round: the agent plays ``\\boxed{rock}``, ``\\boxed{paper}`` or ``\\boxed{scissors}`` and the opponent
+draws a move from its hidden mixed strategy (with the step key, so the env is not deterministic). Rock beats
+scissors, scissors beat paper, paper beats rock; equal moves draw. Every match lasts ``max_turns`` (5) rounds,
+and it is WON iff the agent won at least ``wins_needed`` (3) of them (ORBIT: reward 1 iff wins / max_turns >=
+1/2). After each round the agent is told only the round's result: "You win this round.", "You lose this
+round." or "This round is a draw." (ORBIT: "You win" / "You lose" / "You draw"). Neither the opponent's move
+nor the score is shown, and the last round does not announce the match's result: the agent has to keep count
+(the opponent's move still follows from its own move and the result).
 
 Task distribution (ORBIT): the opponent's dominant move is uniform over the 3 moves, with probability
-``p_dom = 0.4 + 0.6 * Beta(2, 2)`` (mean 0.7); the remaining ``1 - p_dom`` is split over the two other moves
-by ``Dirichlet(1, 1)``. The strategy is fixed for the trial; only the draws change from round to round.
+``p_dom = 0.4 + 0.6 * Beta(2, 2)`` (mean 0.7; ORBIT's ``min_dom`` 0.4 of its training config); the remaining
+``1 - p_dom`` is split over the two other moves by ``Dirichlet(1, 1)``. The strategy is fixed for the trial;
+only the draws change from round to round.
 
-Difference from ORBIT: the episode ends LOST as soon as ``wins_needed`` wins within ``max_turns`` rounds is
-out of reach (wins + rounds left < wins_needed), instead of playing the remaining rounds out. Whether the
-episode is won is unchanged, and a decided episode leaves more of the trial's step budget for later episodes.
-Because of this early stop every episode is decided by its last round at the latest, so the turn-limit
+Variant ``rules="verbose"`` (the id ``rockpaperscissors-verbose``: this env's rules before ORBIT's became the
+default). The feedback names both moves and gives the running score ("Round 2: you played rock, the opponent
+played paper. You lose this round. Score: you 1, opponent 1, draws 0."), and the match stops as soon as it is
+decided: WON at the ``wins_needed``-th win, LOST as soon as that many wins are out of reach (wins + rounds left
+< wins_needed), which the feedback announces. Whether a match is won is the same as under ORBIT's rules; a
+decided match leaves more of the trial's step budget for later episodes.
+
+Differences from ORBIT (both rule sets): the wording is ours, and the rules paragraph states the number of
+rounds and the win condition (ORBIT's prompt asks to maximise the chance of winning each turn). An answer that
+is not one of the three moves is a format error that ends the episode, as in every env here (ORBIT counts it as
+a lost round). Under either rule set the match is decided by its last round at the latest, so the turn-limit
 truncation never happens.
 
 ``oracle_action`` reads the task and plays the counter to the dominant move (it wins with probability
-``P(Binomial(max_turns, p_dom) >= wins_needed)``).
+``P(Binomial(max_turns, p_dom) >= wins_needed)`` under both rule sets).
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ from metarl_jax.envs.pieces import EMPTY, slot
 
 MOVES = ["rock", "paper", "scissors"]  # move m is beaten by (m + 1) % 3
 _WIN, _LOSS, _DRAW = range(3)
+RULES = ("orbit", "verbose")
+_RESULTS = ["You win this round.", "You lose this round.", "This round is a draw."]
 
 
 @struct.dataclass
@@ -63,37 +77,68 @@ class RockPaperScissorsGame:
     result: jax.Array
 
 
-class RockPaperScissors(TextEnv):
-    """Best-of rounds of Rock Paper Scissors against a fixed biased opponent (see the module docstring).
+def opponent_move(action: jax.Array, result: jax.Array) -> jax.Array:
+    """int32[]: the opponent's move implied by the agent's ``action`` and the round's ``result`` (_WIN/_LOSS/_DRAW).
 
-    Task: :class:`RockPaperScissorsTask`. Actions: 0 rock, 1 paper, 2 scissors.
+    A win means the opponent played the move ``action`` beats, a loss the move that beats ``action``.
+    """
+    return ((action + jnp.asarray([-1, 1, 0], jnp.int32)[result]) % 3).astype(jnp.int32)
+
+
+class RockPaperScissors(TextEnv):
+    """Rounds of Rock Paper Scissors against a fixed biased opponent (see the module docstring).
+
+    Task: :class:`RockPaperScissorsTask`. Actions: 0 rock, 1 paper, 2 scissors. ``rules``: ``"orbit"`` (only
+    the round's result is shown, all rounds are played) or ``"verbose"`` (moves and score shown, early stop).
     """
 
     deterministic = False
 
-    def __init__(self, wins_needed: int = 3, max_turns: int = 5, env_id: str = "rockpaperscissors",
-                 text: str = "gem"):
+    def __init__(self, wins_needed: int = 3, max_turns: int = 5, rules: str = "orbit",
+                 env_id: str = "rockpaperscissors", text: str = "gem"):
         super().__init__(max_turns, text)
         if not 1 <= wins_needed <= max_turns:
             raise ValueError(f"RockPaperScissors needs 1 <= wins_needed <= max_turns, got {wins_needed}, {max_turns}")
+        if rules not in RULES:
+            raise ValueError(f"RockPaperScissors rules must be one of {RULES}, got {rules!r}")
         self.env_id = env_id
         self.wins_needed = wins_needed
+        self.verbose = rules == "verbose"
         self.action_contents = list(MOVES)
-        self._rules = self.book.add(
-            "You are playing Rock Paper Scissors against an opponent, for at most ",
-            f" rounds. Rock beats scissors, scissors beat paper and paper beats rock; equal moves are a draw. You "
-            f"win the match as soon as you have won {wins_needed} rounds, and you lose it as soon as {wins_needed} "
-            "wins are out of reach. The opponent picks its moves at random, but with preferences that never change. "
-            "Answer with \\boxed{rock}, \\boxed{paper} or \\boxed{scissors}.\n",
+        self._rules = self.book.add(*self._rules_text())
+        if self.verbose:
+            self._add_verbose_pieces()
+        else:
+            self._result = self.book.add(*(r + "\n" for r in _RESULTS))
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._result)]
+        self.opening_slots = (0, 1, 2)
+
+    def _rules_text(self) -> tuple[str, str]:
+        """The opening's two pieces, around the number of rounds."""
+        n = self.wins_needed
+        if self.verbose:
+            outcome = (f"You win the match as soon as you have won {n} rounds, and you lose it as soon as {n} wins "
+                       "are out of reach. ")
+            first = "You are playing Rock Paper Scissors against an opponent, for at most "
+        else:
+            outcome = (f"You win the match if you win at least {n} of the rounds. Each round you are told only "
+                       "whether you win, lose or draw it. ")
+            first = "You are playing Rock Paper Scissors against an opponent, for "
+        return first, (
+            " rounds. Rock beats scissors, scissors beat paper and paper beats rock; equal moves are a draw. "
+            + outcome + "The opponent picks its moves at random, but with preferences that never change. "
+            "Answer with \\boxed{rock}, \\boxed{paper} or \\boxed{scissors}.\n"
         )
+
+    def _add_verbose_pieces(self) -> None:
+        """Pieces and layout of the verbose feedback: round, both moves, result, score, match end."""
+        n = self.wins_needed
         self._moves = self.book.add(*MOVES)
         self._round = self.book.add("Round ", ": you played ", ", the opponent played ", ". ")
-        self._result = self.book.add("You win this round.", "You lose this round.", "This round is a draw.")
+        self._result = self.book.add(*_RESULTS)
         self._score = self.book.add(" Score: you ", ", opponent ", ", draws ", ".\n")
-        self._end = self.book.add(
-            f"You have {wins_needed} wins: you win the match!\n",
-            f"{wins_needed} wins are now out of reach: you lose the match.\n",
-        )
+        self._end = self.book.add(f"You have {n} wins: you win the match!\n",
+                                  f"{n} wins are now out of reach: you lose the match.\n")
         self.game_layout = [
             slot(self._rules), slot(self.num), slot(self._rules),  # opening
             slot(self._round), slot(self.num), slot(self._round), slot(self._moves), slot(self._round),
@@ -101,7 +146,6 @@ class RockPaperScissors(TextEnv):
             slot(self._score), slot(self.num), slot(self._score), slot(self.num), slot(self._score), slot(self.num),
             slot(self._score), slot(self._end),
         ]
-        self.opening_slots = (0, 1, 2)
 
     def sample_task(self, key, params):
         k_dom, k_beta, k_split = jax.random.split(key, 3)
@@ -117,6 +161,14 @@ class RockPaperScissors(TextEnv):
         return RockPaperScissorsGame(wins=zero, losses=zero, draws=zero, opponent=jnp.full((), -1, jnp.int32),
                                      result=zero)
 
+    def _decided(self, wins, rounds_left):
+        """(won bool[], lost bool[]): the match's end after a round, with ``rounds_left`` rounds still to play."""
+        if self.verbose:  # stop as soon as the match is decided
+            won = wins >= self.wins_needed
+            return won, ~won & (wins + rounds_left < self.wins_needed)
+        last = rounds_left <= 0  # ORBIT: every round is played, the match is scored after the last
+        return last & (wins >= self.wins_needed), last & (wins < self.wins_needed)
+
     def game_step(self, key, state: TextEnvState, action, params):
         g = state.game
         opponent = jax.random.categorical(key, jnp.log(state.task.probs)).astype(jnp.int32)
@@ -125,10 +177,8 @@ class RockPaperScissors(TextEnv):
             wins=g.wins + (result == _WIN), losses=g.losses + (result == _LOSS), draws=g.draws + (result == _DRAW),
             opponent=opponent, result=result.astype(jnp.int32),
         )
-        rounds_left = state.max_turns - (state.time + 1)
-        outcome = jnp.select([game.wins >= self.wins_needed, game.wins + rounds_left < self.wins_needed],
-                             [WON, LOST], RUNNING)
-        return game, outcome.astype(jnp.int32)
+        won, lost = self._decided(game.wins, state.max_turns - (state.time + 1))
+        return game, jnp.select([won, lost], [WON, LOST], RUNNING).astype(jnp.int32)
 
     def oracle_action(self, key, state: TextEnvState):
         """The move that beats the opponent's dominant move."""
@@ -136,10 +186,20 @@ class RockPaperScissors(TextEnv):
 
     # ------------------------------------------------------------------ text
     def game_pieces(self, state: TextEnvState):
+        rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]])
+        feedback = self._verbose_feedback(state) if self.verbose else jnp.stack([self._result[state.game.result]])
+        blank = lambda n: jnp.full((n,), EMPTY)  # noqa: E731
+        return jnp.where(
+            state.time == 0,
+            jnp.concatenate([rules, blank(feedback.shape[0])]),
+            jnp.concatenate([blank(3), feedback]),
+        ).astype(jnp.int32)
+
+    def _verbose_feedback(self, state: TextEnvState) -> jax.Array:
+        """int32[16]: the verbose feedback's pieces (round, moves, result, score, match end)."""
         g = state.game
-        won = g.wins >= self.wins_needed
-        lost = ~won & (g.wins + state.max_turns - state.time < self.wins_needed)
-        feedback = jnp.stack([
+        won, lost = self._decided(g.wins, state.max_turns - state.time)
+        return jnp.stack([
             self._round[0], self.number(state.time), self._round[1],
             self._moves[jnp.clip(state.last_action, 0, 2)], self._round[2], self._moves[jnp.maximum(g.opponent, 0)],
             self._round[3], self._result[g.result],
@@ -147,27 +207,18 @@ class RockPaperScissors(TextEnv):
             self.number(g.draws), self._score[3],
             jnp.select([won, lost], [self._end[0], self._end[1]], EMPTY),
         ])
-        rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]])
-        return jnp.where(
-            state.time == 0,
-            jnp.concatenate([rules, jnp.full((16,), EMPTY)]),
-            jnp.concatenate([jnp.full((3,), EMPTY), feedback]),
-        ).astype(jnp.int32)
 
     def render_game_text(self, state):
         t = int(state.time)
-        n = self.wins_needed
         if t == 0:
-            return (
-                f"You are playing Rock Paper Scissors against an opponent, for at most {int(state.max_turns)} rounds. "
-                "Rock beats scissors, scissors beat paper and paper beats rock; equal moves are a draw. You win the "
-                f"match as soon as you have won {n} rounds, and you lose it as soon as {n} wins are out of reach. "
-                "The opponent picks its moves at random, but with preferences that never change. Answer with "
-                "\\boxed{rock}, \\boxed{paper} or \\boxed{scissors}.\n"
-            )
+            first, rest = self._rules_text()
+            return f"{first}{int(state.max_turns)}{rest}"
         g = state.game
+        result = _RESULTS[int(g.result)]
+        if not self.verbose:
+            return result + "\n"
+        n = self.wins_needed
         wins, losses, draws = int(g.wins), int(g.losses), int(g.draws)
-        result = ["You win this round.", "You lose this round.", "This round is a draw."][int(g.result)]
         text = (
             f"Round {t}: you played {MOVES[int(state.last_action)]}, the opponent played {MOVES[int(g.opponent)]}. "
             f"{result} Score: you {wins}, opponent {losses}, draws {draws}.\n"
