@@ -73,6 +73,11 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # \boxed{...} is parsed; no valid box is a format error, as in ORBIT).
     c.decoding = "constrained"
     c.free_tokens = 16
+    # Free decoding's turn end: "action" (the first complete action text) or "end_of_turn" (ORBIT: the end-of-turn
+    # token, then the last \boxed{...} is parsed); its budget: "fixed" (free_tokens a turn) or "remaining" (ORBIT:
+    # the context's remaining room, at most free_tokens).
+    c.free_stop = "action"
+    c.free_budget = "fixed"
 
     # Chat format: observations as user turns, actions as assistant turns (needs an HF tokenizer's template).
     c.chat_format = False

@@ -8,9 +8,9 @@ Command (an accelerator; the model and its tokenizer come from a local directory
 What it runs (ORBIT's values, from the paper and its released code): GRPO with 8 rollouts per task and 32
 tasks a step drawn from a shuffled mix of rock-paper-scissors, Minesweeper, Hangman, Wordle and Blackjack
 (``mix_games``: one program for all five), 800 steps (10 epochs of 2,560 tasks), lr 1e-6, temperature 0.6,
-no KL, no entropy bonus, chat format, free decoding (up to 1,024 tokens a turn, then the last ``\\boxed{}``),
-a 32,768-token context with ORBIT's truncation, bfloat16 compute with float32 weights. Rollout and update run
-in row micro-batches sized from the device's memory (``memory_budget_gb``; ``benchmarks/paper_scale.py``
+no KL, no entropy bonus, chat format, free decoding (a turn ends at the end-of-turn token, after at most the
+context's remaining room or 1,024 tokens, and its last ``\\boxed{}`` is parsed), a 32,768-token context with
+ORBIT's truncation, bfloat16 compute with float32 weights. Rollout and update run in row micro-batches sized from the device's memory (``memory_budget_gb``; ``benchmarks/paper_scale.py``
 gives XLA's own memory figure per model size and mesh: Qwen3-1.7B fits one 141 GB device; Qwen3-14B fits 8
 devices of 80 GB with ``--config.mesh.mode=fsdp --config.model.remat=nested``). Evaluation: 256 held-out trials each of Maze and
 Mastermind at temperature 0.6, top-p 0.95.
@@ -37,7 +37,10 @@ def get_config(variant: str = "orbit"):
     # groups of layers for one more forward pass; Qwen3-14B on 8 devices (FSDP) needs it to fit 80 GB each.
     c.model.remat = "full"
     c.chat_format = True
-    c.decoding, c.free_tokens = "free", 1024  # thinking, then \boxed{...}
+    # Thinking, then \boxed{...}: a turn ends at the end-of-turn token and its last box is parsed (ORBIT). ORBIT lets
+    # a turn write up to the context's remaining room; here that room is capped by free_tokens, the per-turn buffer
+    # (the memory figures of benchmarks/paper_scale.py were measured with 1,024; raise it to come closer to ORBIT).
+    c.decoding, c.free_tokens, c.free_stop, c.free_budget = "free", 1024, "end_of_turn", "remaining"
     c.intro, c.repeat_opening = True, True
     c.text = "gem"  # GEM's sentences, as ORBIT
     c.observation_coef = 0.0  # a pretrained LM: plain ORBIT

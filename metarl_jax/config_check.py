@@ -96,10 +96,12 @@ def _get(config, dotted: str):
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games")
-STRING_FIELDS = ("variant", "decoding", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
+STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
+FREE_STOPS = ("action", "end_of_turn")
+FREE_BUDGETS = ("fixed", "remaining")
 TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
 MODEL_DTYPES = ("float32", "bfloat16")
@@ -241,6 +243,12 @@ def check_config(config) -> None:
     _need(config.decoding in DECODINGS, "decoding",
           f"must be 'constrained' or 'free' (constrained: only valid action texts; free: free text, then "
           f"\\boxed{{...}} parsed), got {config.decoding!r}")
+    _need(config.free_stop in FREE_STOPS, "free_stop",
+          f"must be 'action' (a turn ends at its first action text) or 'end_of_turn' (ORBIT: it ends at the "
+          f"end-of-turn token and the last \\boxed{{...}} is parsed), got {config.free_stop!r}")
+    _need(config.free_budget in FREE_BUDGETS, "free_budget",
+          f"must be 'fixed' (free_tokens per turn) or 'remaining' (ORBIT: the context's remaining room, at most "
+          f"free_tokens), got {config.free_budget!r}")
     _need(config.text in TEXT_STYLES, "text",
           f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")

@@ -154,20 +154,37 @@ def _prefill(model, cache, chunk, n, block: int):
     return cache.replace(length=start + n), last
 
 
-def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, temperature: float, top_p: float):
-    """Free decoding: up to ``num_tokens`` tokens from the whole vocabulary, each written to the cache; a row
-    stops as soon as its last tokens spell an action (its ``\\boxed{...}``). Rows that never do choose -1, which
-    the env treats as a format error.
+def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, temperature: float, top_p: float,
+                 end_of_turn: int = -1, caps=None):
+    """Free decoding: up to ``num_tokens`` tokens from the whole vocabulary, each written to the cache.
+
+    Two ways a turn ends:
+
+    * ``end_of_turn`` = -1: a row stops as soon as its last tokens spell an action (its ``\\boxed{...}``);
+    * ``end_of_turn`` a token id (ORBIT's mode): a row stops after writing that token; its action is the last
+      action text it wrote, and a box opened after that action and never completed makes the turn a format
+      error (the last ``\\boxed{}`` of the response is the one parsed).
+
+    Rows without an action choose -1, which the env treats as a format error. ``caps`` (int32[B], optional)
+    limits each row's tokens below ``num_tokens`` (the context's remaining room). The loop ends when every row
+    has stopped.
 
     ``row_keys(key) -> key[B]``: the rows' keys of a draw (see :func:`rollout`).
 
-    Returns ``(cache, action int32[B], tokens int32[B, N], logp float32[B, N], emitted bool[B, N])``.
+    Returns ``(cache, action int32[B], tokens int32[B, N], logp float32[B, N], emitted bool[B, N], ended
+    bool[B])``; ``ended``: the row wrote ``end_of_turn``.
     """
     batch, width = logits.shape[0], table.max_len
+    caps = jnp.full((batch,), num_tokens, jnp.int32) if caps is None else jnp.minimum(caps, num_tokens)
+    last_box = end_of_turn >= 0
 
-    def step(carry, i):
-        cache, logits, window, found, action = carry
-        active = live & ~found
+    def running(carry):
+        i, done = carry[0], carry[4]
+        return (i < num_tokens) & (live & ~done & (i < caps)).any()
+
+    def step(carry):
+        i, cache, logits, window, done, action, opened, tokens, logp, emitted = carry
+        active = live & ~done & (i < caps)
         token, lp = jax.vmap(lambda k, l: sample(k, l, temperature, top_p))(row_keys(i), logits)
         token = jnp.where(active, token, table.pad_id)
         pos = cache.length
@@ -177,16 +194,28 @@ def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, t
         matched, which = table.match_suffix(window)
         hit = active & matched
         action = jnp.where(hit, which, action)
-        return (cache, model.logits(hidden[:, 0]), window, found | hit, action), (token, jnp.where(active, lp, 0.0), active)
+        if last_box:
+            opened = jnp.where(active, (opened | table.opens_box(window)) & ~matched, opened)
+            done = done | (active & (token == end_of_turn))
+        else:
+            done = done | hit
+        column = lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, axis=1)
+        return (i + 1, cache, model.logits(hidden[:, 0]), window, done, action, opened,
+                column(tokens, token), column(logp, jnp.where(active, lp, 0.0)), column(emitted, active))
 
-    init = (cache, logits, jnp.full((batch, width), -1, jnp.int32), jnp.zeros((batch,), bool), jnp.full((batch,), -1, jnp.int32))
-    (cache, _, _, _, action), (tokens, logp, emitted) = jax.lax.scan(step, init, jnp.arange(num_tokens))
-    return cache, action, tokens.T, logp.T, emitted.T
+    init = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((batch, width), -1, jnp.int32), jnp.zeros((batch,), bool),
+            jnp.full((batch,), -1, jnp.int32), jnp.zeros((batch,), bool),
+            jnp.full((batch, num_tokens), table.pad_id, jnp.int32), jnp.zeros((batch, num_tokens), jnp.float32),
+            jnp.zeros((batch, num_tokens), bool))
+    _, cache, _, _, done, action, opened, tokens, logp, emitted = jax.lax.while_loop(running, step, init)
+    ended = done if last_box else jnp.zeros_like(done)
+    return cache, jnp.where(opened, -1, action), tokens, logp, emitted, ended
 
 
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
-            chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None, constrain=None) -> Transcript:
+            chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None, constrain=None, *,
+            end_of_turn: int = -1, remaining_budget: bool = False) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
@@ -194,7 +223,11 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     :class:`~metarl_jax.envs.mixture.GameMixture`'s rows, each with its game's context).
     ``free_tokens`` > 0 switches to free decoding (:func:`_decode_free`, ORBIT's mode: the model writes up to
     that many tokens and its ``\\boxed{...}`` is parsed); 0 is constrained decoding. ``chat`` wraps observations
-    and actions in the tokenizer's chat turns (:mod:`metarl_jax.text.chat`).
+    and actions in the tokenizer's chat turns (:mod:`metarl_jax.text.chat`). Under free decoding,
+    ``end_of_turn`` (a token id; -1: off) ends a turn at that token and parses the last action text written
+    (ORBIT's mode; else a turn ends at its first action text), and ``remaining_budget`` lets a turn write up to
+    the context's remaining room (at most ``free_tokens``; ORBIT's per-turn budget): a response that the full
+    context cuts off before its end-of-turn token earns nothing and stops the trial (``truncated``).
 
     Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
@@ -213,7 +246,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     play = functools.partial(_rollout_rows, graphdef, model_state, env, env_params, codec, table, key,
                              budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
                              free_tokens=free_tokens, chat=chat, total_rows=batch,
-                             constrain=constrain or (lambda tree, axis=0: tree))
+                             constrain=constrain or (lambda tree, axis=0: tree), end_of_turn=end_of_turn,
+                             remaining_budget=remaining_budget)
     if not rows_per_chunk or rows_per_chunk >= batch:
         return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
@@ -239,7 +273,8 @@ def merge_rows(tree):
 
 def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, limit, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
-                  chat: ChatWrap | None, total_rows: int, constrain) -> Transcript:
+                  chat: ChatWrap | None, total_rows: int, constrain, end_of_turn: int,
+                  remaining_budget: bool) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
     (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
     the chunk is the whole batch)."""
@@ -276,6 +311,15 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
     select_rows = jax.vmap(tree_select)  # per row: the first tree where the flag is set, else the second
     wrap_open, wrap_close, wrap_end = (jnp.broadcast_to(jnp.asarray(w, jnp.int32), (batch, len(w)))
                                        for w in (chat.open, chat.close, chat.end))
+    # Free decoding carries the chat end of the previous action as its pending tail: whole, or without its first
+    # token when the model wrote that itself (the end-of-turn token).
+    end_tail = jnp.pad(jnp.asarray(chat.end, jnp.int32), (0, max(act_len - len(chat.end), 0) + 1),
+                       constant_values=table.pad_id)
+    end_whole, end_rest = (jnp.broadcast_to(e[:act_len], (batch, act_len)) for e in (end_tail, end_tail[1:]))
+    if free and chat.end and end_of_turn >= 0 and chat.end[0] != end_of_turn:
+        raise ValueError(f"end_of_turn={end_of_turn} is not the chat end's first token {chat.end[0]}")
+    if free and len(chat.end) > act_len:
+        raise ValueError(f"free_tokens={act_len} cannot hold the chat end's {len(chat.end)} tokens")
 
     def turn(carry, t):
         states, cache, tokens, pending, pending_n, end, stopped = carry
@@ -283,12 +327,12 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         obs, n = render(states)
         obs = obs[:, :chunk]  # real tokens come first and never exceed the chunk bound
         start = cache.length  # where the pending tail goes; the rest of the chunk follows it
-        end_n = jnp.where(t > 0, len(chat.end), 0)  # the chat end of the previous action
+        end_n = jnp.where(t > 0, 0 if free else len(chat.end), 0)  # the chat end of the previous action
         # The chunk: pending tail | chat end | chat open | observation | chat close | action prefix.
         parts = [(pending, pending_n), (wrap_end, end_n), (wrap_open, len(chat.open)), (obs, n),
                  (wrap_close, len(chat.close)), (prefix, pre)]
         m = sum(k for _, k in parts)
-        fits = start + m - pre + act_len <= limit
+        fits = start + m - pre + (1 if free and remaining_budget else act_len) <= limit
         live = ~states.trial_done & ~stopped & fits
         truncated_now = ~states.trial_done & ~stopped & ~fits
         buf = jnp.full((batch, width), codec.pad_id, jnp.int32)
@@ -305,13 +349,19 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         action_start = cache.length - pre
         valid = jax.vmap(env.valid_actions)(states)
         if free:
-            cache, action, action_tokens, logp, emitted = _decode_free(
+            room_left = limit - action_start if remaining_budget else None
+            cache, action, action_tokens, logp, emitted, ended = _decode_free(
                 model, table, cache, model.logits(last), live, lambda i: row_keys(jax.random.fold_in(k_dec, i)),
-                free_tokens, temperature, top_p)
+                free_tokens, temperature, top_p, end_of_turn, room_left)
             length = emitted.sum(axis=1).astype(jnp.int32)
             tokens = _write(tokens, action_tokens, jnp.where(live, action_start, scratch))
-            return finish(states, cache, tokens, pending, jnp.zeros_like(n), end, stopped, truncated_now, live, k_env,
-                          action, action_tokens, length, action_start, logp, valid)
+            overflow = jnp.zeros_like(live)
+            if remaining_budget:  # the context filled up before the response ended: no reward, the trial stops
+                overflow = live & ~ended & (length >= room_left) & (room_left < free_tokens)
+            pending = jnp.where(ended[:, None], end_rest, end_whole)
+            pending_n = jnp.where(live, len(chat.end) - (ended & bool(chat.end)).astype(jnp.int32), 0)
+            return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now | overflow, live,
+                          k_env, action, action_tokens, length, action_start, logp, valid, overflow)
         dstate = jax.vmap(table.init)(valid)
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
@@ -337,19 +387,20 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         pending_n = jnp.where(live, length - emitted, 0)
         tokens = _write(tokens, jnp.where(live[:, None], action_tokens, table.pad_id), jnp.where(live, action_start, scratch))
         return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
-                      action, action_tokens, length, action_start, logp, valid)
+                      action, action_tokens, length, action_start, logp, valid, jnp.zeros_like(live))
 
     def finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
-               action, action_tokens, length, action_start, logp, valid):
-        """Steps the env with the decoded actions and emits the turn's record."""
+               action, action_tokens, length, action_start, logp, valid, unrewarded):
+        """Steps the env with the decoded actions and emits the turn's record (``unrewarded``: rows whose turn
+        earns nothing and counts no success, bool[B])."""
         end = jnp.where(live, action_start + length, end)
         _, new_states, reward, _, info = step_env(row_keys(k_env), states, action, env_params)
         new_states = select_rows(live, new_states, states)
         out = dict(
             action_tokens=action_tokens, action_mask=live[:, None] & (positions[None, :] < length[:, None]),
             action_start=action_start, logp=logp, valid=valid, actions=jnp.where(live, action, -1),
-            rewards=jnp.where(live, reward, 0.0), episode_index=info["episode_index"],
-            episode_done=info["episode_done"] & live, success=info["success"] & live,
+            rewards=jnp.where(live & ~unrewarded, reward, 0.0), episode_index=info["episode_index"],
+            episode_done=info["episode_done"] & live, success=info["success"] & live & ~unrewarded,
             reflection=info["reflection"] & live, taken=live,
         )
         return (new_states, cache, tokens, pending, pending_n, end, stopped | truncated_now), out

@@ -41,6 +41,10 @@ class TaskSpec:
       budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
       free_tokens: 0 for constrained decoding, else the free-decoding budget per action (tokens).
       chat: the chat turn wrapping (:class:`~metarl_jax.text.chat.ChatWrap`), or None for plain text.
+      end_of_turn: free decoding's end-of-turn token id (ORBIT's mode: a turn ends there and its last action text
+        is parsed), or -1 (a turn ends at its first action text).
+      remaining_budget: free decoding lets a turn write up to the context's remaining room (at most
+        ``free_tokens``), as ORBIT does, instead of exactly ``free_tokens``.
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
         are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
       games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
@@ -57,6 +61,13 @@ class TaskSpec:
     free_tokens: int = 0
     chat: ChatWrap | None = None
     games: tuple = ()
+    end_of_turn: int = -1
+    remaining_budget: bool = False
+
+    @property
+    def decoding(self) -> dict:
+        """The free-decoding keywords of :func:`metarl_jax.rollout.rollout` for this task."""
+        return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget)
 
     @property
     def context_limits(self) -> np.ndarray:
@@ -85,14 +96,18 @@ def task_entry(entry) -> dict:
 
 def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
-               context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem") -> TaskSpec:
+               context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
+               free_stop: str = "action", free_budget: str = "fixed") -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
     tokens per action (else constrained decoding). ``chat`` wraps turns in the tokenizer's chat template.
     ``text`` is the env's text style (``"gem"``, or ``"terse"`` where the env has it; see
-    :mod:`metarl_jax.envs.base`).
+    :mod:`metarl_jax.envs.base`). Free decoding: ``free_stop`` ``"action"`` ends a turn at its first action
+    text, ``"end_of_turn"`` at the end-of-turn token (the chat end's first token, else the tokenizer's end of
+    sequence), parsing the last action text (ORBIT); ``free_budget`` ``"fixed"`` gives every turn
+    ``free_tokens``, ``"remaining"`` the context's remaining room, at most ``free_tokens`` (ORBIT).
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
@@ -102,11 +117,17 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)
+    end_of_turn = -1
+    if free_tokens and free_stop == "end_of_turn":
+        end_of_turn = wrap.end[0] if wrap and wrap.end else getattr(tokenizer, "eos_id", None)
+        if end_of_turn is None:
+            raise ValueError(f"{tokenizer!r} has no end-of-sequence token to end a turn with; use free_stop='action'")
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
     return TaskSpec(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
         context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
-        free_tokens=int(free_tokens), chat=wrap,
+        free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
+        remaining_budget=bool(free_tokens) and free_budget == "remaining",
     )
 
 
@@ -119,8 +140,9 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     the member's ``context_len`` plus the slots by which the mixture's longest action exceeds the member's
     (the rollout reserves a whole action's slots before each turn), so a row stops exactly where its game
     alone would."""
-    if len({t.free_tokens for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
-        raise ValueError("the games of a mixture must share the decoding (free_tokens) and the chat format")
+    if len({(t.free_tokens, t.end_of_turn, t.remaining_budget) for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
+        raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget) and "
+                         "the chat format")
     mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
     codec = MixtureCodec(mixture, tokenizer, [t.codec for t in tasks])
     table = ActionTable(mixture, tokenizer)
@@ -134,7 +156,7 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     longest = max(t.context_len + budget.action_len - t.budget.action_len for t in tasks)  # see context_limits
     return TaskSpec(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
                     budget=budget, context_len=longest, task_keys=keys, free_tokens=free, chat=tasks[0].chat,
-                    games=tuple(tasks))
+                    games=tuple(tasks), end_of_turn=tasks[0].end_of_turn, remaining_budget=tasks[0].remaining_budget)
 
 
 def _stable_hash(text: str) -> int:

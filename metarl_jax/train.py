@@ -122,7 +122,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
             single_episode=config.single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
-            text=config.text,
+            text=config.text, free_stop=config.free_stop, free_budget=config.free_budget,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(
@@ -197,7 +197,7 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             games = task.task_keys.game if task.games else None
             tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
                          task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
-                         rows_per_chunk=rows_per_chunk,
+                         rows_per_chunk=rows_per_chunk, **task.decoding,
                          row_context_len=task.row_context_len(games) if task.games else None)
             moves = tr.taken & ~tr.reflection
             played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),

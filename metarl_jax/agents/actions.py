@@ -118,6 +118,18 @@ class ActionTable:
         matched = match.any(-1)
         return matched, jnp.where(matched, jnp.argmax(match, axis=-1), -1).astype(jnp.int32)
 
+    def opens_box(self, window):
+        """bool[...]: ``window`` (int32[..., max_len], latest tokens last) ends with the tokens every action starts
+        with (``prefix_len`` of them, e.g. ``\\boxed{``): an answer has been opened. False when the actions
+        share no prefix. The first token may be merged with what precedes it, as in :meth:`match_suffix`."""
+        p = self.prefix_len
+        if not p:
+            return jnp.zeros(window.shape[:-1], bool)
+        tail = window[..., self.max_len - p:]
+        lead_ok = self._lead[jnp.clip(tail[..., 0], 0, self.vocab_size - 1)] & (tail[..., 0] >= 0)
+        rest = (tail[..., 1:] == self.tokens[0, 1:p]).all(-1)
+        return lead_ok & rest
+
     def init(self, valid=None) -> DecodeState:
         """A fresh decode; ``valid`` (bool[A]) optionally restricts the actions (e.g. to env.valid_actions)."""
         alive = jnp.ones((self.num_actions,), bool) if valid is None else jnp.asarray(valid, bool)

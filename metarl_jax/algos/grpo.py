@@ -214,7 +214,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows,
+                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows, **task.decoding,
                                        row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = None
         if hp.answer_coef:

@@ -111,6 +111,7 @@ class HFTokenizer:
         if pad is None:
             pad = self.hf.eos_token_id if self.hf.eos_token_id is not None else 0
         self.pad_id = int(pad)
+        self.eos_id = None if self.hf.eos_token_id is None else int(self.hf.eos_token_id)
         # The id of the unknown token (None for byte-level BPEs, which have none); the codec refuses text
         # that encodes to it.
         self.unk_id = None if self.hf.unk_token_id is None else int(self.hf.unk_token_id)
