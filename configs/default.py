@@ -90,11 +90,15 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.repeat_opening = False
     c.reflection = False
     c.context_len = 0  # default for tasks without their own; 0 = the worst case (never truncates)
-    c.allow_truncation = True  # ORBIT: when the context is full the trial stops, earned rewards are kept
+    c.allow_truncation = True  # ORBIT: when the context is full the trial stops
+    # What such a trial returns: "keep" (the rewards earned before the cut; this CPU run) or "zero" (ORBIT's code).
+    c.truncated_return = "keep"
 
     # GRPO (ORBIT: 32 tasks x 8, lr 1e-6, temperature 0.6 for 4B-14B models; a tiny model needs far more lr:
     # 3e-3 rose across episodes with seeds 0 to 3; 6e-3 gave about no rise with seeds 0 and 1).
     c.num_tasks = 4  # per env per step (with mix_games: per step over the mixture)
+    # "replacement": each step draws its tasks independently; "epochs" (ORBIT): each epoch visits every task once.
+    c.task_sampling = "replacement"
     c.group_size = 8
     c.update_epochs = 1  # gradient updates per batch (ORBIT: 1); more reuse each rollout, bounded by the clip
     c.temperature = 1.0

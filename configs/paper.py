@@ -52,6 +52,8 @@ def get_config(variant: str = "orbit"):
     c.eval_tasks = [task("maze", 9, 27), task("game:Mastermind-v0-random", 3, 9)]
     c.context_len = 32768
     c.allow_truncation = True
+    c.truncated_return = "zero"  # ORBIT's rLLM fork: a trial cut by the full context returns 0
+    c.task_sampling = "epochs"  # verl's shuffled sampler: every training task once per epoch
     c.mix_games = True  # ORBIT's shuffled mix of the five games, one program
     c.num_tasks, c.group_size = 32, 8  # ORBIT: 32 tasks x 8 rollouts a step
     c.temperature, c.top_p = 0.6, 1.0
@@ -60,5 +62,5 @@ def get_config(variant: str = "orbit"):
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay, c.optimizer.grad_clip = 0.9, 0.999, 0.01, 1.0
     c.advantage_std_ddof = 1  # verl's GRPO advantage divides by torch.std (the sample std) + 1e-6
     c.dual_clip = 3.0  # verl's clip_ratio_c
-    c.num_steps, c.eval_every, c.checkpoint_every = 800, 50, 50
+    c.num_steps, c.eval_every, c.checkpoint_every = 800, 10, 50  # ORBIT validates every 10 steps
     return c

@@ -96,7 +96,7 @@ def _get(config, dotted: str):
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games")
-STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
+STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "truncated_return", "task_sampling", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
@@ -249,6 +249,15 @@ def check_config(config) -> None:
     _need(config.free_budget in FREE_BUDGETS, "free_budget",
           f"must be 'fixed' (free_tokens per turn) or 'remaining' (ORBIT: the context's remaining room, at most "
           f"free_tokens), got {config.free_budget!r}")
+    _need(config.truncated_return in ("keep", "zero"), "truncated_return",
+          f"must be 'keep' (a trial cut by the full context keeps the rewards it earned) or 'zero' (ORBIT: its "
+          f"return is 0), got {config.truncated_return!r}")
+    _need(config.task_sampling in ("replacement", "epochs"), "task_sampling",
+          f"must be 'replacement' (each step draws its tasks independently) or 'epochs' (ORBIT: each epoch visits "
+          f"every task once, in a shuffled order), got {config.task_sampling!r}")
+    if config.task_sampling == "epochs":
+        _need(config.train_set_size >= config.num_tasks, "task_sampling",
+              f"'epochs' needs train_set_size ({config.train_set_size}) >= num_tasks ({config.num_tasks})")
     _need(config.text in TEXT_STYLES, "text",
           f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")

@@ -151,7 +151,8 @@ def build_run(config) -> Run:
         policy_coef=config.policy_coef, observation_coef=config.observation_coef,
         answer_coef=config.answer_coef, answer_from=config.answer_from, update_epochs=config.update_epochs,
         gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
-        num_episodes_logged=config.num_episodes_reported,
+        num_episodes_logged=config.num_episodes_reported, truncated_return=config.truncated_return,
+        task_sampling=config.task_sampling, order_seed=config.seed,
         inject_nan_step=config.inject_nan_step, inject_nan_count=config.inject_nan_count,
         rollout_rows=micro.rollout, update_rows=micro.update,
     )

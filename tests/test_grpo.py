@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step, turn_advantages
+from metarl_jax.algos.grpo import GRPOHyper, draw_tasks, init_train_state, make_train_step, turn_advantages
 from metarl_jax.models import Transformer, preset
 from metarl_jax.tasks import build_task
 from metarl_jax.text import WordTokenizer
@@ -52,11 +52,12 @@ def test_train_step_compiles_once_and_updates():
 
 
 class _Transcript:
-    def __init__(self, rewards, episode_done):
+    def __init__(self, rewards, episode_done, truncated=None):
         self.rewards = np.asarray(rewards, np.float32)
         self.episode_done = np.asarray(episode_done, bool)
         self.taken = np.ones_like(self.episode_done)
         self.reflection = np.zeros_like(self.episode_done)
+        self.truncated = np.zeros(len(self.rewards), bool) if truncated is None else np.asarray(truncated, bool)
 
 
 def test_turn_advantages_plain_and_discounted():
@@ -70,6 +71,33 @@ def test_turn_advantages_plain_and_discounted():
     np.testing.assert_allclose(disc, [[1, 1, 1], [-1, -1, -1]], atol=1e-4)
     equal = _Transcript([[1, 0], [1, 0]], [[1, 0], [1, 0]])
     np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper(group_size=2))), 0.0)
+
+
+def test_truncated_trials_return_zero_in_orbits_mode():
+    """Row 1 earned 1 before its context filled up: kept, it ties row 0; with truncated_return="zero" (ORBIT) its
+    return is 0, below row 0's, and row 2's (0, not truncated) equals it."""
+    tr = _Transcript([[1, 0], [1, 0], [0, 0], [0, 0]], [[1, 0]] * 4, truncated=[False, True, False, False])
+    keep = np.asarray(turn_advantages(tr, 4, GRPOHyper(group_size=4)))[:, 0]
+    zero = np.asarray(turn_advantages(tr, 4, GRPOHyper(group_size=4, truncated_return="zero")))[:, 0]
+    np.testing.assert_allclose(keep, [1, 1, -1, -1], atol=1e-5)
+    np.testing.assert_allclose(zero, np.array([3, -1, -1, -1]) / np.sqrt(3), atol=1e-5)
+
+
+def test_epoch_sampling_visits_every_task_once_per_epoch():
+    """ORBIT's order (verl's shuffled sampler, drop_last): 10 tasks, 3 a step -> epochs of 3 steps that take 9
+    distinct tasks; another epoch, another order; the same seed and step, the same draw (the key plays no part);
+    "replacement" repeats tasks within an epoch's worth of draws."""
+    hp = GRPOHyper(num_tasks=3, task_sampling="epochs", order_seed=7)
+    draw = jax.jit(lambda step: draw_tasks(jax.random.PRNGKey(step), 10, hp, step))
+    epochs = [np.concatenate([np.asarray(draw(e * 3 + i)) for i in range(3)]) for e in range(3)]
+    for picks in epochs:
+        assert len(set(picks.tolist())) == 9 and picks.min() >= 0 and picks.max() < 10
+    assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(np.asarray(draw(4)), epochs[1][3:6])
+    other = GRPOHyper(num_tasks=3, task_sampling="epochs", order_seed=8)
+    assert not np.array_equal(np.asarray(draw_tasks(None, 10, other, 0)), epochs[0][:3])
+    free = np.concatenate([np.asarray(draw_tasks(jax.random.PRNGKey(s), 10, GRPOHyper(num_tasks=3), s)) for s in range(3)])
+    assert len(set(free.tolist())) < 9  # with replacement 9 distinct draws of 10 have probability 4e-4
 
 
 @pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`

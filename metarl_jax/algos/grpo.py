@@ -86,6 +86,14 @@ class GRPOHyper:
     answer_from: str = "task"
     gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = None  # LaMer discount across an episode boundary
+    # What a trial whose context filled up returns: "keep" (the rewards it earned before the cut) or "zero" (ORBIT's
+    # released code: its return is 0; its successes still count in the metrics).
+    truncated_return: str = "keep"
+    # How a step's tasks are drawn from an env's task set: "replacement" (independently each step) or "epochs"
+    # (ORBIT, through verl's shuffled sampler: each epoch visits every task once, in an order drawn from
+    # order_seed and the epoch; a last partial batch of an epoch is dropped).
+    task_sampling: str = "replacement"
+    order_seed: int = 0
     num_episodes_logged: int = 3
     update_epochs: int = 1  # gradient updates per batch (ORBIT: 1, fully on-policy)
     rollout_rows: int = 0  # rows per rollout micro-batch (a divisor of num_tasks * group_size; 0: all at once)
@@ -122,13 +130,33 @@ def rollout_metrics(transcript, context_len, num_episodes: int, rows=None) -> di
     return out
 
 
+def draw_tasks(key, set_size: int, hp: GRPOHyper, step, index: int = 0) -> jax.Array:
+    """int32[hp.num_tasks]: a step's task indices into an env's set of ``set_size`` tasks.
+
+    ``hp.task_sampling`` "replacement": independent uniform draws from ``key``. "epochs": step ``step`` (0-based)
+    takes the next ``num_tasks`` of a random order of the whole set, drawn once per epoch from ``hp.order_seed``,
+    the task list entry ``index`` and the epoch, so each epoch of ``set_size // num_tasks`` steps visits every
+    task at most once (the remainder of the order is dropped, as verl's sampler with ``drop_last`` does)."""
+    if hp.task_sampling == "replacement":
+        return jax.random.randint(key, (hp.num_tasks,), 0, set_size)
+    per_epoch = set_size // hp.num_tasks
+    if per_epoch < 1:
+        raise ValueError(f"task_sampling='epochs' needs at least num_tasks={hp.num_tasks} tasks in a set, got {set_size}")
+    order_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(hp.order_seed), index), step // per_epoch)
+    order = jax.random.permutation(order_key, set_size)
+    return jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * hp.num_tasks, hp.num_tasks).astype(jnp.int32)
+
+
 def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     """float32[B, T]: the advantage of each turn's action tokens."""
+    rewards = transcript.rewards
+    if hp.truncated_return == "zero":
+        rewards = jnp.where(transcript.truncated[:, None], 0.0, rewards)
     if hp.gamma_step is None:
-        adv = group_advantages(transcript.rewards.sum(axis=1), group_size, ddof=hp.advantage_std_ddof)
-        return jnp.broadcast_to(adv[:, None], transcript.rewards.shape)
+        adv = group_advantages(rewards.sum(axis=1), group_size, ddof=hp.advantage_std_ddof)
+        return jnp.broadcast_to(adv[:, None], rewards.shape)
     env_steps = transcript.taken & ~transcript.reflection
-    ret = discounted_returns(transcript.rewards, transcript.episode_done, hp.gamma_step, hp.gamma_traj)
+    ret = discounted_returns(rewards, transcript.episode_done, hp.gamma_step, hp.gamma_traj)
     ret = jnp.where(env_steps, ret, 0.0)
     return normalise_over_groups(ret, group_size, ddof=hp.advantage_std_ddof)
 
@@ -203,11 +231,12 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     on_rows = constrain_rows or (lambda tree, axis=0: tree)
     g = hp.group_size
 
-    def play(params, task, key):
+    def play(params, task, key, step, index):
         """The env's transcript, its rows' answer actions (int32[B]; None without the answer loss) and, for a
-        mixture of games, each row's game (int32[B]; else None)."""
+        mixture of games, each row's game (int32[B]; else None). ``step``: the step's 0-based number; ``index``:
+        the task list entry's."""
         k_pick, k_reset, k_roll = jax.random.split(key, 3)
-        picks = jax.random.randint(k_pick, (hp.num_tasks,), 0, task.task_keys.shape[0])
+        picks = draw_tasks(k_pick, task.task_keys.shape[0], hp, step, index)
         sample = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))
         tasks_b = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), sample(task.task_keys[picks]))
         batch = hp.num_tasks * g
@@ -224,7 +253,8 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
-        transcripts, answers, games = zip(*[play(state.params, task, k) for task, k in zip(tasks, keys)])
+        transcripts, answers, games = zip(*[play(state.params, task, k, state.step, i)
+                                            for i, (task, k) in enumerate(zip(tasks, keys))])
         advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
         total_rows = sum(tr.action_tokens.shape[0] for tr in transcripts)
