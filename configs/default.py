@@ -22,10 +22,11 @@ episode, read from its own transcript; rows that never won are not scored). The 
 target, ``answer_from="task"``) is never used. Both runs get the same losses.
 
 Expected result (measured 2026-12-05, seed 0), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.516 / 0.840 / 0.902 (+0.387), single-episode 0.414 / 0.469 / 0.469 (+0.055);
-GuessTheNumber-easy: ORBIT 0.645 / 0.953 / 1.000 (+0.355), single-episode 0.629 / 0.707 / 0.699 (+0.070).
-Means over seeds 0, 1 and 2 (-hard): ORBIT 0.507 / 0.810 / 0.850 (+0.344), single-episode 0.276 / 0.329 / 0.323
-(+0.047). Random play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss
+GuessTheNumber-hard: ORBIT 0.531 / 0.828 / 0.898 (+0.367), single-episode 0.406 / 0.469 / 0.480 (+0.074);
+GuessTheNumber-easy: ORBIT 0.719 / 0.980 / 1.000 (+0.281), single-episode 0.664 / 0.770 / 0.770 (+0.105).
+Means over seeds 0, 1 and 2 (-hard, measured before a turn's advantage was set to exactly 0 where a group's
+discounted returns are all equal; that fix moved seed 0 by at most 0.02): ORBIT 0.507 / 0.810 / 0.850 (+0.344),
+single-episode 0.276 / 0.329 / 0.323 (+0.047). Random play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss
 (alone, with the policy gradient off: 0.814 in episode 3), not from the policy gradient (alone: 0.419):
 ``python experiments/ablations.py --table mechanism --seeds 0,1,2``, results/mechanism.md and results/README.md. Numbers go to
 ``<workdir>/comparison.md`` and ``comparison.json``.
