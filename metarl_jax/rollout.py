@@ -8,7 +8,8 @@ program.
 The context is *compact*: each row's real tokens are written contiguously from slot 0 (an observation's
 padding is overwritten by what follows), so positions equal slot indices and a context of ``context_len``
 tokens holds the transcript (see :mod:`metarl_jax.agents.context` for the worst case). As in ORBIT, a row whose
-context would overflow stops: it takes no further turns and keeps the rewards it earned (``truncated``).
+context would overflow stops: it takes no further turns (``truncated``); its rewards are those it earned, and the
+learner decides what a truncated trial returns (``GRPOHyper.truncated_return``; ORBIT's is 0).
 
 The returned :class:`Transcript` holds the token stream, the action tokens per turn with their slots, the
 sampler's log-probabilities and the per-turn env outcomes. :func:`teacher_forced_logp` recomputes the
