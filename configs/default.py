@@ -126,6 +126,12 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # privileged task information, an ablation).
     c.answer_coef = 10.0
     c.answer_from = "hindsight"
+    # LaMer's variant of the trial in ORBIT's repository (off: ORBIT's trial): the trial stops at its first success,
+    # which earns lamer_gamma ** (its 0-based episode index), and with reflection=True and free decoding a
+    # reflection turn that writes <remark> ... </remark> earns lamer_remark_reward.
+    c.lamer_trial = False
+    c.lamer_gamma = 0.6
+    c.lamer_remark_reward = 1.0
     c.discount = True  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6

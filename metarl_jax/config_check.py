@@ -53,6 +53,8 @@ _RANGES = [
     ("policy_coef", lambda v: v >= 0, ">= 0 (1: ORBIT's policy gradient; 0: off, only the auxiliary losses train)"),
     ("gamma_step", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gamma_traj", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("lamer_gamma", lambda v: 0 < v <= 1, "in (0, 1] (a success in episode k earns lamer_gamma ** k; LaMer: 0.6)"),
+    ("lamer_remark_reward", lambda v: v >= 0, ">= 0 (what a reflection with <remark> ... </remark> earns; LaMer: 1.0)"),
     ("train_set_size", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("eval_trials", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("num_episodes_reported", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
@@ -95,8 +97,9 @@ def _get(config, dotted: str):
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
-               "mix_games")
-STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "truncated_return", "task_sampling", "answer_from", "text", "tokenizer", "model.preset", "model.pretrained_dir",
+               "mix_games", "lamer_trial")
+STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "truncated_return", "task_sampling", "answer_from",
+                 "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")

@@ -213,10 +213,31 @@ def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, t
     return cache, jnp.where(opened, -1, action), tokens, logp, emitted, ended
 
 
+def tag_pair_written(tokens, emitted, opens, closes) -> jax.Array:
+    """bool[B]: each row's written tokens (``tokens`` int32[B, N] where ``emitted`` bool[B, N]) hold an opening
+    tag and, starting after it ends, a closing one (e.g. ``<remark> ... </remark>``). ``opens``, ``closes``: the
+    tags' token sequences, each a tuple of alternatives (a tag after a space may tokenize differently)."""
+    n = tokens.shape[1]
+    index = jnp.arange(n)
+
+    def ends_at(ids):  # bool[B, N]: the sequence ``ids`` ends at token i
+        hit = jnp.ones(tokens.shape, bool)
+        for j, token in enumerate(ids):
+            back = len(ids) - 1 - j
+            hit &= jnp.pad((tokens == token) & emitted, ((0, 0), (back, 0)))[:, :n]
+        return hit
+
+    first_open_end = jnp.min(jnp.stack([jnp.where(ends_at(ids), index, n) for ids in opens]), axis=(0, 2))
+    last_close_start = jnp.max(jnp.stack([jnp.where(ends_at(ids), index - len(ids) + 1, -1) for ids in closes]),
+                               axis=(0, 2))
+    return last_close_start > first_open_end
+
+
 def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_states, budget: ContextBudget,
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
             chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None, constrain=None, *,
-            end_of_turn: int = -1, remaining_budget: bool = False) -> Transcript:
+            end_of_turn: int = -1, remaining_budget: bool = False, remark_tags: tuple = (),
+            remark_reward: float = 0.0) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
@@ -229,6 +250,10 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     (ORBIT's mode; else a turn ends at its first action text), and ``remaining_budget`` lets a turn write up to
     the context's remaining room (at most ``free_tokens``; ORBIT's per-turn budget): a response that the full
     context cuts off before its end-of-turn token earns nothing and stops the trial (``truncated``).
+    ``remark_tags`` (the token sequences of the opening and the closing remark tag, each a tuple of
+    alternatives; see :func:`tag_pair_written`) and ``remark_reward``: under free
+    decoding, a reflection turn whose text holds an opening tag and, after it, a closing one earns
+    ``remark_reward`` (the LaMer variant in ORBIT's repository pays 1.0 for a valid ``<remark>``).
 
     Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
@@ -248,7 +273,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
                              budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
                              free_tokens=free_tokens, chat=chat, total_rows=batch,
                              constrain=constrain or (lambda tree, axis=0: tree), end_of_turn=end_of_turn,
-                             remaining_budget=remaining_budget)
+                             remaining_budget=remaining_budget, remark_tags=remark_tags, remark_reward=remark_reward)
     if not rows_per_chunk or rows_per_chunk >= batch:
         return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
@@ -275,7 +300,7 @@ def merge_rows(tree):
 def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, limit, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
                   chat: ChatWrap | None, total_rows: int, constrain, end_of_turn: int,
-                  remaining_budget: bool) -> Transcript:
+                  remaining_budget: bool, remark_tags: tuple, remark_reward: float) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
     (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
     the chunk is the whole batch)."""
@@ -359,10 +384,13 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
             overflow = jnp.zeros_like(live)
             if remaining_budget:  # the context filled up before the response ended: no reward, the trial stops
                 overflow = live & ~ended & (length >= room_left) & (room_left < free_tokens)
+            bonus = jnp.zeros((batch,), jnp.float32)
+            if remark_reward and remark_tags:
+                bonus = remark_reward * tag_pair_written(action_tokens, emitted, *remark_tags).astype(jnp.float32)
             pending = jnp.where(ended[:, None], end_rest, end_whole)
             pending_n = jnp.where(live, len(chat.end) - (ended & bool(chat.end)).astype(jnp.int32), 0)
             return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now | overflow, live,
-                          k_env, action, action_tokens, length, action_start, logp, valid, overflow)
+                          k_env, action, action_tokens, length, action_start, logp, valid, overflow, bonus)
         dstate = jax.vmap(table.init)(valid)
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
@@ -388,19 +416,22 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         pending_n = jnp.where(live, length - emitted, 0)
         tokens = _write(tokens, jnp.where(live[:, None], action_tokens, table.pad_id), jnp.where(live, action_start, scratch))
         return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
-                      action, action_tokens, length, action_start, logp, valid, jnp.zeros_like(live))
+                      action, action_tokens, length, action_start, logp, valid, jnp.zeros_like(live),
+                      jnp.zeros((batch,), jnp.float32))
 
     def finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
-               action, action_tokens, length, action_start, logp, valid, unrewarded):
+               action, action_tokens, length, action_start, logp, valid, unrewarded, remark_bonus):
         """Steps the env with the decoded actions and emits the turn's record (``unrewarded``: rows whose turn
-        earns nothing and counts no success, bool[B])."""
+        earns nothing and counts no success, bool[B]; ``remark_bonus``: float32[B], earned if the turn is a
+        reflection turn)."""
         end = jnp.where(live, action_start + length, end)
         _, new_states, reward, _, info = step_env(row_keys(k_env), states, action, env_params)
         new_states = select_rows(live, new_states, states)
         out = dict(
             action_tokens=action_tokens, action_mask=live[:, None] & (positions[None, :] < length[:, None]),
             action_start=action_start, logp=logp, valid=valid, actions=jnp.where(live, action, -1),
-            rewards=jnp.where(live & ~unrewarded, reward, 0.0), episode_index=info["episode_index"],
+            rewards=jnp.where(live & ~unrewarded, reward + jnp.where(info["reflection"], remark_bonus, 0.0), 0.0),
+            episode_index=info["episode_index"],
             episode_done=info["episode_done"] & live, success=info["success"] & live & ~unrewarded,
             reflection=info["reflection"] & live, taken=live,
         )

@@ -45,6 +45,8 @@ class TaskSpec:
         is parsed), or -1 (a turn ends at its first action text).
       remaining_budget: free decoding lets a turn write up to the context's remaining room (at most
         ``free_tokens``), as ORBIT does, instead of exactly ``free_tokens``.
+      remark_tags, remark_reward: the token ids of ``<remark>`` and ``</remark>`` and what a free-decoded reflection
+        turn holding both earns (LaMer's variant; ``()`` and 0 otherwise).
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
         are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
       games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
@@ -63,11 +65,14 @@ class TaskSpec:
     games: tuple = ()
     end_of_turn: int = -1
     remaining_budget: bool = False
+    remark_tags: tuple = ()
+    remark_reward: float = 0.0
 
     @property
     def decoding(self) -> dict:
         """The free-decoding keywords of :func:`metarl_jax.rollout.rollout` for this task."""
-        return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget)
+        return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget,
+                    remark_tags=self.remark_tags, remark_reward=self.remark_reward)
 
     @property
     def context_limits(self) -> np.ndarray:
@@ -97,7 +102,8 @@ def task_entry(entry) -> dict:
 def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, single_episode: bool = False,
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
                context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
-               free_stop: str = "action", free_budget: str = "fixed") -> TaskSpec:
+               free_stop: str = "action", free_budget: str = "fixed", lamer_gamma: float = 0.0,
+               remark_reward: float = 0.0) -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
@@ -108,12 +114,15 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     text, ``"end_of_turn"`` at the end-of-turn token (the chat end's first token, else the tokenizer's end of
     sequence), parsing the last action text (ORBIT); ``free_budget`` ``"fixed"`` gives every turn
     ``free_tokens``, ``"remaining"`` the context's remaining room, at most ``free_tokens`` (ORBIT).
+    ``lamer_gamma`` > 0 plays LaMer's variant of the trial (:class:`~metarl_jax.envs.multi_episode.MultiEpisode`);
+    ``remark_reward`` is then what a free-decoded reflection turn with ``<remark> ... </remark>`` earns.
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
     cap = turns if single_episode else int(entry["total_step_cap"])
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
-                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns, text=text)
+                                  intro=intro, repeat_opening=repeat_opening, max_turns=turns, text=text,
+                                  lamer_gamma=lamer_gamma)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)
@@ -128,7 +137,19 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
         context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
         free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
         remaining_budget=bool(free_tokens) and free_budget == "remaining",
+        **remark_fields(tokenizer, remark_reward if lamer_gamma and env.reflection and free_tokens else 0.0),
     )
+
+
+def remark_fields(tokenizer, reward: float) -> dict:
+    """The TaskSpec fields of the remark reward (none when ``reward`` is 0)."""
+    if not reward:
+        return {}
+
+    def spellings(tag):  # alone, and after a space (which a tokenizer may merge into the tag's first token)
+        return tuple(dict.fromkeys((tuple(tokenizer.encode(tag)), tuple(tokenizer.encode(" " + tag)))))
+
+    return dict(remark_tags=(spellings("<remark>"), spellings("</remark>")), remark_reward=float(reward))
 
 
 def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> TaskSpec:
@@ -140,7 +161,7 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     the member's ``context_len`` plus the slots by which the mixture's longest action exceeds the member's
     (the rollout reserves a whole action's slots before each turn), so a row stops exactly where its game
     alone would."""
-    if len({(t.free_tokens, t.end_of_turn, t.remaining_budget) for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
+    if len({(t.free_tokens, t.end_of_turn, t.remaining_budget, t.remark_tags, t.remark_reward) for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
         raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget) and "
                          "the chat format")
     mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
@@ -156,7 +177,8 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     longest = max(t.context_len + budget.action_len - t.budget.action_len for t in tasks)  # see context_limits
     return TaskSpec(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
                     budget=budget, context_len=longest, task_keys=keys, free_tokens=free, chat=tasks[0].chat,
-                    games=tuple(tasks), end_of_turn=tasks[0].end_of_turn, remaining_budget=tasks[0].remaining_budget)
+                    games=tuple(tasks), end_of_turn=tasks[0].end_of_turn, remaining_budget=tasks[0].remaining_budget,
+                    remark_tags=tasks[0].remark_tags, remark_reward=tasks[0].remark_reward)
 
 
 def _stable_hash(text: str) -> int:

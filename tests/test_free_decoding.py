@@ -19,7 +19,8 @@ from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
 from metarl_jax.models import preset
-from metarl_jax.rollout import rollout
+from metarl_jax.rollout import rollout, tag_pair_written
+from metarl_jax.tasks import remark_fields
 from metarl_jax.text import Codec, WordTokenizer
 from metarl_jax.text.chat import ChatWrap
 
@@ -51,10 +52,10 @@ class ScriptedPolicy(nnx.Module):
 class Game:
     """Two GuessTheNumber-easy trials, their secrets, and the token helpers for writing scripts."""
 
-    def __init__(self, tok, chat: ChatWrap):
+    def __init__(self, tok, chat: ChatWrap, **trial):
         self.tok, self.chat = tok, chat
         self.env, self.params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=TURNS, max_turns=1,
-                                                intro=False)
+                                                intro=False, **trial)
         self.codec, self.table = Codec(self.env, tok), ActionTable(self.env, tok)
         self.trials = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 2),
                                                                   self.params)[1]
@@ -90,7 +91,7 @@ class Game:
             rewards.append(float(reward))
         return stream, lengths, rewards
 
-    def play(self, scripts, actions, free_tokens, context_len=None, remaining=False):
+    def play(self, scripts, actions, free_tokens, context_len=None, remaining=False, **decoding):
         """The compiled rollout of the scripted policy (``scripts[row][turn]``: the tokens it writes) and the
         expected plays."""
         plays = [self.expected(b, s, a, free_tokens, context_len) for b, (s, a) in enumerate(zip(scripts, actions))]
@@ -102,7 +103,7 @@ class Game:
         tr = jax.jit(lambda st: rollout(
             graphdef, st, self.env, self.params, self.codec, self.table, jax.random.PRNGKey(1), self.trials, budget,
             context_len or budget.worst_case, free_tokens=free_tokens, chat=self.chat, end_of_turn=self.eot,
-            remaining_budget=remaining))(state)
+            remaining_budget=remaining, **decoding))(state)
         return tr, plays
 
 
@@ -179,3 +180,32 @@ def test_remaining_budget_overflow_earns_nothing_and_stops_the_trial(context_roo
         assert float(tr.rewards[b, 2]) == (0.0 if cut else 1.0) and bool(tr.success[b, 2]) == (not cut)
         assert int(np.asarray(tr.action_mask[b, 2]).sum()) == plays[b][1][2]
     assert bool(tr.truncated[int(np.argmin(full))]) == (context_room == 0)
+
+
+def test_tag_pair_written():
+    tokens = jnp.asarray([[5, 1, 2, 9, 3, 4, 0], [3, 4, 1, 2, 9, 9, 9], [1, 2, 3, 4, 0, 0, 0], [1, 2, 3, 4, 0, 0, 0]])
+    emitted = jnp.asarray([[True] * 7, [True] * 7, [True] * 7, [True, True, True, False, False, False, False]])
+    np.testing.assert_array_equal(np.asarray(tag_pair_written(tokens, emitted, ((1, 2),), ((3, 4),))),
+                                  [True, False, True, False])  # open then close; close first; adjacent; cut
+    # a second spelling of the closing tag ((9, 9) in row 1, after its opening tag) counts too
+    np.testing.assert_array_equal(np.asarray(tag_pair_written(tokens, emitted, ((1, 2),), ((3, 4), (9, 9)))),
+                                  [True, True, True, False])
+
+
+def test_lamer_reflection_with_a_remark_earns_the_remark_reward():
+    """LaMer's variant under free decoding: episode 1 fails, the reflection turn writes ``<remark> plan
+    </remark>`` and earns 1.0, episode 2's win earns 0.6 and ends the trial. Row 1's reflection opens no remark:
+    it earns nothing."""
+    tok = WordTokenizer()
+    g = Game(tok, ChatWrap(), reflection=True, lamer_gamma=0.6)
+    eot = [g.eot]
+    remark = tok.encode("<remark> plan </remark>")
+    actions = [[g.wrong(b, 1), 0, g.secrets[b]] for b in range(2)]
+    scripts = [[g.box(actions[0][0]) + eot, remark + eot, g.box(g.secrets[0]) + eot],
+               [g.box(actions[1][0]) + eot, tok.encode(" plan </remark>") + eot, g.box(g.secrets[1]) + eot]]
+    tr, plays = g.play(scripts, actions, free_tokens=12, **remark_fields(tok, 1.0))
+    for b, bonus in enumerate((1.0, 0.0)):
+        n = int(tr.length[b])
+        assert np.asarray(tr.tokens[b, :n]).tolist() == plays[b][0]
+        assert bool(tr.reflection[b, 1]) and float(tr.rewards[b, 1]) == bonus
+        assert abs(float(tr.rewards[b, 2]) - 0.6) < 1e-6 and bool(tr.success[b, 2])

@@ -98,13 +98,37 @@ def test_reflection_turns_count_no_step_and_ignore_the_action():
     states = play(env, params, [secret, 0, secret])
     s1, r1, info1, text1 = states[1]
     assert r1 == 1.0 and int(s1.view) == VIEW_REFLECT and int(s1.total_steps) == 1
-    assert text1.startswith("Correct!") and "reflect on what you have learned" in text1 and "[Episode" not in text1
+    assert text1.startswith("Correct!") and "[Episode" not in text1
+    assert "reflect step by step" in text1 and "<remark> </remark>" in text1  # ORBIT's request, our words
     s2, r2, info2, text2 = states[2]  # the reflection turn: action 0 ignored
     assert r2 == 0.0 and bool(info2["reflection"]) and int(s2.total_steps) == 1 and int(s2.view) == VIEW_AFTER_REFLECT
     assert text2.startswith("[Episode 2] New episode begins.\nYou are playing Guess The Number.")
     assert int(s2.inner.time) == 0 and not np.asarray(s2.inner.game.guessed).any()
     s3, r3, info3, _ = states[3]
     assert r3 == 1.0 and int(info3["episode_index"]) == 1 and int(s3.successes) == 2
+
+
+def test_lamer_trial_stops_at_the_first_success_worth_gamma_to_the_k():
+    """LaMer's variant (ORBIT's lamer_multi_episode_env.py): a failed episode, a reflection turn (only failed
+    episodes get one), then a success in episode 2 that earns 0.6 ** 1 and ends the trial; ORBIT's trial goes on."""
+    env, params = envs.make_trial(ENV_ID, reflection=True, lamer_gamma=0.6)
+    secret = int(env.reset(jax.random.PRNGKey(0), params)[1].inner.task)
+    wrong = (secret + 1) % 50
+    actions = [wrong] * 7 + [0, secret, secret]
+    states = play(env, params, actions)
+    s7, r7, info7, text7 = states[7]  # the seventh wrong guess ends episode 1: failed
+    assert r7 == 0.0 and bool(info7["episode_done"]) and int(s7.view) == VIEW_REFLECT and "<remark>" in text7
+    s8, r8, info8, _ = states[8]
+    assert bool(info8["reflection"]) and r8 == 0.0
+    s9, r9, info9, _ = states[9]
+    assert bool(info9["success"]) and int(info9["episode_index"]) == 1 and abs(r9 - 0.6) < 1e-6
+    assert bool(s9.trial_done) and bool(info9["trial_done"]) and int(s9.total_steps) == 8 < env.total_step_cap
+    assert states[10][1] == 0.0 and bool(states[10][0].trial_done)  # a finished trial does not move
+    plain, _ = envs.make_trial(ENV_ID, reflection=True)
+    after = play(plain, params, actions)
+    assert after[9][1] == 1.0 and not bool(after[9][0].trial_done)
+    with pytest.raises(ValueError, match="lamer_gamma"):
+        envs.make_trial(ENV_ID, lamer_gamma=1.5)
 
 
 def test_format_error_ends_the_episode():

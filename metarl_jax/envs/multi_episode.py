@@ -12,7 +12,9 @@ Semantics (ORBIT: the paper and its released code, XiaofengLin7/ORBIT; ``docs/di
   observation (rules included). At a boundary the agent sees the finished episode's terminal observation,
   then the header, then the new opening;
 * optional reflection: after an episode ends (and the trial goes on) the agent gets one extra turn with a
-  reflection prompt. That turn's action is ignored, earns 0 and counts no step;
+  reflection prompt (ORBIT's request in our words: a step-by-step reflection and a new plan inside
+  ``<remark>`` tags). That turn's action is ignored, earns 0 and counts no step;
+* optional LaMer variant (``lamer_gamma``): the trial stops at its first success, which earns gamma^k;
 * ``info`` holds ``episode_index`` (0-based, of the episode the step acted in), ``episode_done``,
   ``episode_success``, ``trial_done``, ``reflection`` (the step was a reflection turn) and ``total_steps``.
 
@@ -72,10 +74,15 @@ class MultiEpisode(environment.Environment):
         as ORBIT does. With ``False`` only the first episode shows it; later episodes open with the header and
         the rest of the game's first observation. The opening depends only on the task, which a trial keeps,
         so nothing is hidden; short episodes then cost far fewer context tokens (useful for small models).
+      lamer_gamma: > 0 plays the LaMer variant in ORBIT's repository (its ``lamer_multi_episode_env.py``): the
+        trial ends at its first successful episode, which earns ``lamer_gamma ** k`` (k its 0-based index;
+        LaMer: 0.6) instead of 1, and a reflection turn (with ``reflection``) follows only failed episodes. 0:
+        ORBIT's trial. (The remark reward of that variant is paid by the rollout, which sees the text:
+        :func:`metarl_jax.rollout.rollout`'s ``remark_reward``.)
     """
 
     def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,
-                 repeat_opening: bool = True):
+                 repeat_opening: bool = True, lamer_gamma: float = 0.0):
         if not isinstance(env, TextEnv):
             raise TypeError(f"MultiEpisode wraps a metarl_jax TextEnv, got {type(env).__name__}")
         if int(total_step_cap) < env.default_max_turns:
@@ -84,8 +91,11 @@ class MultiEpisode(environment.Environment):
                 f"a trial could not hold one full episode. Raise total_step_cap to at least {env.default_max_turns} "
                 f"(ORBIT uses 3 x max_turns = {3 * env.default_max_turns})."
             )
+        if not 0.0 <= float(lamer_gamma) <= 1.0:
+            raise ValueError(f"lamer_gamma={lamer_gamma} must be in [0, 1] (0: ORBIT's trial; LaMer: 0.6)")
         self.env = env
         self.total_step_cap = int(total_step_cap)
+        self.lamer_gamma = float(lamer_gamma)
         self.reflection = bool(reflection)
         self.intro = bool(intro)
         self.repeat_opening = bool(repeat_opening)
@@ -99,9 +109,12 @@ class MultiEpisode(environment.Environment):
         )
         self._header = self.book.add("[Episode ", self._header_tail)
         self._newline = self.book.add_one("\n")
+        # ORBIT's reflection request, in our words: reason step by step about the strategy and where it failed,
+        # plan the actions that should have been taken, and give both inside remark tags.
         self._reflect = self.book.add_one(
-            "The episode is over. Before the next one starts, reflect on what you have learned about this task "
-            "and how to do better.\n"
+            "The episode is over. Before the next one starts, reflect step by step on the strategy you used and "
+            "where it went wrong, then make a short new plan that names the actions you should have taken. Give "
+            "your reflection and plan inside <remark> </remark> tags.\n"
         )
 
     @property
@@ -177,6 +190,10 @@ class MultiEpisode(environment.Environment):
         success = info["success"]
         total_steps = state.total_steps + 1
         trial_done = total_steps >= self.total_step_cap
+        reward = success.astype(jnp.float32)
+        if self.lamer_gamma:  # LaMer: stop at the first success, worth gamma ** (its 0-based episode index)
+            trial_done = trial_done | success
+            reward = reward * jnp.float32(self.lamer_gamma) ** state.episode_index.astype(jnp.float32)
         next_episode = episode_done & ~trial_done
         start_now = next_episode & (not self.reflection)
         played = TrialState(
@@ -206,7 +223,7 @@ class MultiEpisode(environment.Environment):
             "reflection": reflecting & ~state.trial_done,
             "total_steps": new_state.total_steps,
         }
-        return self.obs_pieces(new_state), new_state, success.astype(jnp.float32), new_state.trial_done, info
+        return self.obs_pieces(new_state), new_state, jnp.where(success, reward, 0.0), new_state.trial_done, info
 
     def is_truncated(self, state: TrialState, params) -> jax.Array:
         return jnp.zeros((), bool)

@@ -105,8 +105,9 @@ def make(env_id: str, **overrides: Any):
 
 
 def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool = False, intro: bool = True,
-               repeat_opening: bool = True, **overrides):
-    """``make`` plus the :class:`~metarl_jax.envs.multi_episode.MultiEpisode` wrapper with ORBIT's step cap.
+               repeat_opening: bool = True, lamer_gamma: float = 0.0, **overrides):
+    """``make`` plus the :class:`~metarl_jax.envs.multi_episode.MultiEpisode` wrapper with ORBIT's step cap
+    (``lamer_gamma`` > 0: LaMer's variant of the trial).
 
     Returns ``(trial_env, params)``.
     """
@@ -116,7 +117,8 @@ def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool 
     cap = spec(env_id).total_step_cap if total_step_cap is None else total_step_cap
     if int(params.max_turns) != env.default_max_turns:
         env, params = make(env_id, **{**overrides, "max_turns": int(params.max_turns)})
-    return MultiEpisode(env, cap, reflection=reflection, intro=intro, repeat_opening=repeat_opening), params
+    return MultiEpisode(env, cap, reflection=reflection, intro=intro, repeat_opening=repeat_opening,
+                        lamer_gamma=lamer_gamma), params
 
 
 # ---------------------------------------------------------------- the ORBIT suite
