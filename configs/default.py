@@ -152,6 +152,7 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))
     c.num_steps = 1000
+    c.eval_before_training = False  # ORBIT also validates the untrained policy (configs/paper.py)
     c.eval_every = 0  # held-out evaluation at the end only (each one costs ~10 s of the 10-minute budget)
     c.log_every = 5
     c.checkpoint_every = 50

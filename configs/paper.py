@@ -62,5 +62,6 @@ def get_config(variant: str = "orbit"):
     c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay, c.optimizer.grad_clip = 0.9, 0.999, 0.01, 1.0
     c.advantage_std_ddof = 1  # verl's GRPO advantage divides by torch.std (the sample std) + 1e-6
     c.dual_clip = 3.0  # verl's clip_ratio_c
-    c.num_steps, c.eval_every, c.checkpoint_every = 800, 10, 50  # ORBIT validates every 10 steps
+    c.num_steps, c.eval_every, c.checkpoint_every = 800, 10, 50  # ORBIT validates every 10 steps ...
+    c.eval_before_training = True  # ... and before the first
     return c

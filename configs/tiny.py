@@ -4,8 +4,9 @@ Command::
 
     python -m metarl_jax.main --config=configs/tiny.py --workdir=/tmp/metarl_tiny
 
-Expected result: 6 GRPO steps on GuessTheNumber-easy trials (2 tasks x 2 rollouts, 2 episodes of 4 turns),
-then a per-episode success table of 8 held-out trials; the numbers are noise at this budget.
+Expected result: a per-episode success table of 8 held-out trials before training, 6 GRPO steps on
+GuessTheNumber-easy trials (2 tasks x 2 rollouts, 2 episodes of 4 turns), then the table again; the numbers are
+noise at this budget.
 """
 
 import os
@@ -23,6 +24,7 @@ def get_config(variant: str = "orbit"):
     c.num_tasks, c.group_size = 2, 2
     c.train_set_size, c.eval_trials = 16, 8
     c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 6, 3, 1, 2
+    c.eval_before_training = True
     c.num_episodes_reported = 2
     c.text = "gem"  # GEM's sentences: the tests and the notebook read them
     return c

@@ -97,7 +97,7 @@ def _get(config, dotted: str):
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
-               "mix_games", "lamer_trial")
+               "mix_games", "lamer_trial", "eval_before_training")
 STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")

@@ -9,9 +9,9 @@ One run = one config (see ``configs/default.py`` for every field). The loop:
    checkpointed config must match the current one in shapes);
 3. runs the compiled GRPO step (:mod:`metarl_jax.algos.grpo`, traced once) ``config.num_steps`` times. The key
    of step ``i`` is ``fold_in(run_key, i)``, so a resumed run replays exactly the steps of an uninterrupted one;
-4. every ``eval_every`` steps and at the end, evaluates on the held-out validation trials (per-episode success
-   with 95% intervals), and logs metrics to ``metrics.jsonl``, ``metrics_<kind>.csv`` and TensorBoard event
-   files under ``<workdir>/tensorboard``; a progress bar shows live metrics;
+4. before the first step (``eval_before_training``), every ``eval_every`` steps and at the end, evaluates on the
+   held-out validation trials (per-episode success with 95% intervals), and logs metrics to ``metrics.jsonl``,
+   ``metrics_<kind>.csv`` and TensorBoard event files under ``<workdir>/tensorboard``; a progress bar shows live metrics;
 5. saves checkpoints (params, optimizer, step, key, config) every ``checkpoint_every`` steps and at the end.
 
 Faults:
@@ -313,6 +313,10 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         log.log("eval", step, eval_metrics(rows, played))
         return rows
 
+    if config.eval_before_training and start == 0:  # ORBIT validates the untrained policy too
+        rows = evaluate(0)
+        if not quiet:
+            print(f"[{label}] step 0 held-out success\n{success_table(rows)}", flush=True)
     bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
     t0 = time.time()
     skipped_total = consecutive = 0

@@ -50,8 +50,8 @@ def test_paper_config_holds_the_released_training_values(tmp_path):
     assert (c.num_tasks, c.group_size, c.update_epochs, c.num_steps, c.mix_games) == (32, 8, 1, 800, True)
     assert (c.temperature, c.eval_temperature, c.eval_top_p) == (0.6, 0.6, 0.95)
     assert (c.train_set_size, c.eval_trials, c.discount, c.observation_coef, c.answer_coef) == (512, 256, False, 0, 0)
-    assert (c.free_stop, c.free_budget, c.truncated_return, c.task_sampling, c.eval_every) == (
-        "end_of_turn", "remaining", "zero", "epochs", 10)
+    assert (c.free_stop, c.free_budget, c.truncated_return, c.task_sampling, c.eval_every, c.eval_before_training) == (
+        "end_of_turn", "remaining", "zero", "epochs", 10, True)
     assert (c.chat_format, c.intro, c.repeat_opening, c.reflection, c.context_len) == (True, True, True, False, 32768)
 
 

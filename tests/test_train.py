@@ -39,7 +39,7 @@ def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     assert sorted(rows) == list(range(1, 7))
     assert all(set(r) >= {"loss", "grad_norm", "game:GuessTheNumber-v0-easy/episode_success/1"} for r in rows.values())
     evals = [r for r in read_jsonl(os.path.join(finished_run, "metrics.jsonl")) if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [3, 6]
+    assert [r["step"] for r in evals] == [0, 3, 6]  # eval_before_training, eval_every=3, the end
     assert os.listdir(os.path.join(finished_run, "tensorboard"))
     result = json.loads((finished_run / "eval.json").read_text())
     assert result[0]["num_trials"] == 8 and len(result[0]["episode_rates"]) == 2
