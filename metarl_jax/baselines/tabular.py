@@ -1,4 +1,5 @@
-"""Tabular Q-learning with optimistic initialisation for grid games (``maze``, ``FrozenLake-misc``).
+"""Tabular Q-learning with optimistic initialisation for grid games (``maze``, ``maze-goal-shown``,
+``FrozenLake-misc``).
 
 The learner's state is the agent's position (shown in every observation: "You are at (r, c)"), so the table
 persists across the episodes of a trial, whose map is fixed. Actions that the observation shows to be
@@ -11,21 +12,25 @@ the goal (else 0) and ``terminal`` for the goal or a hole; moves whose outcome i
 episode that runs out of turns) are not learned from. With ``replay_sweeps > 0`` the learner also replays every
 transition seen so far in the trial (the last outcome of each (s, a), a deterministic model: Dyna-Q) that many
 times per step, synchronously, which carries the goal's value back along a found route within one episode;
-``replay_sweeps=0`` is plain one-step Q-learning.
+``replay_sweeps=0`` is plain one-step Q-learning. In a maze every move is reversible (walls stand between cells,
+and nothing else happens on a move), so a move from ``s`` to another cell ``s'`` also records the opposite move
+from ``s'`` back to ``s`` (reward 0) without trying it: the learner then prefers untried corridors to the way
+back, which turns its exploration into a depth-first search. (Not in FrozenLake, whose ice may be slippery.)
 
 Optimism (``init``). With reward 1 on entering the goal, the true value of a move is ``gamma ** (n - 1)`` for a
 route of ``n`` moves, or 0. Two optimistic initialisations:
 
-* ``"goal_distance"`` (default): ``Q0[s, a] = gamma ** manhattan(s + a, goal)``, an upper bound of the true value
-  (no route is shorter than the Manhattan distance) that uses the goal's position, which both games show in
-  their opening observation (read once, by ``init``, from the reset state). The learner heads for the goal as
-  if the unseen map were open, and each hole or dead end it meets lowers the values that led there, so later
-  episodes route around them (Korf's LRTA* is the same idea with a planner).
-* ``"constant"``: every (s, a) starts at ``q0``, by default ``gamma ** max_turns``: above the value of every
+* ``"goal_distance"`` (the default where the goal's position is shown): ``Q0[s, a] = gamma ** manhattan(s + a,
+  goal)``, an upper bound of the true value (no route is shorter than the Manhattan distance) that uses the
+  goal's position, which ``maze-goal-shown`` and FrozenLake show in their opening observation (read once, by
+  ``init``, from the reset state). The learner heads for the goal as if the unseen map were open, and each hole
+  or dead end it meets lowers the values that led there, so later episodes route around them (Korf's LRTA* is
+  the same idea with a planner).
+* ``"constant"`` (the default for ``maze``, which never tells where the goal is, so ``"goal_distance"`` is
+  refused there): every (s, a) starts at ``q0``, by default ``gamma ** max_turns``: above the value of every
   move not yet seen to lead to the goal (0) and below the value ``gamma ** (k - 1)`` of a known route of
   ``k <= max_turns`` moves, so the learner explores the nearest untried moves until it has found a route that
-  fits in an episode, and then takes it. It knows nothing of the goal's position, so it rarely finds the goal
-  of a maze (the farthest cell from the start) within a trial.
+  fits in an episode, and then takes it.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ class QMemory(NamedTuple):
 
     Attributes:
       q: float32[S, A], action values.
-      goal: int32[2], the goal's (row, col), as shown in the opening.
       valid: bool[S, A], actions the observation allowed at each position (all True until visited).
       known: bool[S, A], (s, a) pairs whose outcome has been seen.
       next_s: int32[S, A], the position each seen (s, a) led to (last seen).
@@ -61,7 +65,6 @@ class QMemory(NamedTuple):
     """
 
     q: jax.Array
-    goal: jax.Array
     valid: jax.Array
     known: jax.Array
     next_s: jax.Array
@@ -70,12 +73,18 @@ class QMemory(NamedTuple):
 
 
 INITS = ("goal_distance", "constant")
+_OPPOSITE = jnp.asarray([1, 0, 3, 2], jnp.int32)  # down, up, right, left: the move that undoes each maze move
+
+
+def shows_goal(game) -> bool:
+    """Whether the grid game's opening observation tells the goal's position."""
+    return game.show_goal if isinstance(game, Maze) else True
 
 
 def _grid(game):
     """``(side, position, goal, deltas)`` of a grid game: positions are ``row * side + col`` (int32[]); ``goal``
-    reads the goal's (row, col) int32[2] from a game state (the opening observation shows it); ``deltas``
-    int32[A, 2] are the moves' (d_row, d_col)."""
+    reads the goal's (row, col) int32[2] from a game state (only for games whose opening shows it);
+    ``deltas`` int32[A, 2] are the moves' (d_row, d_col)."""
     if isinstance(game, Maze):
         side = MAZE_SIZE
         position = lambda g: (g.game.pos[0] * side + g.game.pos[1]).astype(jnp.int32)
@@ -89,23 +98,27 @@ def _grid(game):
     return side, position, goal, jnp.asarray(deltas, jnp.int32)
 
 
-def q_learning(env, gamma: float = 0.9, alpha: float = 1.0, init: str = "goal_distance", q0: float | None = None,
+def q_learning(env, gamma: float = 0.9, alpha: float = 1.0, init: str | None = None, q0: float | None = None,
                replay_sweeps: int = 16) -> OnlinePolicy:
-    """Tabular Q-learning with optimistic init (see the module docstring) for ``maze`` and ``FrozenLake-misc``.
+    """Tabular Q-learning with optimistic init (see the module docstring) for the mazes and ``FrozenLake-misc``.
 
     Args:
       env: the trial (or bare game) env.
       gamma: discount per move.
       alpha: learning rate (1.0 suits these deterministic games; lower it for slippery ice).
-      init: ``"goal_distance"`` or ``"constant"`` optimistic initial values (see the module docstring).
+      init: ``"goal_distance"`` or ``"constant"`` optimistic initial values (see the module docstring); default
+        ``"goal_distance"`` where the game shows the goal's position, else ``"constant"``.
       q0: with ``init="constant"``, the initial value of every (s, a); default ``gamma ** max_turns``.
       replay_sweeps: replays of the seen transitions per step (0 = plain one-step Q-learning).
     Memory: :class:`QMemory`. ``act`` is greedy in Q over the valid actions, ties broken at random.
     """
     require(env, "q_learning", SUPPORTS["q_learning"])
     game = game_env(env)
+    init = ("goal_distance" if shows_goal(game) else "constant") if init is None else init
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "goal_distance" and not shows_goal(game):
+        raise ValueError(f'init="goal_distance" needs the goal\'s position, which {game.env_id!r} never shows')
     if init == "goal_distance" and q0 is not None:
         raise ValueError('q0 applies to init="constant" only')
     side, position, goal_of, deltas = _grid(game)
@@ -113,19 +126,18 @@ def q_learning(env, gamma: float = 0.9, alpha: float = 1.0, init: str = "goal_di
     q0 = float(gamma ** game.default_max_turns if q0 is None else q0)
     cells = jnp.stack(jnp.divmod(jnp.arange(num_s), side), axis=1)  # int32[S, 2]
 
-    def initial_q(goal):
-        """float32[S, A]: the optimistic initial values."""
+    def initial_q(g):
+        """float32[S, A]: the optimistic initial values (``g``: the reset game state, whose opening is seen)."""
         if init == "constant":
             return jnp.full((num_s, num_a), q0, jnp.float32)
         target = cells[:, None, :] + deltas[None, :, :]  # [S, A, 2]
-        return (gamma ** jnp.abs(target - goal).sum(-1)).astype(jnp.float32)
+        return (gamma ** jnp.abs(target - goal_of(g)).sum(-1)).astype(jnp.float32)
 
     def init_fn(key, state):
         g = current_game(state)
-        goal = goal_of(g)
         valid = jnp.ones((num_s, num_a), bool).at[position(g)].set(game.valid_actions(g))  # the start is seen
         return QMemory(
-            q=initial_q(goal), goal=goal, valid=valid,
+            q=initial_q(g), valid=valid,
             known=jnp.zeros((num_s, num_a), bool), next_s=jnp.zeros((num_s, num_a), jnp.int32),
             reward=jnp.zeros((num_s, num_a), jnp.float32), terminal=jnp.zeros((num_s, num_a), bool),
         )
@@ -150,6 +162,12 @@ def q_learning(env, gamma: float = 0.9, alpha: float = 1.0, init: str = "goal_di
         put = lambda table, value: table.at[s, a].set(jnp.where(tr.shown, value, table[s, a]))
         known, next_s = put(memory.known, True), put(memory.next_s, s2)
         rew, terminal = put(memory.reward, r), put(memory.terminal, term)
+        if isinstance(game, Maze):  # the way back (see the module docstring)
+            back = tr.shown & (s2 != s) & ~term
+            b = _OPPOSITE[a]
+            put_back = lambda table, value: table.at[s2, b].set(jnp.where(back, value, table[s2, b]))  # noqa: E731
+            known, next_s = put_back(known, True), put_back(next_s, s)
+            rew, terminal = put_back(rew, 0.0), put_back(terminal, False)
 
         def sweep(_, q):
             t = jnp.where(terminal, rew, rew + gamma * best(q, valid)[next_s])
@@ -157,6 +175,6 @@ def q_learning(env, gamma: float = 0.9, alpha: float = 1.0, init: str = "goal_di
 
         if replay_sweeps > 0:
             q = jax.lax.fori_loop(0, replay_sweeps, sweep, q)
-        return QMemory(q=q, goal=memory.goal, valid=valid, known=known, next_s=next_s, reward=rew, terminal=terminal)
+        return QMemory(q=q, valid=valid, known=known, next_s=next_s, reward=rew, terminal=terminal)
 
     return OnlinePolicy(init_fn, act, update)

@@ -138,3 +138,4 @@ register("FrozenLake-misc", _G + "frozen_lake:FrozenLakeText", max_turns=8, tota
 # ---------------------------------------------------------------- earlier rules of ORBIT games, kept as variants
 register("rockpaperscissors-verbose", _G + "rock_paper_scissors:RockPaperScissors", max_turns=5, total_step_cap=15,
          split="variant", rules="verbose")
+register("maze-goal-shown", _G + "maze:Maze", max_turns=9, total_step_cap=27, split="variant", rules="goal-shown")
