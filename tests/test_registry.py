@@ -20,6 +20,24 @@ def test_every_orbit_id_is_registered_with_three_episode_caps():
         assert s.total_step_cap >= s.max_turns
 
 
+# Our earlier rules of ORBIT games, kept under their own ids (each env module's docstring describes its variant).
+VARIANTS = {"rockpaperscissors-verbose": "rockpaperscissors", "maze-goal-shown": "maze",
+            "game:Blackjack-v0-table10": "game:Blackjack-v0"}
+
+
+def test_variants_are_their_orbit_game_with_other_rules():
+    for variant, orbit_id in VARIANTS.items():
+        v, o = envs.spec(variant), envs.spec(orbit_id)
+        assert v.split == "variant" and v.entry_point == o.entry_point
+        assert (v.max_turns, v.total_step_cap) == (o.max_turns, o.total_step_cap)
+        assert "rules" not in o.kwargs  # the ORBIT id takes the class's default rules, ORBIT's
+    flags = lambda env: (getattr(env, "verbose", None), getattr(env, "show_goal", None), getattr(env, "orbit", None))  # noqa: E731
+    assert [flags(envs.make(i)[0]) for i in VARIANTS.values()] == [(False, None, None), (None, False, None),
+                                                                  (None, None, True)]
+    assert [flags(envs.make(i)[0]) for i in VARIANTS] == [(True, None, None), (None, True, None), (None, None, False)]
+    assert [envs.make(i)[0].num_actions for i in ("game:Blackjack-v0", "game:Blackjack-v0-table10")] == [49, 11]
+
+
 def test_unknown_id_suggests_the_closest():
     with pytest.raises(KeyError, match="did you mean 'game:Wordle-v0-hard'"):
         envs.make("game:Wordle-v0-hrad")

@@ -1,31 +1,45 @@
 """Blackjack with a fixed deck and chosen cards (ORBIT's ``game:Blackjack-v0``), JAX-native.
 
-Rules. A standard 52-card deck is shuffled once per task. The player is dealt two cards, face up. The dealer
-gets two face-up cards worth 17 to 21 and never draws. ``table_size`` (10) other cards lie face down on the
-table at positions ``0 .. table_size - 1``. Each turn the agent either takes the card
-at a position, ``\\boxed{hit 3}`` (a position already taken costs the turn and says so), or ends the game,
-``\\boxed{stand}``. Card values: 2..10 their number, J/Q/K 10, an ace 11 unless that would push the total
-over 21, then 1 (soft totals). Going over 21 ends the episode LOST. Standing ends it: WON iff the player's
-total is at most 21 and beats the dealer's (a tie loses). Running out of turns (``max_turns`` = 4) without
-standing is a loss (the base class's truncation). Every episode of a trial uses the same deck, so an agent
-can learn which positions hold good cards.
+Rules (``rules="orbit"``, the id ``game:Blackjack-v0``; ORBIT: XiaofengLin7/ORBIT envs/blackjack_env_adapter.py).
+A standard 52-card deck is shuffled once per task. The dealer gets two cards worth 17 to 21 and never draws;
+the first is face up, the second face down until the episode ends. The player is dealt two cards, face up. The
+other 48 cards of the deck lie face down at positions ``0 .. 47``. Each turn the agent either takes the card at a
+position, ``\\boxed{hit 3}``, or ends the game, ``\\boxed{stand}``; choosing a position whose card was already
+taken stands (ORBIT: an index no longer available falls back to stand). Card values: 2..10 their number, J/Q/K
+10, an ace 11 unless that would push the total over 21, then 1 (soft totals). Going over 21 ends the episode
+LOST. Standing ends it: WON iff the player's total is at most 21 and beats the dealer's (a tie loses). Running
+out of turns (``max_turns`` = 4) without standing is a loss (the base class's truncation). However the episode
+ends (a stand, a bust, the turn limit, a format error), its last observation then shows the dealer's face-down
+card, as ORBIT's final observation shows the dealer's cards. Every episode of a trial uses the same deck, so an
+agent can learn which positions hold good cards, and the dealer's hidden card.
 
-Task distribution: a uniform permutation of the deck. The player gets deck positions 0 and 1 and the table
-is the deck's last ``table_size`` cards (positions ``52 - table_size .. 51``), so every table position holds a
-uniformly random card. The dealer's pair is the first pair of positions ``(i, j)``, ``2 <= i < j <
-52 - table_size``, in lexicographic order, whose two cards total 17..21; such a pair always exists because at
-most ``2 + table_size <= 14`` of the 16 ten-valued cards lie outside that range (hence ``table_size <= 12``).
-(Taking the table from the cards right after the dealer's pair instead would skew the first table positions
-towards small cards, which can never be part of a 17..21 pair and are skipped by the dealer's search.)
-Cards are named like ``7 of hearts``, ``K of spades``, ``A of clubs``, ``10 of diamonds``.
+Task distribution (ORBIT's deal): the dealer's pair is uniform over the ordered pairs of distinct cards worth 17
+to 21 together (ORBIT reshuffles until the first two cards are; it gives up after 50 reshuffles, which happens
+with probability below 1e-9 and is ignored here); the other 50 cards are in uniform random order, the player's
+two first, then the 48 deck positions.
 
-Actions: ``hit 0`` .. ``hit {table_size - 1}`` (indices ``0 .. table_size - 1``), then ``stand`` (index
-``table_size``).
+Variant ``rules="table10"`` (the id ``game:Blackjack-v0-table10``: this env's rules before ORBIT's became the
+default). Only 10 cards lie face down, on a table, at positions ``0 .. 9``; both dealer cards are face up from
+the start, with their total; choosing a taken position costs the turn and says so. The deal: the player gets
+deck positions 0 and 1 of a uniform permutation, the table is the deck's last 10 cards (positions 42 .. 51),
+and the dealer's pair is the first pair of positions ``(i, j)``, ``2 <= i < j < 42``, in lexicographic order,
+whose two cards total 17..21 (such a pair always exists: at most 12 of the 16 ten-valued cards lie outside that
+range). Taking the table from the cards right after the dealer's pair instead would skew the first table
+positions towards small cards, which can never be part of a 17..21 pair and are skipped by that search.
 
-GEM has no Blackjack; the rules follow ORBIT's description (the paper and its released code;
-``docs/differences_from_orbit.md``). The per-episode texts are ours. ``oracle_action`` reads the deck: it searches the subsets of the untaken positions (of size
-at most the turns left minus one, enumerated statically up to ``default_max_turns - 1``) for one whose cards
-make a winning stand, hits its positions and then stands (and stands when no subset wins).
+Cards are named like ``7 of hearts``, ``K of spades``, ``A of clubs``, ``10 of diamonds`` (ORBIT shows values
+only: ``A``, ``2`` .. ``10``; a suit tells nothing more about a card's value). Actions: ``hit 0`` ..
+``hit {K - 1}`` (indices ``0 .. K - 1``, K = 48 or 10), then ``stand`` (index ``K``).
+
+Differences from ORBIT (both rule sets): the texts are ours, and each turn tells what changed (the card taken,
+the new total, the verdict) instead of re-listing the hands, the whole deck with the taken cards shown, and the
+available positions (all of which follow from the earlier observations). An answer that is not an action is a
+format error that ends the episode, as in every env here (ORBIT stands). GEM has no Blackjack.
+
+``oracle_action`` reads the deck: it searches the multisets of card values, of size at most the turns left
+minus one, that the untaken positions can supply, for one whose cards make a winning stand; it hits a position
+holding one of that multiset's values (the lowest such position) and stands once the hand wins as it is, or
+when no multiset wins. Taking the smallest winning multiset first keeps the plan within the turns left.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from metarl_jax.envs.base import LOST, RUNNING, WON, TextEnv, TextEnvState
+from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, RUNNING, WON, TextEnv, TextEnvState, to_host
 from metarl_jax.envs.pieces import EMPTY, slot
 
 RANKS = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
@@ -45,14 +59,40 @@ SUITS = ["clubs", "diamonds", "hearts", "spades"]
 # Card c (0..51) has rank RANKS[c % 13] and suit SUITS[c // 13]; its hard value (an ace counts 1):
 HARD_VALUE = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10] * 4, np.int32)
 CARD_NAMES = [f"{RANKS[c % 13]} of {SUITS[c // 13]}" for c in range(52)]
+RULES = ("orbit", "table10")
+TABLE_SIZES = {"orbit": 48, "table10": 10}
+# A hand stays at most 21 with at most 9 hits: the 11 smallest cards (four aces, four 2s, three 3s) total 21.
+MAX_USEFUL_HITS = 9
 
 # feedback codes of the last turn
 _NONE, _HIT, _TAKEN, _BUST, _STAND_WIN, _STAND_LOSE, _STAND_TIE = range(7)
+_VERDICTS = {_STAND_WIN: "You win!\n", _STAND_LOSE: "You lose.\n", _STAND_TIE: "It is a tie, and a tie loses.\n"}
 
 
 def hand_total(hard: jax.Array, has_ace: jax.Array) -> jax.Array:
     """Best total of a hand from its hard total (aces as 1) and whether it holds an ace."""
     return jnp.where(has_ace & (hard + 10 <= 21), hard + 10, hard)
+
+
+def _host_total(cards) -> int:
+    """The best total of a list of card ids (host side)."""
+    values = [int(HARD_VALUE[int(c)]) for c in cards]
+    return sum(values) + 10 if 1 in values and sum(values) + 10 <= 21 else sum(values)
+
+
+# The ordered pairs of distinct cards worth 17..21 together: the dealer's possible hands, int32[P, 2].
+DEALER_PAIRS = np.array([(a, b) for a in range(52) for b in range(52) if a != b and 17 <= _host_total([a, b]) <= 21],
+                        np.int32)
+
+
+def _value_multisets(max_size: int) -> np.ndarray:
+    """int32[S, 10]: every multiset of card values 1..10 of size <= max_size, as value counts, by size then
+    lexicographically."""
+    sets = [s for n in range(max_size + 1) for s in itertools.combinations_with_replacement(range(10), n)]
+    counts = np.zeros((len(sets), 10), np.int32)
+    for i, s in enumerate(sets):
+        np.add.at(counts[i], list(s), 1)
+    return counts
 
 
 @struct.dataclass
@@ -62,7 +102,7 @@ class BlackjackTask:
     Attributes:
       deck: int32[52], the shuffled deck (card ids).
       player: int32[2], the player's cards.
-      dealer: int32[2], the dealer's cards (total 17..21).
+      dealer: int32[2], the dealer's cards (total 17..21; under ORBIT's rules the second is face down).
       table: int32[K], the face-down cards at positions 0..K-1.
     """
 
@@ -92,73 +132,78 @@ class BlackjackGame:
 class Blackjack(TextEnv):
     """Blackjack against a fixed dealer hand, hitting chosen face-down cards (see the module docstring).
 
-    Task: :class:`BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``.
+    Task: :class:`BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``. ``rules``:
+    ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode ends, a taken position
+    stands) or ``"table10"`` (10 table positions, both dealer cards face up, a taken position wastes the turn).
     """
 
-    def __init__(self, table_size: int = 10, max_turns: int = 4, env_id: str = "game:Blackjack-v0",
+    def __init__(self, max_turns: int = 4, rules: str = "orbit", env_id: str = "game:Blackjack-v0",
                  text: str = "gem"):
         super().__init__(max_turns, text)
-        if not 1 <= table_size <= 12:
-            raise ValueError(f"Blackjack needs 1 <= table_size <= 12 (so the dealer can always be dealt 17..21), "
-                             f"got {table_size}")
+        if rules not in RULES:
+            raise ValueError(f"Blackjack rules must be one of {RULES}, got {rules!r}")
         self.env_id = env_id
-        self.table_size = K = table_size
+        self.orbit = rules == "orbit"
+        self.table_size = K = TABLE_SIZES[rules]
         self.stand = K
         self.action_contents = [f"hit {i}" for i in range(K)] + ["stand"]
-        self._rules = self.book.add(
+        self._add_pieces()
+        # The value multisets the oracle searches (see the module docstring) and their sizes.
+        self._multisets = _value_multisets(min(self.default_max_turns - 1, MAX_USEFUL_HITS))
+        self._multiset_size = self._multisets.sum(1).astype(np.int32)
+
+    # ------------------------------------------------------------------ text pieces
+    def _rules_text(self) -> tuple[str, str]:
+        """The rules paragraph, around the number of turns."""
+        K = self.table_size
+        cards = "A is worth 11 unless that would take the hand over 21, in which case it is worth 1.\n"
+        if self.orbit:
+            where = f"The other {K} cards lie face down at positions 0 to {K - 1}. You have "
+            taken = "If you take a position that was already taken, you stand. "
+            dealer = "The dealer holds two cards, one face up and one face down, and never takes more cards. "
+        else:
+            where = f"{K} cards lie face down on the table at positions 0 to {K - 1}. You have "
+            taken, dealer = "", "The dealer never takes more cards. "
+        return (
             "You are playing Blackjack against a dealer. Cards 2 to 10 are worth their number, J, Q and K are worth "
-            "10, and an A is worth 11 unless that would take the hand over 21, in which case it is worth 1.\n"
-            f"{K} cards lie face down on the table at positions 0 to {K - 1}. You have ",
+            "10, and an " + cards + where,
             " turns. Each turn, either take the card at one position with \\boxed{hit POSITION}, for example "
-            "\\boxed{hit 3}, or end the game with \\boxed{stand}. Going over 21 loses at once. When you stand, you "
-            "win if your total beats the dealer's; a tie loses. The dealer never takes more cards. If you run out "
-            "of turns without standing, you lose.\nYour cards: ",
-            " and ",
-            " (total ",
-            ").\nThe dealer's cards: ",
-            ").\n",
+            "\\boxed{hit 3}, or end the game with \\boxed{stand}. " + taken + "Going over 21 loses at once. When you "
+            "stand, you win if your total beats the dealer's; a tie loses. " + dealer + "If you run out of turns "
+            "without standing, you lose.\nYour cards: ",
         )
+
+    def _add_pieces(self) -> None:
+        """Registers the pieces and builds the layout: opening, turn feedback, and (ORBIT) the dealer's reveal."""
+        self._rules = self.book.add(*self._rules_text())
+        self._hand = self.book.add(" and ", " (total ", ").\nThe dealer's cards: ", ").\n", " and a face-down card.\n")
         self.cards = self.book.add(*CARD_NAMES)
-        self._turn = self.book.add(
-            "At turn ",
-            ", you took the card at position ",
-            ", you chose position ",
-            ", you stand with ",
-        )
-        self._mid = self.book.add(
-            ": ",
-            ", but that card was already taken. Your total is still ",
-            " against the dealer's ",
-        )
-        self._sep = self.book.add(". Your total is ", ". ")
-        self._tail = self.book.add(
-            ".\n",
-            ". That is over 21: you bust and lose.\n",
-            "You win!\n",
-            "You lose.\n",
-            "It is a tie, and a tie loses.\n",
-        )
-        self.game_layout = [
-            # opening: rules, max_turns, rules, card, " and ", card, " (total ", T, dealer..., D, ").\n"
-            slot(self._rules), slot(self.num), slot(self._rules), slot(self.cards), slot(self._rules),
-            slot(self.cards), slot(self._rules), slot(self.num), slot(self._rules), slot(self.cards),
-            slot(self._rules), slot(self.cards), slot(self._rules), slot(self.num), slot(self._rules),
-            # feedback
-            slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._mid),
-            slot(self.cards, self.num), slot(self._sep), slot(self.num), slot(self._tail),
-        ]
-        self.opening_slots = tuple(range(15))
-        # Hit subsets the oracle searches, by size then lexicographically: bool[S, K] and their sizes int32[S].
-        size_cap = min(K, self.default_max_turns - 1)
-        subsets = [s for n in range(size_cap + 1) for s in itertools.combinations(range(K), n)]
-        self._subsets = np.zeros((len(subsets), K), bool)
-        for i, s in enumerate(subsets):
-            self._subsets[i, list(s)] = True
-        self._subset_size = self._subsets.sum(1).astype(np.int32)
+        self._turn = self.book.add("At turn ", ", you took the card at position ", ", you chose position ",
+                                   ", you stand with ")
+        self._mid = self.book.add(": ", ", but that card was already taken. Your total is still ",
+                                  ", but that card was already taken, so you stand with ", " against the dealer's ")
+        self._sep = self.book.add(". Your total is ", ". ", " against the dealer's ")
+        self._tail = self.book.add(".\n", ". That is over 21: you bust and lose.\n", ". ")
+        self._verdict = self.book.add(*_VERDICTS.values())
+        self._reveal = self.book.add("The dealer's face-down card was ", "\nThe dealer's face-down card was ", ".\n")
+        cards, num, hand = slot(self.cards), slot(self.num), slot(self._hand)
+        player = [slot(self._rules), num, slot(self._rules), cards, hand, cards, hand, num, hand, cards]
+        dealer = [hand] if self.orbit else [hand, cards, hand, num, hand]
+        opening = player + dealer
+        feedback = [slot(self._turn), num, slot(self._turn), num, slot(self._mid), slot(self.cards, self.num),
+                    slot(self._sep), num, slot(self._tail), slot(self._verdict)]
+        self.game_layout = opening + feedback
+        self.opening_slots = tuple(range(len(opening)))
+        self._reveal_layout = [slot(self._reveal), cards, slot(self._reveal)] if self.orbit else []
+
+    @property
+    def layout(self):
+        """The base layout, then (ORBIT's rules) the dealer's face-down card, shown once the episode has ended."""
+        return [*super().layout, *self._reveal_layout]
 
     # ------------------------------------------------------------------ game
     def deal(self, deck):
-        """The task of a shuffled deck ``int32[52]`` (see the module docstring for the dealing rule)."""
+        """The ``table10`` task of a shuffled deck ``int32[52]`` (see the module docstring for the dealing rule)."""
         middle = deck[2: 52 - self.table_size]
         hard = jnp.asarray(HARD_VALUE)[middle]
         ace = hard == 1
@@ -169,7 +214,19 @@ class Blackjack(TextEnv):
         return BlackjackTask(deck=deck, player=deck[:2], dealer=jnp.stack([middle[first // n], middle[first % n]]),
                              table=deck[52 - self.table_size:])
 
+    def deal_orbit(self, key) -> BlackjackTask:
+        """ORBIT's deal (see the module docstring): ``deck`` is the dealer's pair, the player's two cards, then
+        the 48 deck positions."""
+        k_pair, k_order = jax.random.split(key)
+        pair = jnp.asarray(DEALER_PAIRS)[jax.random.randint(k_pair, (), 0, len(DEALER_PAIRS))]
+        # Sorting uniform keys orders the cards uniformly; the dealer's two go first, in their drawn order.
+        sort_key = jax.random.uniform(k_order, (52,)).at[pair].set(jnp.asarray([-2.0, -1.0]))
+        deck = jnp.argsort(sort_key).astype(jnp.int32)
+        return BlackjackTask(deck=deck, player=deck[2:4], dealer=deck[:2], table=deck[4:])
+
     def sample_task(self, key, params):
+        if self.orbit:
+            return self.deal_orbit(key)
         return self.deal(jax.random.permutation(key, 52).astype(jnp.int32))
 
     def _total(self, cards):
@@ -185,18 +242,17 @@ class Blackjack(TextEnv):
 
     def game_step(self, key, state: TextEnvState, action, params):
         g = state.game
-        stand = action == self.stand
         pos = jnp.minimum(action, self.table_size - 1)
-        taken = g.taken[pos] & ~stand
-        draw = ~stand & ~taken
+        retaken = (action != self.stand) & g.taken[pos]
+        stand = (action == self.stand) | (retaken & self.orbit)  # ORBIT: a taken position stands
+        draw = ~stand & ~retaken
         value = jnp.asarray(HARD_VALUE)[state.task.table[pos]]
         hard = jnp.where(draw, g.hard + value, g.hard).astype(jnp.int32)
         has_ace = g.has_ace | (draw & (value == 1))
         total = hand_total(hard, has_ace)
         dealer = self._total(state.task.dealer)
-        bust = hard > 21
         feedback = jnp.select(
-            [stand & (total > dealer), stand & (total == dealer), stand, taken, bust],
+            [stand & (total > dealer), stand & (total == dealer), stand, retaken, hard > 21],
             [_STAND_WIN, _STAND_TIE, _STAND_LOSE, _TAKEN, _BUST],
             _HIT,
         ).astype(jnp.int32)
@@ -210,85 +266,104 @@ class Blackjack(TextEnv):
         return jnp.concatenate([~state.game.taken, jnp.ones((1,), bool)])
 
     def oracle_action(self, key, state: TextEnvState):
-        """Hits the lowest position of the first winning subset of untaken cards (size <= turns left - 1)."""
+        """Hits toward the smallest winning multiset of untaken card values (size <= turns left - 1), or stands."""
         g = state.game
-        subsets = jnp.asarray(self._subsets)
-        values = jnp.asarray(HARD_VALUE)[state.task.table]
-        hard = g.hard + subsets.astype(jnp.int32) @ values
-        ace = g.has_ace | (subsets & (values == 1)).any(1)
-        total = hand_total(hard, ace)
-        left = state.max_turns - state.time
-        wins = ((total > self._total(state.task.dealer)) & (hard <= 21) & ~(subsets & g.taken).any(1)
-                & (jnp.asarray(self._subset_size) <= left - 1))
-        plan = subsets[jnp.argmax(wins)]
-        return jnp.where(wins.any() & plan.any(), jnp.argmax(plan), self.stand).astype(jnp.int32)
+        values = jnp.asarray(HARD_VALUE)[state.task.table]  # int32[K], 1..10
+        left = ~g.taken
+        supply = (jax.nn.one_hot(values - 1, 10, dtype=jnp.int32) * left[:, None]).sum(0)  # untaken cards per value
+        multisets = jnp.asarray(self._multisets)
+        hard = g.hard + multisets @ jnp.arange(1, 11, dtype=jnp.int32)
+        total = hand_total(hard, g.has_ace | (multisets[:, 0] > 0))
+        wins = ((total > self._total(state.task.dealer)) & (hard <= 21) & (multisets <= supply).all(1)
+                & (jnp.asarray(self._multiset_size) <= state.max_turns - state.time - 1))
+        plan = jnp.argmax(wins)
+        value = jnp.argmax(multisets[plan] > 0) + 1  # a value the plan still needs
+        position = jnp.argmax(left & (values == value))
+        return jnp.where(wins.any() & (multisets[plan].sum() > 0), position, self.stand).astype(jnp.int32)
 
     # ------------------------------------------------------------------ text
     def game_pieces(self, state: TextEnvState):
+        opening = self._opening_pieces(state)
+        feedback = self._feedback_pieces(state)
+        blank = lambda n: jnp.full((n,), EMPTY)  # noqa: E731
+        return jnp.where(
+            state.time == 0,
+            jnp.concatenate([opening, blank(feedback.shape[0])]),
+            jnp.concatenate([blank(opening.shape[0]), feedback]),
+        ).astype(jnp.int32)
+
+    def _opening_pieces(self, state: TextEnvState) -> jax.Array:
+        """int32[len(opening_slots)]: the rules, the player's hand and the dealer's (one card under ORBIT's rules)."""
+        task, h = state.task, self._hand
+        player = [self._rules[0], self.number(state.max_turns), self._rules[1], self.cards[task.player[0]], h[0],
+                  self.cards[task.player[1]], h[1], self.number(self._total(task.player)), h[2],
+                  self.cards[task.dealer[0]]]
+        if self.orbit:
+            return jnp.stack(player + [h[4]])
+        return jnp.stack(player + [h[0], self.cards[task.dealer[1]], h[1], self.number(self._total(task.dealer)), h[3]])
+
+    def _feedback_pieces(self, state: TextEnvState) -> jax.Array:
+        """int32[10]: the last turn's feedback (see ``render_game_text`` for the sentences)."""
         g, task = state.game, state.task
-        opening = state.time == 0
-        rules = jnp.stack([
-            self._rules[0], self.number(state.max_turns), self._rules[1],
-            self.cards[task.player[0]], self._rules[2], self.cards[task.player[1]], self._rules[3],
-            self.number(self._total(task.player)), self._rules[4],
-            self.cards[task.dealer[0]], self._rules[2], self.cards[task.dealer[1]], self._rules[3],
-            self.number(self._total(task.dealer)), self._rules[5],
-        ])
         fb = g.feedback
         stand = (fb == _STAND_WIN) | (fb == _STAND_LOSE) | (fb == _STAND_TIE)
+        chose_stand = stand & (state.last_action == self.stand)
+        retaken_stand = stand & ~chose_stand  # ORBIT: a taken position stood
         hit = (fb == _HIT) | (fb == _BUST)
         pos = jnp.clip(state.last_action, 0, self.table_size - 1)
         total = self.number(hand_total(g.hard, g.has_ace))
-        feedback = jnp.stack([
+        dealer = self.number(self._total(task.dealer))
+        verdict = jnp.select([fb == _STAND_WIN, fb == _STAND_LOSE, fb == _STAND_TIE],
+                             [self._verdict[0], self._verdict[1], self._verdict[2]], EMPTY)
+        return jnp.stack([
             self._turn[0], self.number(state.time),
-            jnp.select([stand, hit], [self._turn[3], self._turn[1]], self._turn[2]),
-            jnp.where(stand, total, self.number(pos)),
-            jnp.select([stand, hit], [self._mid[2], self._mid[0]], self._mid[1]),
-            jnp.select([stand, hit], [self.number(self._total(task.dealer)), self.cards[task.table[pos]]], EMPTY),
-            jnp.select([stand, hit], [self._sep[1], self._sep[0]], EMPTY),
-            jnp.where(stand, EMPTY, total),
-            jnp.select(
-                [fb == _BUST, fb == _STAND_WIN, fb == _STAND_LOSE, fb == _STAND_TIE],
-                [self._tail[1], self._tail[2], self._tail[3], self._tail[4]],
-                self._tail[0],
-            ),
+            jnp.select([chose_stand, hit], [self._turn[3], self._turn[1]], self._turn[2]),
+            jnp.where(chose_stand, total, self.number(pos)),
+            jnp.select([chose_stand, hit, retaken_stand], [self._mid[3], self._mid[0], self._mid[2]], self._mid[1]),
+            jnp.select([chose_stand, hit], [dealer, self.cards[task.table[pos]]], total),
+            jnp.select([chose_stand, hit, retaken_stand], [self._sep[1], self._sep[0], self._sep[2]], EMPTY),
+            jnp.select([hit, retaken_stand], [total, dealer], EMPTY),
+            jnp.select([fb == _BUST, retaken_stand, chose_stand], [self._tail[1], self._tail[2], EMPTY], self._tail[0]),
+            verdict,
         ])
-        return jnp.where(
-            opening,
-            jnp.concatenate([rules, jnp.full((9,), EMPTY)]),
-            jnp.concatenate([jnp.full((15,), EMPTY), feedback]),
-        ).astype(jnp.int32)
+
+    def obs_pieces(self, state: TextEnvState) -> jax.Array:
+        """The base observation, then (ORBIT's rules) the dealer's face-down card once the episode has ended."""
+        pieces = super().obs_pieces(state)
+        if not self.orbit:
+            return pieces
+        status_message = (state.status == OUT_OF_TURNS) | (state.status == FORMAT_ERROR)  # text without "\n"
+        reveal = jnp.stack([jnp.where(status_message, self._reveal[1], self._reveal[0]),
+                            self.cards[state.task.dealer[1]], self._reveal[2]])
+        return jnp.concatenate([pieces, jnp.where(state.status == RUNNING, EMPTY, reveal)]).astype(jnp.int32)
+
+    def render_text(self, state: TextEnvState) -> str:
+        state = to_host(state)
+        text = super().render_text(state)
+        if not self.orbit or int(state.status) == RUNNING:
+            return text
+        lead = "\n" if int(state.status) in (OUT_OF_TURNS, FORMAT_ERROR) else ""
+        return f"{text}{lead}The dealer's face-down card was {CARD_NAMES[int(state.task.dealer[1])]}.\n"
 
     def render_game_text(self, state):
         task, g = state.task, state.game
         t = int(state.time)
-
-        def total(cards):
-            vals = [int(HARD_VALUE[int(c)]) for c in cards]
-            s = sum(vals)
-            return s + 10 if 1 in vals and s + 10 <= 21 else s
-
         if t == 0:
+            first, rest = self._rules_text()
             p, d = [CARD_NAMES[int(c)] for c in task.player], [CARD_NAMES[int(c)] for c in task.dealer]
-            k = self.table_size
-            return (
-                "You are playing Blackjack against a dealer. Cards 2 to 10 are worth their number, J, Q and K are "
-                "worth 10, and an A is worth 11 unless that would take the hand over 21, in which case it is worth "
-                f"1.\n{k} cards lie face down on the table at positions 0 to {k - 1}. You have "
-                f"{int(state.max_turns)} turns. Each turn, either take the card at one position with "
-                "\\boxed{hit POSITION}, for example \\boxed{hit 3}, or end the game with \\boxed{stand}. Going over "
-                "21 loses at once. When you stand, you win if your total beats the dealer's; a tie loses. The dealer "
-                "never takes more cards. If you run out of turns without standing, you lose.\n"
-                f"Your cards: {p[0]} and {p[1]} (total {total(task.player)}).\n"
-                f"The dealer's cards: {d[0]} and {d[1]} (total {total(task.dealer)}).\n"
-            )
+            dealer = (f"{d[0]} and a face-down card.\n" if self.orbit
+                      else f"{d[0]} and {d[1]} (total {_host_total(task.dealer)}).\n")
+            return (f"{first}{int(state.max_turns)}{rest}{p[0]} and {p[1]} (total {_host_total(task.player)}).\n"
+                    f"The dealer's cards: {dealer}")
         hard = int(g.hard)
         mine = hard + 10 if bool(g.has_ace) and hard + 10 <= 21 else hard
         fb = int(g.feedback)
-        if fb in (_STAND_WIN, _STAND_LOSE, _STAND_TIE):
-            verdict = {_STAND_WIN: "You win!", _STAND_LOSE: "You lose.", _STAND_TIE: "It is a tie, and a tie loses."}[fb]
-            return f"At turn {t}, you stand with {mine} against the dealer's {total(task.dealer)}. {verdict}\n"
         pos = int(state.last_action)
+        versus = f"{mine} against the dealer's {_host_total(task.dealer)}. "
+        if fb in _VERDICTS and pos == self.stand:
+            return f"At turn {t}, you stand with {versus}{_VERDICTS[fb]}"
+        if fb in _VERDICTS:
+            return f"At turn {t}, you chose position {pos}, but that card was already taken, so you stand with {versus}{_VERDICTS[fb]}"
         if fb == _TAKEN:
             return f"At turn {t}, you chose position {pos}, but that card was already taken. Your total is still {mine}.\n"
         card = CARD_NAMES[int(task.table[pos])]

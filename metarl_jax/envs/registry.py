@@ -139,3 +139,5 @@ register("FrozenLake-misc", _G + "frozen_lake:FrozenLakeText", max_turns=8, tota
 register("rockpaperscissors-verbose", _G + "rock_paper_scissors:RockPaperScissors", max_turns=5, total_step_cap=15,
          split="variant", rules="verbose")
 register("maze-goal-shown", _G + "maze:Maze", max_turns=9, total_step_cap=27, split="variant", rules="goal-shown")
+register("game:Blackjack-v0-table10", _G + "blackjack:Blackjack", max_turns=4, total_step_cap=12, split="variant",
+         rules="table10")
