@@ -10,7 +10,7 @@ Semantics (ORBIT: the paper and its released code, XiaofengLin7/ORBIT; ``docs/di
 * each episode opens with the header ``[Episode k] New episode begins.`` (``[Episode k]`` for a game in the
   ``terse`` text style) followed by the game's opening
   observation (rules included). At a boundary the agent sees the finished episode's terminal observation,
-  then the header, then the new opening;
+  a blank line, then the header, then the new opening;
 * optional reflection: after an episode ends (and the trial goes on) the agent gets one extra turn with a
   reflection prompt (ORBIT's request in our words: a step-by-step reflection and a new plan inside
   ``<remark>`` tags). That turn's action is ignored, earns 0 and counts no step;
@@ -108,7 +108,9 @@ class MultiEpisode(environment.Environment):
             "\\boxed{}.\n",
         )
         self._header = self.book.add("[Episode ", self._header_tail)
-        self._newline = self.book.add_one("\n")
+        # Between the finished episode's last observation and the header or the reflection request: a blank line,
+        # as ORBIT writes it (one newline in the terse style).
+        self._newline = self.book.add_one("\n" if env.terse else "\n\n")
         # ORBIT's reflection request, in our words: reason step by step about the strategy and where it failed,
         # plan the actions that should have been taken, and give both inside remark tags.
         self._reflect = self.book.add_one(
@@ -279,7 +281,7 @@ class MultiEpisode(environment.Environment):
         if view == VIEW_START and self.intro:
             parts.append(self._intro_text())
         if view in (VIEW_BOUNDARY, VIEW_REFLECT):
-            parts.append(self.env.render_text(state.prev) + "\n")
+            parts.append(self.env.render_text(state.prev) + self.pieces[self._newline[0]])
         if view == VIEW_REFLECT:
             parts.append(self.pieces[self._reflect[0]])
         if view in (VIEW_START, VIEW_BOUNDARY, VIEW_AFTER_REFLECT):
