@@ -13,7 +13,8 @@ import pytest
 from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
                      replay_episode_one, run_trials)
 from metarl_jax import envs
-from metarl_jax.envs.maze import SHAPES, add_loops, grid_masks, grow_tree, sample_branched_maze, sample_random_walls_maze
+from metarl_jax.envs.maze import (SHAPES, add_loops, grid_masks, grow_tree, sample_branched_maze,
+                                  sample_random_walls_maze)
 from metarl_jax.text.codec import Codec
 
 MOVES = {0: (-1, 0), 1: (1, 0), 2: (0, -1), 3: (0, 1)}  # up, down, left, right

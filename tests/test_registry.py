@@ -31,7 +31,9 @@ def test_variants_are_their_orbit_game_with_other_rules():
         assert v.split == "variant" and v.entry_point == o.entry_point
         assert (v.max_turns, v.total_step_cap) == (o.max_turns, o.total_step_cap)
         assert "rules" not in o.kwargs  # the ORBIT id takes the class's default rules, ORBIT's
-    flags = lambda env: (getattr(env, "verbose", None), getattr(env, "show_goal", None), getattr(env, "orbit", None))  # noqa: E731
+    def flags(env):  # the rule switches of the three games
+        return getattr(env, "verbose", None), getattr(env, "show_goal", None), getattr(env, "orbit", None)
+
     assert [flags(envs.make(i)[0]) for i in VARIANTS.values()] == [(False, None, None), (None, False, None),
                                                                   (None, None, True)]
     assert [flags(envs.make(i)[0]) for i in VARIANTS] == [(True, None, None), (None, True, None), (None, None, False)]

@@ -154,7 +154,8 @@ def test_verbose_variant_shows_moves_and_score_and_stops_when_decided(verbose):
     status, time, wins = (np.asarray(x) for x in (final.status, final.time, final.game.wins))
     assert set(np.unique(status)) == {WON, LOST}  # never truncated
     assert (wins[status == WON] == NEED).all()
-    assert (wins[status == LOST] + TURNS - time[status == LOST] == NEED - 1).all()  # stopped the turn it became hopeless
+    lost = status == LOST
+    assert (wins[lost] + TURNS - time[lost] == NEED - 1).all()  # stopped the turn it became hopeless
     assert (time[status == LOST] < TURNS).any()  # early stops do happen
     # Scripted: against an opponent that always plays rock, scissors loses at round 3, paper wins at round 3.
     for action, end in ((2, LOST), (1, WON)):

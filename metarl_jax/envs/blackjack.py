@@ -362,10 +362,11 @@ class Blackjack(TextEnv):
         versus = f"{mine} against the dealer's {_host_total(task.dealer)}. "
         if fb in _VERDICTS and pos == self.stand:
             return f"At turn {t}, you stand with {versus}{_VERDICTS[fb]}"
+        retaken = f"At turn {t}, you chose position {pos}, but that card was already taken"
         if fb in _VERDICTS:
-            return f"At turn {t}, you chose position {pos}, but that card was already taken, so you stand with {versus}{_VERDICTS[fb]}"
+            return f"{retaken}, so you stand with {versus}{_VERDICTS[fb]}"
         if fb == _TAKEN:
-            return f"At turn {t}, you chose position {pos}, but that card was already taken. Your total is still {mine}.\n"
+            return f"{retaken}. Your total is still {mine}.\n"
         card = CARD_NAMES[int(task.table[pos])]
         end = ". That is over 21: you bust and lose.\n" if fb == _BUST else ".\n"
         return f"At turn {t}, you took the card at position {pos}: {card}. Your total is {mine}{end}"

@@ -310,7 +310,8 @@ class Maze(TextEnv):
         self._turn = self.book.add("At turn ", ", you moved ", ", you tried to move ")
         self._dir = self.book.add(*DIRECTIONS)
         self._tail = self.book.add(".", " but hit a wall.", " and reached the goal!")
-        self._at = self.book.add("You are at (", "\nYou are at (", ", ", "). Up: ", ". Down: ", ". Left: ", ". Right: ", ".")
+        self._at = self.book.add("You are at (", "\nYou are at (", ", ", "). Up: ", ". Down: ", ". Left: ", ". Right: ",
+                                 ".")
         self._kind = self.book.add("wall", "open", "the goal")
         rules = [slot(self._rules), slot(self.num)] * (len(self._rules_text()) - 1) + [slot(self._rules)]
         turn = [slot(self._turn), slot(self.num), slot(self._turn), slot(self._dir), slot(self._tail)]
