@@ -48,7 +48,9 @@ def get_config(variant: str = "orbit"):
     c.discount = False  # ORBIT trains on the plain trial return (LaMer's discount is the CPU run's addition)
     c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
                      task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),
-                     task("game:Blackjack-v0", 4, 12)]
+                     # ORBIT's Blackjack adapter ignores the configured 4 turns and keeps its own 30, more than the
+                     # step cap: an episode ends only by standing or going bust
+                     task("game:Blackjack-v0", 12, 12)]
     c.eval_tasks = [task("maze", 9, 27), task("game:Mastermind-v0-random", 3, 9)]
     c.context_len = 32768
     c.allow_truncation = True
