@@ -1,7 +1,8 @@
 """The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU, with no privileged
 information.
 
-Command (2 CPU cores: 9 min 21 s for both runs, measured alone 2026-12-05)::
+Command (2 CPU cores: 9 min 21 s for both runs measured alone, 11 min 31 s with other work on the machine at
+first; 2026-12-05)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -21,12 +22,12 @@ prediction of the observation text (``observation_coef``) and the hindsight answ
 episode, read from its own transcript; rows that never won are not scored). The secret itself (the privileged
 target, ``answer_from="task"``) is never used. Both runs get the same losses.
 
-Expected result (measured 2026-12-05, seed 0), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.531 / 0.828 / 0.898 (+0.367), single-episode 0.406 / 0.469 / 0.480 (+0.074);
-GuessTheNumber-easy: ORBIT 0.719 / 0.980 / 1.000 (+0.281), single-episode 0.664 / 0.770 / 0.770 (+0.105).
-Means over seeds 0, 1 and 2 (-hard, measured before a turn's advantage was set to exactly 0 where a group's
-discounted returns are all equal; that fix moved seed 0 by at most 0.02): ORBIT 0.507 / 0.810 / 0.850 (+0.344),
-single-episode 0.276 / 0.329 / 0.323 (+0.047). Random play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss
+Expected result (measured 2026-12-05, seed 0, word vocabulary of 3,991 tokens), held-out episode 1 / 2 / 3
+success: GuessTheNumber-hard: ORBIT 0.473 / 0.859 / 0.949 (+0.477), single-episode 0.430 / 0.516 / 0.527 (+0.098);
+GuessTheNumber-easy: ORBIT 0.680 / 0.949 / 0.992 (+0.312), single-episode 0.660 / 0.793 / 0.895 (+0.234).
+Means over seeds 0, 1 and 2 (-hard, measured with the earlier 3,972-token vocabulary, which sizes the model's
+embedding, and before a fix to the advantage of turns where a group's discounted returns are all equal):
+ORBIT 0.507 / 0.810 / 0.850 (+0.344), single-episode 0.276 / 0.329 / 0.323 (+0.047). Random play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss
 (alone, with the policy gradient off: 0.814 in episode 3), not from the policy gradient (alone: 0.419):
 ``python experiments/ablations.py --table mechanism --seeds 0,1,2``, results/mechanism.md and results/README.md. Numbers go to
 ``<workdir>/comparison.md`` and ``comparison.json``.
