@@ -82,7 +82,7 @@ def test_episode_headers_and_boundary_text(trial):
     assert first_text.startswith("You will play the same game for several episodes")
     assert "[Episode 1] New episode begins.\nYou are playing Guess The Number." in first_text
     s7, r7, info7, text7 = states[7]
-    assert text7.startswith("You have reached the maximum number of turns.\n\n[Episode 2] New episode begins.\n")
+    assert text7.startswith("You have reached the maximum number of turns.\n[Episode 2] New episode begins.\n")
     assert int(s7.view) == VIEW_BOUNDARY and r7 == 0.0 and bool(info7["episode_done"]) and not info7["success"]
     s8, r8, info8, text8 = states[8]
     assert r8 == 1.0 and bool(info8["success"]) and int(info8["episode_index"]) == 1
@@ -136,7 +136,7 @@ def test_format_error_ends_the_episode():
     states = play(env, params, [-1, 3])
     s1, r1, info1, text1 = states[1]
     assert r1 == 0.0 and bool(info1["episode_done"]) and not info1["success"]
-    assert text1.startswith("At turn 1, you did not provide a valid action.\n\n[Episode 2] New episode begins.")
+    assert text1.startswith("At turn 1, you did not provide a valid action.\n[Episode 2] New episode begins.")
     assert int(s1.prev.status) == envs.FORMAT_ERROR
 
 

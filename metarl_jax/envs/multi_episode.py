@@ -10,7 +10,7 @@ Semantics (ORBIT: the paper and its released code, XiaofengLin7/ORBIT; ``docs/di
 * each episode opens with the header ``[Episode k] New episode begins.`` (``[Episode k]`` for a game in the
   ``terse`` text style) followed by the game's opening
   observation (rules included). At a boundary the agent sees the finished episode's terminal observation,
-  a blank line, then the header, then the new opening;
+  then the header, then the new opening;
 * optional reflection: after an episode ends (and the trial goes on) the agent gets one extra turn with a
   reflection prompt (ORBIT's request in our words: a step-by-step reflection and a new plan inside
   ``<remark>`` tags). That turn's action is ignored, earns 0 and counts no step;
@@ -108,9 +108,9 @@ class MultiEpisode(environment.Environment):
             "\\boxed{}.\n",
         )
         self._header = self.book.add("[Episode ", self._header_tail)
-        # Between the finished episode's last observation and the header or the reflection request: a blank line,
-        # as ORBIT writes it (one newline in the terse style).
-        self._newline = self.book.add_one("\n" if env.terse else "\n\n")
+        # Between the finished episode's last observation and the header or the reflection request (ORBIT: a blank
+        # line; see docs/differences_from_orbit.md).
+        self._newline = self.book.add_one("\n")
         # ORBIT's reflection request, in our words: reason step by step about the strategy and where it failed,
         # plan the actions that should have been taken, and give both inside remark tags.
         self._reflect = self.book.add_one(
@@ -192,10 +192,8 @@ class MultiEpisode(environment.Environment):
         success = info["success"]
         total_steps = state.total_steps + 1
         trial_done = total_steps >= self.total_step_cap
-        reward = success.astype(jnp.float32)
         if self.lamer_gamma:  # LaMer: stop at the first success, worth gamma ** (its 0-based episode index)
             trial_done = trial_done | success
-            reward = reward * jnp.float32(self.lamer_gamma) ** state.episode_index.astype(jnp.float32)
         next_episode = episode_done & ~trial_done
         start_now = next_episode & (not self.reflection)
         played = TrialState(
@@ -225,7 +223,10 @@ class MultiEpisode(environment.Environment):
             "reflection": reflecting & ~state.trial_done,
             "total_steps": new_state.total_steps,
         }
-        return self.obs_pieces(new_state), new_state, jnp.where(success, reward, 0.0), new_state.trial_done, info
+        reward = success.astype(jnp.float32)
+        if self.lamer_gamma:
+            reward = reward * jnp.float32(self.lamer_gamma) ** state.episode_index.astype(jnp.float32)
+        return self.obs_pieces(new_state), new_state, reward, new_state.trial_done, info
 
     def is_truncated(self, state: TrialState, params) -> jax.Array:
         return jnp.zeros((), bool)
