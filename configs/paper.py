@@ -10,10 +10,11 @@ tasks a step drawn from a shuffled mix of rock-paper-scissors, Minesweeper, Hang
 (``mix_games``: one program for all five), 800 steps (10 epochs of 2,560 tasks), lr 1e-6, temperature 0.6,
 no KL, no entropy bonus, chat format, free decoding (a turn ends at the end-of-turn token, after at most the
 context's remaining room or 1,024 tokens, and its last ``\\boxed{}`` is parsed), a 32,768-token context with
-ORBIT's truncation, bfloat16 compute with float32 weights. Rollout and update run in row micro-batches sized from the device's memory (``memory_budget_gb``; ``benchmarks/paper_scale.py``
+ORBIT's truncation (a trial that fills it returns 0), bfloat16 compute with float32 weights. Rollout and update
+run in row micro-batches sized from the device's memory (``memory_budget_gb``; ``benchmarks/paper_scale.py``
 gives XLA's own memory figure per model size and mesh: Qwen3-1.7B fits one 141 GB device; Qwen3-14B fits 8
-devices of 80 GB with ``--config.mesh.mode=fsdp --config.model.remat=nested``). Evaluation: 256 held-out trials each of Maze and
-Mastermind at temperature 0.6, top-p 0.95.
+devices of 80 GB with ``--config.mesh.mode=fsdp --config.model.remat=nested``). Evaluation: before training,
+every 10 steps and at the end, 256 held-out trials each of Maze and Mastermind at temperature 0.6, top-p 0.95.
 
 Expected result: not measured yet at this scale (no paper-scale run has been made with this library; the
 paper reports that episode-3 success rises above episode 1 on the held-out games after training). A CPU smoke

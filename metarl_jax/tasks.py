@@ -45,8 +45,9 @@ class TaskSpec:
         is parsed), or -1 (a turn ends at its first action text).
       remaining_budget: free decoding lets a turn write up to the context's remaining room (at most
         ``free_tokens``), as ORBIT does, instead of exactly ``free_tokens``.
-      remark_tags, remark_reward: the token ids of ``<remark>`` and ``</remark>`` and what a free-decoded reflection
-        turn holding both earns (LaMer's variant; ``()`` and 0 otherwise).
+      remark_tags, remark_reward: the token sequences of ``<remark>`` and ``</remark>`` (each a tuple of spellings:
+        alone and after a space) and what a free-decoded reflection turn holding both earns (LaMer's variant; ``()``
+        and 0 otherwise).
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
         are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
       games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
@@ -161,9 +162,9 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     the member's ``context_len`` plus the slots by which the mixture's longest action exceeds the member's
     (the rollout reserves a whole action's slots before each turn), so a row stops exactly where its game
     alone would."""
-    if len({(t.free_tokens, t.end_of_turn, t.remaining_budget, t.remark_tags, t.remark_reward) for t in tasks}) > 1 or len({t.chat for t in tasks}) > 1:
-        raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget) and "
-                         "the chat format")
+    if len({(t.free_tokens, t.chat, *t.decoding.values()) for t in tasks}) > 1:
+        raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget, the "
+                         "remark reward) and the chat format")
     mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
     codec = MixtureCodec(mixture, tokenizer, [t.codec for t in tasks])
     table = ActionTable(mixture, tokenizer)
@@ -177,8 +178,7 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     longest = max(t.context_len + budget.action_len - t.budget.action_len for t in tasks)  # see context_limits
     return TaskSpec(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
                     budget=budget, context_len=longest, task_keys=keys, free_tokens=free, chat=tasks[0].chat,
-                    games=tuple(tasks), end_of_turn=tasks[0].end_of_turn, remaining_budget=tasks[0].remaining_budget,
-                    remark_tags=tasks[0].remark_tags, remark_reward=tasks[0].remark_reward)
+                    games=tuple(tasks), **tasks[0].decoding)
 
 
 def _stable_hash(text: str) -> int:

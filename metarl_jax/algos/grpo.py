@@ -141,7 +141,8 @@ def draw_tasks(key, set_size: int, hp: GRPOHyper, step, index: int = 0) -> jax.A
         return jax.random.randint(key, (hp.num_tasks,), 0, set_size)
     per_epoch = set_size // hp.num_tasks
     if per_epoch < 1:
-        raise ValueError(f"task_sampling='epochs' needs at least num_tasks={hp.num_tasks} tasks in a set, got {set_size}")
+        raise ValueError(f"task_sampling='epochs' needs at least num_tasks={hp.num_tasks} tasks in a set, got "
+                         f"{set_size}")
     order_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(hp.order_seed), index), step // per_epoch)
     order = jax.random.permutation(order_key, set_size)
     return jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * hp.num_tasks, hp.num_tasks).astype(jnp.int32)
@@ -243,8 +244,8 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
                                        constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows, **task.decoding,
-                                       row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
+                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows,
+                                       **task.decoding, row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = None
         if hp.answer_coef:
             answers = (hindsight_answers(transcript) if hp.answer_from == "hindsight"
