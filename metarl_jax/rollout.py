@@ -29,7 +29,7 @@ from metarl_jax.agents.actions import constrained_step
 from metarl_jax.agents.context import ContextBudget
 from metarl_jax.envs.base import tree_select
 from metarl_jax.models.sampling import chunked_logp_entropy, process_logits, sample, vocab_chunk_for
-from metarl_jax.models.transformer import init_cache
+from metarl_jax.models.transformer import VISIBLE, init_cache
 from metarl_jax.text.chat import ChatWrap
 
 
@@ -48,6 +48,11 @@ class Transcript:
       actions, rewards, episode_index, episode_done, success, reflection: [B, T] per turn, from the env.
       taken: bool[B, T] the turn was played (the trial was not over and the context had room).
       truncated: bool[B] the context filled up before the trial's step cap.
+      visible_until: int32[B, S] or None. With earlier thinking stripped from the context (:func:`rollout`'s
+        ``think_end``), ``tokens`` is the *stream* of everything written, longer than the context: a stripped
+        response stays at its slots, followed by the copy of its kept part that later turns saw instead. Slot j is
+        seen only by the slots before ``visible_until[b, j]`` (``VISIBLE`` for the slots never hidden); a
+        response's slots are hidden from its copy on. None: nothing is hidden (the stream is the context).
     """
 
     tokens: jax.Array
@@ -65,6 +70,7 @@ class Transcript:
     reflection: jax.Array
     taken: jax.Array
     truncated: jax.Array
+    visible_until: jax.Array | None = None
 
     @property
     def token_mask(self) -> jax.Array:
@@ -73,8 +79,25 @@ class Transcript:
 
     @property
     def positions(self) -> jax.Array:
-        """int32[B, S]: RoPE positions (slot indices: the context is compact)."""
-        return jnp.broadcast_to(jnp.arange(self.tokens.shape[1], dtype=jnp.int32), self.tokens.shape)
+        """int32[B, S]: RoPE positions: slot indices (the context is compact), less the slots hidden before a
+        slot (each token sits where the context the model saw put it)."""
+        batch, slots = self.tokens.shape
+        index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (batch, slots))
+        if self.visible_until is None:
+            return index
+        # hidden[b, i]: the slots j with visible_until[b, j] <= i, counted by where they vanish
+        vanish = jnp.zeros((batch, slots + 1), jnp.int32).at[jnp.arange(batch)[:, None],
+                                                              jnp.minimum(self.visible_until, slots)].add(1)
+        return index - jnp.cumsum(vanish[:, :slots], axis=1)
+
+    @property
+    def context_length(self) -> jax.Array:
+        """int32[B]: the tokens each row's context held when its last token was written (``length`` less the
+        slots hidden before it)."""
+        if self.visible_until is None:
+            return self.length
+        last = jnp.take_along_axis(self.positions, jnp.maximum(self.length - 1, 0)[:, None], axis=1)[:, 0]
+        return jnp.where(self.length > 0, last + 1, 0)
 
 
 PREFILL_BLOCKS = (8, 16, 32)  # tokens per prefill call: the least that holds an ordinary turn, at most 32
@@ -213,6 +236,19 @@ def _decode_free(model, table, cache, logits, live, row_keys, num_tokens: int, t
     return cache, jnp.where(opened, -1, action), tokens, logp, emitted, ended
 
 
+def kept_start(tokens, emitted, think_end: int, skip: tuple = ()) -> jax.Array:
+    """int32[B]: where the part of each response that stays in the context starts when earlier thinking is
+    stripped: after the response's last ``think_end`` token and the ``skip`` tokens (newlines) right after it;
+    -1 for a response without ``think_end`` (it stays whole). ``tokens`` int32[B, N], written where ``emitted``
+    bool[B, N] (a prefix of each row)."""
+    n = tokens.shape[1]
+    index = jnp.arange(n)[None, :]
+    last = jnp.max(jnp.where((tokens == think_end) & emitted, index, -1), axis=1)
+    skipped = jnp.isin(tokens, jnp.asarray(skip, jnp.int32)) & emitted if skip else jnp.zeros(tokens.shape, bool)
+    first = jnp.min(jnp.where((index > last[:, None]) & ~skipped, index, n), axis=1)
+    return jnp.where(last >= 0, first, -1).astype(jnp.int32)
+
+
 def tag_pair_written(tokens, emitted, opens, closes) -> jax.Array:
     """bool[B]: each row's written tokens (``tokens`` int32[B, N] where ``emitted`` bool[B, N]) hold an opening
     tag and, starting after it ends, a closing one (e.g. ``<remark> ... </remark>``). ``opens``, ``closes``: the
@@ -237,7 +273,7 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
             context_len: int, temperature: float = 1.0, top_p: float = 1.0, free_tokens: int = 0,
             chat: ChatWrap | None = None, rows_per_chunk: int = 0, row_context_len=None, constrain=None, *,
             end_of_turn: int = -1, remaining_budget: bool = False, remark_tags: tuple = (),
-            remark_reward: float = 0.0) -> Transcript:
+            remark_reward: float = 0.0, think_end: int = -1, think_skip: tuple = ()) -> Transcript:
     """Plays ``budget.turns`` turns from ``trial_states`` (batched [B]); returns a :class:`Transcript`.
 
     ``context_len`` is the context size in tokens; rows that would overflow it stop early (``truncated``).
@@ -254,6 +290,13 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
     alternatives; see :func:`tag_pair_written`) and ``remark_reward``: under free
     decoding, a reflection turn whose text holds an opening tag and, after it, a closing one earns
     ``remark_reward`` (the LaMer variant in ORBIT's repository pays 1.0 for a valid ``<remark>``).
+    ``think_end`` (a token id, free decoding; -1: off) strips earlier thinking from the context, as rLLM does
+    with ``accumulate_reasoning=False`` and as Qwen3's chat template renders earlier turns: once a turn ends,
+    its response is hidden from the context and replaced by what follows its last ``think_end`` token (the
+    leading ``think_skip`` tokens, newlines, left out), prefilled afresh where the response began; a response
+    without the token stays whole. The context then holds the stripped history, so stripped thinking frees its
+    room; the transcript keeps the whole stream (see :class:`Transcript`'s ``visible_until``), up to
+    ``budget.turns * free_tokens`` slots longer than ``context_len``.
 
     Forced tokens cost no decode call: a turn prefills the previous action's forced tail, the observation and
     the forced action prefix (``table.prefix_len`` tokens) in one go, then samples at most
@@ -273,7 +316,8 @@ def rollout(graphdef, model_state, env, env_params, codec, table, key, trial_sta
                              budget=budget, context_len=context_len, temperature=temperature, top_p=top_p,
                              free_tokens=free_tokens, chat=chat, total_rows=batch,
                              constrain=constrain or (lambda tree, axis=0: tree), end_of_turn=end_of_turn,
-                             remaining_budget=remaining_budget, remark_tags=remark_tags, remark_reward=remark_reward)
+                             remaining_budget=remaining_budget, remark_tags=remark_tags, remark_reward=remark_reward,
+                             think_end=think_end, think_skip=tuple(think_skip))
     if not rows_per_chunk or rows_per_chunk >= batch:
         return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
@@ -300,7 +344,8 @@ def merge_rows(tree):
 def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, trial_states, limit, chunk_index, *,
                   budget: ContextBudget, context_len: int, temperature: float, top_p: float, free_tokens: int,
                   chat: ChatWrap | None, total_rows: int, constrain, end_of_turn: int,
-                  remaining_budget: bool, remark_tags: tuple, remark_reward: float) -> Transcript:
+                  remaining_budget: bool, remark_tags: tuple, remark_reward: float, think_end: int,
+                  think_skip: tuple) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
     (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
     the chunk is the whole batch)."""
@@ -346,9 +391,17 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         raise ValueError(f"end_of_turn={end_of_turn} is not the chat end's first token {chat.end[0]}")
     if free and len(chat.end) > act_len:
         raise ValueError(f"free_tokens={act_len} cannot hold the chat end's {len(chat.end)} tokens")
+    strip = think_end >= 0
+    if strip and not free:
+        raise ValueError("stripping thinking (think_end) needs free decoding (free_tokens > 0)")
+    # Stripping: the pending tail is a response's kept part then the chat end; the stream grows by what is hidden.
+    tail_len = act_len + (len(chat.end) if strip else 0)
+    stream_room = room + (budget.turns * act_len if strip else 0)
+    slots = jnp.arange(room)
 
     def turn(carry, t):
-        states, cache, tokens, pending, pending_n, end, stopped = carry
+        states, cache, tokens, pending, pending_n, end, stopped, stream = carry
+        hidden = stream[0] if strip else 0  # int32[B]: slots hidden so far (stream slot = cache slot + hidden)
         k_dec, k_env = jax.random.split(jax.random.fold_in(key, t))
         obs, n = render(states)
         obs = obs[:, :chunk]  # real tokens come first and never exceed the chunk bound
@@ -369,8 +422,8 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
                 buf = _write(buf, jnp.where(mask, values, codec.pad_id), offset)
             offset = offset + k
         m = jnp.where(live, m, 0)
-        scratch = room - width  # past the context: where rows that take no turn write their padding
-        tokens = _write(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start, scratch))
+        scratch = stream_room - width  # past the context: where rows that take no turn write their padding
+        tokens = _write(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start + hidden, scratch))
         cache, last = _prefill(model, cache, buf, m, block)
         action_start = cache.length - pre
         valid = jax.vmap(env.valid_actions)(states)
@@ -380,7 +433,8 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
                 model, table, cache, model.logits(last), live, lambda i: row_keys(jax.random.fold_in(k_dec, i)),
                 free_tokens, temperature, top_p, end_of_turn, room_left)
             length = emitted.sum(axis=1).astype(jnp.int32)
-            tokens = _write(tokens, action_tokens, jnp.where(live, action_start, scratch))
+            shown = action_start + hidden  # the response's first slot in the stream
+            tokens = _write(tokens, action_tokens, jnp.where(live, shown, scratch))
             overflow = jnp.zeros_like(live)
             if remaining_budget:  # the context filled up before the response ended: no reward, the trial stops
                 overflow = live & ~ended & (length >= room_left) & (room_left < free_tokens)
@@ -389,8 +443,28 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
                 bonus = remark_reward * tag_pair_written(action_tokens, emitted, *remark_tags).astype(jnp.float32)
             pending = jnp.where(ended[:, None], end_rest, end_whole)
             pending_n = jnp.where(live, len(chat.end) - (ended & bool(chat.end)).astype(jnp.int32), 0)
+            if strip:
+                first = kept_start(action_tokens, emitted, think_end, think_skip)
+                stripped = live & (first >= 0)
+                kept_n = jnp.where(stripped, length - first, 0)
+                # The kept part, then the chat end (its first kept_n slots are left, its own is pending_n).
+                kept = jax.vmap(lambda row, f: jax.lax.dynamic_slice_in_dim(row, f, act_len))(
+                    jnp.pad(action_tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id), jnp.maximum(first, 0))
+                end_part = pending[:, :len(chat.end)]
+                pending = jnp.pad(jnp.where(positions[None, :] < kept_n[:, None], kept, table.pad_id),
+                                  ((0, 0), (0, tail_len - act_len)), constant_values=table.pad_id)
+                if chat.end:
+                    own = jnp.arange(len(chat.end))[None, :] < pending_n[:, None]
+                    pending = _write(pending, jnp.where(own, end_part, table.pad_id), kept_n)
+                pending_n = pending_n + kept_n
+                # The response leaves the context: its cache slots are freed and the kept part is written there.
+                hide = stripped[:, None] & (slots >= action_start[:, None]) & (slots < (action_start + length)[:, None])
+                cache = cache.replace(valid=cache.valid & ~hide, length=jnp.where(stripped, action_start, cache.length))
+                at = jnp.arange(stream_room)[None, :]
+                gone = stripped[:, None] & (at >= shown[:, None]) & (at < (shown + length)[:, None])
+                stream = (hidden + jnp.where(stripped, length, 0), jnp.where(gone, (shown + length)[:, None], stream[1]))
             return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now | overflow, live,
-                          k_env, action, action_tokens, length, action_start, logp, valid, overflow, bonus)
+                          k_env, action, action_tokens, length, shown, logp, valid, overflow, bonus, stream)
         dstate = jax.vmap(table.init)(valid)
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
@@ -417,13 +491,13 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
         tokens = _write(tokens, jnp.where(live[:, None], action_tokens, table.pad_id), jnp.where(live, action_start, scratch))
         return finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
                       action, action_tokens, length, action_start, logp, valid, jnp.zeros_like(live),
-                      jnp.zeros((batch,), jnp.float32))
+                      jnp.zeros((batch,), jnp.float32), stream)
 
     def finish(states, cache, tokens, pending, pending_n, end, stopped, truncated_now, live, k_env,
-               action, action_tokens, length, action_start, logp, valid, unrewarded, remark_bonus):
-        """Steps the env with the decoded actions and emits the turn's record (``unrewarded``: rows whose turn
-        earns nothing and counts no success, bool[B]; ``remark_bonus``: float32[B], earned if the turn is a
-        reflection turn)."""
+               action, action_tokens, length, action_start, logp, valid, unrewarded, remark_bonus, stream):
+        """Steps the env with the decoded actions and emits the turn's record (``action_start``: the response's
+        first stream slot; ``unrewarded``: rows whose turn earns nothing and counts no success, bool[B];
+        ``remark_bonus``: float32[B], earned if the turn is a reflection turn)."""
         end = jnp.where(live, action_start + length, end)
         _, new_states, reward, _, info = step_env(row_keys(k_env), states, action, env_params)
         new_states = select_rows(live, new_states, states)
@@ -435,14 +509,19 @@ def _rollout_rows(graphdef, model_state, env, env_params, codec, table, key, tri
             episode_done=info["episode_done"] & live, success=info["success"] & live & ~unrewarded,
             reflection=info["reflection"] & live, taken=live,
         )
-        return (new_states, cache, tokens, pending, pending_n, end, stopped | truncated_now), out
+        return (new_states, cache, tokens, pending, pending_n, end, stopped | truncated_now, stream), out
 
-    tokens = constrain(jnp.full((batch, room), codec.pad_id, jnp.int32))
+    tokens = constrain(jnp.full((batch, stream_room), codec.pad_id, jnp.int32))
     zeros = jnp.zeros((batch,), jnp.int32)
-    init = (trial_states, cache, tokens, jnp.full((batch, act_len), table.pad_id, jnp.int32), zeros, zeros, jnp.zeros((batch,), bool))
-    (_, _, tokens, _, _, end, truncated), out = jax.lax.scan(turn, init, jnp.arange(budget.turns))
+    # Stripping's stream: the slots hidden so far (int32[B]) and each stream slot's visible_until (int32[B, S']).
+    stream = (zeros, constrain(jnp.full((batch, stream_room), VISIBLE, jnp.int32))) if strip else None
+    init = (trial_states, cache, tokens, jnp.full((batch, tail_len), table.pad_id, jnp.int32), zeros, zeros,
+            jnp.zeros((batch,), bool), stream)
+    (_, _, tokens, _, _, end, truncated, stream), out = jax.lax.scan(turn, init, jnp.arange(budget.turns))
     per_turn = {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}  # [T, B, ...] -> [B, T, ...]
-    return Transcript(tokens=tokens[:, :context_len], length=end, truncated=truncated, **per_turn)
+    kept_slots = stream_room - room + context_len  # the context, plus the most a trial can hide
+    return Transcript(tokens=tokens[:, :kept_slots], length=end, truncated=truncated,
+                      visible_until=stream[1][:, :kept_slots] if strip else None, **per_turn)
 
 
 class TeacherForced(NamedTuple):
@@ -496,7 +575,9 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
             vocab_chunk=vocab_chunk))
     model = nnx.merge(graphdef, model_state)
     batch, steps, act_len = transcript.action_tokens.shape
-    hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask)
+    hidden, _ = model.hidden_states(transcript.tokens, transcript.positions, None, transcript.token_mask,
+                                    **({} if transcript.visible_until is None else
+                                       dict(key_until=transcript.visible_until)))
     # Slot of the token that predicts action token i of turn t: the one just before it (turns not taken may
     # point past a cut transcript's end: clipped, and masked anyway).
     action_slots = transcript.action_start[:, :, None] + jnp.arange(act_len)[None, None, :]
@@ -578,7 +659,13 @@ def on_used_prefix(transcript: Transcript, fn):
     if len(sizes) == 1:
         return fn(transcript)
     index = jnp.searchsorted(jnp.asarray(sizes), transcript.length.max())
-    return jax.lax.switch(index, [lambda n=n: fn(transcript.replace(tokens=transcript.tokens[:, :n])) for n in sizes])
+    return jax.lax.switch(index, [lambda n=n: fn(cut_slots(transcript, n)) for n in sizes])
+
+
+def cut_slots(transcript: Transcript, n: int) -> Transcript:
+    """The transcript's first ``n`` slots (every row's tokens must lie there)."""
+    until = transcript.visible_until
+    return transcript.replace(tokens=transcript.tokens[:, :n], visible_until=None if until is None else until[:, :n])
 
 
 def observation_targets(transcript: Transcript, vocab, vocab_size: int):

@@ -122,7 +122,7 @@ def rollout_metrics(transcript, context_len, num_episodes: int, rows=None) -> di
     out = {
         "mean_return": row_mean(transcript.rewards.sum(axis=1), rows),
         "episode_success": episode_success(transcript, num_episodes, rows),
-        "context_used": row_mean(transcript.length, rows) / context_len,
+        "context_used": row_mean(transcript.context_length, rows) / context_len,
         "truncated": row_mean(transcript.truncated, rows),
     }
     if rows is not None:

@@ -146,8 +146,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x, cos, sin, keys_fn, query_at=None):
         """x [B, T, D]; ``keys_fn(k, v) -> (k_all, v_all, mask, used, rows, layer)`` supplies the attended keys
-        and values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' validity
-        bool[B, T] (attention is causal) and ``used``, ``rows`` and ``layer`` None; with a cache, the stacked
+        and values and the mask: without a cache, the call's own keys [B, T, K, E], the keys' visibility
+        int32[B, T] (the token until which each key is seen, 0 for padding; attention is causal) and ``used``, ``rows`` and ``layer`` None; with a cache, the stacked
         cache [L, B', K, S, E] (this layer's new keys written), a function ``n -> bool[B, T, n]`` (the mask of
         the first n slots), ``used`` int32[]: no query attends past slot ``used - 1``, ``rows`` (int32[B] or
         None): the cache rows of the call's rows (None: the same), and ``layer`` int32[]: this layer's index.
@@ -173,8 +173,8 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
         if used is not None:  # a cache: attend only to the slots in use, rounded up to a bucket
             out = _attend_prefix(q, k_all, v_all, mask, used, rows, layer)  # ``mask(n)``: the first n slots' mask
-        else:  # one causal pass over the call's tokens; ``mask`` is the keys' validity bool[B, T]
-            out = causal_attention(q, k_all, v_all, mask)
+        else:  # one causal pass over the call's tokens; ``mask`` is the keys' visibility int32[B, T]
+            out = causal_attention(q, k_all, v_all, mask > 0, mask)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
@@ -281,14 +281,19 @@ def _attend_prefix(q, k, v, mask_fn, used, cache_rows=None, layer=0):
 # [B, H, T, S] scores stream through memory several times per softmax; on 2 cores the mid-size update ran
 # its attention at ~30 GFLOP/s that way). Accelerators take the whole batch in one chunk.
 CPU_ROW_CHUNK = 1
+# A key's ``key_until`` when every later token sees it.
+VISIBLE = jnp.iinfo(jnp.int32).max
 
 
-def causal_attention(q, k, v, key_valid):
+def causal_attention(q, k, v, key_valid, key_until=None):
     """Causal softmax attention over one call's tokens: query i attends to the valid keys j <= i.
 
     q [B, T, K, G, E]; k, v [B, T, K, E]; key_valid bool[B, T] -> [B, T, K, G, E], equal to plain masked
     softmax attention with ``tril & key_valid`` as the mask for every query that has a valid key (the output
     of a query without one, a padding token's, is unspecified and gets no gradient through the keys' scores).
+    ``key_until`` (int32[B, T], optional): key j is seen only by the queries before token ``key_until[j]`` (a
+    key hidden from the later tokens, as stripped thinking is; see ``Transcript.visible_until`` in
+    :mod:`metarl_jax.rollout`); the mask is then ``j <= i < key_until[j]``.
 
     Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
     of the score matrix; past :data:`MAX_UNROLLED_QUERY_BLOCKS` blocks, a loop over blocks that read keys up to
@@ -300,7 +305,8 @@ def causal_attention(q, k, v, key_valid):
     is a plain batched matmul.
     """
     b = q.shape[0]
-    kv_first = (q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_valid)
+    until = jnp.where(key_valid, VISIBLE if key_until is None else key_until, 0).astype(jnp.int32)
+    kv_first = (q.transpose(0, 2, 1, 3, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), until)
     chunk = CPU_ROW_CHUNK if jax.default_backend() == "cpu" else b
     return map_row_chunks(_chunk_attention, kv_first, chunk).transpose(0, 2, 1, 3, 4)
 
@@ -335,15 +341,22 @@ def _pad_tokens(x, size: int, value=0):
     return jnp.pad(x, [(0, 0), (0, 0), (0, size - x.shape[2])] + [(0, 0)] * (x.ndim - 3), constant_values=value)
 
 
-def _block_scores_at(q, k, key_valid, s):
+def _allowed(query_token, key_until, n: int):
+    """bool[C, 1, R, n]: query row r (token ``query_token[r]``) may attend to key j < n: j is at or before it
+    and still visible there (``key_until`` int32[C, n])."""
+    causal = (query_token[:, None] >= jnp.arange(n)[None, :])[None, None]
+    return causal & (query_token[None, None, :, None] < key_until[:, None, None, :])
+
+
+def _block_scores_at(q, k, key_until, s):
     """:func:`_block_scores` of the ``QUERY_BLOCK`` queries from token ``s`` (int32[]) of q [C, K, T', G, E]
-    against every key of k [C, K, n, E] (key_valid bool[C, n]); also returns those queries as rows
+    against every key of k [C, K, n, E] (key_until int32[C, n]); also returns those queries as rows
     [C, K, QUERY_BLOCK * G, E]."""
     c, kv, _, groups, e = q.shape
     rows = jax.lax.dynamic_slice_in_dim(q, s, QUERY_BLOCK, axis=2).reshape(c, kv, QUERY_BLOCK * groups, e)
     scores = jnp.einsum("ckrd,cksd->ckrs", rows, k).astype(jnp.float32) / jnp.sqrt(e).astype(jnp.float32)
     query_token = s + jnp.arange(QUERY_BLOCK * groups) // groups
-    allowed = (query_token[:, None] >= jnp.arange(k.shape[2])[None, :])[None, None] & key_valid[:, None, None, :]
+    allowed = _allowed(query_token, key_until, k.shape[2])
     return jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), allowed, rows
 
 
@@ -352,7 +365,7 @@ def _rows(x, s: int, e: int):
     return x[:, :, s:e].reshape(x.shape[0], x.shape[1], (e - s) * x.shape[3], *x.shape[4:])
 
 
-def _block_scores(q, k, key_valid, s: int, e: int):
+def _block_scores(q, k, key_until, s: int, e: int):
     """float32[C, K, (e - s) * G, e]: scores of queries s..e-1 (rows: token-major, then query head) against
     keys 0..e-1, the disallowed ones set to the float32 minimum; and that mask, bool[C, 1, (e - s) * G, e].
     q [C, K, T, G, E], k [C, K, T, E]."""
@@ -360,19 +373,19 @@ def _block_scores(q, k, key_valid, s: int, e: int):
     scores = jnp.einsum("ckrd,cksd->ckrs", _rows(q, s, e), k[:, :, :e]).astype(jnp.float32)
     scores = scores / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     query_token = s + jnp.arange((e - s) * groups) // groups
-    allowed = (query_token[:, None] >= jnp.arange(e)[None, :])[None, None] & key_valid[:, None, None, :e]
+    allowed = _allowed(query_token, key_until[:, :e], e)
     return jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), allowed
 
 
-def _chunk_forward(q, k, v, key_valid):
+def _chunk_forward(q, k, v, key_until):
     """q [C, K, T, G, E], k, v [C, K, T, E] -> (out [C, K, T, G, E], row max and row sum of the exponentials,
     float32[C, K, T * G])."""
     c, kv, t, groups, _ = q.shape
     if _looped(t):
-        return _chunk_forward_looped(q, k, v, key_valid)
+        return _chunk_forward_looped(q, k, v, key_until)
     outs, maxes, sums = [], [], []
     for s, e in query_blocks(t):
-        scores, _ = _block_scores(q, k, key_valid, s, e)
+        scores, _ = _block_scores(q, k, key_until, s, e)
         top = scores.max(axis=-1, keepdims=True)
         p = jnp.exp(scores - top)
         total = p.sum(axis=-1, keepdims=True)
@@ -383,7 +396,7 @@ def _chunk_forward(q, k, v, key_valid):
     return out, jnp.concatenate(maxes, axis=2), jnp.concatenate(sums, axis=2)
 
 
-def _chunk_forward_looped(q, k, v, key_valid):
+def _chunk_forward_looped(q, k, v, key_until):
     """:func:`_chunk_forward` as a loop over the query blocks of each of the :func:`key_groups` (the queries
     padded to whole blocks; the padding's rows are dropped). The loops are ``lax.while_loop`` s that write each
     block's rows into carried buffers (see :func:`_block_loop`)."""
@@ -394,10 +407,10 @@ def _chunk_forward_looped(q, k, v, key_valid):
     top = jnp.zeros((c, kv, size * groups), jnp.float32)
     total = jnp.ones((c, kv, size * groups), jnp.float32)
     for first, count, end in key_groups(t):
-        def block(j, buffers, k=k[:, :, :end], v=v[:, :, :end], key_valid=key_valid[:, :end], first=first):
+        def block(j, buffers, k=k[:, :, :end], v=v[:, :, :end], key_until=key_until[:, :end], first=first):
             out, top, total = buffers
             s = (first + j) * QUERY_BLOCK
-            scores, _, _ = _block_scores_at(padded, k, key_valid, s)
+            scores, _, _ = _block_scores_at(padded, k, key_until, s)
             block_top = scores.max(axis=-1, keepdims=True)
             p = jnp.exp(scores - block_top)
             block_total = p.sum(axis=-1, keepdims=True)
@@ -424,17 +437,17 @@ def _block_loop(count: int, body, buffers):
 
 
 @jax.custom_vjp
-def _chunk_attention(q, k, v, key_valid):
-    return _chunk_forward(q, k, v, key_valid)[0]
+def _chunk_attention(q, k, v, key_until):
+    return _chunk_forward(q, k, v, key_until)[0]
 
 
-def _chunk_attention_fwd(q, k, v, key_valid):
-    out, top, total = _chunk_forward(q, k, v, key_valid)
-    return out, (q, k, v, key_valid, out, top, total)
+def _chunk_attention_fwd(q, k, v, key_until):
+    out, top, total = _chunk_forward(q, k, v, key_until)
+    return out, (q, k, v, key_until, out, top, total)
 
 
 def _chunk_attention_bwd(res, d_out):
-    q, k, v, key_valid, out, top, total = res
+    q, k, v, key_until, out, top, total = res
     groups = q.shape[3]
     scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
     d_q = []
@@ -444,10 +457,10 @@ def _chunk_attention_bwd(res, d_out):
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     delta = delta.reshape(*delta.shape[:2], -1)  # [C, K, T * G], rows as in _rows
     if _looped(q.shape[2]):
-        return _chunk_attention_bwd_looped(q, k, v, key_valid, d_out, top, total, delta)
+        return _chunk_attention_bwd_looped(q, k, v, key_until, d_out, top, total, delta)
     for s, e in query_blocks(q.shape[2]):
         rows = slice(s * groups, e * groups)
-        scores, allowed = _block_scores(q, k, key_valid, s, e)
+        scores, allowed = _block_scores(q, k, key_until, s, e)
         p = jnp.exp(scores - top[..., rows, None]) / total[..., rows, None]
         g = _rows(d_out, s, e)
         d_v = d_v.at[:, :, :e].add(jnp.einsum("ckrs,ckrd->cksd", p.astype(g.dtype), g).astype(jnp.float32))
@@ -459,7 +472,7 @@ def _chunk_attention_bwd(res, d_out):
     return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
 
 
-def _chunk_attention_bwd_looped(q, k, v, key_valid, d_out, top, total, delta):
+def _chunk_attention_bwd_looped(q, k, v, key_until, d_out, top, total, delta):
     """The backward pass of :func:`_chunk_forward_looped`: a loop (:func:`_block_loop`) over each group's query
     blocks that accumulates the gradients of the group's keys and values and writes its queries'. The padding's
     rows have a zero output gradient (and a unit softmax sum, so that they stay finite), so they add nothing."""
@@ -474,10 +487,10 @@ def _chunk_attention_bwd_looped(q, k, v, key_valid, d_out, top, total, delta):
     d_k = jnp.zeros(k.shape, jnp.float32)
     d_v = jnp.zeros(v.shape, jnp.float32)
     for first, count, end in key_groups(t):
-        def block(j, grads, k=k[:, :, :end], v=v[:, :, :end], key_valid=key_valid[:, :end], first=first):
+        def block(j, grads, k=k[:, :, :end], v=v[:, :, :end], key_until=key_until[:, :end], first=first):
             d_q, d_k, d_v = grads  # d_k, d_v [C, K, end, E] float32: the group's keys' and values' gradients so far
             s = (first + j) * QUERY_BLOCK
-            scores, allowed, rows = _block_scores_at(padded, k, key_valid, s)
+            scores, allowed, rows = _block_scores_at(padded, k, key_until, s)
             at = lambda x: jax.lax.dynamic_slice_in_dim(x, s * groups, block_rows, axis=2)[..., None]  # noqa: E731
             p = jnp.exp(scores - at(top)) / at(total)
             g = jax.lax.dynamic_slice_in_dim(d_out, s, QUERY_BLOCK, axis=2).reshape(c, kv, block_rows, e)
@@ -621,7 +634,7 @@ class Transformer(nnx.Module):
         return out.astype(jnp.float32)
 
     def hidden_states(self, tokens, positions, cache: KVCache | None = None, token_mask=None, last_at=None,
-                      rows=None):
+                      rows=None, key_until=None):
         """Like ``__call__`` but returns the final (normed) hidden states [B, T, D] instead of logits, so a
         caller can project only the positions it needs (the vocabulary projection dominates memory).
 
@@ -632,7 +645,12 @@ class Transformer(nnx.Module):
 
         ``rows`` (int32[B], distinct, with a cache of B' >= B rows): the call's rows are these rows of the cache
         (written at their ``cache.length``, which advances by T); the other cache rows are left as they are.
-        A few rows of a large batch then run without copying their caches out and back."""
+        A few rows of a large batch then run without copying their caches out and back.
+
+        ``key_until`` (int32[B, T], without a cache): token j is attended to only by the tokens before token
+        ``key_until[b, j]`` (see :func:`causal_attention`); None: by every later token."""
+        if key_until is not None and cache is not None:
+            raise ValueError("key_until applies to the causal pass without a cache (a cache hides slots with valid)")
         if last_at is not None and cache is None:
             raise ValueError("last_at needs a cache (a causal pass without one returns every token)")
         cfg = self.config
@@ -651,8 +669,11 @@ class Transformer(nnx.Module):
                                 unroll=True if unroll else 1)[0]
 
         if cache is None:
-            def keys_fn(k, v):  # the call's own keys; causal_attention adds the causal part to their validity
-                return k, v, token_mask, None, None, None
+            # The keys' visibility: until which token each is seen (0: padding, never).
+            until = jnp.where(token_mask, VISIBLE if key_until is None else key_until, 0).astype(jnp.int32)
+
+            def keys_fn(k, v):  # the call's own keys; causal_attention adds the causal part to their visibility
+                return k, v, until, None, None, None
 
             def layer(x, params):
                 if self.constrain_rows is not None:
