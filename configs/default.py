@@ -80,6 +80,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # the context's remaining room, at most free_tokens).
     c.free_stop = "action"
     c.free_budget = "fixed"
+    # Earlier turns' thinking: "keep" (ORBIT's paper run: the context only grows) or "strip" (rLLM's
+    # accumulate_reasoning=False: once a turn ends, only what follows its last "</think>" stays in the context;
+    # needs free decoding and a tokenizer with a "</think>" token).
+    c.thinking = "keep"
 
     # Chat format: observations as user turns, actions as assistant turns (needs an HF tokenizer's template).
     c.chat_format = False

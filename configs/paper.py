@@ -42,6 +42,7 @@ def get_config(variant: str = "orbit"):
     # a turn write up to the context's remaining room; here that room is capped by free_tokens, the per-turn buffer
     # (the memory figures of benchmarks/paper_scale.py were measured with 1,024; raise it to come closer to ORBIT).
     c.decoding, c.free_tokens, c.free_stop, c.free_budget = "free", 1024, "end_of_turn", "remaining"
+    c.thinking = "keep"  # ORBIT's paper run keeps earlier turns' thinking in the context ("strip": rLLM's default)
     c.intro, c.repeat_opening = True, True
     c.text = "gem"  # GEM's sentences, as ORBIT
     c.observation_coef = 0.0  # a pretrained LM: plain ORBIT

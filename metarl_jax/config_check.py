@@ -98,7 +98,7 @@ def _get(config, dotted: str):
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games", "lamer_trial", "eval_before_training")
-STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "truncated_return", "task_sampling", "answer_from",
+STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
@@ -252,6 +252,12 @@ def check_config(config) -> None:
     _need(config.free_budget in FREE_BUDGETS, "free_budget",
           f"must be 'fixed' (free_tokens per turn) or 'remaining' (ORBIT: the context's remaining room, at most "
           f"free_tokens), got {config.free_budget!r}")
+    _need(config.thinking in ("keep", "strip"), "thinking",
+          f"must be 'keep' (ORBIT's paper run: earlier turns' thinking stays in the context) or 'strip' (rLLM's "
+          f"accumulate_reasoning=False: only what follows an earlier response's '</think>' stays), "
+          f"got {config.thinking!r}")
+    _need(config.thinking == "keep" or config.decoding == "free", "thinking",
+          "'strip' needs decoding='free' (constrained decoding writes no thinking)")
     _need(config.truncated_return in ("keep", "zero"), "truncated_return",
           f"must be 'keep' (a trial cut by the full context keeps the rewards it earned) or 'zero' (ORBIT: its "
           f"return is 0), got {config.truncated_return!r}")

@@ -45,6 +45,8 @@ class TaskSpec:
         is parsed), or -1 (a turn ends at its first action text).
       remaining_budget: free decoding lets a turn write up to the context's remaining room (at most
         ``free_tokens``), as ORBIT does, instead of exactly ``free_tokens``.
+      think_end, think_skip: with earlier thinking stripped, the end-of-thinking token id and the newline token
+        ids dropped after it (see :func:`metarl_jax.rollout.rollout`); -1 and ``()`` keep the thinking.
       remark_tags, remark_reward: the token sequences of ``<remark>`` and ``</remark>`` (each a tuple of spellings:
         alone and after a space) and what a free-decoded reflection turn holding both earns (LaMer's variant; ``()``
         and 0 otherwise).
@@ -68,12 +70,15 @@ class TaskSpec:
     remaining_budget: bool = False
     remark_tags: tuple = ()
     remark_reward: float = 0.0
+    think_end: int = -1
+    think_skip: tuple = ()
 
     @property
     def decoding(self) -> dict:
         """The free-decoding keywords of :func:`metarl_jax.rollout.rollout` for this task."""
         return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget,
-                    remark_tags=self.remark_tags, remark_reward=self.remark_reward)
+                    remark_tags=self.remark_tags, remark_reward=self.remark_reward, think_end=self.think_end,
+                    think_skip=self.think_skip)
 
     @property
     def context_limits(self) -> np.ndarray:
@@ -104,7 +109,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
                context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
                free_stop: str = "action", free_budget: str = "fixed", lamer_gamma: float = 0.0,
-               remark_reward: float = 0.0) -> TaskSpec:
+               remark_reward: float = 0.0, thinking: str = "keep") -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
@@ -117,6 +122,8 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     ``free_tokens``, ``"remaining"`` the context's remaining room, at most ``free_tokens`` (ORBIT).
     ``lamer_gamma`` > 0 plays LaMer's variant of the trial (:class:`~metarl_jax.envs.multi_episode.MultiEpisode`);
     ``remark_reward`` is then what a free-decoded reflection turn with ``<remark> ... </remark>`` earns.
+    ``thinking`` ``"strip"`` (free decoding) removes earlier turns' thinking from the context
+    (:func:`thinking_fields`); ``"keep"`` leaves it.
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
@@ -139,7 +146,20 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
         free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
         remaining_budget=bool(free_tokens) and free_budget == "remaining",
         **remark_fields(tokenizer, remark_reward if lamer_gamma and env.reflection and free_tokens else 0.0),
+        **(thinking_fields(tokenizer) if free_tokens and thinking == "strip" else {}),
     )
+
+
+def thinking_fields(tokenizer) -> dict:
+    """The TaskSpec fields that strip earlier thinking: the id of the tokenizer's ``</think>`` token (it must be
+    one token, as in Qwen3's vocabulary) and the ids of the newline runs that are single tokens (dropped after
+    it, as Qwen3's chat template strips the answer's leading newlines)."""
+    ids = tokenizer.encode("</think>")
+    if len(ids) != 1:
+        raise ValueError(f"thinking='strip' needs a tokenizer with '</think>' as one token; {tokenizer!r} splits it "
+                         f"into {len(ids)} tokens. Use thinking='keep'")
+    newlines = [tokenizer.encode("\n" * k) for k in range(1, 5)]
+    return dict(think_end=int(ids[0]), think_skip=tuple(int(n[0]) for n in newlines if len(n) == 1))
 
 
 def remark_fields(tokenizer, reward: float) -> dict:
@@ -163,8 +183,8 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     (the rollout reserves a whole action's slots before each turn), so a row stops exactly where its game
     alone would."""
     if len({(t.free_tokens, t.chat, *t.decoding.values()) for t in tasks}) > 1:
-        raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget, the "
-                         "remark reward) and the chat format")
+        raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget, thinking, "
+                         "the remark reward) and the chat format")
     mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
     codec = MixtureCodec(mixture, tokenizer, [t.codec for t in tasks])
     table = ActionTable(mixture, tokenizer)

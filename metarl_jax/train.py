@@ -122,7 +122,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
             single_episode=config.single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
-            text=config.text, free_stop=config.free_stop, free_budget=config.free_budget,
+            text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
             lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:

@@ -197,6 +197,12 @@ CASES = [
     # ---- choices, booleans, strings, unknown fields
     Case("bad decoding", checked(decoding="beam"),
          ConfigError, r"config\.decoding: must be 'constrained' or 'free' \(.*\), got 'beam'"),
+    Case("bad thinking", checked(thinking="drop"),
+         ConfigError, r"config\.thinking: must be 'keep' \(ORBIT's paper run.*or 'strip'.*got 'drop'"),
+    Case("stripped thinking with constrained decoding", checked(thinking="strip"),
+         ConfigError, r"config\.thinking: 'strip' needs decoding='free'"),
+    Case("stripped thinking without a </think> token", built(thinking="strip", decoding="free", answer_coef=0.0),
+         ValueError, r"thinking='strip' needs a tokenizer with '</think>' as one token.*Use thinking='keep'"),
     Case("bad mesh.mode", checked(mesh__mode="pipeline"),
          ConfigError, r"config\.mesh\.mode: must be one of \('none', 'data', 'fsdp', 'tensor'\).*got 'pipeline'"),
     Case("mesh.data not dividing the batch", checked(mesh__mode="data", mesh__data=3),

@@ -156,3 +156,39 @@ def test_kept_start():
     # after the last 7 and its newlines (1); no 7; a 7 then only newlines; a 7 past the written tokens
     np.testing.assert_array_equal(np.asarray(kept_start(tokens, emitted, 7, (1,))), [6, -1, 3, 3])
     np.testing.assert_array_equal(np.asarray(kept_start(tokens, emitted, 7)), [4, -1, 1, 2])
+
+
+def test_micro_batched_rollout_strips_alike(played):
+    """Rows played 2 at a time (``rows_per_chunk``) write the same stream, visibility and log-probabilities."""
+    s = played
+    budget = context_budget(s["env"], s["codec"], FREE_TOKENS)
+    chunked = jax.jit(lambda st: rollout(
+        s["graphdef"], st, s["env"], s["params"], s["codec"], s["table"], jax.random.PRNGKey(3), s["trials"],
+        budget, budget.worst_case, free_tokens=FREE_TOKENS, chat=ChatWrap(), end_of_turn=s["tok"].eos_id,
+        think_end=s["think_end"], think_skip=s["skip"], rows_per_chunk=2))(s["state"])
+    for name in ("tokens", "visible_until", "length", "action_tokens", "action_mask", "rewards"):
+        np.testing.assert_array_equal(np.asarray(getattr(chunked, name)), np.asarray(getattr(s["tr"], name)), name)
+    np.testing.assert_allclose(np.asarray(chunked.logp), np.asarray(s["tr"].logp), atol=1e-5)
+
+
+def test_a_task_strips_with_its_tokenizers_think_token(tmp_path):
+    """``thinking="strip"`` takes ``</think>`` and the single-token newline runs from a Hugging Face tokenizer;
+    ``"keep"`` and constrained decoding strip nothing."""
+    from metarl_jax.tasks import build_task
+    from metarl_jax.text import HFTokenizer
+    from metarl_jax.text.tiny import make_bpe_tokenizer
+
+    env, _ = envs.make_trial("game:GuessTheNumber-v0-easy", intro=False)
+    texts = [env.pieces_text([i]) for i in range(len(env.pieces))] + ["a\n\nb\nc"] * 50
+    tok = HFTokenizer(make_bpe_tokenizer(texts * 4, str(tmp_path), vocab_size=400, extra_specials=("</think>",)))
+    entry = dict(env_id="game:GuessTheNumber-v0-easy", max_turns_per_episode=1, total_step_cap=3)
+
+    def task(**kw):
+        return build_task(entry, tok, split="train", seed=0, num_tasks=2, intro=False, **kw)
+
+    strip = task(free_tokens=16, thinking="strip")
+    assert tok.decode([strip.think_end]) == "</think>"
+    assert strip.decoding["think_end"] == strip.think_end
+    skipped = {tok.decode([i]) for i in strip.think_skip}
+    assert "\n" in skipped and all(set(text) == {"\n"} for text in skipped)
+    assert task(free_tokens=16).think_end == -1 and task(thinking="strip").think_end == -1

@@ -6,17 +6,18 @@ import os
 from typing import Iterable
 
 
-def make_bpe_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 512) -> str:
+def make_bpe_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 512, extra_specials=()) -> str:
     """Trains a byte-level BPE (the Qwen/GPT-2 family's scheme) on ``texts`` and saves it to ``out_dir``.
 
     The directory loads with ``transformers.AutoTokenizer.from_pretrained(out_dir)`` and with
     :class:`metarl_jax.text.HFTokenizer`. It has Qwen-style special tokens (``<|endoftext|>``,
-    ``<|im_start|>``, ``<|im_end|>``) and a ChatML chat template. Returns ``out_dir``.
+    ``<|im_start|>``, ``<|im_end|>``, then ``extra_specials``, e.g. Qwen3's ``</think>``) and a ChatML chat
+    template. Returns ``out_dir``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_specials]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
