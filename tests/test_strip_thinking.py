@@ -9,7 +9,7 @@ each turn must have seen (earlier observations and the kept parts of earlier res
 * every sampled token's log-probability equals a plain causal forward over that explicitly stripped context
   (so the KV cache really forgot the thinking, and RoPE positions close the gap);
 * the teacher-forced pass over the stream (``visible_until``) gives the same log-probabilities, which the
-  learner's ratio needs.
+  learner's ratio needs, and the same gradient as the explicit forwards.
 """
 
 import jax
@@ -95,6 +95,25 @@ def contexts(s, b):
     return turns, stream
 
 
+def turn_sequences(s):
+    """(row, turn, stripped context, response) of every turn played."""
+    return [(b, t, ctx, resp) for b in range(BATCH) for t, (ctx, resp) in enumerate(contexts(s, b)[0])]
+
+
+def stripped_rows(s):
+    """One padded row per turn played: its stripped context then its response (int32[N, W]), the positions
+    0, 1, ..., the real tokens and where the response's tokens are (bool[N, W] each)."""
+    seqs = turn_sequences(s)
+    width = max(len(ctx) + len(resp) for _, _, ctx, resp in seqs)
+    tokens = np.full((len(seqs), width), s["tok"].pad_id, np.int32)
+    real, where = np.zeros(tokens.shape, bool), np.zeros(tokens.shape, bool)
+    for i, (_, _, ctx, resp) in enumerate(seqs):
+        tokens[i, : len(ctx) + len(resp)] = ctx + resp
+        real[i, : len(ctx) + len(resp)] = True
+        where[i, len(ctx): len(ctx) + len(resp)] = True
+    return tokens, np.broadcast_to(np.arange(width, dtype=np.int32), tokens.shape), real, where
+
+
 def test_the_stream_holds_each_response_then_its_kept_part(played):
     s, tr = played, played["tr"]
     stripped = kept_parts = 0
@@ -116,16 +135,12 @@ def test_sampled_log_probs_equal_a_forward_over_the_stripped_context(played):
     """Every turn of every row, as a row of one plain causal pass (no cache, positions 0, 1, ...) over the
     explicitly stripped context followed by the response."""
     s, tr = played, played["tr"]
-    seqs = [(b, t, ctx, resp) for b in range(BATCH) for t, (ctx, resp) in enumerate(contexts(s, b)[0])]
-    width = max(len(ctx) + len(resp) for _, _, ctx, resp in seqs)
-    tokens = np.full((len(seqs), width), s["tok"].pad_id, np.int32)
-    for i, (_, _, ctx, resp) in enumerate(seqs):
-        tokens[i, : len(ctx) + len(resp)] = ctx + resp
-    positions = np.broadcast_to(np.arange(width, dtype=np.int32), tokens.shape)
+    seqs = turn_sequences(s)
+    tokens, positions, real, _ = stripped_rows(s)
 
     def forward(st, tokens):
         model = nnx.merge(s["graphdef"], st)
-        hidden, _ = model.hidden_states(tokens, positions, None, tokens != s["tok"].pad_id)
+        hidden, _ = model.hidden_states(tokens, positions, None, real)
         return jax.nn.log_softmax(model.logits(hidden), axis=-1)
 
     logp = np.asarray(jax.jit(forward)(s["state"], tokens))
@@ -135,6 +150,31 @@ def test_sampled_log_probs_equal_a_forward_over_the_stripped_context(played):
         np.testing.assert_allclose(np.asarray(tr.logp[b, t, : len(resp)]), expected, atol=2e-5)
         checked += len(resp)
     assert checked > BATCH * TURNS
+
+
+def test_gradient_over_the_stream_equals_the_gradient_over_the_stripped_contexts(played):
+    """The learner's gradient: the summed log-probability of every response, from one teacher-forced pass over the
+    stream (attention masked by ``visible_until``), has the same gradient as from the explicit forwards."""
+    s, tr = played, played["tr"]
+    tokens, positions, real, where = stripped_rows(s)
+
+    def explicit(st):
+        model = nnx.merge(s["graphdef"], st)
+        hidden, _ = model.hidden_states(tokens, positions, None, real)
+        logp = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)
+        picked = jnp.take_along_axis(logp, jnp.asarray(tokens[:, 1:])[..., None], axis=-1)[..., 0]
+        return (picked * where[:, 1:]).sum()
+
+    def stream(st):
+        logp = teacher_forced_logp(s["graphdef"], st, tr, s["table"], free=True)
+        return (logp * tr.action_mask).sum()
+
+    (a, grads), (b, stream_grads) = jax.jit(lambda st: (jax.value_and_grad(explicit)(st),
+                                                         jax.value_and_grad(stream)(st)))(s["state"])
+    np.testing.assert_allclose(float(b), float(a), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(stream_grads)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-3, atol=1e-5)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 0
 
 
 def test_teacher_forced_pass_over_the_stream_equals_the_sampler(played):
