@@ -46,14 +46,15 @@ def tree_bytes(tree) -> int:
 
 def update_activation_bytes(model_config, tasks, rows_per_task: int, remat: str = "none", dtype="float32") -> int:
     """Rough peak bytes of the teacher-forced update's activations for ``rows_per_task`` rows of each task
-    (S = the task's ``context_len``, D hidden size, F MLP width, L layers).
+    (S = the task's ``transcript_len``: its context, longer with stripped thinking; D hidden size, F MLP width, L
+    layers).
 
     Without rematerialisation (``remat="none"``): ``rows x S x L x (D + F)`` times
     :data:`UPDATE_BYTES_PER_TOKEN_UNIT`. With it (any other policy), each layer keeps only its input and the
     backward pass recomputes one layer at a time: ``rows x S x (L x D x 2 x bytes of dtype + (4 D + 3 F) x 8)``
     (the layer inputs and residuals, plus one layer's float32 working set forward and backward); ``"nested"``
     keeps L / g + g layer inputs instead of L (g from :func:`~metarl_jax.models.transformer.remat_group_size`)."""
-    tokens = sum(rows_per_task * t.context_len for t in tasks)
+    tokens = sum(rows_per_task * t.transcript_len for t in tasks)
     d, f, layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
     if remat == "none":
         return int(tokens * layers * (d + f) * UPDATE_BYTES_PER_TOKEN_UNIT)

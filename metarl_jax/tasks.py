@@ -81,6 +81,12 @@ class TaskSpec:
                     think_skip=self.think_skip)
 
     @property
+    def transcript_len(self) -> int:
+        """Slots of a rollout's transcript: the context, plus what stripped thinking may hide (each turn's response
+        stays in the stream; see :func:`metarl_jax.rollout.rollout`)."""
+        return self.context_len + (self.budget.turns * self.free_tokens if self.think_end >= 0 else 0)
+
+    @property
     def context_limits(self) -> np.ndarray:
         """int32[G]: a mixture's context limit of each game's rows (see :func:`build_mixture`)."""
         extra = self.budget.action_len - np.array([g.budget.action_len for g in self.games], np.int32)

@@ -160,8 +160,8 @@ def test_memory_plan_fits_the_budget():
     assert memory.largest_rows(12, 10, 5) == 1  # none fits: the smallest
     qwen = ModelConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
                        num_kv_heads=8, head_dim=128)
-    task = SimpleNamespace(context_len=32768, budget=ContextBudget(chunk_len=600, action_len=1024, turns=30,
-                                                                   worst_case=40000))
+    task = SimpleNamespace(context_len=32768, transcript_len=32768,
+                           budget=ContextBudget(chunk_len=600, action_len=1024, turns=30, worst_case=40000))
     one_row = memory.kv_cache_bytes(qwen, 1, 32768, "bfloat16")
     assert 3.5e9 < one_row < 4e9  # 28 layers x 2 x 8 heads x 128 x 2 bytes x 32,768 slots
     state = 2_000_000_000 * 12  # float32 weights and two Adam moments

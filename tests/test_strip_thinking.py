@@ -232,3 +232,6 @@ def test_a_task_strips_with_its_tokenizers_think_token(tmp_path):
     skipped = {tok.decode([i]) for i in strip.think_skip}
     assert "\n" in skipped and all(set(text) == {"\n"} for text in skipped)
     assert task(free_tokens=16).think_end == -1 and task(thinking="strip").think_end == -1
+    # the memory planner sizes the update by the stream, which may be this much longer than the context
+    assert strip.transcript_len == strip.context_len + strip.budget.turns * 16
+    assert task(free_tokens=16).transcript_len == task(free_tokens=16).context_len

@@ -138,13 +138,14 @@ def test_update_memory_estimate_warns_before_compiling():
     from metarl_jax.models.config import preset
 
     model = preset("tiny", 4000)
-    bandit = [Task(name="BernoulliBandit-misc", context_len=1541)]
+    bandit = [Task(name="BernoulliBandit-misc", context_len=1541, transcript_len=1541)]
     # Measured: 16 tasks x 8 rollouts at 1,541 tokens took 7.1 GB of XLA temporaries on CPU.
     assert 6e9 < memory.update_activation_bytes(model, bandit, 128) < 8e9
     big = Task(num_tasks=16, group_size=8)
     with pytest.warns(UserWarning, match=r"now 128 of num_tasks x group_size = 16 x 8 = 128 rows.*BernoulliBandit-misc: 1541"):
         memory.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=8 * 2**30)
-    default_mix = [Task(name="hard", context_len=640), Task(name="easy", context_len=400)]
+    default_mix = [Task(name="hard", context_len=640, transcript_len=640),
+                   Task(name="easy", context_len=400, transcript_len=400)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         memory.warn_if_update_may_not_fit(Task(num_tasks=4, group_size=8), model, default_mix, memory_bytes=24 * 2**30)
