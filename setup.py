@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "transformers>=5.0,<6",  # tokenizer and config only
     "tokenizers>=0.22",
+    "jinja2>=3.1",  # transformers' apply_chat_template (the chat format) needs it and does not declare it
     "safetensors>=0.5",
     "tqdm>=4.66",
 ]

@@ -39,11 +39,10 @@ GAMES = ["rockpaperscissors", "game:Minesweeper-v0-only-reveal", "game:Hangman-v
 def measure(num_games: int, mixture: bool, rows: int = 4, game: int | None = None) -> dict:
     """Builds the step for the first ``num_games`` games (or for game number ``game`` alone) and times its
     trace + lower, compile and first run."""
-    sys.path.insert(0, os.path.join(REPO, "configs"))
     import jax
-    from tiny import get_config
 
     from metarl_jax import train
+    from metarl_jax.configs.tiny import get_config
     from metarl_jax.algos.grpo import init_train_state, make_train_step
 
     config = get_config("orbit")

@@ -70,7 +70,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)  # benchmarks/: the shared helpers
-sys.path.insert(0, os.path.join(REPO, "configs"))
 sys.path.insert(0, REPO)  # a checkout works without `pip install -e .`
 
 import jax  # noqa: E402
@@ -78,11 +77,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from _peer import bench_meta  # noqa: E402
-from default import get_config, task  # noqa: E402
 from model_flops import measure_peak, xla_flops  # noqa: E402
 
 from metarl_jax import train  # noqa: E402
 from metarl_jax.algos import grpo  # noqa: E402
+from metarl_jax.configs.default import get_config, task  # noqa: E402
 from metarl_jax.models.transformer import query_blocks  # noqa: E402
 from metarl_jax.rollout import prefix_sizes, rollout  # noqa: E402
 

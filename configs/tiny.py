@@ -1,30 +1,5 @@
-"""A smoke-test run: seconds on CPU. Used by the tests (resume after SIGKILL, bad configs).
+"""The built-in ``tiny`` config, addressable from a checkout (``--config=configs/tiny.py``); it lives in
+``metarl_jax/configs/tiny.py``, whose docstring gives the command and the expected result."""
 
-Command::
-
-    python -m metarl_jax.main --config=configs/tiny.py --workdir=/tmp/metarl_tiny
-
-Expected result: a per-episode success table of 8 held-out trials before training, 6 GRPO steps on
-GuessTheNumber-easy trials (2 tasks x 2 rollouts, 2 episodes of 4 turns), then the table again; the numbers are
-noise at this budget.
-"""
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from default import get_config as default_config  # noqa: E402
-from default import task  # noqa: E402
-
-
-def get_config(variant: str = "orbit"):
-    c = default_config(variant)
-    c.train_tasks = [task("game:GuessTheNumber-v0-easy", 4, 8)]
-    c.eval_tasks = [task("game:GuessTheNumber-v0-easy", 4, 8)]
-    c.num_tasks, c.group_size = 2, 2
-    c.train_set_size, c.eval_trials = 16, 8
-    c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 6, 3, 1, 2
-    c.eval_before_training = True
-    c.num_episodes_reported = 2
-    c.text = "gem"  # GEM's sentences: the tests and the notebook read them
-    return c
+from metarl_jax.configs.tiny import *  # noqa: F401,F403
+from metarl_jax.configs.tiny import get_config  # noqa: F401

@@ -39,8 +39,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pathlib
-import sys
 import tempfile
 
 import jax
@@ -133,14 +131,12 @@ print(success_table(rows))"""),
 `train_and_evaluate(config, workdir)` is the whole loop: it checks the config, builds the tokenizer, model and
 task sets, runs the compiled GRPO step (`lax.scan` rollouts of the multi-episode trials, group-relative
 advantages, PPO-clip, the optax update, all one `jax.jit`), checkpoints to `<workdir>/checkpoints`, logs
-metrics, and evaluates on held-out trials. We start from `configs/tiny.py` (a 2-layer, 64-wide model, 2 tasks x
+metrics, and evaluates on held-out trials. We start from the built-in `tiny` config (`metarl_jax/configs/tiny.py`) (a 2-layer, 64-wide model, 2 tasks x
 2 rollouts per step), train for 5 steps on 2-episode trials and evaluate on 32 held-out 3-episode trials.
 Rerunning the cell with the same `workdir` would resume from the last checkpoint."""),
     ("code", """\
-CONFIGS = pathlib.Path(metarl_jax.__file__).resolve().parents[1] / "configs"   # the repository's configs/
-sys.path.insert(0, str(CONFIGS))
-import tiny
-from default import task
+from metarl_jax.configs import tiny          # the built-in configs ship with the package
+from metarl_jax.configs.default import task
 
 config = tiny.get_config("orbit")
 config.eval_tasks = [task(ENV_ID, 4, 12)]          # 3 episodes of 4 turns, as the baselines above

@@ -30,9 +30,9 @@ import os
 import re
 
 from common import REPO, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
-from default import get_config
 
 from metarl_jax import train
+from metarl_jax.configs.default import get_config
 
 
 def set_(longer=1.0, **kw):

@@ -12,7 +12,6 @@ import sys
 import jax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
 sys.path.insert(0, REPO)  # a checkout works without `pip install -e .`
 
 from metarl_jax import baselines, envs  # noqa: E402

@@ -19,10 +19,10 @@ import argparse
 import os
 
 from common import REPO, write_table  # experiments/ is on sys.path
-from default import get_config
 from table_in_context_learning import paper_config
 
 from metarl_jax import train
+from metarl_jax.configs.default import get_config
 
 CPU_SIZES = {  # ModelConfig overrides of the "tiny" preset
     "h32-l1": dict(hidden_size=32, intermediate_size=96, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16),

@@ -32,10 +32,10 @@ import time
 import jax
 
 from common import REPO, play_policy_rows, write_table  # experiments/ is on sys.path
-from default import get_config
-from paper import get_config as get_paper_config
 
 from metarl_jax import train
+from metarl_jax.configs.default import get_config
+from metarl_jax.configs.paper import get_config as get_paper_config
 from metarl_jax.evaluate import add_regret, summarize
 
 

@@ -89,7 +89,7 @@ def _get(config, dotted: str):
     node = config
     for part in dotted.split("."):
         if part not in node:
-            _fail(dotted, "is missing; start from a file in configs/ (for example configs/default.py)")
+            _fail(dotted, "is missing; start from a built-in config (metarl_jax/configs/, for example default.py)")
         node = node[part]
     return node
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
+from metarl_jax import configs
+
+_DEFAULT_CONFIG = configs.path("default")  # shipped with the package: found from an installed copy too
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config file (path.py[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/metarl_run", "Where checkpoints, logs and results go.")
 _COMPILE_CACHE = flags.DEFINE_boolean(
@@ -38,16 +39,16 @@ def compare(config, workdir: str):
 
     from metarl_jax.train import build_run
 
-    configs = {}
+    runs = {}
     for name, single in (("orbit", False), ("single_episode", True)):
         cfg = config.copy_and_resolve_references()
         cfg.variant, cfg.single_episode = ("single" if single else "orbit"), single
         build_run(cfg)  # both configs are checked before either run compiles anything
-        configs[name] = cfg
+        runs[name] = cfg
     results = {
         name: train_and_evaluate(cfg, os.path.join(workdir, name),
                                  label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")
-        for name, cfg in configs.items()
+        for name, cfg in runs.items()
     }
     rows = results["orbit"] + results["single_episode"]
     rows.sort(key=lambda r: r.env_id)

@@ -1,6 +1,6 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-One run = one config (see ``configs/default.py`` for every field). The loop:
+One run = one config (see ``metarl_jax/configs/default.py`` for every field). The loop:
 
 1. checks the config (:mod:`metarl_jax.config_check`) and builds the tokenizer, the model, the training and
    validation task sets (:mod:`metarl_jax.tasks`) and the optimizer, then checks every task's context, all

@@ -32,8 +32,7 @@ from metarl_jax.models.hf_io import load_pretrained, save_pretrained
 from metarl_jax.text import Codec, HFTokenizer, WordTokenizer, split_words
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny  # noqa: E402
+from metarl_jax.configs import tiny  # noqa: E402
 
 
 # ---------------------------------------------------------------- building bad input
@@ -302,7 +301,7 @@ def test_bad_input_is_refused_naming_the_cause(case, tmp_path, source_model):
 
 def test_good_configs_and_the_tiny_model_pass(source_model):
     """The table's baselines are valid: the shipped configs check and the tiny directory loads."""
-    import default
+    from metarl_jax.configs import default
 
     for variant in ("orbit", "single", "compare"):
         check_config(default.get_config(variant))

@@ -28,8 +28,7 @@ from metarl_jax.checkpoints import TMP_MARKER, Checkpointer, UnwritableError
 from metarl_jax.metrics_log import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny  # noqa: E402
+from metarl_jax.configs import tiny  # noqa: E402
 
 
 def tiny_config(**fields):

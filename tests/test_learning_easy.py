@@ -10,20 +10,14 @@ steps (its policy's entropy collapsed within 100 steps, with or without an entro
 mix, as here, episode 1 of -easy rose in training from 0.35 to 0.8 by step 400.
 """
 
-import sys
-from pathlib import Path
 
 import jax
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-
-from default import get_config  # noqa: E402
-
-from metarl_jax import baselines  # noqa: E402
-from metarl_jax.evaluate import play_trials, summarize  # noqa: E402
-from metarl_jax.train import build_run, train_and_evaluate  # noqa: E402
+from metarl_jax import baselines
+from metarl_jax.configs.default import get_config
+from metarl_jax.evaluate import play_trials, summarize
+from metarl_jax.train import build_run, train_and_evaluate
 
 STEPS = 500
 

@@ -177,8 +177,7 @@ def test_config_refuses_micro_batches_that_do_not_divide_the_batch():
 
     from metarl_jax import config_check
 
-    sys.path.insert(0, "configs")
-    from default import get_config
+    from metarl_jax.configs.default import get_config
 
     c = get_config("orbit")
     c.rollout_rows = 3

@@ -14,8 +14,7 @@ from metarl_jax import config_check, memory, train
 from metarl_jax.metrics_log import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny  # noqa: E402
+from metarl_jax.configs import tiny  # noqa: E402
 
 
 def main_cmd(workdir):

@@ -36,8 +36,7 @@ from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, mak
 from metarl_jax.checkpoints import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny
+from metarl_jax.configs import tiny
 
 DEVICES = 8
 pytestmark = pytest.mark.skipif(

@@ -1,0 +1,173 @@
+"""The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU, with no privileged
+information.
+
+Command (2 CPU cores: 9 min 21 s for both runs measured alone, 11 min 31 s with other work on the machine at
+first; 2026-12-05)::
+
+    python -m metarl_jax.main --workdir=/tmp/metarl_run
+
+Variants: ``--config=configs/default.py:single`` trains only the single-episode baseline and
+``--config=configs/default.py:orbit`` only the multi-episode run; the default (``:compare``) trains both with
+the same budget (1,000 GRPO steps each) and prints their held-out per-episode success side by side.
+
+The task mix: GuessTheNumber-easy (1..10, 4 turns, 3 episodes) and GuessTheNumber-hard (1..50, 7 turns, 3
+episodes), built-in word vocabulary, no downloads. Held out: 256 validation trials of each, drawn from a
+separate key. The text is ``terse`` (the rules in one line, then one feedback word per guess:
+``\\boxed{25} lower``), shown in the first episode only (``repeat_opening=False``), and the context is capped
+at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full). ORBIT's policy gradient
+gets LaMer's cross-episode discount (``discount``: an earlier win is worth more). The from-scratch model also
+gets two auxiliary losses that are not in ORBIT, and both use only what the policy itself saw: next-token
+prediction of the observation text (``observation_coef``) and the hindsight answer loss (``answer_coef`` with
+``answer_from="hindsight"``: at every turn, the log-probability of the action that won the row's first won
+episode, read from its own transcript; rows that never won are not scored). The secret itself (the privileged
+target, ``answer_from="task"``) is never used. Both runs get the same losses.
+
+Expected result (measured 2026-12-05, seed 0, word vocabulary of 3,991 tokens), held-out episode 1 / 2 / 3
+success: GuessTheNumber-hard: ORBIT 0.473 / 0.859 / 0.949 (+0.477), single-episode 0.430 / 0.516 / 0.527 (+0.098);
+GuessTheNumber-easy: ORBIT 0.680 / 0.949 / 0.992 (+0.312), single-episode 0.660 / 0.793 / 0.895 (+0.234).
+Means over seeds 0, 1 and 2 (-hard, measured with the earlier 3,972-token vocabulary, which sizes the model's
+embedding, and before a fix to the advantage of turns where a group's discounted returns are all equal):
+ORBIT 0.507 / 0.810 / 0.850 (+0.344), single-episode 0.276 / 0.329 / 0.323 (+0.047). Random play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss
+(alone, with the policy gradient off: 0.814 in episode 3), not from the policy gradient (alone: 0.419):
+``python experiments/ablations.py --table mechanism --seeds 0,1,2``, results/mechanism.md and results/README.md. Numbers go to
+``<workdir>/comparison.md`` and ``comparison.json``.
+"""
+
+import ml_collections
+
+
+def task(env_id: str, max_turns: int, cap: int, context_len: int = 0) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(env_id=env_id, max_turns_per_episode=max_turns, total_step_cap=cap,
+                                          context_len=context_len))
+
+
+def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # What to run: "orbit" (multi-episode), "single" (single-episode baseline) or "compare" (both).
+    c.variant = variant
+    c.single_episode = variant == "single"
+
+    # dtype: the compute dtype ("float32" or "bfloat16": half the memory and the accelerators' fast matmuls);
+    # param_dtype: the weights' storage dtype (the optimizer state follows it); remat: the update's per-layer
+    # rematerialisation ("none", "dots", "full": one more forward pass, or "nested": least memory, two more).
+    c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}, dtype="float32",
+                                             param_dtype="float32", remat="none"))
+    c.tokenizer = "word"  # or a local Hugging Face tokenizer directory
+
+    c.train_tasks = [
+        task("game:GuessTheNumber-v0-easy", 4, 12, context_len=160),
+        task("game:GuessTheNumber-v0-hard", 7, 21, context_len=224),
+    ]
+    c.eval_tasks = [
+        task("game:GuessTheNumber-v0-hard", 7, 21, context_len=224),
+        task("game:GuessTheNumber-v0-easy", 4, 12, context_len=160),
+    ]
+    # One program for all envs: a batch of num_tasks tasks drawn from the union of the envs' task sets (ORBIT's
+    # shuffled mix; compile time does not grow with the number of envs). False: num_tasks tasks of every env,
+    # each env rolled out and differentiated on its own.
+    c.mix_games = False
+    c.train_set_size = 512  # ORBIT: 512 training tasks per env
+    c.eval_trials = 256  # ORBIT: 256 validation tasks per env
+    c.num_episodes_reported = 3
+
+    # Decoding: "constrained" (only valid action texts) or "free" (up to free_tokens tokens, then the
+    # \boxed{...} is parsed; no valid box is a format error, as in ORBIT).
+    c.decoding = "constrained"
+    c.free_tokens = 16
+    # Free decoding's turn end: "action" (the first complete action text) or "end_of_turn" (ORBIT: the end-of-turn
+    # token, then the last \boxed{...} is parsed); its budget: "fixed" (free_tokens a turn) or "remaining" (ORBIT:
+    # the context's remaining room, at most free_tokens).
+    c.free_stop = "action"
+    c.free_budget = "fixed"
+    # Earlier turns' thinking: "keep" (ORBIT's paper run: the context only grows) or "strip" (rLLM's
+    # accumulate_reasoning=False: once a turn ends, only what follows its last "</think>" stays in the context;
+    # needs free decoding and a tokenizer with a "</think>" token).
+    c.thinking = "keep"
+
+    # Chat format: observations as user turns, actions as assistant turns (needs an HF tokenizer's template).
+    c.chat_format = False
+
+    # Trial text. "gem": GEM's sentences (ORBIT's text); "terse": the rules in one line, then one feedback word
+    # per turn after the guess ("\\boxed{25} lower"): a third of the tokens, which makes a from-scratch model's
+    # steps ~2.5x cheaper and lets it learn the game within the CPU budget (GuessTheNumber only).
+    c.text = "terse"
+    c.intro = False
+    c.repeat_opening = False
+    c.reflection = False
+    c.context_len = 0  # default for tasks without their own; 0 = the worst case (never truncates)
+    c.allow_truncation = True  # ORBIT: when the context is full the trial stops
+    # What such a trial returns: "keep" (the rewards earned before the cut; this CPU run) or "zero" (ORBIT's code).
+    c.truncated_return = "keep"
+
+    # GRPO (ORBIT: 32 tasks x 8, lr 1e-6, temperature 0.6 for 4B-14B models; a tiny model needs far more lr:
+    # 3e-3 rose across episodes with seeds 0 to 3; 6e-3 gave about no rise with seeds 0 and 1).
+    c.num_tasks = 4  # per env per step (with mix_games: per step over the mixture)
+    # "replacement": each step draws its tasks independently; "epochs" (ORBIT): each epoch visits every task once.
+    c.task_sampling = "replacement"
+    c.group_size = 8
+    c.update_epochs = 1  # gradient updates per batch (ORBIT: 1); more reuse each rollout, bounded by the clip
+    c.temperature = 1.0
+    c.top_p = 1.0
+    c.eval_temperature = 0.6
+    c.eval_top_p = 0.95
+    c.clip_low = 0.2
+    c.clip_high = 0.28
+    c.dual_clip = 3.0  # dual-clip PPO bound on negative advantages (verl's clip_ratio_c); inert with update_epochs=1
+    # The advantage's group std: 0 the population std, 1 the sample std (ORBIT's, configs/paper.py). The CPU run's
+    # numbers were measured with 0.
+    c.advantage_std_ddof = 0
+    c.kl_coef = 0.0
+    c.entropy_coef = 0.0
+    # Weight of ORBIT's PPO-clip policy-gradient term; 0 leaves only the auxiliary losses below (an ablation).
+    c.policy_coef = 1.0
+    # Auxiliary next-token loss on the observation text (not in ORBIT, which starts from a pretrained LM):
+    # teaches a from-scratch model the game's text, e.g. what "higher than 25" implies.
+    c.observation_coef = 1.0
+    # Auxiliary answer loss (not in ORBIT): -log-prob of an answer action at every turn (task inference as in
+    # Humplik et al. 2019, the optimal-action target of Lee et al. 2023's DPT); the policy never sees the target.
+    # 0: off. Its target, answer_from: "hindsight" (the action that won the row's first won episode, read from its
+    # own transcript: only what the policy saw; rows that never won: no loss) or "task" (the secret number:
+    # privileged task information, an ablation).
+    c.answer_coef = 10.0
+    c.answer_from = "hindsight"
+    # LaMer's variant of the trial in ORBIT's repository (off: ORBIT's trial): the trial stops at its first success,
+    # which earns lamer_gamma ** (its 0-based episode index), and with reflection=True and free decoding a
+    # reflection turn that writes <remark> ... </remark> earns lamer_remark_reward.
+    c.lamer_trial = False
+    c.lamer_gamma = 0.6
+    c.lamer_remark_reward = 1.0
+    c.discount = True  # LaMer's cross-episode discount
+    c.gamma_step = 0.95
+    c.gamma_traj = 0.6
+
+    # Scale (metarl_jax.sharding): "none" (one device), "data" (trial batch on the mesh's data axis), "fsdp"
+    # (parameters sharded on data too) or "tensor" (parameters sharded on the model axis). distributed: None
+    # initializes jax.distributed only when the environment shows several processes.
+    c.mesh = ml_collections.ConfigDict(dict(mode="none", data=-1, model=1,
+                                            distributed=ml_collections.config_dict.placeholder(bool)))
+
+    # Memory: the rollout and the update run in row micro-batches (rollout_rows, update_rows: divisors of
+    # num_tasks * group_size; gradients are accumulated), each 0 = the largest that the memory budget holds
+    # (memory_budget_gb per device; 0 = the device's memory). The default run fits whole.
+    c.memory_budget_gb = 0.0
+    c.rollout_rows = 0
+    c.update_rows = 0
+
+    c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
+                                                 b1=0.9, b2=0.99, weight_decay=0.0))
+    c.num_steps = 1000
+    c.eval_before_training = False  # ORBIT also validates the untrained policy (configs/paper.py)
+    c.eval_every = 0  # held-out evaluation at the end only (each one costs ~10 s of the 10-minute budget)
+    c.log_every = 5
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 2
+
+    # Faults: a step whose loss or gradients are not finite is skipped (weights and optimizer unchanged); this
+    # many skipped steps in a row stop the run with a FloatingPointError.
+    c.max_consecutive_skips = 5
+    # Testing only: NaN gradients in steps inject_nan_step .. inject_nan_step + inject_nan_count - 1 (numbered
+    # from 1 as in the logs; -1: off).
+    c.inject_nan_step = -1
+    c.inject_nan_count = 1
+    return c
