@@ -8,6 +8,9 @@ the same budget, in ``<workdir>/orbit`` and ``<workdir>/single_episode``, and pr
 per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
 command resumes from the last checkpoints.
 
+``--mode=evaluate`` trains nothing: it evaluates the run's latest checkpoint (or ``--step``'s) on the held-out
+trials with the given config's evaluation settings (e.g. ``--config.eval_trials=1024``) and writes a fresh
+report; a finished run rerun with changed settings is evaluated again too, never reported stale.
 ``--baselines`` plays the random and oracle policies instead (no training). Compiled programs are cached in
 ``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off).
 """
@@ -30,13 +33,23 @@ _COMPILE_CACHE = flags.DEFINE_boolean(
     "resumed or repeated run, and the second run of a comparison for the programs both share (the held-out "
     "evaluation), load them instead of compiling again.")
 _BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (resuming) and evaluate; evaluate: "
+                          "only evaluate a trained run's checkpoint with the config's evaluation settings.")
+_STEP = flags.DEFINE_integer("step", 0, "With --mode=evaluate: the checkpoint step to evaluate (0: the latest).")
+
+
+def run_one(config, workdir: str, label: str | None = None):
+    """Trains and evaluates, or (``--mode=evaluate``) only evaluates, one run; returns its rows."""
+    from metarl_jax.train import evaluate_checkpoint, train_and_evaluate
+
+    if _MODE.value == "evaluate":
+        return evaluate_checkpoint(config, workdir, _STEP.value, label=label)
+    return train_and_evaluate(config, workdir, label=label)
 
 
 def compare(config, workdir: str):
-    """Trains the ORBIT run and the single-episode baseline; returns and writes the comparison."""
+    """Trains (or evaluates) the ORBIT run and the single-episode baseline; returns and writes the comparison."""
     from metarl_jax.evaluate import success_table
-    from metarl_jax.train import train_and_evaluate
-
     from metarl_jax.train import build_run
 
     runs = {}
@@ -46,8 +59,8 @@ def compare(config, workdir: str):
         build_run(cfg)  # both configs are checked before either run compiles anything
         runs[name] = cfg
     results = {
-        name: train_and_evaluate(cfg, os.path.join(workdir, name),
-                                 label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")
+        name: run_one(cfg, os.path.join(workdir, name),
+                      label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")
         for name, cfg in runs.items()
     }
     rows = results["orbit"] + results["single_episode"]
@@ -92,9 +105,8 @@ def main(argv):
         print("\nHeld-out success per episode (95% intervals):\n" + compare(config, workdir))
     else:
         from metarl_jax.evaluate import success_table
-        from metarl_jax.train import train_and_evaluate
 
-        print("\nHeld-out success per episode (95% intervals):\n" + success_table(train_and_evaluate(config, workdir)))
+        print("\nHeld-out success per episode (95% intervals):\n" + success_table(run_one(config, workdir)))
 
 
 if __name__ == "__main__":

@@ -236,6 +236,33 @@ def _config_dict(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+EVAL_CONFIG = "eval_config.json"  # beside eval.json: the config its rows were evaluated with
+
+
+def write_eval(workdir: str, rows: list[SuccessRow], config, name: str = "eval") -> None:
+    """Writes ``<name>.md`` (the table), ``<name>.json`` (the rows) and, for the run's own report, the config
+    they were evaluated with (:data:`EVAL_CONFIG`)."""
+    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+        f.write(success_table(rows) + "\n")
+    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+        json.dump([r.as_dict() for r in rows], f, indent=2)
+    if name == "eval":
+        with open(os.path.join(workdir, EVAL_CONFIG), "w") as f:
+            json.dump(_config_dict(config), f, indent=2, sort_keys=True)
+
+
+def finished_eval(workdir: str, config) -> list[SuccessRow] | None:
+    """The rows of ``eval.json`` if they were evaluated with ``config``; None if there are none or the config
+    changed since (then the run's final weights are evaluated again)."""
+    try:
+        with open(os.path.join(workdir, EVAL_CONFIG)) as f:
+            same = json.load(f) == _config_dict(config)
+        with open(os.path.join(workdir, "eval.json")) as f:
+            return [SuccessRow.from_dict(r) for r in json.load(f)] if same else None
+    except FileNotFoundError:
+        return None
+
+
 def warn_if_low_disk(directory: str, state, keep: int) -> None:
     """Warns when ``directory``'s free space is below the size of ``keep + 1`` checkpoints of ``state`` (orbax
     writes a new step before it deletes the oldest one)."""
@@ -300,11 +327,16 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                           "weights and optimizer state are kept", stacklevel=2)
         if not quiet:
             print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
-    finished = os.path.join(workdir, "eval.json")
-    if start == config.num_steps and os.path.exists(finished):  # a finished run: report it again
+    if start == config.num_steps and os.path.exists(os.path.join(workdir, "eval.json")):  # a finished run
         ckpt.close()
-        with open(finished) as f:
-            return [SuccessRow.from_dict(r) for r in json.load(f)]
+        rows = finished_eval(workdir, config)
+        if rows is None:  # its evaluation is stale: evaluate the final weights with this config
+            if not quiet:
+                print(f"[{label}] the config changed since {workdir}/eval.json was written: evaluating the step-{start} "
+                      "weights again", flush=True)
+            rows = summarize_eval(jax.device_get(evaluator(state.params, eval_key)), config.num_episodes_reported, label)
+            write_eval(workdir, rows, config)
+        return rows
     log = MetricsLog(workdir, resume_step=start if restored is not None else None)
 
     def evaluate(step):
@@ -360,9 +392,40 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         log.close()
         raise
     log.close()
-    table = success_table(rows)
-    with open(os.path.join(workdir, "eval.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump([r.as_dict() for r in rows], f, indent=2)
+    write_eval(workdir, rows, config)
+    return rows
+
+
+def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None = None) -> list[SuccessRow]:
+    """Evaluates a trained run's checkpoint on its held-out trials with ``config``'s evaluation settings; trains
+    nothing. ``step`` 0 takes the latest checkpoint and rewrites the run's report (``eval.md``, ``eval.json``);
+    another step writes ``eval_step<step>.md`` / ``.json``. Returns the rows."""
+    run = build_run(config)
+    label = label or ("single-episode" if config.single_episode else "orbit")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    mesh = sharding.mesh_from_config(config.mesh)
+    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    state = sharding.shard_train_state(state, mesh, config.mesh.mode)
+    run_key = jax.random.PRNGKey(config.seed)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"{ckpt_dir} does not exist: train the run first (the same command without "
+                                "--mode=evaluate)")
+    with Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint to evaluate: train the run first (the same "
+                                    "command without --mode=evaluate)")
+        if step and step not in steps:
+            raise ValueError(f"--step={step}: {ckpt_dir} holds the steps {steps}; choose one of them, or 0 for the "
+                             "latest")
+        if step:
+            state = ckpt.restore(step, state, run_key)[0]
+        else:
+            state, _, _, step = ckpt.restore_latest(state, run_key)
+        latest = step == steps[-1]
+    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
+                               run.micro_batches.evaluate)
+    played = jax.device_get(evaluator(state.params, jax.random.fold_in(run_key, 2**31 - 1)))
+    rows = summarize_eval(played, config.num_episodes_reported, label if latest else f"{label} (step {step})")
+    write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows

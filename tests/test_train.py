@@ -46,6 +46,36 @@ def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     assert steps == [4, 6]  # keep_checkpoints=2
 
 
+@pytest.mark.slow  # four short runs of the CLI
+def test_evaluate_mode_and_a_changed_finished_run_report_fresh_numbers(finished_run, tmp_path):
+    """``--mode=evaluate`` evaluates the latest checkpoint with the changed settings (or ``--step``'s into its
+    own report) and trains nothing; the finished run's own command, rerun with a changed setting, evaluates its
+    final weights again instead of reprinting the old table, and reprints once the table is current."""
+    import shutil
+
+    workdir = pathlib.Path(shutil.copytree(finished_run, tmp_path / "run"))
+    metrics = (workdir / "metrics.jsonl").read_text()
+
+    def run(*flags):
+        out = subprocess.run(main_cmd(workdir) + list(flags), capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    def trials(name="eval"):
+        return [r["num_trials"] for r in json.loads((workdir / f"{name}.json").read_text())]
+
+    run("--mode=evaluate", "--config.eval_trials=12")
+    assert trials() == [12]
+    run("--mode=evaluate", "--step=4")
+    assert trials("eval_step4") == [8] and trials() == [12]
+    assert "again" in run("--config.eval_trials=16") and trials() == [16]
+    assert "again" not in run("--config.eval_trials=16") and trials() == [16]
+    assert (workdir / "metrics.jsonl").read_text() == metrics, "evaluating trains and logs nothing"
+    out = subprocess.run(main_cmd(tmp_path / "untrained") + ["--mode=evaluate"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode != 0 and "train the run first" in out.stderr
+
+
 @pytest.mark.slow  # over a minute on 2 cores; CI runs it with `-m slow`
 def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
     proc = subprocess.Popen(main_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
