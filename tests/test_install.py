@@ -32,17 +32,17 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     env_dir = tmp_path / "venv"
     # The venv sees this machine's packages (no download); its own site-packages, where the copy is installed,
     # come first.
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    venv.create(env_dir, system_site_packages=True, with_pip=False)  # pip and setuptools: the machine's
     python = str(env_dir / "bin" / "python")
     source = checkout_copy(tmp_path / "source")
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--no-build-isolation", str(source)], check=True, cwd=tmp_path, timeout=900)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(*args, timeout=900):
-        out = subprocess.run([python, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([python, *args], cwd=elsewhere, env=environ, capture_output=True, text=True, timeout=timeout)
         assert out.returncode == 0, out.stderr[-4000:]
         return out.stdout
 
@@ -65,8 +65,8 @@ def test_installed_package_runs_from_another_directory(tmp_path):
 
     texts = []
     for env_id in ("rockpaperscissors", "maze", "game:Mastermind-v0-random", "game:Wordle-v0-hard"):
-        env, _ = envs.make_trial(env_id)
-        texts += list(env.pieces) + [env.action_text(a) for a in range(env.num_actions)]
+        game, _ = envs.make_trial(env_id)
+        texts += list(game.pieces) + [game.action_text(a) for a in range(game.num_actions)]
     tokenizer_dir = make_bpe_tokenizer(texts, str(tmp_path / "tokenizer"), vocab_size=600)
     built = run("-c", (
         "from metarl_jax import train\n"
