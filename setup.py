@@ -19,12 +19,14 @@ INSTALL_REQUIRES = [
     "jinja2>=3.1",  # transformers' apply_chat_template (the chat format) needs it and does not declare it
     "safetensors>=0.5",
     "tqdm>=4.66",
+    "tensorboardX>=2.6.5,<3",  # the TensorBoard event files of metarl_jax.metrics_log (tested: 2.6.5)
 ]
 
 EXTRAS = {
     # matplotlib: the experiments' plots; nbclient, nbformat, ipykernel: tests/test_notebook.py runs the quickstart.
-    # scipy: the experiments' intervals over seeds (jax installs it too).
-    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    # scipy: the experiments' intervals over seeds (jax installs it too). tensorboard: the tests read the event files.
+    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10",
+            "ipykernel>=6.29", "tensorboard>=2.21,<3"],  # tensorboard tested: 2.21.0
     # The rule-conformance tests and the throughput benchmark's peer (GEM's Python games).
     "peer": ["gem-llm==0.1.0"],
     # Parity tests of the model family against transformers' PyTorch models (a later issue).

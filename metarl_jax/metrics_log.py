@@ -1,4 +1,4 @@
-"""Metrics logging for training runs: JSONL + per-kind CSV + TensorBoard event files, with no extra dependencies.
+"""Metrics logging for training runs: JSONL + per-kind CSV + TensorBoard event files (written with tensorboardX).
 
 Files written by :class:`MetricsLog` under ``workdir``:
 
@@ -7,9 +7,17 @@ Files written by :class:`MetricsLog` under ``workdir``:
 * ``metrics_<kind>.csv`` (e.g. ``metrics_train.csv``, ``metrics_eval.csv``): columns ``step`` then the union of the
   kind's flat keys in first-seen order; a row leaves keys it did not log empty. When a new key appears the file is
   rewritten with the wider header (tmp file + ``os.replace``), otherwise rows are appended.
-* ``tensorboard/<kind>/events.out.tfevents.<int time>.<hostname>``: one scalar per flat key (tag = the key), written
-  by :class:`TensorBoardWriter` (hand-encoded protobuf in TFRecord framing, readable by TensorBoard and by
-  :func:`read_events`).
+* ``tensorboard/<kind>/events.out.tfevents.<int time>.<hostname>.<time in ns>``: per :meth:`MetricsLog.log` call one
+  event with a float32 scalar per flat key (tag = the key, exactly as in the JSONL); :meth:`MetricsLog.text` adds
+  TensorBoard text (e.g. rendered transcripts). One file per writer (each resume opens a new one), written by
+  tensorboardX's ``SummaryWriter`` from a background thread: events reach the file within :data:`TB_FLUSH_SECS`
+  seconds and on :meth:`MetricsLog.close` (the JSONL and CSV rows are written before ``log`` returns).
+* ``tensorboard/events.out.tfevents.*``: the run's hyperparameters (:meth:`MetricsLog.hparams`), for TensorBoard's
+  HPARAMS tab, which lists the ``train`` and ``eval`` scalars as the run's metrics.
+
+Read the event files with TensorBoard (``tensorboard --logdir <workdir>/tensorboard``) or with its
+``EventAccumulator`` (``tensorboard.backend.event_processing.event_accumulator``; the ``tensorboard`` package is in
+the ``dev`` extra).
 
 Flat keys: nested dicts join their keys with ``"/"``; lists, tuples and arrays are indexed from 1, so
 ``{"episode_success": [0.1, 0.2], "opt": {"lr": 1e-3}}`` logs ``episode_success/1``, ``episode_success/2`` and
@@ -17,9 +25,11 @@ Flat keys: nested dicts join their keys with ``"/"``; lists, tuples and arrays a
 or ``int`` (integer and bool dtypes).
 
 Resuming: ``MetricsLog(workdir, resume_step=s)`` drops rows with ``step > s`` from the existing JSONL and CSV files
-(a killed run may have logged past its last checkpoint) and starts each TensorBoard writer with a purge marker at
-``s + 1``, which makes TensorBoard discard the old events from step ``s + 1`` on. With or without ``resume_step`` a
-final line cut short by a crash is removed.
+(a killed run may have logged past its last checkpoint) and opens each TensorBoard writer with tensorboardX's
+``purge_step=s + 1``, which makes TensorBoard discard the old events (scalars and text) from step ``s + 1`` on. (That
+marker is a ``SessionLog START`` event; TensorBoard takes a run's first one as its start, not a restart, so the first
+writer of an empty directory writes one at step 0.) With or without ``resume_step`` a final line cut short by a crash
+is removed.
 
 Usage::
 
@@ -41,8 +51,6 @@ import io
 import json
 import os
 import re
-import socket
-import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -54,184 +62,53 @@ from tqdm import tqdm
 MAX_ARRAY_SIZE = 1024
 
 # ---------------------------------------------------------------------------------------------------------------------
-# crc32c (Castagnoli), TFRecord framing and the few protobuf fields of tensorflow's Event / Summary messages.
+# TensorBoard (tensorboardX)
 
-_CRC32C_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C_TABLE.append(_c)
-del _i, _c
+# tensorboardX flushes an event file from its writer thread at most this often (and on close).
+TB_FLUSH_SECS = 5
 
 
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) of ``data`` as an unsigned 32-bit int."""
-    crc = 0xFFFFFFFF
-    table = _CRC32C_TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+def summary_writer(logdir: str, purge_step: int | None = None):
+    """A ``tensorboardX.SummaryWriter`` writing a new event file in ``logdir``; ``purge_step``: TensorBoard discards
+    the events already in ``logdir`` with ``step >= purge_step`` (a resumed run's).
+
+    The file name gets a nanosecond suffix: tensorboardX names files by the second and opens them with ``"wb"``, so a
+    second writer within the same second would overwrite the first one's file; TensorBoard reads a directory's
+    files in name order, so the suffix also keeps a resumed run's file after the old one."""
+    from tensorboardX import SummaryWriter  # imported on first use: it imports torch where torch is installed (~1 s)
+
+    return SummaryWriter(logdir, purge_step=purge_step, flush_secs=TB_FLUSH_SECS,
+                         filename_suffix=f".{time.time_ns()}")
 
 
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+def scalar_summary(flat: Mapping[str, float | int]):
+    """One ``Summary`` proto holding every ``{tag: number}`` as a float32 ``simple_value``, tags exactly the keys.
+
+    (``SummaryWriter.add_scalar`` would rename tags with characters outside ``[-/\\w.]``, e.g. the ``:`` of
+    ``game:GuessTheNumber-v0-easy``, so the TensorBoard tags would no longer match the JSONL / CSV keys.)"""
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    return Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in flat.items()])
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negative int64
-    out = bytearray()
-    while True:
-        bits, n = n & 0x7F, n >> 7
-        if n:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
+def hparams_summary(hparams: Mapping[str, bool | int | float | str]):
+    """The hparams plugin's ``session_start_info`` summary of ``hparams`` (tensorboardX's encoding). No experiment
+    summary is written, so TensorBoard lists every scalar of the session's runs as a metric of the hparams table."""
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    _experiment, session_start, _session_end = hparams_summaries(dict(hparams), {})
+    return session_start
 
 
-def _len_field(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                  scalars: Sequence[tuple[str, float]] = (), session_start: bool = False) -> bytes:
-    """Event{wall_time=1 double, step=2 int64, file_version=3 string, summary=5 Summary, session_log=6 SessionLog}."""
-    msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-    if file_version is not None:
-        msg += _len_field(3, file_version.encode())
-    if scalars:
-        # Summary{repeated value=1 Value}; Value{tag=1 string, simple_value=2 float}.
-        values = b"".join(
-            _len_field(1, _len_field(1, tag.encode()) + b"\x15" + struct.pack("<f", value)) for tag, value in scalars)
-        msg += _len_field(5, values)
-    if session_start:
-        msg += _len_field(6, b"\x08\x01")  # SessionLog{status=1 START}
-    return msg
-
-
-def _parse_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
-    """Decodes one protobuf message into ``(field number, wire type, value)``; varints as (unsigned) ints, 64/32-bit
-    fields and length-delimited fields as bytes."""
-    out, pos = [], 0
-
-    def varint():
-        nonlocal pos
-        result = shift = 0
-        while True:
-            if pos >= len(buf):
-                raise ValueError("truncated varint")
-            b = buf[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-
-    while pos < len(buf):
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-        elif wire in (1, 2, 5):
-            size = {1: 8, 5: 4}.get(wire) or varint()
-            if pos + size > len(buf):
-                raise ValueError("truncated field")
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        out.append((field, wire, value))
-    return out
-
-
-class TensorBoardWriter:
-    """Appends scalar summaries to a new ``events.out.tfevents.<int time>.<hostname>`` file in ``logdir``.
-
-    Every record is TFRecord-framed (uint64 LE length, masked crc32c of the length, data, masked crc32c of the data)
-    around an ``Event`` protobuf; the first one carries ``file_version="brain.Event:2"``. ``purge_step`` (used by
-    :class:`MetricsLog` on resume) adds a ``SessionLog START`` event at that step, on which TensorBoard discards the
-    events already logged with ``step >= purge_step``. Data reaches the disk on :meth:`flush` / :meth:`close`.
-    """
-
-    def __init__(self, logdir: str, purge_step: int | None = None):
-        os.makedirs(logdir, exist_ok=True)
-        base = os.path.join(logdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
-        self.path, n = base, 0
-        while True:  # two writers opened within the same second get distinct files
-            try:
-                self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close())
-                break
-            except FileExistsError:
-                n += 1
-                self.path = f"{base}.{n}"
-        self._write(_encode_event(time.time(), 0, file_version="brain.Event:2"))
-        if purge_step is not None:
-            self._write(_encode_event(time.time(), purge_step, session_start=True))
-
-    def _write(self, data: bytes) -> None:
-        header = struct.pack("<Q", len(data))
-        self._file.write(header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data)))
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        """Logs one scalar (stored as float32)."""
-        self.scalars({tag: value}, step)
-
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        """Logs ``{tag: scalar}`` at ``step`` as one event."""
-        if values:
-            items = [(tag, float(v)) for tag, v in values.items()]
-            self._write(_encode_event(time.time(), int(step), scalars=items))
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def read_events(path: str) -> list[tuple[int, str, float]]:
-    """Scalars of one event file as ``[(step, tag, value), ...]`` in file order; values are float32 rounded to Python
-    floats. Events without scalar summaries (file version, session logs) are skipped. Raises ``ValueError`` on a CRC
-    mismatch; a record cut short at the end of the file (a crash mid-write) ends the list silently."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    out, pos = [], 0
-    while pos + 12 <= len(buf):
-        header = buf[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        if struct.unpack("<I", buf[pos + 8:pos + 12])[0] != _masked_crc(header):
-            raise ValueError(f"{path}: bad length crc at offset {pos}")
-        end = pos + 12 + length
-        if end + 4 > len(buf):
-            break
-        data = buf[pos + 12:end]
-        if struct.unpack("<I", buf[end:end + 4])[0] != _masked_crc(data):
-            raise ValueError(f"{path}: bad data crc at offset {pos}")
-        pos = end + 4
-        step = 0
-        for field, wire, value in _parse_fields(data):
-            if field == 2 and wire == 0:
-                step = value - (1 << 64) if value >= 1 << 63 else value
-            elif field == 5 and wire == 2:
-                for vfield, _, vbuf in _parse_fields(value):
-                    if vfield != 1:
-                        continue
-                    tag, simple = None, None
-                    for f2, w2, v2 in _parse_fields(vbuf):
-                        if f2 == 1 and w2 == 2:
-                            tag = v2.decode()
-                        elif f2 == 2 and w2 == 5:
-                            (simple,) = struct.unpack("<f", v2)
-                    if tag is not None and simple is not None:
-                        out.append((step, tag, simple))
+def scalar_fields(nested: Mapping, sep: str = ".") -> dict[str, bool | int | float | str]:
+    """The bool / int / float / str leaves of a nested dict (e.g. a config's JSON) as ``{"a.b": value}``; lists,
+    ``None`` and other leaves are left out."""
+    out = {}
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}{sep}{k}": v for k, v in scalar_fields(value, sep).items()})
+        elif isinstance(value, (bool, int, float, str)):
+            out[str(key)] = value
     return out
 
 
@@ -307,7 +184,8 @@ class MetricsLog:
     """Appends flattened metrics to ``metrics.jsonl``, ``metrics_<kind>.csv`` and ``tensorboard/<kind>/`` in
     ``workdir`` (formats in the module docstring). ``resume_step``: drop existing rows with ``step > resume_step``
     and mark TensorBoard to purge them too; ``None`` keeps all existing rows (a fresh run, or appending as is).
-    Every :meth:`log` call reaches the files before it returns."""
+    Every :meth:`log` call reaches the JSONL and CSV files before it returns; TensorBoard events reach their file
+    within :data:`TB_FLUSH_SECS` seconds and on :meth:`close`."""
 
     def __init__(self, workdir: str, resume_step: int | None = None):
         os.makedirs(workdir, exist_ok=True)
@@ -315,7 +193,7 @@ class MetricsLog:
         self.resume_step = resume_step
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._csv_fields: dict[str, list[str]] = {}
-        self._tb: dict[str, TensorBoardWriter] = {}
+        self._tb: dict = {}  # kind -> tensorboardX SummaryWriter of tensorboard/<kind>
 
         def keep(step) -> bool:
             return resume_step is None or int(float(step)) <= resume_step
@@ -365,14 +243,46 @@ class MetricsLog:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, fields, restval="").writerow(row)
 
-        if kind not in self._tb:
-            purge = None if self.resume_step is None else self.resume_step + 1
-            self._tb[kind] = TensorBoardWriter(os.path.join(self.workdir, "tensorboard", kind), purge_step=purge)
-        self._tb[kind].scalars(flat, step)
-        self._tb[kind].flush()
+        if flat:
+            self._writer(kind).file_writer.add_summary(scalar_summary(flat), step)
         return flat
 
+    def text(self, kind: str, step: int, texts: Mapping[str, str]) -> None:
+        """Logs ``{tag: markdown}`` as TensorBoard text in ``tensorboard/<kind>/`` at ``step`` (tensorboardX's
+        ``add_text``: the stored tag is ``<tag>/text_summary``). Text goes to TensorBoard only."""
+        writer = self._writer(kind)
+        for tag, value in texts.items():
+            writer.add_text(tag, value, int(step))
+
+    def hparams(self, values: Mapping[str, bool | int | float | str]) -> None:
+        """Writes ``values`` (e.g. :func:`scalar_fields` of a config) as the hyperparameters of the run, in an event
+        file of its own in ``tensorboard/``: TensorBoard's HPARAMS tab shows them with the ``train`` and ``eval``
+        scalars as the run's metrics."""
+        bad = sorted(k for k, v in values.items() if not isinstance(v, (bool, int, float, str)))
+        if bad:
+            raise TypeError(f"hyperparameters must be bool, int, float or str; not {', '.join(bad)}")
+        with summary_writer(os.path.join(self.workdir, "tensorboard")) as writer:
+            writer.file_writer.add_summary(hparams_summary(values))
+
+    def _writer(self, kind: str):
+        """The SummaryWriter of ``tensorboard/<kind>/``, opened on first use (see :meth:`_purge_step`)."""
+        if kind not in self._tb:
+            logdir = os.path.join(self.workdir, "tensorboard", kind)
+            self._tb[kind] = summary_writer(logdir, purge_step=self._purge_step(logdir))
+        return self._tb[kind]
+
+    def _purge_step(self, logdir: str) -> int | None:
+        """tensorboardX's ``purge_step`` (a ``SessionLog START`` event at that step) for a new writer in ``logdir``:
+        ``resume_step + 1`` on a resume; 0 for the first writer of a directory without event files, because
+        TensorBoard's plugin accumulator takes a run's first START as its start and purges only on later ones;
+        None when appending to existing event files as they are."""
+        if self.resume_step is not None:
+            return self.resume_step + 1
+        fresh = not os.path.isdir(logdir) or not any(n.startswith("events.out.tfevents.") for n in os.listdir(logdir))
+        return 0 if fresh else None
+
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writers (the JSONL and CSV files are closed after every call)."""
         for writer in self._tb.values():
             writer.close()
         self._tb.clear()

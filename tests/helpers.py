@@ -173,3 +173,33 @@ def render_roundtrip(env, codec, states, batch_dims: int = 1) -> list:
 def binomial_tolerance(p: float, n: int, sigmas: float = 4.0) -> float:
     """A ``sigmas``-standard-error band for an empirical rate of ``n`` Bernoulli(p) samples."""
     return sigmas * float(np.sqrt(max(p * (1 - p), 1e-4) / n))
+
+
+# ---------------------------------------------------------------- TensorBoard event files
+
+
+def tensorboard_events(logdir, plugin: bool = False):
+    """The loaded ``EventAccumulator`` of the event files directly in ``logdir`` (or of one event file), every event
+    kept (no sampling).
+    ``plugin``: TensorBoard's plugin accumulator (what its server reads; it stores every summary, text
+    included, as tensors and purges them on a resume) instead of the classic one (scalars via ``Scalars``)."""
+    if plugin:
+        from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    return EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+
+
+def tensorboard_hparams(logdir) -> dict:
+    """``{name: value}`` of the hparams plugin's session start info in ``logdir``'s event files."""
+    from google.protobuf import json_format
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = tensorboard_events(logdir).PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {name: json_format.MessageToDict(value) for name, value in info.hparams.items()}
+
+
+def tensorboard_text(accumulator, tag) -> list[tuple[int, str]]:
+    """``[(step, text), ...]`` of a text tag written with ``add_text(tag, ...)``, in file order."""
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(f"{tag}/text_summary")]

@@ -6,15 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import tensorboard_events, tensorboard_hparams, tensorboard_text
 from metarl_jax.metrics_log import (
     MetricsLog,
-    TensorBoardWriter,
-    crc32c,
     flatten_metrics,
     format_postfix,
     progress,
-    read_events,
     read_jsonl,
+    scalar_fields,
+    scalar_summary,
+    summary_writer,
 )
 
 
@@ -28,51 +29,22 @@ def _event_files(logdir):
     return sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
 
 
-def test_crc32c_known_vectors():
-    assert crc32c(b"123456789") == 0xE3069283
-    assert crc32c(b"") == 0
-    assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
+def test_writers_opened_in_the_same_second_keep_distinct_files_in_opening_order(tmp_path):
+    """tensorboardX names event files by the second and opens them with "wb": without the nanosecond suffix the
+    second writer would overwrite the first one's file, and TensorBoard reads files in name order."""
+    for value in (1.0, 2.0, 3.0):
+        with summary_writer(str(tmp_path)) as w:
+            w.file_writer.add_summary(scalar_summary({"x": value}), 1)
+    paths = _event_files(str(tmp_path))
+    assert len(paths) == 3
+    assert [[e.value for e in tensorboard_events(p).Scalars("x")] for p in paths] == [[1.0], [2.0], [3.0]]
 
 
-def test_tensorboard_roundtrip_and_corruption(tmp_path):
-    logged = [(1, "loss", 0.1), (1, "acc", 2.0 / 3.0), (2, "loss", -3.5e-7), (2, "a/b/1", 1e6 + 0.3)]
-    with TensorBoardWriter(str(tmp_path)) as w:
-        w.scalar("loss", 0.1, 1)
-        w.scalars({"acc": 2.0 / 3.0}, 1)
-        w.scalars({"loss": -3.5e-7, "a/b/1": 1e6 + 0.3}, np.int64(2))
-        w.scalars({}, 3)  # nothing written
-    (path,) = _event_files(str(tmp_path))
-    assert os.path.basename(path).startswith("events.out.tfevents.")
-    with open(path, "rb") as f:
-        raw = f.read()
-    assert b"brain.Event:2" in raw[:64]
-    got = read_events(path)
-    assert [(s, t) for s, t, _ in got] == [(s, t) for s, t, _ in logged]
-    assert [v for _, _, v in got] == [float(np.float32(v)) for _, _, v in logged]
-
-    # A record cut short at the end (crash mid-write) ends the list; any flipped byte is a CRC error.
-    assert read_events_bytes(tmp_path, raw[:-3]) == got[:-2]
-    for i in range(len(raw)):
-        bad = bytearray(raw)
-        bad[i] ^= 0x5A
-        with pytest.raises(ValueError):
-            read_events_bytes(tmp_path, bytes(bad))
-
-
-def read_events_bytes(tmp_path, data):
-    path = os.path.join(tmp_path, "copy.tfevents")
-    with open(path, "wb") as f:
-        f.write(data)
-    return read_events(path)
-
-
-def test_tensorboard_writers_in_same_second_get_distinct_files(tmp_path):
-    a, b = TensorBoardWriter(str(tmp_path)), TensorBoardWriter(str(tmp_path), purge_step=5)
-    a.scalar("x", 1.0, 1)
-    b.scalar("x", 2.0, 5)
-    a.close(), b.close()
-    assert a.path != b.path
-    assert read_events(a.path) == [(1, "x", 1.0)] and read_events(b.path) == [(5, "x", 2.0)]
+def test_scalar_fields_keeps_scalars_of_nested_dicts():
+    config = {"seed": 3, "lr": 1e-3, "name": "x", "chat": False, "optimizer": {"b1": 0.9, "sched": {"warmup": 10}},
+              "train_tasks": [{"env_id": "maze"}], "pretrained": None}
+    assert scalar_fields(config) == {"seed": 3, "lr": 1e-3, "name": "x", "chat": False, "optimizer.b1": 0.9,
+                                     "optimizer.sched.warmup": 10}
 
 
 def test_flatten_metrics():
@@ -116,10 +88,30 @@ def test_metrics_log_files(tmp_path):
     assert _csv(os.path.join(wd, "metrics_eval.csv")) == (["step", "return"], [{"step": "2", "return": "1.5"}])
     assert not os.path.exists(os.path.join(wd, "metrics_train.csv.tmp"))
 
-    (tb,) = _event_files(os.path.join(wd, "tensorboard", "train"))
-    events = read_events(tb)
-    assert (2, "opt/lr", float(np.float32(1e-3))) in events and (3, "loss", 0.125) in events
-    assert sorted({t for _, t, _ in events}) == ["episode_success/1", "episode_success/2", "loss", "opt/lr"]
+    (_tb,) = _event_files(os.path.join(wd, "tensorboard", "train"))
+    train = tensorboard_events(os.path.join(wd, "tensorboard", "train"))
+    assert sorted(train.Tags()["scalars"]) == ["episode_success/1", "episode_success/2", "loss", "opt/lr"]
+    assert [(e.step, e.value) for e in train.Scalars("loss")] == [(1, 0.5), (2, 0.25), (3, 0.125)]
+    assert [(e.step, e.value) for e in train.Scalars("opt/lr")] == [(2, float(np.float32(1e-3)))]
+    evals = tensorboard_events(os.path.join(wd, "tensorboard", "eval"))
+    assert [(e.step, e.value) for e in evals.Scalars("return")] == [(2, 1.5)]
+
+
+def test_metrics_log_tags_text_and_hparams(tmp_path):
+    wd = str(tmp_path)
+    with MetricsLog(wd) as log:
+        log.hparams({"seed": 3, "optimizer.learning_rate": 1e-3, "decoding": "free", "chat_format": False})
+        with pytest.raises(TypeError, match="train_tasks"):
+            log.hparams({"train_tasks": [1, 2]})
+        flat = log.log("train", 1, {"game:GuessTheNumber-v0-easy": {"mean_return": 0.5}})
+        log.text("eval", 2, {"game:GuessTheNumber-v0-easy/trial_1": "    line one\n    line two"})
+    # The tags are exactly the JSONL keys (tensorboardX's add_scalar would have renamed the ':').
+    train = tensorboard_events(os.path.join(wd, "tensorboard", "train"))
+    assert list(flat) == train.Tags()["scalars"] == ["game:GuessTheNumber-v0-easy/mean_return"]
+    evals = tensorboard_events(os.path.join(wd, "tensorboard", "eval"))
+    assert tensorboard_text(evals, "game:GuessTheNumber-v0-easy/trial_1") == [(2, "    line one\n    line two")]
+    assert tensorboard_hparams(os.path.join(wd, "tensorboard")) == {
+        "seed": 3.0, "optimizer.learning_rate": 1e-3, "decoding": "free", "chat_format": False}
 
 
 def test_metrics_log_resume_drops_rows_past_resume_step(tmp_path):
@@ -129,6 +121,7 @@ def test_metrics_log_resume_drops_rows_past_resume_step(tmp_path):
             log.log("train", step, {"loss": float(step)})
             if step % 2 == 0:
                 log.log("eval", step, {"ret": float(step)})
+                log.text("eval", step, {"sample": f"old {step}"})
     with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
         f.write('{"step": 6, "ki')  # killed mid-write
 
@@ -138,6 +131,7 @@ def test_metrics_log_resume_drops_rows_past_resume_step(tmp_path):
         assert [r["step"] for r in _csv(os.path.join(wd, "metrics_train.csv"))[1]] == ["1", "2", "3"]
         assert [r["step"] for r in _csv(os.path.join(wd, "metrics_eval.csv"))[1]] == ["2"]
         log.log("train", 4, {"loss": 40.0, "new": 1})
+        log.text("eval", 4, {"sample": "new 4"})
 
     rows = read_jsonl(os.path.join(wd, "metrics.jsonl"))
     assert [(r["step"], r["kind"]) for r in rows] == [(1, "train"), (2, "train"), (2, "eval"), (3, "train"), (4, "train")]
@@ -145,11 +139,14 @@ def test_metrics_log_resume_drops_rows_past_resume_step(tmp_path):
     header, csv_rows = _csv(os.path.join(wd, "metrics_train.csv"))
     assert header == ["step", "loss", "new"] and [(r["step"], r["loss"]) for r in csv_rows][-2:] == [
         ("3", "3.0"), ("4", "40.0")]
-    # The resumed TensorBoard file starts with a purge marker at resume_step + 1 (a SessionLog START event).
-    _old, new = _event_files(os.path.join(wd, "tensorboard", "train"))
-    assert read_events(new) == [(4, "loss", 40.0), (4, "new", 1.0)]
-    with open(new, "rb") as f:
-        assert b"\x32\x02\x08\x01" in f.read()
+    # The resumed writer's file (after the old one) purges the old events from resume_step + 1 on: TensorBoard shows
+    # steps 1-3 of the first run and step 4 of the resumed one, scalars and text.
+    assert len(_event_files(os.path.join(wd, "tensorboard", "train"))) == 2
+    train = tensorboard_events(os.path.join(wd, "tensorboard", "train"))
+    assert [(e.step, e.value) for e in train.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert [(e.step, e.value) for e in train.Scalars("new")] == [(4, 1.0)]
+    evals = tensorboard_events(os.path.join(wd, "tensorboard", "eval"), plugin=True)
+    assert tensorboard_text(evals, "sample") == [(2, "old 2"), (4, "new 4")]
 
 
 def test_progress_and_postfix(capsys):
