@@ -11,7 +11,11 @@ One run = one config (see ``metarl_jax/configs/default.py`` for every field). Th
    of step ``i`` is ``fold_in(run_key, i)``, so a resumed run replays exactly the steps of an uninterrupted one;
 4. before the first step (``eval_before_training``), every ``eval_every`` steps and at the end, evaluates on the
    held-out validation trials (per-episode success with 95% intervals), and logs metrics to ``metrics.jsonl``,
-   ``metrics_<kind>.csv`` and TensorBoard event files under ``<workdir>/tensorboard``; a progress bar shows live metrics;
+   ``metrics_<kind>.csv`` and TensorBoard event files under ``<workdir>/tensorboard``; a progress bar shows live
+   metrics. Train rows add the step's ``learning_rate`` (the optimizer's schedule at its update count) and the
+   wall-clock keys of :func:`timing_metrics` (throughput, ``compile_seconds`` once per process); a fresh run logs
+   its config's scalar fields as TensorBoard hyperparameters, and every evaluation logs the first
+   ``SAMPLE_TRIALS`` held-out transcripts per env as TensorBoard text;
 5. saves checkpoints (params, optimizer, step, key, config) every ``checkpoint_every`` steps and at the end.
 
 Faults:
@@ -57,7 +61,7 @@ from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
 from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes,
                                warn_if_update_may_not_fit)
-from metarl_jax.metrics_log import MetricsLog, format_postfix, progress
+from metarl_jax.metrics_log import MetricsLog, format_postfix, progress, scalar_fields
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
@@ -72,6 +76,7 @@ class Run:
     train_tasks: list[TaskSpec]
     eval_tasks: list[TaskSpec]
     optimizer: optax.GradientTransformation
+    schedule: optax.ScalarOrSchedule  # the optimizer's learning rate (see :func:`build_schedule`)
     hyper: GRPOHyper
     micro_batches: MicroBatches
 
@@ -98,12 +103,28 @@ def build_model(config, tokenizer):
     return nnx.split(model)
 
 
+def build_schedule(config) -> optax.ScalarOrSchedule:
+    """The learning rate of :func:`build_optimizer`'s adamw: a linear warm-up from 0 over ``warmup_steps`` updates
+    (an optax schedule: update count -> rate), or the constant ``learning_rate`` without warm-up."""
+    o = config.optimizer
+    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else o.learning_rate
+
+
 def build_optimizer(config) -> optax.GradientTransformation:
     o = config.optimizer
-    schedule = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else o.learning_rate
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
-    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    parts.append(optax.adamw(build_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     return optax.chain(*parts)
+
+
+def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
+    """The rate the optimizer's next update uses: ``schedule`` at the update count in ``opt_state`` (optax's
+    ``ScaleByScheduleState.count``, which skipped updates do not advance); a constant rate as is."""
+    if not callable(schedule):
+        return float(schedule)
+    count = optax.tree_utils.tree_get(
+        opt_state, "count", filtering=lambda path, _: getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState")
+    return float(schedule(jax.device_get(count)))
 
 
 def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
@@ -143,7 +164,7 @@ def build_run(config) -> Run:
     tokenizer = load_tokenizer(config.tokenizer)
     graphdef, model_state = build_model(config, tokenizer)
     train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
-    optimizer = build_optimizer(config)
+    optimizer, schedule = build_optimizer(config), build_schedule(config)
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = GRPOHyper(
         num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
@@ -157,7 +178,7 @@ def build_run(config) -> Run:
         inject_nan_step=config.inject_nan_step, inject_nan_count=config.inject_nan_count,
         rollout_rows=micro.rollout, update_rows=micro.update,
     )
-    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, hyper, micro)
+    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro)
 
 
 def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks) -> MicroBatches:
@@ -183,10 +204,22 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
                                update=config.update_rows or plan.update)
 
 
+SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation logs as TensorBoard text
+
+
 def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0):
-    """``evaluate(params, key) -> {env: (success int[N, T], episode_index int[N, T], returns [N], truncated [N])}``
-    over each task's whole validation set, one jitted program; ``rows_per_chunk`` (a divisor of N; 0: all)
-    plays the trials in micro-batches (:func:`metarl_jax.rollout.rollout`)."""
+    """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
+    env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],
+    sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
+    tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
+    ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
+    (:func:`metarl_jax.rollout.rollout`)."""
+
+    def with_samples(played):
+        """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
+        played = dict(played)
+        return {**played, "sample_tokens": played.pop("tokens")[:SAMPLE_TRIALS],
+                "sample_length": played.pop("length")[:SAMPLE_TRIALS]}
 
     def evaluate(params, key):
         out = {}
@@ -204,14 +237,14 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             moves = tr.taken & ~tr.reflection
             played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
                           truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
-                          invalid=moves & ~action_is_valid(tr.valid, tr.actions))
+                          invalid=moves & ~action_is_valid(tr.valid, tr.actions), tokens=tr.tokens, length=tr.length)
             if not task.games:
-                out[task.name] = played
+                out[task.name] = with_samples(played)
                 continue
             start = 0  # a mixture's validation set is its games' sets one after the other
             for member in task.games:
                 size = member.task_keys.shape[0]
-                out[member.name] = jax.tree.map(lambda x, s=start, n=size: x[s:s + n], played)
+                out[member.name] = with_samples(jax.tree.map(lambda x, s=start, n=size: x[s:s + n], played))
                 start += size
         return out
 
@@ -225,6 +258,18 @@ def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessR
     return [summarize(name, label, {**{k: time_first(r[k]) for k in steps}, "trial_return": np.asarray(r["returns"])},
                       num_episodes)
             for name, r in played.items()]
+
+
+def render_samples(played: dict, tokenizer) -> dict[str, str]:
+    """``{"<env>/trial_<i>": markdown}`` (i from 1): an evaluator's sample trials (``sample_tokens`` int32[n, S],
+    ``sample_length`` int32[n] per env) decoded with ``tokenizer``, each an indented code block so TensorBoard's
+    text tab keeps the transcript's lines and does not read it as markdown."""
+    out = {}
+    for env, r in played.items():
+        for i, (tokens, length) in enumerate(zip(np.asarray(r["sample_tokens"]), np.asarray(r["sample_length"])), 1):
+            text = tokenizer.decode(tokens[:length].tolist())
+            out[f"{env}/trial_{i}"] = "\n".join("    " + line for line in text.split("\n"))
+    return out
 
 
 def eval_metrics(rows: list[SuccessRow], played: dict) -> dict:
@@ -289,6 +334,24 @@ def _skip_error(config, step: int, consecutive: int, latest_checkpoint) -> Float
         "config.max_consecutive_skips to tolerate longer runs of bad steps")
 
 
+# The wall-clock keys of train rows (they differ between otherwise identical runs; see timing_metrics).
+TIMING_KEYS = ("seconds", "steps_per_second", "tokens_per_second", "elapsed_seconds", "compile_seconds")
+
+
+def timing_metrics(seconds: float | None, tokens: int, elapsed: float, compile_seconds: float | None) -> dict:
+    """The wall-clock keys of a train row: ``seconds`` (the logged step's own wall time, from its call until its
+    outputs are ready), ``steps_per_second`` = 1 / seconds and ``tokens_per_second`` = ``tokens`` (its
+    transcripts' real tokens) / seconds, all left out when ``seconds`` is None (this process's first step,
+    which also compiled); ``elapsed_seconds`` (since this process's first step started, evaluations and
+    checkpoint saves included: 0 again after a resume); ``compile_seconds`` when given (once per process)."""
+    out = {"elapsed_seconds": elapsed}
+    if seconds is not None:
+        out.update(seconds=seconds, steps_per_second=1.0 / seconds, tokens_per_second=tokens / seconds)
+    if compile_seconds is not None:
+        out["compile_seconds"] = compile_seconds
+    return out
+
+
 def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> list[SuccessRow]:
     """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on held-out trials.
 
@@ -338,11 +401,14 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
             write_eval(workdir, rows, config)
         return rows
     log = MetricsLog(workdir, resume_step=start if restored is not None else None)
+    if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
+        log.hparams(scalar_fields(saved_config))
 
     def evaluate(step):
         played = jax.device_get(evaluator(state.params, eval_key))
         rows = summarize_eval(played, config.num_episodes_reported, label)
         log.log("eval", step, eval_metrics(rows, played))
+        log.text("eval", step, render_samples(played, run.tokenizer))
         return rows
 
     if config.eval_before_training and start == 0:  # ORBIT validates the untrained policy too
@@ -350,13 +416,19 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         if not quiet:
             print(f"[{label}] step 0 held-out success\n{success_table(rows)}", flush=True)
     bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
-    t0 = time.time()
+    t0 = time.perf_counter()
+    compile_seconds = None  # this process's first step, until a train row logs it
     skipped_total = consecutive = 0
     try:
         for step in range(start, config.num_steps):
+            rate = learning_rate(run.schedule, state.opt_state)  # before the step: the state is donated to it
+            t_step = time.perf_counter()
             state, metrics = train_step(state, jax.random.fold_in(run_key, step))
             done = step + 1
             skipped = bool(jax.device_get(metrics["skipped"]))  # one scalar per step: the loop must know now
+            seconds = time.perf_counter() - t_step  # the step's outputs are ready: it has run
+            if step == start:  # traced, compiled and run once
+                compile_seconds, seconds = seconds, None
             consecutive = consecutive + 1 if skipped else 0
             skipped_total += skipped
             if skipped:
@@ -366,8 +438,11 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                               RuntimeWarning, stacklevel=2)
             if done % config.log_every == 0 or done == config.num_steps or skipped:
                 metrics = jax.device_get(metrics)
-                flat = log.log("train", done, {**metrics, "skipped_total": skipped_total,
-                                               "seconds": time.time() - t0})
+                timing = timing_metrics(seconds, int(metrics["transcript_tokens"]), time.perf_counter() - t0,
+                                        compile_seconds)
+                compile_seconds = None
+                flat = log.log("train", done, {**metrics, "learning_rate": rate, "skipped_total": skipped_total,
+                                               **timing})
                 bar.set_postfix(format_postfix({k: v for k, v in flat.items() if k.endswith(("loss", "mean_return"))},
                                                limit=4))
             if consecutive >= config.max_consecutive_skips:

@@ -10,8 +10,10 @@ import time
 
 import pytest
 
+from helpers import tensorboard_events, tensorboard_hparams, tensorboard_text
 from metarl_jax import config_check, memory, train
-from metarl_jax.metrics_log import read_jsonl
+from metarl_jax.metrics_log import read_jsonl, scalar_fields
+from metarl_jax.text.tokenizers import load_tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 from metarl_jax.configs import tiny  # noqa: E402
@@ -44,6 +46,52 @@ def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     assert result[0]["num_trials"] == 8 and len(result[0]["episode_rates"]) == 2
     steps = sorted(int(d) for d in os.listdir(finished_run / "checkpoints") if d.isdigit())
     assert steps == [4, 6]  # keep_checkpoints=2
+
+
+def test_run_logs_learning_rate_throughput_compile_time_hparams_and_transcripts(finished_run):
+    rows = train_rows(finished_run)
+    o = tiny.get_config().optimizer
+    # Linear warm-up from 0: the update of step k (its optimizer count k - 1, no skips) uses lr * (k - 1) / warmup.
+    expected_lr = {k: o.learning_rate * min(k - 1, o.warmup_steps) / o.warmup_steps for k in rows}
+    assert {k: r["learning_rate"] for k, r in rows.items()} == pytest.approx(expected_lr, rel=1e-6, abs=1e-12)
+    # The process's first step compiled: it is timed apart and has no per-step throughput.
+    first, rest = rows[1], [rows[k] for k in range(2, 7)]
+    assert first["compile_seconds"] > 0 and not {"seconds", "steps_per_second", "tokens_per_second"} & set(first)
+    assert all("compile_seconds" not in r for r in rest)
+    assert first["compile_seconds"] > max(r["seconds"] for r in rest) > 0
+    for r in rest:
+        assert r["steps_per_second"] == pytest.approx(1 / r["seconds"])
+        assert r["tokens_per_second"] == pytest.approx(r["transcript_tokens"] / r["seconds"])
+    # 2 tasks x 2 rollouts, each trial at most its context long
+    context = train.build_tasks(tiny.get_config(), load_tokenizer("word"), "train")[0].context_len
+    assert all(0 < r["transcript_tokens"] <= 4 * context for r in rows.values())
+    elapsed = [rows[k]["elapsed_seconds"] for k in range(1, 7)]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= first["compile_seconds"]
+
+    tb = finished_run / "tensorboard"
+    scalars = tensorboard_events(tb / "train")
+    for tag in ("learning_rate", "steps_per_second", "tokens_per_second", "seconds", "elapsed_seconds"):
+        assert [e.step for e in scalars.Scalars(tag)] == sorted(r for r in rows if tag in rows[r]), tag
+    assert [e.value for e in scalars.Scalars("learning_rate")] == pytest.approx(
+        [expected_lr[k] for k in sorted(rows)], rel=1e-6)
+    (compiled,) = scalars.Scalars("compile_seconds")
+    assert compiled.step == 1 and compiled.value == pytest.approx(first["compile_seconds"], rel=1e-6)
+
+    # The config's scalar fields, once, as hyperparameters (numbers as floats); lists such as train_tasks are left out.
+    config = json.loads((finished_run / "eval_config.json").read_text())
+    hparams = tensorboard_hparams(tb)
+    assert hparams == {k: float(v) if type(v) is int else v for k, v in scalar_fields(config).items()}
+    assert hparams["optimizer.learning_rate"] == o.learning_rate and hparams["text"] == "gem"
+    assert "train_tasks" not in hparams and "num_steps" in hparams
+
+    # The first two held-out trials of every evaluation, decoded, as code blocks.
+    evals = tensorboard_events(tb / "eval")
+    for trial in (1, 2):
+        samples = tensorboard_text(evals, f"game:GuessTheNumber-v0-easy/trial_{trial}")
+        assert [step for step, _ in samples] == [0, 3, 6]
+        for _, text in samples:
+            assert all(line.startswith("    ") for line in text.split("\n"))
+            assert "You are playing Guess The Number" in text and "\\boxed{" in text and "[Episode 2]" in text
 
 
 @pytest.mark.slow  # four short runs of the CLI
@@ -96,7 +144,7 @@ def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
     assert sorted(resumed) == sorted(reference)
     for step in reference:
         for key, value in reference[step].items():
-            if key != "seconds":
+            if key not in train.TIMING_KEYS:  # wall-clock times, and the compile time is in each process's first row
                 assert resumed[step][key] == value, (step, key)
     assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((finished_run / "eval.json").read_text())
 

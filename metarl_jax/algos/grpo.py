@@ -337,8 +337,10 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
 
             (params, opt_state, skipped), _ = jax.lax.scan(again, (params, opt_state, skipped), None,
                                                            length=hp.update_epochs - 1)
-        # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped
-        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.int32)}
+        # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped;
+        # transcript_tokens: the real tokens of all envs' transcripts (the loop's tokens_per_second)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.int32),
+                   "transcript_tokens": sum(tr.length.sum() for tr in transcripts)}
         for task, tr, m, game in zip(tasks, transcripts, parts, games):
             if not task.games:
                 metrics[task.name] = {**rollout_metrics(tr, task.context_len, hp.num_episodes_logged), **m}
