@@ -251,6 +251,25 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
     return jax.jit(evaluate)
 
 
+def run_label(config) -> str:
+    """The default label of a run's rows."""
+    return "single-episode" if config.single_episode else "orbit"
+
+
+def run_evaluator(run: Run, config):
+    """:func:`make_evaluator` of a built run with ``config``'s evaluation settings."""
+    return make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
+                          run.micro_batches.evaluate)
+
+
+def evaluate_params(evaluator, params, config, label: str) -> tuple[dict, list[SuccessRow]]:
+    """``(played, rows)``: ``evaluator`` (:func:`run_evaluator`) on ``params`` with the run's evaluation key (the same
+    held-out trials at every evaluation of a run, and in ``--mode=evaluate``), and its :func:`summarize_eval`."""
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
+    played = jax.device_get(evaluator(params, eval_key))
+    return played, summarize_eval(played, config.num_episodes_reported, label)
+
+
 def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
     """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
     time_first = lambda x: np.asarray(x).T  # noqa: E731  evaluate.summarize takes [T, N] step records
@@ -358,7 +377,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     Returns the final evaluation rows (one per validation env); also writes ``eval.md`` / ``eval.json``.
     """
     run = build_run(config)
-    label = label or ("single-episode" if config.single_episode else "orbit")
+    label = label or run_label(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     check_writable(workdir, "workdir")  # before compiling: fail in seconds, not after the first steps
     check_writable(ckpt_dir, "checkpoint directory")
@@ -372,10 +391,8 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
     train_step = make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
                                          config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
-    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
-                               run.micro_batches.evaluate)
+    evaluator = run_evaluator(run, config)
     run_key = jax.random.PRNGKey(config.seed)
-    eval_key = jax.random.fold_in(run_key, 2**31 - 1)
 
     ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(state, run_key)
@@ -397,7 +414,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
             if not quiet:
                 print(f"[{label}] the config changed since {workdir}/eval.json was written: evaluating the step-{start} "
                       "weights again", flush=True)
-            rows = summarize_eval(jax.device_get(evaluator(state.params, eval_key)), config.num_episodes_reported, label)
+            rows = evaluate_params(evaluator, state.params, config, label)[1]
             write_eval(workdir, rows, config)
         return rows
     log = MetricsLog(workdir, resume_step=start if restored is not None else None)
@@ -405,8 +422,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
         log.hparams(scalar_fields(saved_config))
 
     def evaluate(step):
-        played = jax.device_get(evaluator(state.params, eval_key))
-        rows = summarize_eval(played, config.num_episodes_reported, label)
+        played, rows = evaluate_params(evaluator, state.params, config, label)
         log.log("eval", step, eval_metrics(rows, played))
         log.text("eval", step, render_samples(played, run.tokenizer))
         return rows
@@ -476,7 +492,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
     nothing. ``step`` 0 takes the latest checkpoint and rewrites the run's report (``eval.md``, ``eval.json``);
     another step writes ``eval_step<step>.md`` / ``.json``. Returns the rows."""
     run = build_run(config)
-    label = label or ("single-episode" if config.single_episode else "orbit")
+    label = label or run_label(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     mesh = sharding.mesh_from_config(config.mesh)
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
@@ -498,9 +514,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == steps[-1]
-    evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
-                               run.micro_batches.evaluate)
-    played = jax.device_get(evaluator(state.params, jax.random.fold_in(run_key, 2**31 - 1)))
-    rows = summarize_eval(played, config.num_episodes_reported, label if latest else f"{label} (step {step})")
+    rows = evaluate_params(run_evaluator(run, config), state.params, config,
+                           label if latest else f"{label} (step {step})")[1]
     write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows
