@@ -270,6 +270,11 @@ class Checkpointer:
             key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(template_key))
         return out.state["train_state"], key, out.config
 
+    def saved_config(self, step: int) -> dict:
+        """The config (a JSON dict) saved with ``step``, read without its arrays."""
+        self._finish()
+        return self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
     def restore_latest(self, template_train_state, template_key):
         """Restores the newest readable step: ``(train_state, key, config, step)``, or None when there is none.
 

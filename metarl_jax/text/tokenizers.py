@@ -80,6 +80,30 @@ class WordTokenizer:
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
 
+    def to_tokenizers(self):
+        """The same vocabulary as a ``tokenizers.Tokenizer``: a WordLevel model over :data:`WORD_PATTERN`'s pieces
+        with the same ids, ``<unk>`` for unknown words and a decoder that joins the pieces back. It encodes every
+        text to the ids :meth:`encode` gives, except that the special tokens' literal text (``"<pad>"``) becomes
+        their id, as in every Hugging Face tokenizer."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as FastTokenizer
+
+        fast = FastTokenizer(models.WordLevel(vocab=dict(self.index), unk_token=SPECIAL_TOKENS[self.unk_id]))
+        fast.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN.pattern), behavior="isolated")
+        fast.decoder = decoders.Fuse()
+        fast.add_special_tokens(list(SPECIAL_TOKENS))
+        return fast
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """Writes ``tokenizer.json`` and ``tokenizer_config.json``: ``transformers.AutoTokenizer`` loads them as a fast
+        tokenizer with this vocabulary's ids (encode with ``add_special_tokens=False``: nothing is added anyway)."""
+        from transformers import PreTrainedTokenizerFast
+
+        pad, unk, bos, eos, sep = SPECIAL_TOKENS
+        PreTrainedTokenizerFast(tokenizer_object=self.to_tokenizers(), pad_token=pad, unk_token=unk, bos_token=bos,
+                                eos_token=eos, sep_token=sep,
+                                clean_up_tokenization_spaces=False).save_pretrained(out_dir)
+
 
 def load_word_vocab() -> list[str]:
     """The shipped word vocabulary, in id order."""
@@ -124,6 +148,10 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.local_dir!r}, vocab_size={self.vocab_size})"
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """Writes the tokenizer's files, its chat template included, as ``transformers`` saves them."""
+        self.hf.save_pretrained(out_dir)
 
 
 def load_tokenizer(spec: str = "word") -> Tokenizer:
