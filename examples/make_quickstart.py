@@ -15,6 +15,34 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 CELLS = [
+    ("code", """\
+# Install: on Colab or any fresh machine, run this cell first (it does nothing where metarl_jax is importable).
+# It installs the package from the checkout around this notebook (examples/ in a clone), else from REPO_URL,
+# together with JAX's plugin for the accelerator that is present (a GPU or a TPU runtime; none: CPU).
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+REPO_URL = ""  # the repository's git URL (or a local clone's path), for a machine without a checkout
+
+if importlib.util.find_spec("metarl_jax") is None:
+    checkout = os.path.abspath("..")
+    if os.path.exists(os.path.join(checkout, "setup.py")):
+        source = checkout
+    elif REPO_URL:
+        source = os.path.abspath("metarl_jax_src")
+        if not os.path.exists(source):
+            subprocess.run(["git", "clone", "--depth=1", REPO_URL, source], check=True)
+    else:
+        raise RuntimeError("metarl_jax is not installed and this notebook is not in a checkout: set REPO_URL in "
+                           "this cell to the repository's git URL, then run it again")
+    accelerator = ("cuda12" if shutil.which("nvidia-smi")
+                   else "tpu" if os.environ.get("COLAB_TPU_ADDR") or os.path.exists("/dev/accel0") else "cpu")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source, f"jax[{accelerator}]==0.10.2"],
+                   check=True)
+    importlib.invalidate_caches()"""),
     ("md", """\
 # metarl_jax quickstart
 
@@ -26,19 +54,17 @@ episodes in a row and has to improve from episode to episode using only its cont
 3. meta-trains a tiny from-scratch transformer for a few GRPO steps and evaluates it on held-out trials;
 4. plots success against the episode index.
 
-It runs in about two minutes on 2 CPU cores. The training budget is far too small to learn anything: the
-point is the API, not the numbers (see `results/README.md` for real runs)."""),
+It runs in about two minutes on 2 CPU cores; the first cell installs the package where it is missing (Colab).
+The training budget is far too small to learn anything: the point is the API, not the numbers (see
+`results/README.md` for real runs)."""),
     ("md", """\
 ## Imports
 
 `metarl_jax.envs` holds the games and the wrapper, `metarl_jax.text` the tokenizers and the codec that renders
 observations inside `jit`, `metarl_jax.evaluate` the success tables and `metarl_jax.train` the training loop.
-We pin JAX to the CPU so the notebook behaves the same on any machine."""),
+JAX uses the accelerator it finds (set `JAX_PLATFORMS=cpu` before starting the kernel to force the CPU)."""),
     ("code", """\
 import os
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 import tempfile
 
 import jax

@@ -139,6 +139,14 @@ def test_update_epochs_reuse_the_batch():
             new, metrics = step(state, jax.random.PRNGKey(i))
             if float(metrics["grad_norm"]) > 0:
                 break
+        env = metrics[tasks[0].name]
+        if epochs == 1:
+            assert "approx_kl_per_epoch" not in env
+        else:  # every epoch's drift from the sampler: none in the on-policy first, some after an update
+            for key in ("approx_kl", "clip_fraction", "ratio_mean"):
+                assert env[f"{key}_per_epoch"].shape == (2,) and env[f"{key}_per_epoch"][0] == env[key]
+            assert abs(float(env["approx_kl_per_epoch"][0])) < 1e-5 and float(env["approx_kl_per_epoch"][1]) > 1e-4
+            assert float(env["ratio_mean_per_epoch"][1]) != pytest.approx(1.0, abs=1e-5)
         new2, _ = step(state, jax.random.PRNGKey(i))  # no retrace on a second call
         results[epochs] = (float(metrics["loss"]), jax.tree.leaves(new.params), jax.tree.leaves(new2.params), i)
     chex.clear_trace_counter()

@@ -4,6 +4,7 @@ directory."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,10 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     def run(*args, timeout=900):
         out = subprocess.run([python, *args], cwd=elsewhere, env=environ, capture_output=True, text=True, timeout=timeout)
         assert out.returncode == 0, out.stderr[-4000:]
+        # No error-level lines from XLA's or absl's C++ logging ("E1205 12:00:00.000 ... slow_operation_alarm"):
+        # a newcomer reads them as a crash.
+        errors = [line for line in out.stderr.replace("\r", "\n").splitlines() if re.match(r"[EF]\d{4} ", line)]
+        assert not errors, errors[:5]
         return out.stdout
 
     where = run("-c", "import metarl_jax, metarl_jax.configs as c; print(metarl_jax.__file__); print(c.path('paper'))")
@@ -59,6 +64,8 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     for name in ("orbit", "single_episode"):
         rows = json.loads((workdir / name / "eval.json").read_text())
         assert {r["env_id"] for r in rows} == {"game:GuessTheNumber-v0-easy", "game:GuessTheNumber-v0-hard"}
+    assert "exported step 2" in run("-m", "metarl_jax.export", str(workdir / "orbit"), str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "tokenizer.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
 
     from metarl_jax import envs
     from metarl_jax.text.tiny import make_bpe_tokenizer

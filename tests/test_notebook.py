@@ -44,6 +44,46 @@ def test_committed_notebook_matches_its_generator_and_has_no_outputs():
             assert cell.outputs == [] and cell.execution_count is None, "commit the notebook without outputs"
 
 
+def run_install_cell(tmp_path, monkeypatch, *, importable=False, checkout=False, repo_url="", gpu=False):
+    """Executes the notebook's first cell with the package lookup, git, pip and nvidia-smi faked; returns the
+    commands it ran."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    cell = nbformat.read(NOTEBOOK, as_version=4).cells[0]
+    assert cell.cell_type == "code" and cell.source.startswith("# Install"), "the first cell is the install cell"
+    here = tmp_path / "clone" / "examples"
+    here.mkdir(parents=True)
+    if checkout:
+        (here.parent / "setup.py").write_text("")
+    monkeypatch.chdir(here)
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: ran.append(list(cmd)))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if importable else None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if gpu and name == "nvidia-smi" else None)
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+    exec(cell.source.replace('REPO_URL = ""', f"REPO_URL = {repo_url!r}", 1), {})
+    return ran, here
+
+
+def test_install_cell_installs_from_the_checkout_or_a_clone_with_the_accelerators_jax(tmp_path, monkeypatch):
+    ran, _ = run_install_cell(tmp_path / "a", monkeypatch, importable=True, checkout=True)
+    assert ran == [], "an importable package is left alone"
+    ran, here = run_install_cell(tmp_path / "b", monkeypatch, checkout=True)
+    assert ran == [[sys.executable, "-m", "pip", "install", "--quiet", str(here.parent), "jax[cpu]==0.10.2"]]
+    ran, here = run_install_cell(tmp_path / "c", monkeypatch, repo_url="https://example.org/metarl_jax.git", gpu=True)
+    clone = str(here / "metarl_jax_src")
+    assert ran == [["git", "clone", "--depth=1", "https://example.org/metarl_jax.git", clone],
+                   [sys.executable, "-m", "pip", "install", "--quiet", clone, "jax[cuda12]==0.10.2"]]
+    with pytest.raises(RuntimeError, match="set REPO_URL"):
+        run_install_cell(tmp_path / "d", monkeypatch)
+    # The cell's jax pin is the package's.
+    import re
+
+    assert re.search(r'"jax==([0-9.]+)"', (ROOT / "setup.py").read_text()).group(1) == "0.10.2"
+
+
 @pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

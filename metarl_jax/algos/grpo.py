@@ -63,6 +63,10 @@ def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_
     return TrainState(params=model_state, opt_state=optimizer.init(model_state), step=jnp.zeros((), jnp.int32), ref_params=ref)
 
 
+# The update's metrics that a step with update_epochs > 1 also reports for every epoch.
+PER_EPOCH_KEYS = ("approx_kl", "clip_fraction", "ratio_mean")
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOHyper:
     """Hyperparameters of the step (ORBIT's values where it has them)."""
@@ -332,11 +336,15 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         if hp.update_epochs > 1:  # reuse the batch: later updates are off-policy, which the PPO clip bounds
             def again(carry, _):
                 params, opt_state, skipped = carry
-                params, opt_state, (*_, bad) = update(params, opt_state)
-                return (params, opt_state, skipped | bad), None
+                params, opt_state, (_, later, _, bad) = update(params, opt_state)
+                return (params, opt_state, skipped | bad), [{k: m[k] for k in PER_EPOCH_KEYS} for m in later]
 
-            (params, opt_state, skipped), _ = jax.lax.scan(again, (params, opt_state, skipped), None,
-                                                           length=hp.update_epochs - 1)
+            (params, opt_state, skipped), later = jax.lax.scan(again, (params, opt_state, skipped), None,
+                                                               length=hp.update_epochs - 1)
+            # Every update's drift from the sampler (<key>_per_epoch, float32[update_epochs], measured before that
+            # update; the first is the on-policy one, the un-suffixed key).
+            parts = [{**m, **{f"{k}_per_epoch": jnp.concatenate([m[k][None], l[k]]) for k in PER_EPOCH_KEYS}}
+                     for m, l in zip(parts, later)]
         # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped;
         # transcript_tokens: the real tokens of all envs' transcripts (the loop's tokens_per_second)
         metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.int32),
