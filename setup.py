@@ -31,6 +31,8 @@ EXTRAS = {
     "peer": ["gem-llm==0.1.0"],
     # Parity tests of the model family against transformers' PyTorch models (a later issue).
     "torch": ["torch==2.13.0"],
+    # Optional Weights & Biases mirror of the metrics (config.wandb.project); tested: 0.31.0.
+    "wandb": ["wandb>=0.31,<1"],
 }
 
 setup(

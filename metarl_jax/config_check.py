@@ -100,7 +100,7 @@ BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "refl
                "mix_games", "lamer_trial", "eval_before_training")
 STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
-                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode")
+                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
 DECODINGS = ("constrained", "free")
 FREE_STOPS = ("action", "end_of_turn")
@@ -108,6 +108,7 @@ FREE_BUDGETS = ("fixed", "remaining")
 TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
 MODEL_DTYPES = ("float32", "bfloat16")
+WANDB_MODES = ("offline", "online")
 
 
 def known_fields() -> set[str]:
@@ -178,6 +179,18 @@ def _check_mesh(config) -> None:
     dist = _get(config, "mesh.distributed")
     _need(dist is None or isinstance(dist, bool), "mesh.distributed",
           f"must be None (decide from the launch environment), True or False, got {dist!r}")
+
+
+def _check_wandb(config) -> None:
+    mode = _get(config, "wandb.mode")
+    _need(mode in WANDB_MODES, "wandb.mode", f"must be one of {WANDB_MODES} ('offline' needs no network; "
+          f"upload later with `wandb sync`), got {mode!r}")
+    if _get(config, "wandb.project"):
+        import importlib.util
+
+        _need(importlib.util.find_spec("wandb") is not None, "wandb.project",
+              "is set but wandb is not installed: pip install wandb (or the package's [wandb] extra), or set "
+              "wandb.project='' to log to TensorBoard and the JSONL / CSV files only")
 
 
 def _check_model(config) -> None:
@@ -272,6 +285,7 @@ def check_config(config) -> None:
     _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
     _check_mesh(config)
     _check_model(config)
+    _check_wandb(config)
     _need(config.tokenizer == "word" or os.path.isdir(config.tokenizer), "tokenizer",
           f"{config.tokenizer!r} is neither 'word' (the built-in vocabulary) nor a local tokenizer directory "
           "(one holding tokenizer.json or tokenizer_config.json; nothing is downloaded)")

@@ -11,7 +11,8 @@ command resumes from the last checkpoints.
 ``--mode=evaluate`` trains nothing: it evaluates the run's latest checkpoint (or ``--step``'s) on the held-out
 trials with the given config's evaluation settings (e.g. ``--config.eval_trials=1024``) and writes a fresh
 report; a finished run rerun with changed settings is evaluated again too, never reported stale.
-``--baselines`` plays the random and oracle policies instead (no training). Compiled programs are cached in
+``--baselines`` plays the random and oracle policies instead (no training), on the trials of the config's
+``eval_tasks`` (their turns per episode and step caps). Compiled programs are cached in
 ``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off).
 """
 
@@ -98,7 +99,9 @@ def main(argv):
     if _BASELINES.value:
         from metarl_jax.play import play_baselines
 
-        _, table = play_baselines([t.env_id for t in config.eval_tasks], ["random", "oracle"], config.eval_trials, config.seed)
+        _, table = play_baselines([t.to_dict() for t in config.eval_tasks], ["random", "oracle"], config.eval_trials,
+                                  config.seed, config.num_episodes_reported,
+                                  config.lamer_gamma if config.lamer_trial else 0.0)
         print(table)
         return
     if config.variant == "compare":

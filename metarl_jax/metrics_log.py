@@ -15,6 +15,12 @@ Files written by :class:`MetricsLog` under ``workdir``:
 * ``tensorboard/events.out.tfevents.*``: the run's hyperparameters (:meth:`MetricsLog.hparams`), for TensorBoard's
   HPARAMS tab, which lists the ``train`` and ``eval`` scalars as the run's metrics.
 
+* optionally (``wandb_project``), a Weights & Biases run in ``wandb/``: every :meth:`MetricsLog.log` row with its keys
+  prefixed by the kind (``train/loss``), every :meth:`MetricsLog.text` entry as HTML and the hyperparameters as the
+  run's config. The run's id is kept in ``wandb_run_id``, so a resumed run continues the same wandb run; wandb keeps
+  what it already received, so rows a killed run logged past its last checkpoint stay there (wandb drops later
+  rows whose step is not above its last one, with a warning).
+
 Read the event files with TensorBoard (``tensorboard --logdir <workdir>/tensorboard``) or with its
 ``EventAccumulator`` (``tensorboard.backend.event_processing.event_accumulator``; the ``tensorboard`` package is in
 the ``dev`` extra).
@@ -187,10 +193,12 @@ class MetricsLog:
     Every :meth:`log` call reaches the JSONL and CSV files before it returns; TensorBoard events reach their file
     within :data:`TB_FLUSH_SECS` seconds and on :meth:`close`."""
 
-    def __init__(self, workdir: str, resume_step: int | None = None):
+    def __init__(self, workdir: str, resume_step: int | None = None, wandb_project: str = "",
+                 wandb_mode: str = "offline"):
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.resume_step = resume_step
+        self._wandb = WandbRun(workdir, wandb_project, wandb_mode) if wandb_project else None
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._csv_fields: dict[str, list[str]] = {}
         self._tb: dict = {}  # kind -> tensorboardX SummaryWriter of tensorboard/<kind>
@@ -245,6 +253,8 @@ class MetricsLog:
 
         if flat:
             self._writer(kind).file_writer.add_summary(scalar_summary(flat), step)
+            if self._wandb:
+                self._wandb.log({f"{kind}/{k}": v for k, v in flat.items()}, step)
         return flat
 
     def text(self, kind: str, step: int, texts: Mapping[str, str]) -> None:
@@ -253,6 +263,8 @@ class MetricsLog:
         writer = self._writer(kind)
         for tag, value in texts.items():
             writer.add_text(tag, value, int(step))
+        if self._wandb and texts:
+            self._wandb.text({f"{kind}/{tag}": value for tag, value in texts.items()}, int(step))
 
     def hparams(self, values: Mapping[str, bool | int | float | str]) -> None:
         """Writes ``values`` (e.g. :func:`scalar_fields` of a config) as the hyperparameters of the run, in an event
@@ -263,6 +275,8 @@ class MetricsLog:
             raise TypeError(f"hyperparameters must be bool, int, float or str; not {', '.join(bad)}")
         with summary_writer(os.path.join(self.workdir, "tensorboard")) as writer:
             writer.file_writer.add_summary(hparams_summary(values))
+        if self._wandb:
+            self._wandb.config(values)
 
     def _writer(self, kind: str):
         """The SummaryWriter of ``tensorboard/<kind>/``, opened on first use (see :meth:`_purge_step`)."""
@@ -286,12 +300,55 @@ class MetricsLog:
         for writer in self._tb.values():
             writer.close()
         self._tb.clear()
+        if self._wandb:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class WandbRun:
+    """The optional Weights & Biases mirror of a :class:`MetricsLog` (``wandb`` imported only here): one wandb run per
+    workdir, its id kept in ``<workdir>/wandb_run_id`` so that a resume continues it, its files in ``<workdir>/wandb``."""
+
+    def __init__(self, workdir: str, project: str, mode: str = "offline"):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("wandb logging is on (config.wandb.project) but wandb is not installed: pip install "
+                              "wandb, or set config.wandb.project=''") from e
+        self._wandb = wandb
+        id_path = os.path.join(workdir, "wandb_run_id")
+        if os.path.exists(id_path):
+            with open(id_path) as f:
+                run_id = f.read().strip()
+        else:
+            import uuid
+
+            run_id = uuid.uuid4().hex[:12]
+            _replace(id_path, run_id + "\n")
+        self.run = wandb.init(project=project, mode=mode, dir=workdir, id=run_id, resume="allow",
+                              name=os.path.basename(os.path.abspath(workdir)),
+                              settings=wandb.Settings(console="off", quiet=True, save_code=False))
+
+    def log(self, values: Mapping[str, float | int], step: int) -> None:
+        self.run.log(dict(values), step=step)
+
+    def text(self, texts: Mapping[str, str], step: int) -> None:
+        import html
+
+        self.run.log({tag: self._wandb.Html(f"<pre>{html.escape(value)}</pre>") for tag, value in texts.items()},
+                     step=step)
+
+    def config(self, values: Mapping[str, bool | int | float | str]) -> None:
+        self.run.config.update(dict(values), allow_val_change=True)
+
+    def finish(self) -> None:
+        self.run.finish()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

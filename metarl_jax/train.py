@@ -417,7 +417,8 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
             rows = evaluate_params(evaluator, state.params, config, label)[1]
             write_eval(workdir, rows, config)
         return rows
-    log = MetricsLog(workdir, resume_step=start if restored is not None else None)
+    log = MetricsLog(workdir, resume_step=start if restored is not None else None, wandb_project=config.wandb.project,
+                     wandb_mode=config.wandb.mode)
     if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
         log.hparams(scalar_fields(saved_config))
 

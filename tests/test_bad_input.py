@@ -202,6 +202,8 @@ CASES = [
          ConfigError, r"config\.thinking: 'strip' needs decoding='free'"),
     Case("stripped thinking without a </think> token", built(thinking="strip", decoding="free", answer_coef=0.0),
          ValueError, r"thinking='strip' needs a tokenizer with '</think>' as one token.*Use thinking='keep'"),
+    Case("bad wandb.mode", checked(wandb__project="p", wandb__mode="cloud"),
+         ConfigError, r"config\.wandb\.mode: must be one of \('offline', 'online'\).*got 'cloud'"),
     Case("bad mesh.mode", checked(mesh__mode="pipeline"),
          ConfigError, r"config\.mesh\.mode: must be one of \('none', 'data', 'fsdp', 'tensor'\).*got 'pipeline'"),
     Case("mesh.data not dividing the batch", checked(mesh__mode="data", mesh__data=3),

@@ -305,3 +305,20 @@ def test_registry_names_supported_envs_and_rejects_others():
         baselines.make_policy("nope", maze)
     with pytest.raises(ValueError, match="choice"):
         baselines.make_policy("elimination", trial_env(GTN_HARD)[0], choice="last")
+
+
+def test_play_baselines_plays_the_configs_trial_shape():
+    """``--baselines`` plays the config's trials (turns per episode, step cap), not the registry's: with 2 turns
+    an episode and 3 episodes of -hard, random play's episodes last at most 2 moves and win about 2/50."""
+    from metarl_jax.play import play_baselines
+
+    entry = dict(env_id="game:GuessTheNumber-v0-hard", max_turns_per_episode=2, total_step_cap=6)
+    (row,), table = play_baselines([entry], ["random"], num_trials=512, seed=0, log=lambda *_: None)
+    assert len(row.episode_rates) == 3 and row.num_trials == 512
+    assert 1.0 <= row.episode_length <= 2.0
+    assert all(r < 0.1 for r in row.episode_rates)  # the registry's 7 turns would win about 7/50 an episode
+    (default,), _ = play_baselines(["game:GuessTheNumber-v0-hard"], ["random"], num_trials=512, seed=0,
+                                   num_episodes=3, log=lambda *_: None)
+    assert default.episode_length > 3.0 and default.episode_rates[0] > 0.1
+    with pytest.raises(Exception, match="did you mean"):
+        play_baselines(["game:GuessTheNumber-v0-hardd"], ["random"], log=lambda *_: None)

@@ -160,3 +160,84 @@ def test_progress_and_postfix(capsys):
     assert bar.n == 5
     bar.close()
     assert "train" in capsys.readouterr().err
+
+
+class FakeWandb:
+    """Records what MetricsLog asks of the ``wandb`` module."""
+
+    class Html:
+        def __init__(self, data):
+            self.data = data
+
+    class Settings:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    def __init__(self):
+        self.inits, self.logs, self.configs, self.finished = [], [], [], 0
+        fake = self
+
+        class Run:
+            class config:  # noqa: N801  wandb's run.config
+                @staticmethod
+                def update(values, allow_val_change=False):
+                    fake.configs.append(dict(values))
+
+            @staticmethod
+            def log(values, step):
+                fake.logs.append((step, dict(values)))
+
+            @staticmethod
+            def finish():
+                fake.finished += 1
+
+        self.run = Run
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        return self.run
+
+
+def test_wandb_mirror_prefixes_rows_and_keeps_one_run_across_resumes(tmp_path, monkeypatch):
+    import sys
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with MetricsLog(str(tmp_path), wandb_project="proj") as log:
+        log.hparams({"seed": 3, "variant": "orbit"})
+        log.log("train", 1, {"loss": 0.5, "env": {"episode_success": [0.25, 0.5]}})
+        log.text("eval", 1, {"env/trial_1": "a < b\n  c"})
+    assert fake.finished == 1
+    (init,) = fake.inits
+    assert init["project"] == "proj" and init["mode"] == "offline" and init["dir"] == str(tmp_path)
+    assert init["resume"] == "allow" and init["id"] == (tmp_path / "wandb_run_id").read_text().strip()
+    assert fake.configs == [{"seed": 3, "variant": "orbit"}]
+    (step, row), (text_step, text) = fake.logs
+    assert step == 1 and row == {"train/loss": 0.5, "train/env/episode_success/1": 0.25,
+                                 "train/env/episode_success/2": 0.5}
+    assert text_step == 1 and text["eval/env/trial_1"].data == "<pre>a &lt; b\n  c</pre>"
+    # The JSONL keeps its own keys: wandb's prefix is its own.
+    assert read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["loss"] == 0.5
+
+    with MetricsLog(str(tmp_path), resume_step=1, wandb_project="proj", wandb_mode="online") as log:
+        log.log("train", 2, {"loss": 0.25})
+    assert fake.inits[1]["id"] == init["id"] and fake.inits[1]["mode"] == "online", "a resume continues the run"
+    assert fake.logs[-1] == (2, {"train/loss": 0.25})
+    # Without a project nothing is imported from wandb.
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with MetricsLog(str(tmp_path / "plain")) as log:
+        log.log("train", 1, {"loss": 1.0})
+
+
+def test_wandb_offline_run_is_written_without_network(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with MetricsLog(str(tmp_path), wandb_project="metarl-test") as log:
+        log.hparams({"seed": 0})
+        log.log("train", 1, {"loss": 0.5})
+        log.text("eval", 1, {"env/trial_1": "secret 17"})
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    (run_dir,) = glob.glob(str(tmp_path / "wandb" / f"offline-run-*-{run_id}"))
+    assert os.path.getsize(os.path.join(run_dir, f"run-{run_id}.wandb")) > 0
+    (page,) = glob.glob(os.path.join(run_dir, "files", "media", "html", "eval", "env", "trial_1_1_*.html"))
+    assert "secret 17" in open(page).read()

@@ -160,6 +160,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.eval_before_training = False  # ORBIT also validates the untrained policy (configs/paper.py)
     c.eval_every = 0  # held-out evaluation at the end only (each one costs ~10 s of the 10-minute budget)
     c.log_every = 5
+    # Weights & Biases (optional: pip install "metarl_jax[wandb]"): a project name mirrors the train and eval rows,
+    # the config and the eval transcripts to a wandb run in <workdir>/wandb ("offline": no network, upload later
+    # with `wandb sync`; "online"). A resumed run continues the same wandb run. "": off.
+    c.wandb = ml_collections.ConfigDict(dict(project="", mode="offline"))
     c.checkpoint_every = 50
     c.keep_checkpoints = 2
 
