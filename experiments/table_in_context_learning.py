@@ -36,7 +36,7 @@ from common import REPO, play_policy_rows, write_table  # experiments/ is on sys
 from metarl_jax import train
 from metarl_jax.configs.default import get_config
 from metarl_jax.configs.paper import get_config as get_paper_config
-from metarl_jax.evaluate import add_regret, summarize
+from metarl_jax.evaluate import add_regret, make_evaluator, summarize, summarize_eval
 
 
 def cpu_config(variant: str):
@@ -62,10 +62,10 @@ def lm_rows(config, out_dir: str, log=print) -> list:
             for t in c.eval_tasks:  # room for the reflection turns
                 t.context_len = int(t.context_len * 1.5) if t.context_len else 0
         run = train.build_run(c)
-        evaluator = train.make_evaluator(run.graphdef, run.eval_tasks, c.eval_temperature, c.eval_top_p)
+        evaluator = make_evaluator(run.graphdef, run.eval_tasks, c.eval_temperature, c.eval_top_p)
         log(f"  {label} (no training)")
         played = jax.device_get(evaluator(run.model_state, jax.random.PRNGKey(c.seed + 1)))
-        rows += train.summarize_eval(played, c.num_episodes_reported, label)
+        rows += summarize_eval(played, c.num_episodes_reported, label)
     for label, single in (("single-episode RL", True), ("ORBIT", False)):
         c = config.copy_and_resolve_references()
         c.variant, c.single_episode = ("single" if single else "orbit"), single

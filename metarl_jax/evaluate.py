@@ -1,11 +1,13 @@
 """Evaluation of policies on multi-episode trials: per-episode success tables.
 
-``rollout`` plays a policy (stateless, or an online learner with memory carried across the episodes of a trial)
+``play_policy`` plays a policy (stateless, or an online learner with memory carried across the episodes of a trial)
 under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
 ``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``summarize`` adds
 P(at least one success), the mean trial return, the mean episode length and the invalid-action rate;
 ``add_regret`` the in-context regret against the oracle. ``success_table`` formats rates with 95% intervals and
-``write_report`` writes markdown, CSV and JSON.
+``write_report`` writes markdown, CSV and JSON. For trained LMs, ``make_evaluator`` plays every task's whole
+validation set in one jitted program (``evaluate_params`` with a run's evaluation key, ``summarize_eval`` the
+rows, ``render_samples`` a few transcripts as text).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarl_jax.rollout import rollout
+from metarl_jax.tasks import TaskSpec
 
-def rollout(env, params, policy, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
+
+def play_policy(env, params, policy, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
     """Plays ``num`` independent rollouts of ``env`` for ``steps`` steps with ``policy``.
 
     ``policy`` is either a stateless ``policy(key, state) -> int32[]`` action or a
@@ -94,7 +99,7 @@ def play_trials(env, params, policy, key: jax.Array, num_trials: int, steps: int
     ``trial_return`` (float ``[N]``).
     """
     steps = env.total_step_cap if steps is None else steps
-    played = rollout(env, params, policy, key, num_trials, steps)
+    played = play_policy(env, params, policy, key, num_trials, steps)
     out = {k: np.asarray(played["infos"][k]) for k in ("success", "episode_index", "episode_done", "invalid")}
     out["env_step"] = env_steps(np.asarray(played["infos"]["trial_done"]), np.asarray(played["infos"]["reflection"]))
     out["actions"] = np.asarray(played["actions"])
@@ -239,3 +244,87 @@ def write_report(rows: list[SuccessRow], prefix: str, title: str = "") -> str:
     with open(prefix + ".json", "w") as f:
         json.dump([r.as_dict() for r in rows], f, indent=2)
     return table
+
+
+# ---------------------------------------------------------------- trained policies (LMs)
+
+
+SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation logs as TensorBoard text
+
+
+def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0):
+    """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
+    env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],
+    sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
+    tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
+    ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
+    (:func:`metarl_jax.rollout.rollout`)."""
+
+    def with_samples(played):
+        """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
+        played = dict(played)
+        return {**played, "sample_tokens": played.pop("tokens")[:SAMPLE_TRIALS],
+                "sample_length": played.pop("length")[:SAMPLE_TRIALS]}
+
+    def evaluate(params, key):
+        out = {}
+        for task, k in zip(tasks, jax.random.split(key, len(tasks))):
+            n = task.task_keys.shape[0]
+            sample = jax.vmap(lambda kk: task.env.sample_task(kk, task.env_params))
+            k_reset, k_roll = jax.random.split(k)
+            _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
+                jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
+            games = task.task_keys.game if task.games else None
+            tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
+                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
+                         rows_per_chunk=rows_per_chunk, **task.decoding,
+                         row_context_len=task.row_context_len(games) if task.games else None)
+            moves = tr.taken & ~tr.reflection
+            played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
+                          truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
+                          invalid=moves & ~action_is_valid(tr.valid, tr.actions), tokens=tr.tokens, length=tr.length)
+            if not task.games:
+                out[task.name] = with_samples(played)
+                continue
+            start = 0  # a mixture's validation set is its games' sets one after the other
+            for member in task.games:
+                size = member.task_keys.shape[0]
+                out[member.name] = with_samples(jax.tree.map(lambda x, s=start, n=size: x[s:s + n], played))
+                start += size
+        return out
+
+    return jax.jit(evaluate)
+
+
+def evaluate_params(evaluator, params, config, label: str) -> tuple[dict, list[SuccessRow]]:
+    """``(played, rows)``: ``evaluator`` (:func:`run_evaluator`) on ``params`` with the run's evaluation key (the same
+    held-out trials at every evaluation of a run, and in ``--mode=evaluate``), and its :func:`summarize_eval`."""
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
+    played = jax.device_get(evaluator(params, eval_key))
+    return played, summarize_eval(played, config.num_episodes_reported, label)
+
+
+def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
+    """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
+    time_first = lambda x: np.asarray(x).T  # noqa: E731  evaluate.summarize takes [T, N] step records
+    steps = ("success", "episode_index", "episode_done", "env_step", "invalid")
+    return [summarize(name, label, {**{k: time_first(r[k]) for k in steps}, "trial_return": np.asarray(r["returns"])},
+                      num_episodes)
+            for name, r in played.items()]
+
+
+def render_samples(played: dict, tokenizer) -> dict[str, str]:
+    """``{"<env>/trial_<i>": markdown}`` (i from 1): an evaluator's sample trials (``sample_tokens`` int32[n, S],
+    ``sample_length`` int32[n] per env) decoded with ``tokenizer``, each an indented code block so TensorBoard's
+    text tab keeps the transcript's lines and does not read it as markdown."""
+    out = {}
+    for env, r in played.items():
+        for i, (tokens, length) in enumerate(zip(np.asarray(r["sample_tokens"]), np.asarray(r["sample_length"])), 1):
+            text = tokenizer.decode(tokens[:length].tolist())
+            out[f"{env}/trial_{i}"] = "\n".join("    " + line for line in text.split("\n"))
+    return out
+
+
+def eval_metrics(rows: list[SuccessRow], played: dict) -> dict:
+    return {r.env_id: {"episode_success": r.episode_rates, "any_success": r.any_success, "mean_return": r.mean_return,
+                       "truncated": float(np.asarray(played[r.env_id]["truncated"]).mean())} for r in rows}

@@ -45,7 +45,7 @@ class InContextLearner:
 
     def evaluate(self, tasks, key, num_episodes: int = 3) -> list[SuccessRow]:
         """Plays every task's whole task set once; per-env success per episode index with 95% intervals."""
-        from metarl_jax.train import make_evaluator, summarize_eval
+        from metarl_jax.evaluate import make_evaluator, summarize_eval
 
         played = jax.device_get(make_evaluator(self.graphdef, tasks, self.temperature, self.top_p)(self.params, key))
         return summarize_eval(played, num_episodes, "in-context learner")

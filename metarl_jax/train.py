@@ -15,7 +15,7 @@ One run = one config (see ``metarl_jax/configs/default.py`` for every field). Th
    metrics. Train rows add the step's ``learning_rate`` (the optimizer's schedule at its update count) and the
    wall-clock keys of :func:`timing_metrics` (throughput, ``compile_seconds`` once per process); a fresh run logs
    its config's scalar fields as TensorBoard hyperparameters, and every evaluation logs the first
-   ``SAMPLE_TRIALS`` held-out transcripts per env as TensorBoard text;
+   ``metarl_jax.evaluate.SAMPLE_TRIALS`` held-out transcripts per env as TensorBoard text;
 5. saves checkpoints (params, optimizer, step, key, config) every ``checkpoint_every`` steps and at the end.
 
 Faults:
@@ -51,18 +51,17 @@ import warnings
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
 from metarl_jax.checkpoints import Checkpointer, check_writable
-from metarl_jax.evaluate import SuccessRow, action_is_valid, success_table, summarize
+from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, make_evaluator, render_samples,
+                                 success_table)
 from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes,
                                warn_if_update_may_not_fit)
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress, scalar_fields
-from metarl_jax.rollout import rollout
 from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
 
@@ -204,53 +203,6 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
                                update=config.update_rows or plan.update)
 
 
-SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation logs as TensorBoard text
-
-
-def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0):
-    """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
-    env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],
-    sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
-    tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
-    ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
-    (:func:`metarl_jax.rollout.rollout`)."""
-
-    def with_samples(played):
-        """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
-        played = dict(played)
-        return {**played, "sample_tokens": played.pop("tokens")[:SAMPLE_TRIALS],
-                "sample_length": played.pop("length")[:SAMPLE_TRIALS]}
-
-    def evaluate(params, key):
-        out = {}
-        for task, k in zip(tasks, jax.random.split(key, len(tasks))):
-            n = task.task_keys.shape[0]
-            sample = jax.vmap(lambda kk: task.env.sample_task(kk, task.env_params))
-            k_reset, k_roll = jax.random.split(k)
-            _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
-                jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
-            games = task.task_keys.game if task.games else None
-            tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
-                         rows_per_chunk=rows_per_chunk, **task.decoding,
-                         row_context_len=task.row_context_len(games) if task.games else None)
-            moves = tr.taken & ~tr.reflection
-            played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
-                          truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
-                          invalid=moves & ~action_is_valid(tr.valid, tr.actions), tokens=tr.tokens, length=tr.length)
-            if not task.games:
-                out[task.name] = with_samples(played)
-                continue
-            start = 0  # a mixture's validation set is its games' sets one after the other
-            for member in task.games:
-                size = member.task_keys.shape[0]
-                out[member.name] = with_samples(jax.tree.map(lambda x, s=start, n=size: x[s:s + n], played))
-                start += size
-        return out
-
-    return jax.jit(evaluate)
-
-
 def run_label(config) -> str:
     """The default label of a run's rows."""
     return "single-episode" if config.single_episode else "orbit"
@@ -260,40 +212,6 @@ def run_evaluator(run: Run, config):
     """:func:`make_evaluator` of a built run with ``config``'s evaluation settings."""
     return make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
                           run.micro_batches.evaluate)
-
-
-def evaluate_params(evaluator, params, config, label: str) -> tuple[dict, list[SuccessRow]]:
-    """``(played, rows)``: ``evaluator`` (:func:`run_evaluator`) on ``params`` with the run's evaluation key (the same
-    held-out trials at every evaluation of a run, and in ``--mode=evaluate``), and its :func:`summarize_eval`."""
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
-    played = jax.device_get(evaluator(params, eval_key))
-    return played, summarize_eval(played, config.num_episodes_reported, label)
-
-
-def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessRow]:
-    """Per-env :class:`SuccessRow` (per-episode success with Wilson 95% intervals) from an evaluator's output."""
-    time_first = lambda x: np.asarray(x).T  # noqa: E731  evaluate.summarize takes [T, N] step records
-    steps = ("success", "episode_index", "episode_done", "env_step", "invalid")
-    return [summarize(name, label, {**{k: time_first(r[k]) for k in steps}, "trial_return": np.asarray(r["returns"])},
-                      num_episodes)
-            for name, r in played.items()]
-
-
-def render_samples(played: dict, tokenizer) -> dict[str, str]:
-    """``{"<env>/trial_<i>": markdown}`` (i from 1): an evaluator's sample trials (``sample_tokens`` int32[n, S],
-    ``sample_length`` int32[n] per env) decoded with ``tokenizer``, each an indented code block so TensorBoard's
-    text tab keeps the transcript's lines and does not read it as markdown."""
-    out = {}
-    for env, r in played.items():
-        for i, (tokens, length) in enumerate(zip(np.asarray(r["sample_tokens"]), np.asarray(r["sample_length"])), 1):
-            text = tokenizer.decode(tokens[:length].tolist())
-            out[f"{env}/trial_{i}"] = "\n".join("    " + line for line in text.split("\n"))
-    return out
-
-
-def eval_metrics(rows: list[SuccessRow], played: dict) -> dict:
-    return {r.env_id: {"episode_success": r.episode_rates, "any_success": r.any_success, "mean_return": r.mean_return,
-                       "truncated": float(np.asarray(played[r.env_id]["truncated"]).mean())} for r in rows}
 
 
 def _config_dict(config) -> dict:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax.baselines import random_policy
-from metarl_jax.evaluate import rollout
+from metarl_jax.evaluate import play_policy
 from metarl_jax.text.tokenizers import SPECIAL_TOKENS, WordTokenizer, split_words
 
 
@@ -49,17 +49,17 @@ def mixed_policy(env, p_format=0.05, p_oracle=0.25, p_repeat=0.15):
 
 
 def run_trials(env, params, policy, key, num: int, steps: int):
-    """:func:`~metarl_jax.evaluate.rollout` as a tuple ``(final_states, infos, rewards)``.
+    """:func:`~metarl_jax.evaluate.play_policy` as a tuple ``(final_states, infos, rewards)``.
 
     ``final_states`` is batched ``[num]``; ``infos`` and ``rewards`` are stacked ``[steps, num]``.
     """
-    out = rollout(env, params, policy, key, num, steps)
+    out = play_policy(env, params, policy, key, num, steps)
     return out["final"], out["infos"], out["rewards"]
 
 
 def collect_states(env, params, policy, key, num: int, steps: int):
     """All states of ``num`` rollouts (reset, then ``steps`` steps): a pytree batched ``[num, steps + 1]``."""
-    return rollout(env, params, policy, key, num, steps, keep_states=True)["states"]
+    return play_policy(env, params, policy, key, num, steps, keep_states=True)["states"]
 
 
 def play_actions(env, params, tasks, actions, flags: bool = False):
@@ -143,7 +143,7 @@ def replay_episode_one(trial, params, key, num: int, keep_tasks: bool = False) -
     (the task of every state, reset state first: ``[num, cap + 1]``).
     """
     recorder = _RecordEpisodeOne(trial)
-    out = rollout(recorder, params, recorder.policy, key, num, trial.total_step_cap, keep_states=keep_tasks)
+    out = play_policy(recorder, params, recorder.policy, key, num, trial.total_step_cap, keep_states=keep_tasks)
     infos = jax.tree.map(np.asarray, out["infos"])
     in_episode = lambda flag, e: (infos[flag] & (infos["episode_index"] == e)).any(axis=0)
     result = {"infos": infos, "won1": in_episode("episode_success", 0), "won2": in_episode("episode_success", 1),

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 from typing import Callable
 
 import jax

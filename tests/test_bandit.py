@@ -10,7 +10,7 @@ from gymnax.environments.misc.bernoulli_bandit import BernoulliBandit
 
 from helpers import adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip, run_trials
 from metarl_jax import envs
-from metarl_jax.evaluate import rollout
+from metarl_jax.evaluate import play_policy
 from metarl_jax.text.codec import Codec
 
 
@@ -58,7 +58,7 @@ def test_probabilities_stay_fixed_across_the_episodes_of_a_trial():
     """Always pulling arm 1 for a 20-episode trial: 20 pulls of ONE arm, so the payout count is bimodal."""
     trial, params = envs.make_trial("BernoulliBandit-misc")
     cap, n = trial.total_step_cap, 3000
-    out = rollout(trial, params, lambda key, state: jnp.int32(0), jax.random.PRNGKey(7), n, cap, keep_states=True)
+    out = play_policy(trial, params, lambda key, state: jnp.int32(0), jax.random.PRNGKey(7), n, cap, keep_states=True)
     rewards, episode = np.asarray(out["rewards"]).T, np.asarray(out["infos"]["episode_index"]).T  # [trial, step]
     tasks = np.asarray(out["states"].inner.task)  # [trial, step]: the reset state, then after each step
     np.testing.assert_array_equal(episode, np.broadcast_to(np.arange(cap), episode.shape))  # one pull per episode

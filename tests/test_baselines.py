@@ -19,7 +19,7 @@ from metarl_jax import baselines, envs
 from metarl_jax.baselines import OnlinePolicy, as_online
 from metarl_jax.envs.frozen_lake import HOLE
 from metarl_jax.envs.maze import UNREACHED, grid_bfs
-from metarl_jax.evaluate import episode_success, play_trials, rollout
+from metarl_jax.evaluate import episode_success, play_policy, play_trials
 
 GTN_EASY, GTN_HARD = "game:GuessTheNumber-v0-easy", "game:GuessTheNumber-v0-hard"
 MASTERMIND, BANDIT, RPS = "game:Mastermind-v0-random", "BernoulliBandit-misc", "rockpaperscissors"
@@ -36,7 +36,7 @@ def played(env_id: str, policy: str, num: int, cap: int | None = None, seed: int
     """A :func:`rollout` of ``num`` trials of ``env_id`` with the named baseline, as numpy (cached)."""
     trial, params = trial_env(env_id, cap)
     pol = baselines.make_policy(policy, trial, **dict(options))
-    out = rollout(trial, params, pol, jax.random.PRNGKey(seed), num, trial.total_step_cap, keep_states=keep_states)
+    out = play_policy(trial, params, pol, jax.random.PRNGKey(seed), num, trial.total_step_cap, keep_states=keep_states)
     return jax.tree.map(np.asarray, out)
 
 
@@ -162,7 +162,7 @@ def test_learners_skip_reflection_turns():
     """With a reflection turn between episodes (its action is ignored and shows no feedback), elimination's
     memory still carries over: binary search wins episode 1 and then every later episode in one guess."""
     trial, params = envs.make_trial(GTN_HARD, reflection=True)
-    out = jax.tree.map(np.asarray, rollout(trial, params, baselines.make_policy("elimination", trial),
+    out = jax.tree.map(np.asarray, play_policy(trial, params, baselines.make_policy("elimination", trial),
                                            jax.random.PRNGKey(0), 64, 2 * trial.total_step_cap))
     info = out["infos"]
     counted = np.diff(info["total_steps"], axis=0, prepend=0) > 0  # [T, N]: counted steps (no reflection, cap)
@@ -256,7 +256,7 @@ def test_same_seed_same_results_and_other_seed_differs():
     for policy in ("thompson", "random"):
         a = played(BANDIT, policy, 256, cap=50)
         pol = baselines.make_policy(policy, trial)
-        run = jax.jit(lambda key, pol=pol: rollout(trial, params, pol, key, 256, 50))  # one compile, two seeds
+        run = jax.jit(lambda key, pol=pol: play_policy(trial, params, pol, key, 256, 50))  # one compile, two seeds
         b, c = (jax.tree.map(np.asarray, run(jax.random.PRNGKey(seed))) for seed in (0, 1))
         np.testing.assert_array_equal(b["actions"], a["actions"])
         np.testing.assert_array_equal(b["infos"]["success"], a["infos"]["success"])
@@ -281,7 +281,7 @@ def test_stateless_policies_keep_their_rollout_and_gain_no_memory():
     out = played(GTN_EASY, "random", 512)
     assert "memory" not in out
     # The actions the rollout reports are the ones the states record.
-    states = rollout(trial, params, policy, jax.random.PRNGKey(0), 8, trial.total_step_cap, keep_states=True)
+    states = play_policy(trial, params, policy, jax.random.PRNGKey(0), 8, trial.total_step_cap, keep_states=True)
     after = jax.tree.map(np.asarray, states["states"])
     ended = np.asarray(states["infos"]["episode_done"]).T  # [8, T]
     last = np.where(ended, after.prev.last_action[:, 1:], after.inner.last_action[:, 1:])

@@ -173,7 +173,6 @@ def test_memory_plan_fits_the_budget():
 
 
 def test_config_refuses_micro_batches_that_do_not_divide_the_batch():
-    import sys
 
     from metarl_jax import config_check
 

@@ -14,7 +14,7 @@ from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, r
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, WON
 from metarl_jax.envs.rock_paper_scissors import RockPaperScissorsTask, opponent_move
-from metarl_jax.evaluate import rollout
+from metarl_jax.evaluate import play_policy
 from metarl_jax.text.codec import Codec
 
 ENV_ID, VERBOSE_ID = "rockpaperscissors", "rockpaperscissors-verbose"
@@ -172,7 +172,7 @@ def test_verbose_variant_shows_moves_and_score_and_stops_when_decided(verbose):
 
 def test_opponent_strategy_fixed_across_episodes():
     trial, params = envs.make_trial(ENV_ID)
-    out = rollout(trial, params, random_valid_policy(trial), jax.random.PRNGKey(5), 200, trial.total_step_cap,
+    out = play_policy(trial, params, random_valid_policy(trial), jax.random.PRNGKey(5), 200, trial.total_step_cap,
                   keep_states=True)
     task = out["states"].inner.task  # [trial, step]
     probs, dom, ep = np.asarray(task.probs), np.asarray(task.dominant), np.asarray(out["infos"]["episode_index"])

@@ -24,7 +24,7 @@ which each minibatch of trials is replayed from the zero hidden state (truncatio
 trial). Rollout and update are one jitted function, traced once.
 
 Evaluation: :func:`rl2_policy` turns a trained model into an :class:`~metarl_jax.baselines.OnlinePolicy`
-(memory = the GRU hidden state), which :func:`metarl_jax.evaluate.rollout` / ``play_trials`` accept;
+(memory = the GRU hidden state), which :func:`metarl_jax.evaluate.play_policy` / ``play_trials`` accept;
 :func:`evaluate_rl2` plays trials and returns the dict :func:`metarl_jax.evaluate.summarize` takes.
 
 >>> import jax
@@ -165,7 +165,7 @@ def rl2_policy(model_or_params, env, greedy: bool = False) -> OnlinePolicy:
     Memory is :class:`RL2Memory`; ``init`` feeds the trial's first observation to a zero hidden state,
     ``act`` samples (or, with ``greedy``, takes the argmax of) the masked policy logits, and ``update`` feeds
     the next observation with the action taken, its reward and the new-episode flag. The hidden state is never
-    reset inside a trial. Same inputs as in training, so ``metarl_jax.evaluate.rollout(env, params,
+    reset inside a trial. Same inputs as in training, so ``metarl_jax.evaluate.play_policy(env, params,
     rl2_policy(model, env), ...)`` evaluates the trained policy.
 
     Args:
