@@ -89,7 +89,7 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     state_bytes = memory.tree_bytes(state) // (devices if mode in ("fsdp", "tensor") else 1)
     plan = memory.plan_micro_batches(cfg, [mix], [mix], rows, rows, int(budget_gb * 2**30), state_bytes,
                                      jnp.bfloat16, data, remat=args.remat)
-    hp = GRPOHyper(num_tasks=args.num_tasks, group_size=args.group_size, temperature=0.6, top_p=1.0,
+    hp = GRPOHyper.orbit(num_tasks=args.num_tasks, group_size=args.group_size, temperature=0.6, top_p=1.0,
                    rollout_rows=args.rollout_rows or plan.rollout, update_rows=args.update_rows or plan.update)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def lm_rows(config, out_dir: str, log=print) -> list:
         rows += summarize_eval(played, c.num_episodes_reported, label)
     for label, single in (("single-episode RL", True), ("ORBIT", False)):
         c = config.copy_and_resolve_references()
-        c.variant, c.single_episode = ("single" if single else "orbit"), single
+        c.single_episode = single
         log(f"  {label}: {c.num_steps} GRPO steps")
         rows += train.train_and_evaluate(c, os.path.join(out_dir, "single_episode" if single else "orbit"), label=label)
     return rows

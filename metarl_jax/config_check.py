@@ -82,7 +82,12 @@ _RANGES = [
     ("inject_nan_count", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (testing: steps made NaN in a row)"),
 ]
 
-VARIANTS = ("orbit", "single", "compare")
+# Fields that are gone, with what replaces them.
+REMOVED_FIELDS = {
+    "variant": "the variant is the config file's argument (--config=configs/default.py:single trains the "
+               "single-episode baseline, i.e. single_episode=True); main.py's --compare trains ORBIT and the "
+               "baseline side by side",
+}
 
 
 def _get(config, dotted: str):
@@ -98,7 +103,7 @@ def _get(config, dotted: str):
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
                "mix_games", "lamer_trial", "eval_before_training")
-STRING_FIELDS = ("variant", "decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
+STRING_FIELDS = ("decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode")
 OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
@@ -136,6 +141,8 @@ def _check_unknown_fields(config) -> None:
             continue  # a missing section is reported by _get with its field name
         names = sections[prefix]
         for key in node.keys():
+            if not prefix and key in REMOVED_FIELDS:
+                _fail(key, f"is no longer a config field: {REMOVED_FIELDS[key]}")
             if key not in names:
                 where = f"config.{prefix}" if prefix else "the config"
                 _fail(f"{prefix}.{key}" if prefix else str(key),
@@ -282,7 +289,6 @@ def check_config(config) -> None:
               f"'epochs' needs train_set_size ({config.train_set_size}) >= num_tasks ({config.num_tasks})")
     _need(config.text in TEXT_STYLES, "text",
           f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
-    _need(config.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {config.variant!r}")
     _check_mesh(config)
     _check_model(config)
     _check_wandb(config)

@@ -4,7 +4,9 @@
   the current observation and the whole cross-episode transcript in its KV cache; it never changes its weights
   while playing.
 * :class:`CrossEpisodeMetaLearner`: the outer loop. It turns the returns summed over the episodes of many tasks
-  into updates of the in-context learner's weights (GRPO with PPO-clip, :mod:`metarl_jax.algos.grpo`).
+  into updates of the in-context learner's weights (GRPO with PPO-clip, :mod:`metarl_jax.algos.grpo`). Its
+  defaults (``make_optimizer()``, ``GRPOHyper()``) are the README main run's; ``GRPOHyper.orbit()`` is ORBIT's
+  loss alone.
 
 Example::
 
@@ -12,7 +14,7 @@ Example::
     tasks = [build_task("game:GuessTheNumber-v0-easy", tok, split="train", seed=0, num_tasks=64)]
     graphdef, params = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     learner = InContextLearner(graphdef, params)
-    meta = CrossEpisodeMetaLearner(learner, tasks, optax.adam(3e-3), GRPOHyper(num_tasks=4, group_size=8))
+    meta = CrossEpisodeMetaLearner(learner, tasks)   # the README main run's optimizer and GRPO settings
     state = meta.init_state()
     for i in range(20):
         state, metrics = meta.step(state, jax.random.PRNGKey(i))
@@ -31,6 +33,7 @@ import jax
 import optax
 
 from metarl_jax.algos.grpo import GRPOHyper, TrainState, init_train_state, make_train_step
+from metarl_jax.algos.optim import make_optimizer
 from metarl_jax.evaluate import SuccessRow
 
 
@@ -57,7 +60,7 @@ class CrossEpisodeMetaLearner:
 
     learner: InContextLearner
     tasks: list
-    optimizer: optax.GradientTransformation
+    optimizer: optax.GradientTransformation = dataclasses.field(default_factory=make_optimizer)
     hyper: GRPOHyper = dataclasses.field(default_factory=GRPOHyper)
 
     def __post_init__(self):

@@ -3,9 +3,9 @@
     python -m metarl_jax.main --workdir=/tmp/metarl_run [--config=configs/default.py:compare] [--config.num_steps=200]
 
 ``--config`` names an ml_collections config file (``path.py:variant``); ``--config.a.b=value`` overrides a field.
-A variant ``compare`` (the default config's default) trains the ORBIT run and the single-episode baseline with
-the same budget, in ``<workdir>/orbit`` and ``<workdir>/single_episode``, and prints their held-out
-per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
+``--compare`` (the default when the config's variant is ``compare``, the default config's default) trains the
+ORBIT run and the single-episode baseline with the same budget, in ``<workdir>/orbit`` and
+``<workdir>/single_episode``, and prints their held-out per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
 command resumes from the last checkpoints.
 
 ``--mode=evaluate`` trains nothing: it evaluates the run's latest checkpoint (or ``--step``'s) on the held-out
@@ -34,6 +34,10 @@ _COMPILE_CACHE = flags.DEFINE_boolean(
     "resumed or repeated run, and the second run of a comparison for the programs both share (the held-out "
     "evaluation), load them instead of compiling again.")
 _BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
+_COMPARE = flags.DEFINE_boolean(
+    "compare", None, "Train the ORBIT run and the single-episode baseline with the same budget and print their "
+    "held-out success side by side (in <workdir>/orbit and <workdir>/single_episode). Default: when the --config "
+    "variant is 'compare' (the default config's default); --nocompare trains the config's run alone.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (resuming) and evaluate; evaluate: "
                           "only evaluate a trained run's checkpoint with the config's evaluation settings.")
 _STEP = flags.DEFINE_integer("step", 0, "With --mode=evaluate: the checkpoint step to evaluate (0: the latest).")
@@ -56,7 +60,7 @@ def compare(config, workdir: str):
     runs = {}
     for name, single in (("orbit", False), ("single_episode", True)):
         cfg = config.copy_and_resolve_references()
-        cfg.variant, cfg.single_episode = ("single" if single else "orbit"), single
+        cfg.single_episode = single
         build_run(cfg)  # both configs are checked before either run compiles anything
         runs[name] = cfg
     results = {
@@ -104,7 +108,10 @@ def main(argv):
                                   config.lamer_gamma if config.lamer_trial else 0.0)
         print(table)
         return
-    if config.variant == "compare":
+    compare_runs = _COMPARE.value
+    if compare_runs is None:
+        compare_runs = configs.requested_variant(flags.FLAGS["config"].config_filename) == "compare"
+    if compare_runs:
         print("\nHeld-out success per episode (95% intervals):\n" + compare(config, workdir))
     else:
         from metarl_jax.evaluate import success_table

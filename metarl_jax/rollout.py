@@ -113,8 +113,7 @@ def prefill_block(budget: ContextBudget, action_len: int, prefix_len: int, per_t
     """Tokens per prefill call: the least of :data:`PREFILL_BLOCKS` that holds an ordinary turn's chunk (the
     previous action's forced tail, ``per_turn`` chat tokens, ``budget.step_len`` of game text, the forced action
     prefix), else the largest. One call then covers such a turn; longer chunks (an opening, an episode
-    boundary) take more calls on their rows only. One-word feedback then prefills 8 tokens a turn instead of 32
-    (the default run's -hard rollout ran ~25% faster)."""
+    boundary) take more calls on their rows only: one-word feedback prefills 8 tokens a turn instead of 32."""
     if not budget.step_len:  # unknown
         return PREFILL_BLOCKS[-1]
     ordinary = (0 if free else action_len - prefix_len) + per_turn + budget.step_len + prefix_len
@@ -636,7 +635,7 @@ def teacher_forced(graphdef, model_state, transcript: Transcript, table, tempera
 
 
 # A teacher-forced pass covers context_len / d slots for the smallest d that fits. Each bucket is a forward and
-# backward pass to compile (~8 s for the default run on 2 cores); a quarter-context bucket was never chosen there.
+# backward pass to compile, so there are only two.
 PREFIX_BUCKETS = (2, 1)
 
 

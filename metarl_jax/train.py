@@ -56,6 +56,7 @@ from flax import nnx
 
 from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
+from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, make_evaluator, render_samples,
                                  success_table)
@@ -103,17 +104,13 @@ def build_model(config, tokenizer):
 
 
 def build_schedule(config) -> optax.ScalarOrSchedule:
-    """The learning rate of :func:`build_optimizer`'s adamw: a linear warm-up from 0 over ``warmup_steps`` updates
-    (an optax schedule: update count -> rate), or the constant ``learning_rate`` without warm-up."""
-    o = config.optimizer
-    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else o.learning_rate
+    """The learning rate of :func:`build_optimizer` (:func:`metarl_jax.algos.optim.make_schedule`)."""
+    return make_schedule(config.optimizer.learning_rate, config.optimizer.warmup_steps)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
-    o = config.optimizer
-    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
-    parts.append(optax.adamw(build_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
-    return optax.chain(*parts)
+    """:func:`metarl_jax.algos.optim.make_optimizer` with ``config.optimizer``'s fields."""
+    return make_optimizer(**config.optimizer)
 
 
 def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
@@ -165,19 +162,22 @@ def build_run(config) -> Run:
     train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
     optimizer, schedule = build_optimizer(config), build_schedule(config)
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
-    hyper = GRPOHyper(
-        num_tasks=config.num_tasks, group_size=config.group_size, temperature=config.temperature, top_p=config.top_p,
-        clip_low=config.clip_low, clip_high=config.clip_high, dual_clip=config.dual_clip,
-        advantage_std_ddof=config.advantage_std_ddof, kl_coef=config.kl_coef, entropy_coef=config.entropy_coef,
-        policy_coef=config.policy_coef, observation_coef=config.observation_coef,
-        answer_coef=config.answer_coef, answer_from=config.answer_from, update_epochs=config.update_epochs,
-        gamma_step=config.gamma_step if config.discount else None, gamma_traj=config.gamma_traj if config.discount else None,
-        num_episodes_logged=config.num_episodes_reported, truncated_return=config.truncated_return,
-        task_sampling=config.task_sampling, order_seed=config.seed,
-        inject_nan_step=config.inject_nan_step, inject_nan_count=config.inject_nan_count,
-        rollout_rows=micro.rollout, update_rows=micro.update,
-    )
+    hyper = hyper_from_config(config, micro)
     return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro)
+
+
+def hyper_from_config(config, micro: MicroBatches | None = None) -> GRPOHyper:
+    """The step's :class:`GRPOHyper`: each of its fields from the config field of the same name, except the
+    discount (``gamma_step`` / ``gamma_traj`` only with ``config.discount``), ``order_seed`` (``config.seed``),
+    ``num_episodes_logged`` (``config.num_episodes_reported``) and the micro-batch rows (``micro``'s, the planned ones;
+    without it, the config's)."""
+    derived = dict(gamma_step=config.gamma_step if config.discount else None,
+                   gamma_traj=config.gamma_traj if config.discount else None, order_seed=config.seed,
+                   num_episodes_logged=config.num_episodes_reported,
+                   rollout_rows=micro.rollout if micro else config.rollout_rows,
+                   update_rows=micro.update if micro else config.update_rows)
+    named = {f.name: config[f.name] for f in dataclasses.fields(GRPOHyper) if f.name not in derived}
+    return GRPOHyper(**named, **derived)
 
 
 def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks) -> MicroBatches:

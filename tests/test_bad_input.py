@@ -193,6 +193,11 @@ CASES = [
     Case("answer loss with free decoding", checked(answer_coef=1.0, decoding="free"),
          ConfigError, r"config\.answer_coef: needs decoding='constrained'"),
     # ---- choices, booleans, strings, unknown fields
+    Case("the removed variant field", checked(variant="single"),
+         ConfigError, r"config\.variant: is no longer a config field: the variant is the config file's argument "
+                      r"\(--config=configs/default\.py:single"),
+    Case("unknown config variant", lambda ctx: tiny.get_config("singel"),
+         ValueError, r"unknown config variant 'singel'; choose one of \['orbit', 'single', 'compare'\]"),
     Case("bad decoding", checked(decoding="beam"),
          ConfigError, r"config\.decoding: must be 'constrained' or 'free' \(.*\), got 'beam'"),
     Case("bad thinking", checked(thinking="drop"),

@@ -22,7 +22,7 @@ def test_train_step_compiles_once_and_updates():
     ]
     graphdef, model_state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     optimizer = optax.adam(1e-3)
-    hp = GRPOHyper(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1, answer_coef=0.5)
+    hp = GRPOHyper.orbit(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1, answer_coef=0.5, answer_from="task")
     train_step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, tasks, optimizer, hp), n=1), donate_argnums=0)
     state = init_train_state(model_state, optimizer, keep_reference=True)
     before = jax.tree.map(np.asarray, state.params)
@@ -63,22 +63,22 @@ class _Transcript:
 def test_turn_advantages_plain_and_discounted():
     # Two rollouts of one task: returns 2 and 0.
     tr = _Transcript([[1, 0, 1], [0, 0, 0]], [[1, 0, 1], [0, 0, 1]])
-    plain = np.asarray(turn_advantages(tr, 2, GRPOHyper(group_size=2)))
+    plain = np.asarray(turn_advantages(tr, 2, GRPOHyper.orbit(group_size=2)))
     np.testing.assert_allclose(plain, [[1, 1, 1], [-1, -1, -1]], atol=1e-5)
-    disc = np.asarray(turn_advantages(tr, 2, GRPOHyper(group_size=2, gamma_step=0.5, gamma_traj=0.25)))
+    disc = np.asarray(turn_advantages(tr, 2, GRPOHyper.orbit(group_size=2, gamma_step=0.5, gamma_traj=0.25)))
     # Row 0 return-to-go: t2 = 1; t1 = 0 + 0.5 * 1 = 0.5; t0 = 1 + 0.25 * 0.5 = 1.125 (t0 ends an episode). Row 1: 0.
     # Normalised over the group at each turn: +1 where row 0 is above, -1 for row 1.
     np.testing.assert_allclose(disc, [[1, 1, 1], [-1, -1, -1]], atol=1e-4)
     equal = _Transcript([[1, 0], [1, 0]], [[1, 0], [1, 0]])
-    np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper(group_size=2))), 0.0)
+    np.testing.assert_allclose(np.asarray(turn_advantages(equal, 2, GRPOHyper.orbit(group_size=2))), 0.0)
 
 
 def test_truncated_trials_return_zero_in_orbits_mode():
     """Row 1 earned 1 before its context filled up: kept, it ties row 0; with truncated_return="zero" (ORBIT) its
     return is 0, below row 0's, and row 2's (0, not truncated) equals it."""
     tr = _Transcript([[1, 0], [1, 0], [0, 0], [0, 0]], [[1, 0]] * 4, truncated=[False, True, False, False])
-    keep = np.asarray(turn_advantages(tr, 4, GRPOHyper(group_size=4)))[:, 0]
-    zero = np.asarray(turn_advantages(tr, 4, GRPOHyper(group_size=4, truncated_return="zero")))[:, 0]
+    keep = np.asarray(turn_advantages(tr, 4, GRPOHyper.orbit(group_size=4)))[:, 0]
+    zero = np.asarray(turn_advantages(tr, 4, GRPOHyper.orbit(group_size=4, truncated_return="zero")))[:, 0]
     np.testing.assert_allclose(keep, [1, 1, -1, -1], atol=1e-5)
     np.testing.assert_allclose(zero, np.array([3, -1, -1, -1]) / np.sqrt(3), atol=1e-5)
 
@@ -109,7 +109,7 @@ def test_meta_learner_objects_train_and_evaluate():
                         num_tasks=8, intro=False)]
     graphdef, params = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     learner = metarl_jax.InContextLearner(graphdef, params)
-    meta = metarl_jax.CrossEpisodeMetaLearner(learner, tasks, optax.adam(1e-2), GRPOHyper(num_tasks=2, group_size=4))
+    meta = metarl_jax.CrossEpisodeMetaLearner(learner, tasks, optax.adam(1e-2), GRPOHyper.orbit(num_tasks=2, group_size=4))
     state = meta.init_state()
     for i in range(3):
         state, metrics = meta.step(state, jax.random.PRNGKey(i))
@@ -132,7 +132,7 @@ def test_update_epochs_reuse_the_batch():
     results = {}
     for epochs in (1, 2):
         chex.clear_trace_counter()  # chex counts traces per code location: each epochs setting is a new step
-        hp = GRPOHyper(num_tasks=2, group_size=4, update_epochs=epochs)
+        hp = GRPOHyper.orbit(num_tasks=2, group_size=4, update_epochs=epochs)
         step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, tasks, optimizer, hp), n=1))
         state = init_train_state(model_state, optimizer)
         for i in range(3):  # the first key whose groups give a gradient
@@ -160,7 +160,7 @@ def test_update_epochs_reuse_the_batch():
 
     # policy_coef=0 switches the policy gradient off: on the same batch, whose groups gave a gradient above,
     # no other term is on, so nothing moves.
-    off = jax.jit(make_train_step(graphdef, tasks, optimizer, GRPOHyper(num_tasks=2, group_size=4, policy_coef=0.0)))
+    off = jax.jit(make_train_step(graphdef, tasks, optimizer, GRPOHyper.orbit(num_tasks=2, group_size=4, policy_coef=0.0)))
     still, metrics = off(init_train_state(model_state, optimizer), jax.random.PRNGKey(i1))
     assert float(metrics["grad_norm"]) == 0.0 and float(metrics["loss"]) == 0.0
     assert all(np.array_equal(np.asarray(a), np.asarray(s)) for a, s in zip(jax.tree.leaves(still.params), start))

@@ -81,7 +81,7 @@ def bandit():
 
 
 def make_step(task, graphdef, lr):
-    hp = GRPOHyper(num_tasks=1, group_size=GROUP, temperature=1.0, top_p=1.0)
+    hp = GRPOHyper.orbit(num_tasks=1, group_size=GROUP, temperature=1.0, top_p=1.0)
     optimizer = optax.sgd(lr)
     return optimizer, jax.jit(make_train_step(graphdef, [task], optimizer, hp))
 

@@ -44,7 +44,7 @@ def recorded():
                                          task.budget, task.context_len, 1.0, 1.0))(params, jax.random.PRNGKey(2), trials)
     noise = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(4), x.shape, x.dtype), params)
     scored = jax.jit(lambda p: teacher_forced(graphdef, p, tr, task.table, 1.0, 1.0))(noise)
-    adv = turn_advantages(tr, GROUP, GRPOHyper(num_tasks=TASKS, group_size=GROUP))
+    adv = turn_advantages(tr, GROUP, GRPOHyper.orbit(num_tasks=TASKS, group_size=GROUP))
     return tr, np.asarray(adv), np.asarray(scored.logp)
 
 
@@ -97,7 +97,7 @@ def test_advantages_match_the_reference(recorded):
 def test_sample_std_advantages_match_the_reference(recorded):
     """ORBIT's advantage (verl: torch.std, the sample std) on the recorded batch."""
     tr, adv, _ = recorded
-    sample = np.asarray(turn_advantages(tr, GROUP, GRPOHyper(num_tasks=TASKS, group_size=GROUP, advantage_std_ddof=1)))
+    sample = np.asarray(turn_advantages(tr, GROUP, GRPOHyper.orbit(num_tasks=TASKS, group_size=GROUP, advantage_std_ddof=1)))
     returns = np.asarray(tr.rewards).sum(axis=1)
     np.testing.assert_allclose(sample, np.broadcast_to(reference_advantages(returns, GROUP, ddof=1)[:, None], adv.shape),
                                atol=1e-6, rtol=0)

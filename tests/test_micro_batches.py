@@ -131,7 +131,7 @@ def test_accumulated_gradients_equal_the_whole_batch():
     base = dict(num_tasks=2, group_size=4, entropy_coef=0.01, kl_coef=0.1, observation_coef=1.0, answer_coef=0.5)
     results = []
     for rows in (0, 2):
-        hp = GRPOHyper(**base, rollout_rows=rows, update_rows=rows)
+        hp = GRPOHyper.orbit(**base, answer_from="task", rollout_rows=rows, update_rows=rows)
         step = jax.jit(make_train_step(graphdef, [task], optimizer, hp))
         state = init_train_state(jax.tree.map(jnp.copy, params), optimizer, keep_reference=True)
         results.append(step(state, jax.random.PRNGKey(3)))

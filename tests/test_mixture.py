@@ -93,7 +93,7 @@ def test_train_step_over_a_mixture_logs_every_game(mix):
     tok, tasks, m = mix
     graphdef, params = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     optimizer = optax.adam(1e-3)
-    hp = GRPOHyper(num_tasks=6, group_size=2, observation_coef=1.0)
+    hp = GRPOHyper.orbit(num_tasks=6, group_size=2, observation_coef=1.0)
     step = jax.jit(make_train_step(graphdef, [m], optimizer, hp))
     state, metrics = step(init_train_state(params, optimizer), jax.random.PRNGKey(0))
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

@@ -69,9 +69,11 @@ PER_EPOCH_KEYS = ("approx_kl", "clip_fraction", "ratio_mean")
 
 @dataclasses.dataclass(frozen=True)
 class GRPOHyper:
-    """Hyperparameters of the step (ORBIT's values where it has them)."""
+    """Hyperparameters of the step. The defaults are the README main run's (``configs/default.py``: ORBIT's values
+    where it has them, plus LaMer's discount and the two auxiliary losses a from-scratch model needs);
+    :meth:`orbit` gives ORBIT's loss alone."""
 
-    num_tasks: int = 8  # tasks per env (or per mixture of games) per step
+    num_tasks: int = 4  # tasks per env (or per mixture of games) per step
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
@@ -82,14 +84,14 @@ class GRPOHyper:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     policy_coef: float = 1.0  # weight of the PPO-clip policy-gradient term (0: only the auxiliary losses train)
-    observation_coef: float = 0.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
-    answer_coef: float = 0.0  # auxiliary loss: -log-prob of the task's answer action at every turn (not in ORBIT)
-    # The answer loss's target: "task" (env.answer_action of the row's task: privileged information) or
-    # "hindsight" (the action that won the row's first won episode, from its own transcript; rows that never won
-    # are not scored: rollout.hindsight_answers).
-    answer_from: str = "task"
-    gamma_step: float | None = None  # LaMer discount inside an episode; None: the plain trial return
-    gamma_traj: float | None = None  # LaMer discount across an episode boundary
+    observation_coef: float = 1.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
+    answer_coef: float = 10.0  # auxiliary loss: -log-prob of an answer action at every turn (not in ORBIT)
+    # The answer loss's target: "hindsight" (the action that won the row's first won episode, from its own
+    # transcript; rows that never won are not scored: rollout.hindsight_answers) or "task" (env.answer_action of the
+    # row's task: privileged information).
+    answer_from: str = "hindsight"
+    gamma_step: float | None = 0.95  # LaMer discount inside an episode; None: the plain trial return
+    gamma_traj: float | None = 0.6  # LaMer discount across an episode boundary
     # What a trial whose context filled up returns: "keep" (the rewards it earned before the cut) or "zero" (ORBIT's
     # released code: its return is 0; its successes still count in the metrics).
     truncated_return: str = "keep"
@@ -104,6 +106,12 @@ class GRPOHyper:
     update_rows: int = 0  # rows per gradient micro-batch, accumulated (a divisor of num_tasks * group_size; 0: all)
     inject_nan_step: int = -1  # testing: NaN gradients in this step (1-based, as logged; -1: never) ...
     inject_nan_count: int = 1  # ... and the inject_nan_count - 1 steps after it
+
+    @classmethod
+    def orbit(cls, **overrides) -> "GRPOHyper":
+        """ORBIT's loss alone: the PPO-clip policy gradient on each trial's undiscounted return, with no auxiliary
+        loss (``overrides`` set other fields)."""
+        return cls(**{**dict(observation_coef=0.0, answer_coef=0.0, gamma_step=None, gamma_traj=None), **overrides})
 
 
 def episode_success(transcript, num_episodes: int, rows=None) -> jax.Array:

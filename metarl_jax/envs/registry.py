@@ -1,6 +1,6 @@
 """The env registry: ``make(env_id, **overrides) -> (env, params)`` and ``registered()``.
 
-Every id carries ORBIT's per-episode turn limit and trial step cap (DESIGN.md's table), so
+Every id carries ORBIT's per-episode turn limit and trial step cap (the registrations below), so
 ``make_trial(env_id)`` builds the multi-episode trial that the paper uses. The ORBIT ids follow ORBIT's rules;
 the ``variant`` ids keep this library's earlier rules of some of those games under their own names (each
 env module's docstring describes its variant).

@@ -185,8 +185,8 @@ def take_token(x, index):
 
 QUERY_BLOCK = 64
 # Cached attention covers the first i/N of the slots, the least i that holds every query: N = 16, or up to 32
-# for a long cache so that a bucket spans at most ~128 slots (each bucket is a branch to compile; the batch-256
-# GuessTheNumber-hard rollout over 4,735 slots ran ~8% faster with 32, for ~9 s more compile).
+# for a long cache so that a bucket spans at most ~128 slots. Each bucket is a branch to compile: more buckets
+# read fewer idle slots and compile longer (the measurement: benchmarks/RESULTS.md, "Constants of the code").
 CACHE_BUCKETS = 16
 MAX_CACHE_BUCKETS = 32
 BUCKET_SLOTS = 128
@@ -201,9 +201,7 @@ def cache_prefix_sizes(slots: int) -> list[int]:
 # Rows per chunk of cached attention on CPU, and the independent parts each chunk is split into. The whole
 # batch's scores [B, H, T, n] would stream through memory on every pass of the softmax; a chunk's stay in the
 # cache. One chunk's ops form a chain of small ops that each run on one core; two independent chains keep both
-# cores of a 2-core machine busy. The GuessTheNumber-hard rollout of benchmarks/rollout_throughput.py at batch
-# 256, 2 cores: 2.25 s in chunks of 4 rows, 2.23 s in chunks of 8, 2.03 s in chunks of 8 split in 2 (the
-# whole batch at once: 4.7 s; one 32-token call of 64 rows over 836 slots took 48 ms a layer, 11 ms in chunks).
+# cores of a 2-core machine busy (the measurement: benchmarks/RESULTS.md, "Constants of the code").
 CPU_CACHE_ROW_CHUNK = 8
 CPU_CACHE_CHAINS = 2
 
