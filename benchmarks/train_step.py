@@ -9,7 +9,7 @@
 
 Setup: ``configs/default.py`` (the README main run: compact trial text, constrained decoding, GRPO with the
 observation loss, AdamW) with one training env (``--env``), ``--preset`` model, built by
-``metarl_jax.train.build_run`` and stepped by ``metarl_jax.algos.grpo.make_train_step`` under ``jax.jit``
+``metarl_jax.build.build_run`` and stepped by ``metarl_jax.algos.grpo.make_train_step`` under ``jax.jit``
 (state donated), exactly as ``train_and_evaluate`` runs it. Three sweeps around a base config of
 ``--base-tasks`` tasks x ``--group-size`` rows, ``--base-episodes`` episodes per trial, and the context
 ``ctx(k)`` that holds a k-episode trial (the opening plus ``turns * k`` steps of one observation and one action,
@@ -79,10 +79,10 @@ from flax import nnx  # noqa: E402
 from _peer import bench_meta  # noqa: E402
 from model_flops import measure_peak, xla_flops  # noqa: E402
 
-from metarl_jax import train  # noqa: E402
+from metarl_jax import build  # noqa: E402
 from metarl_jax.algos import grpo  # noqa: E402
 from metarl_jax.configs.default import get_config, task  # noqa: E402
-from metarl_jax.models.transformer import query_blocks  # noqa: E402
+from metarl_jax.models.attention import query_blocks  # noqa: E402
 from metarl_jax.rollout import prefix_sizes, rollout  # noqa: E402
 
 
@@ -231,7 +231,7 @@ def memory_figures(compiled) -> dict:
 
 def measure(args, num_tasks: int, episodes: int, context_len: int, peak_fps: float) -> dict:
     config = make_config(args, num_tasks, episodes, context_len)
-    run = train.build_run(config)
+    run = build.build_run(config)
     cfg = nnx.merge(run.graphdef, run.model_state).config
     hp = run.hyper
     rows = hp.num_tasks * hp.group_size

@@ -25,7 +25,7 @@ from metarl_jax.models.transformer import remat_group_size
 # measured on CPU from XLA's temporary buffers of the tiny preset's update (16 tasks x 8 rows of
 # BernoulliBandit-misc: 7.1 GB at 1,541 tokens, 3.5 GB at 770 tokens and at 8 x 8 rows, so linear in rows x
 # tokens), float32. The attention's scores are recomputed in the backward pass
-# (models.transformer.causal_attention), so nothing grows with the square of the context.
+# (models.attention.causal_attention), so nothing grows with the square of the context.
 UPDATE_BYTES_PER_TOKEN_UNIT = 70
 # Share of the budget the planner fills: XLA's own buffers, fragmentation and the rest of the step.
 USABLE_SHARE = 0.85
@@ -98,7 +98,7 @@ def largest_rows(batch: int, bytes_per_row: int, available: float, multiple: int
     return max(fitting) if fitting else min(options)
 
 
-def plan_micro_batches(model_config, train_tasks, eval_tasks, rows: int, eval_rows: int, budget_bytes: int,
+def plan_micro_batches(model_config, train_tasks, eval_tasks, rows: int, eval_rows: int, *, budget_bytes: int,
                        state_bytes: int, cache_dtype, data_devices: int = 1, remat: str = "none") -> MicroBatches:
     """Rows per rollout, update and evaluation micro-batch that fit ``budget_bytes`` per device.
 

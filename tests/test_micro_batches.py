@@ -165,7 +165,8 @@ def test_memory_plan_fits_the_budget():
     one_row = memory.kv_cache_bytes(qwen, 1, 32768, "bfloat16")
     assert 3.5e9 < one_row < 4e9  # 28 layers x 2 x 8 heads x 128 x 2 bytes x 32,768 slots
     state = 2_000_000_000 * 12  # float32 weights and two Adam moments
-    plan = memory.plan_micro_batches(qwen, [task], [task], 256, 256, 141 * 10**9, state, "bfloat16", remat="full")
+    plan = memory.plan_micro_batches(qwen, [task], [task], 256, 256, budget_bytes=141 * 10**9, state_bytes=state,
+                                     cache_dtype="bfloat16", remat="full")
     assert plan.fits and 1 <= plan.rollout < 256 and 1 <= plan.update < 256
     for rows, per_row in ((plan.rollout, memory.rollout_bytes_per_row(qwen, task, "bfloat16")),
                           (plan.update, memory.update_activation_bytes(qwen, [task], 1, "full", "bfloat16"))):

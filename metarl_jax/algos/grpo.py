@@ -287,8 +287,9 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             flat = lambda x: x.reshape(rows, turns * act_len)
             mask = flat(tr.action_mask)
             tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
-            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high,
-                                    num_sequences=total.sequences, num_tokens=total.tokens, dual_clip=hp.dual_clip)
+            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, clip_low=hp.clip_low,
+                                    clip_high=hp.clip_high, num_sequences=total.sequences, num_tokens=total.tokens,
+                                    dual_clip=hp.dual_clip)
             m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
             loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
