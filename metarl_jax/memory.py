@@ -4,7 +4,7 @@ The compiled step plays every env's ``num_tasks * group_size`` rows and differen
 ORBIT's scale neither fits at once: one Qwen3-1.7B row of a 32,768-token context holds 3.7 GB of bfloat16 KV
 cache, and its update keeps every layer's activations for 32,768 tokens. :func:`plan_micro_batches` picks,
 from a memory budget (``config.memory_budget_gb``; default the device's memory), the largest row micro-batches
-of the rollout (:func:`metarl_jax.rollout.rollout`'s ``rows_per_chunk``) and of the update
+of the rollout (:func:`metarl_jax.agents.rollout.rollout`'s ``rows_per_chunk``) and of the update
 (``GRPOHyper.update_rows``, accumulated gradients) whose estimated bytes fit beside the train state. The
 estimates are rough (see the constants); ``config.rollout_rows`` / ``config.update_rows`` override them, and
 the AOT memory analysis of ``benchmarks/paper_scale.py`` gives XLA's own figure.

@@ -14,7 +14,7 @@ LAYERS = [
     ("envs", r"metarl_jax\.envs(\..*)?"),
     ("text", r"metarl_jax\.text(\..*)?"),
     ("models", r"metarl_jax\.models(\..*)?"),
-    ("agents", r"metarl_jax\.(agents(\..*)?|tasks|rollout|memory)"),
+    ("agents", r"metarl_jax\.(agents(\..*)?|tasks|memory)"),
     ("online baselines", r"metarl_jax\.baselines(\.(online|bandits|hypotheses|tabular))?"),
     ("algos", r"metarl_jax\.(algos(\..*)?|config_check|checkpoints)"),
     ("evaluate", r"metarl_jax\.evaluate"),

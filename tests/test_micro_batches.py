@@ -12,10 +12,12 @@ from flax import nnx
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.agents.sampler import Sampling
 from metarl_jax.algos.grpo import GRPOHyper, accumulate_over_rows, init_train_state, make_train_step
+from metarl_jax.algos.scoring import teacher_forced
 from metarl_jax.models import Transformer, preset
 from metarl_jax.models.sampling import chunked_logp_entropy, process_logits
-from metarl_jax.rollout import rollout, teacher_forced
 from metarl_jax.tasks import build_task
 from metarl_jax.text import Codec, WordTokenizer
 
@@ -64,8 +66,9 @@ def _play(free_tokens: int, rows_per_chunk: int, env_id="game:GuessTheNumber-v0-
     budget = context_budget(env, codec, free_tokens or table.max_len)
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    tr = jax.jit(lambda st, key: rollout(graphdef, st, env, params, codec, table, key, trials, budget,
-                                         budget.worst_case, temperature=0.9, free_tokens=free_tokens,
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget,
+                       context_len=budget.worst_case, free_tokens=free_tokens)
+    tr = jax.jit(lambda st, key: rollout(graphdef, st, spec, key, trials, Sampling(temperature=0.9),
                                          rows_per_chunk=rows_per_chunk))(state, jax.random.PRNGKey(1))
     return dict(tr=tr, graphdef=graphdef, state=state, table=table, tok=tok, free=free_tokens > 0)
 

@@ -146,7 +146,7 @@ def causal_attention(q, k, v, key_valid, key_until=None):
     of a query without one, a padding token's, is unspecified and gets no gradient through the keys' scores).
     ``key_until`` (int32[B, T], optional): key j is seen only by the queries before token ``key_until[j]`` (a
     key hidden from the later tokens, as stripped thinking is; see ``Transcript.visible_until`` in
-    :mod:`metarl_jax.rollout`); the mask is then ``j <= i < key_until[j]``.
+    :mod:`metarl_jax.agents.rollout`); the mask is then ``j <= i < key_until[j]``.
 
     Computed in query blocks of ``QUERY_BLOCK`` (block i reads keys up to its end only, which skips about half
     of the score matrix; past :data:`MAX_UNROLLED_QUERY_BLOCKS` blocks, a loop over blocks that read keys up to
