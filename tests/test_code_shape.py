@@ -10,6 +10,7 @@ PACKAGE = ROOT / "metarl_jax"
 MAX_LINES = 400
 MAX_POSITIONAL = 8
 
+
 def positional(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     """Parameters that can be passed positionally (``self`` included; ``*args`` not counted)."""
     return len(fn.args.posonlyargs) + len(fn.args.args)
