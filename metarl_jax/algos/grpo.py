@@ -46,6 +46,7 @@ from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to
                                      ppo_clip_loss)
 from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,
                                       teacher_forced_logp)
+from metarl_jax.envs.base import tree_select
 from metarl_jax.models.transformer import with_row_constraint
 
 
@@ -230,11 +231,6 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.stack(flags).all() if flags else jnp.array(True)
 
 
-def select_tree(pred, on_true, on_false):
-    """``on_true`` where the scalar ``pred`` holds, else ``on_false`` (same structure), leaf by leaf."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
                     constrain_rows=None):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
@@ -339,7 +335,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             ok = jnp.isfinite(loss) & tree_all_finite((grads, new_params, new_opt_state))
-            return (select_tree(ok, new_params, params), select_tree(ok, new_opt_state, opt_state),
+            return (tree_select(ok, new_params, params), tree_select(ok, new_opt_state, opt_state),
                     (loss, parts, optax.tree.norm(grads), ~ok))
 
         params, opt_state, (loss, parts, grad_norm, skipped) = update(state.params, state.opt_state)
