@@ -41,7 +41,7 @@ def measure(num_games: int, mixture: bool, rows: int = 4, game: int | None = Non
     trace + lower, compile and first run."""
     import jax
 
-    from metarl_jax import train
+    from metarl_jax import build
     from metarl_jax.configs.tiny import get_config
     from metarl_jax.algos.grpo import init_train_state, make_train_step
 
@@ -51,7 +51,7 @@ def measure(num_games: int, mixture: bool, rows: int = 4, game: int | None = Non
     config.mix_games = mixture
     config.answer_coef = 0.0  # not every game has an answer action
     config.num_tasks = rows // config.group_size  # rows per program: per env (per-game), per mixture (mixture)
-    run = train.build_run(config)
+    run = build.build_run(config)
     state = init_train_state(run.model_state, run.optimizer)
     step = jax.jit(make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper), donate_argnums=0)
     key = jax.random.PRNGKey(0)

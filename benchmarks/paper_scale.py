@@ -17,7 +17,7 @@ The row micro-batches come from ``metarl_jax.memory.plan_micro_batches`` with ``
 are fake CPU devices (``--xla_force_host_platform_device_count``), so the memory figure is XLA's CPU
 compiler's buffer assignment for the partitioned program, an estimate of an accelerator's (whose compiler
 fuses and schedules differently). The program traced is the accelerator's: the CPU-only row chunks of the
-model's attention (``models.transformer.CPU_ROW_CHUNK``, ``CPU_CACHE_ROW_CHUNK``) are turned off.
+model's attention (``models.attention.CPU_ROW_CHUNK``, ``CPU_CACHE_ROW_CHUNK``) are turned off.
 
 Printed and written to ``benchmarks/results/paper_scale.json``: per size and mesh, the peak bytes per device
 (``memory_analysis()``: arguments + outputs + temporaries - aliased), the parts, the chosen micro-batches,
@@ -61,7 +61,7 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
 
     from metarl_jax import memory, sharding
     from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
-    from metarl_jax.models import Transformer, transformer
+    from metarl_jax.models import Transformer, attention
     from metarl_jax.models.config import ModelConfig, qwen3_config_json
     from metarl_jax.tasks import build_mixture, build_task
     from metarl_jax.text import HFTokenizer
@@ -70,7 +70,7 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
 
     # The accelerator's program, not the CPU's: on CPU the model runs attention one chunk of rows at a time (a
     # loop over rows, which also keeps a data-parallel mesh from splitting them); accelerators take the batch.
-    transformer.CPU_ROW_CHUNK = transformer.CPU_CACHE_ROW_CHUNK = 1 << 30
+    attention.CPU_ROW_CHUNK = attention.CPU_CACHE_ROW_CHUNK = 1 << 30
     tok = HFTokenizer(tokenizer_dir)
     raw = qwen3_config_json(size)
     cfg = ModelConfig.from_hf(transformers.Qwen3Config(**{k: v for k, v in raw.items()
@@ -87,8 +87,9 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     rows = args.num_tasks * args.group_size
     data = devices if mode in ("data", "fsdp") else 1
     state_bytes = memory.tree_bytes(state) // (devices if mode in ("fsdp", "tensor") else 1)
-    plan = memory.plan_micro_batches(cfg, [mix], [mix], rows, rows, int(budget_gb * 2**30), state_bytes,
-                                     jnp.bfloat16, data, remat=args.remat)
+    plan = memory.plan_micro_batches(cfg, [mix], [mix], rows, rows, budget_bytes=int(budget_gb * 2**30),
+                                     state_bytes=state_bytes, cache_dtype=jnp.bfloat16, data_devices=data,
+                                     remat=args.remat)
     hp = GRPOHyper.orbit(num_tasks=args.num_tasks, group_size=args.group_size, temperature=0.6, top_p=1.0,
                    rollout_rows=args.rollout_rows or plan.rollout, update_rows=args.update_rows or plan.update)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)

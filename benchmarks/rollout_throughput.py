@@ -13,7 +13,7 @@ each episode), our built-in word tokenizer, constrained decoding of the action t
 (``table.prefix_len`` forced tokens prefilled with the observation, ``table.decide_len`` sampled tokens, the
 rest forced), temperature 1, a from-scratch model of ``--preset`` size with the *same weights* on both sides.
 
-* **Ours**: ``jax.jit`` of task sampling + reset + :func:`metarl_jax.rollout.rollout` (one ``lax.scan`` over
+* **Ours**: ``jax.jit`` of task sampling + reset + :func:`metarl_jax.agents.rollout.rollout` (one ``lax.scan`` over
   the trial's turns; env, rendering and decoding inside it). The KV cache is preallocated at ``context_len``,
   by default the trial's worst case (4450 tokens for GuessTheNumber-hard with ORBIT's text), so nothing
   truncates; each prefill and decode call attends only to the used prefix of the cache, rounded up to one of
@@ -65,9 +65,10 @@ sys.path.insert(0, os.path.dirname(HERE))  # a checkout works without `pip insta
 from _peer import GemTrials, TorchPeer, bench_meta, seed_everything, torch_qwen3_from_ours  # noqa: E402
 from env_throughput import gem_env  # noqa: E402
 
+from metarl_jax.agents.rollout import rollout  # noqa: E402
+from metarl_jax.agents.sampler import Sampling  # noqa: E402
 from metarl_jax.models.config import preset  # noqa: E402
 from metarl_jax.models.transformer import Transformer  # noqa: E402
-from metarl_jax.rollout import rollout  # noqa: E402
 from metarl_jax.tasks import build_task  # noqa: E402
 from metarl_jax.text import WordTokenizer  # noqa: E402
 
@@ -82,8 +83,7 @@ def make_ours(task, graphdef, batch: int, temperature: float, top_p: float):
         picks = jax.random.randint(k_pick, (batch,), 0, task.task_keys.shape[0])
         tasks = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))(task.task_keys[picks])
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks, task.env_params)
-        tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials, task.budget,
-                     task.context_len, temperature, top_p)
+        tr = rollout(graphdef, params, task, k_roll, trials, Sampling(temperature, top_p))
         action_tokens = tr.action_mask.sum()
         return dict(action_tokens=action_tokens, context_tokens=tr.length.sum(), env_steps=(tr.taken & ~tr.reflection).sum(),
                     returns=tr.rewards.sum(1).mean(), truncated=tr.truncated.sum())

@@ -9,7 +9,7 @@
 
 Setup: ``configs/default.py`` (the README main run: compact trial text, constrained decoding, GRPO with the
 observation loss, AdamW) with one training env (``--env``), ``--preset`` model, built by
-``metarl_jax.train.build_run`` and stepped by ``metarl_jax.algos.grpo.make_train_step`` under ``jax.jit``
+``metarl_jax.build.build_run`` and stepped by ``metarl_jax.algos.grpo.make_train_step`` under ``jax.jit``
 (state donated), exactly as ``train_and_evaluate`` runs it. Three sweeps around a base config of
 ``--base-tasks`` tasks x ``--group-size`` rows, ``--base-episodes`` episodes per trial, and the context
 ``ctx(k)`` that holds a k-episode trial (the opening plus ``turns * k`` steps of one observation and one action,
@@ -31,7 +31,7 @@ peak, and peak memory.
 FLOPs are counted **analytically** (the fractions use this count; XLA's ``cost_analysis()`` of the compiled
 update is printed next to it as a cross-check only: it counts a ``lax.switch``'s branches and loop bodies in
 its own way). Multiply-add = 2 FLOPs, with B rows, S context slots, n = the prefix the teacher-forced pass runs
-over (the smallest of S/2, S that holds the longest row, as ``rollout.on_used_prefix`` picks it), T turns,
+over (the smallest of S/2, S that holds the longest row, as ``scoring.on_used_prefix`` picks it), T turns,
 L action tokens, K observation sub-vocabulary, and the model sizes of ``benchmarks/model_flops.py``::
 
     projections = 2 * B*n * layers * (D*H*E + 2*D*K_h*E + H*E*D + 3*D*F)
@@ -79,11 +79,13 @@ from flax import nnx  # noqa: E402
 from _peer import bench_meta  # noqa: E402
 from model_flops import measure_peak, xla_flops  # noqa: E402
 
-from metarl_jax import train  # noqa: E402
+from metarl_jax import build  # noqa: E402
+from metarl_jax.agents.rollout import rollout  # noqa: E402
+from metarl_jax.agents.sampler import Sampling  # noqa: E402
 from metarl_jax.algos import grpo  # noqa: E402
+from metarl_jax.algos.scoring import prefix_sizes  # noqa: E402
 from metarl_jax.configs.default import get_config, task  # noqa: E402
-from metarl_jax.models.transformer import query_blocks  # noqa: E402
-from metarl_jax.rollout import prefix_sizes, rollout  # noqa: E402
+from metarl_jax.models.attention import query_blocks  # noqa: E402
 
 
 # ---------------------------------------------------------------- configs
@@ -137,8 +139,7 @@ def play_fn(run, hp):
         tasks = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), tasks)
         batch = hp.num_tasks * g
         _, trials = jax.vmap(t.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks, t.env_params)
-        return rollout(run.graphdef, params, t.env, t.env_params, t.codec, t.table, k_roll, trials, t.budget,
-                       t.context_len, hp.temperature, hp.top_p, t.free_tokens, t.chat)
+        return rollout(run.graphdef, params, t, k_roll, trials, Sampling(hp.temperature, hp.top_p))
 
     return play
 
@@ -231,7 +232,7 @@ def memory_figures(compiled) -> dict:
 
 def measure(args, num_tasks: int, episodes: int, context_len: int, peak_fps: float) -> dict:
     config = make_config(args, num_tasks, episodes, context_len)
-    run = train.build_run(config)
+    run = build.build_run(config)
     cfg = nnx.merge(run.graphdef, run.model_state).config
     hp = run.hyper
     rows = hp.num_tasks * hp.group_size

@@ -170,7 +170,7 @@ config.num_episodes_reported = NUM_EPISODES
 config.eval_trials = 32
 config.num_steps, config.eval_every, config.checkpoint_every = 5, 0, 5
 workdir = tempfile.mkdtemp(prefix="metarl_quickstart_")
-lm_rows = train_and_evaluate(config, workdir, label="tiny LM (5 steps)", quiet=True)
+lm_rows = train_and_evaluate(config, workdir, label="tiny LM (5 steps)", quiet=True).rows
 print(success_table(lm_rows))
 print(sorted(os.listdir(workdir)))"""),
     ("md", """\

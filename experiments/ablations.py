@@ -31,7 +31,7 @@ import re
 
 from common import REPO, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
 
-from metarl_jax import train
+from metarl_jax import build, train
 from metarl_jax.configs.default import get_config
 
 
@@ -115,14 +115,14 @@ def main(argv=None) -> int:
             c.seed, c.eval_every = seed, 0
             c.num_steps = steps or c.num_steps
             edit(c)
-            train.build_run(c)
+            build.build_run(c)
             configs[variant, seed] = c
     name = "ablations" if args.table == "ingredients" else "mechanism"  # the ingredients table keeps its old name
     per_seed: dict[int, list] = {seed: [] for seed in seeds}
     for (variant, seed), c in configs.items():
         print(f"== {variant}, seed {seed}", flush=True)
         workdir = os.path.join(args.out, "runs", name, slug(variant) + (f"/seed{seed}" if len(seeds) > 1 else ""))
-        evaluated = train.train_and_evaluate(c, workdir, label=variant)
+        evaluated = train.train_and_evaluate(c, workdir, label=variant).rows
         per_seed[seed] += [dataclasses.replace(r, policy=variant) for r in evaluated]  # a reused run keeps its own label
     if args.table == "mechanism":  # random play on the same held-out envs, once per seed
         main = get_config("orbit")

@@ -21,7 +21,7 @@ import os
 from common import REPO, write_table  # experiments/ is on sys.path
 from table_in_context_learning import paper_config
 
-from metarl_jax import train
+from metarl_jax import build, train
 from metarl_jax.configs.default import get_config
 
 CPU_SIZES = {  # ModelConfig overrides of the "tiny" preset
@@ -51,11 +51,12 @@ def main(argv=None) -> int:
             parser.error("--scale paper needs --pretrained_dirs (local Qwen3 directories; nothing is downloaded)")
         configs = {os.path.basename(d.rstrip("/")): paper_config("orbit", d) for d in dirs}
     for c in configs.values():
-        train.build_run(c)  # check every config before training
+        build.build_run(c)  # check every config before training
     rows, gains = [], []
     for name, c in configs.items():
         print(f"== {name}", flush=True)
-        for r in train.train_and_evaluate(c, os.path.join(args.out, "runs", f"scaling_{args.scale}", name), label=name):
+        run_dir = os.path.join(args.out, "runs", f"scaling_{args.scale}", name)
+        for r in train.train_and_evaluate(c, run_dir, label=name).rows:
             rows.append(r)
             gains.append(f"{name:>12} {r.env_id:<32} episode 3 - episode 1 = {r.episode_rates[-1] - r.episode_rates[0]:+.3f}")
     print(write_table(rows, args.out, f"scaling_{args.scale}", f"ORBIT gain vs model size ({args.scale} scale)"))

@@ -33,7 +33,7 @@ import jax
 
 from common import REPO, play_policy_rows, write_table  # experiments/ is on sys.path
 
-from metarl_jax import train
+from metarl_jax import build, train
 from metarl_jax.configs.default import get_config
 from metarl_jax.configs.paper import get_config as get_paper_config
 from metarl_jax.evaluate import add_regret, make_evaluator, summarize, summarize_eval
@@ -61,7 +61,7 @@ def lm_rows(config, out_dir: str, log=print) -> list:
         if reflection:
             for t in c.eval_tasks:  # room for the reflection turns
                 t.context_len = int(t.context_len * 1.5) if t.context_len else 0
-        run = train.build_run(c)
+        run = build.build_run(c)
         evaluator = make_evaluator(run.graphdef, run.eval_tasks, c.eval_temperature, c.eval_top_p)
         log(f"  {label} (no training)")
         played = jax.device_get(evaluator(run.model_state, jax.random.PRNGKey(c.seed + 1)))
@@ -70,18 +70,19 @@ def lm_rows(config, out_dir: str, log=print) -> list:
         c = config.copy_and_resolve_references()
         c.single_episode = single
         log(f"  {label}: {c.num_steps} GRPO steps")
-        rows += train.train_and_evaluate(c, os.path.join(out_dir, "single_episode" if single else "orbit"), label=label)
+        rows += train.train_and_evaluate(c, os.path.join(out_dir, "single_episode" if single else "orbit"),
+                                         label=label).rows
     return rows
 
 
 def rl2_rows(entries, num_trials: int, num_episodes: int, updates: int, seed: int, log=print) -> list:
     """RL^2 rows: a GRU policy trained with PPO on each env's multi-episode trials."""
-    from metarl_jax.baselines import rl2
+    from metarl_jax.baselines import rl2, rl2_train
 
     rows = []
     for entry in entries:
         log(f"  RL^2 on {entry['env_id']}: {updates} PPO updates")
-        model, _ = rl2.train_rl2(entry["env_id"], jax.random.PRNGKey(seed), num_updates=updates,
+        model, _ = rl2_train.train_rl2(entry["env_id"], jax.random.PRNGKey(seed), num_updates=updates,
                                  max_turns_per_episode=entry["max_turns_per_episode"],
                                  total_step_cap=entry["total_step_cap"], log=lambda *a: None)
         played = rl2.evaluate_rl2(model, entry["env_id"], jax.random.PRNGKey(seed + 1), num_trials, num_episodes,
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     if args.scale == "paper" and not args.pretrained_dir:
         parser.error("--scale paper needs --pretrained_dir (a local Qwen3 directory; nothing is downloaded)")
     config = cpu_config("orbit") if args.scale == "cpu" else paper_config("orbit", args.pretrained_dir)
-    train.build_run(config)  # check the config before anything runs
+    build.build_run(config)  # check the config before anything runs
     entries = [dict(e) for e in config.eval_tasks]
     n, k = config.eval_trials, config.num_episodes_reported
     t0 = time.time()

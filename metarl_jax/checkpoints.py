@@ -332,5 +332,12 @@ class Checkpointer:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        """Closes; when the block raised, a failure to close is a warning, so the block's error is the one reported."""
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001 -- the block's own error matters more
+            warnings.warn(f"closing the checkpointer of {self.directory} after an error failed too: {e}", stacklevel=2)

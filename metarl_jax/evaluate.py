@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.rollout import rollout
+from metarl_jax.agents.rollout import rollout
+from metarl_jax.agents.sampler import Sampling
 from metarl_jax.tasks import TaskSpec
 
 
@@ -258,7 +259,7 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
     sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
     tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
     ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
-    (:func:`metarl_jax.rollout.rollout`)."""
+    (:func:`metarl_jax.agents.rollout.rollout`)."""
 
     def with_samples(played):
         """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
@@ -275,9 +276,7 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
             games = task.task_keys.game if task.games else None
-            tr = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll, trials,
-                         task.budget, task.context_len, temperature, top_p, task.free_tokens, task.chat,
-                         rows_per_chunk=rows_per_chunk, **task.decoding,
+            tr = rollout(graphdef, params, task, k_roll, trials, Sampling(temperature, top_p), rows_per_chunk=rows_per_chunk,
                          row_context_len=task.row_context_len(games) if task.games else None)
             moves = tr.taken & ~tr.reflection
             played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),

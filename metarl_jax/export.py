@@ -23,7 +23,7 @@ from metarl_jax.algos.grpo import init_train_state
 from metarl_jax.checkpoints import Checkpointer, check_writable
 from metarl_jax.models.hf_io import save_pretrained
 from metarl_jax.text.tokenizers import load_tokenizer
-from metarl_jax.train import build_model, build_optimizer
+from metarl_jax.build import build_model, build_optimizer
 
 
 def export(workdir: str, out_dir: str, step: int = 0) -> int:

@@ -49,13 +49,13 @@ def run_one(config, workdir: str, label: str | None = None):
 
     if _MODE.value == "evaluate":
         return evaluate_checkpoint(config, workdir, _STEP.value, label=label)
-    return train_and_evaluate(config, workdir, label=label)
+    return train_and_evaluate(config, workdir, label=label).rows
 
 
 def compare(config, workdir: str):
     """Trains (or evaluates) the ORBIT run and the single-episode baseline; returns and writes the comparison."""
     from metarl_jax.evaluate import success_table
-    from metarl_jax.train import build_run
+    from metarl_jax.build import build_run
 
     runs = {}
     for name, single in (("orbit", False), ("single_episode", True)):

@@ -4,7 +4,7 @@ The compiled step plays every env's ``num_tasks * group_size`` rows and differen
 ORBIT's scale neither fits at once: one Qwen3-1.7B row of a 32,768-token context holds 3.7 GB of bfloat16 KV
 cache, and its update keeps every layer's activations for 32,768 tokens. :func:`plan_micro_batches` picks,
 from a memory budget (``config.memory_budget_gb``; default the device's memory), the largest row micro-batches
-of the rollout (:func:`metarl_jax.rollout.rollout`'s ``rows_per_chunk``) and of the update
+of the rollout (:func:`metarl_jax.agents.rollout.rollout`'s ``rows_per_chunk``) and of the update
 (``GRPOHyper.update_rows``, accumulated gradients) whose estimated bytes fit beside the train state. The
 estimates are rough (see the constants); ``config.rollout_rows`` / ``config.update_rows`` override them, and
 the AOT memory analysis of ``benchmarks/paper_scale.py`` gives XLA's own figure.
@@ -25,7 +25,7 @@ from metarl_jax.models.transformer import remat_group_size
 # measured on CPU from XLA's temporary buffers of the tiny preset's update (16 tasks x 8 rows of
 # BernoulliBandit-misc: 7.1 GB at 1,541 tokens, 3.5 GB at 770 tokens and at 8 x 8 rows, so linear in rows x
 # tokens), float32. The attention's scores are recomputed in the backward pass
-# (models.transformer.causal_attention), so nothing grows with the square of the context.
+# (models.attention.causal_attention), so nothing grows with the square of the context.
 UPDATE_BYTES_PER_TOKEN_UNIT = 70
 # Share of the budget the planner fills: XLA's own buffers, fragmentation and the rest of the step.
 USABLE_SHARE = 0.85
@@ -98,7 +98,7 @@ def largest_rows(batch: int, bytes_per_row: int, available: float, multiple: int
     return max(fitting) if fitting else min(options)
 
 
-def plan_micro_batches(model_config, train_tasks, eval_tasks, rows: int, eval_rows: int, budget_bytes: int,
+def plan_micro_batches(model_config, train_tasks, eval_tasks, rows: int, eval_rows: int, *, budget_bytes: int,
                        state_bytes: int, cache_dtype, data_devices: int = 1, remat: str = "none") -> MicroBatches:
     """Rows per rollout, update and evaluation micro-batch that fit ``budget_bytes`` per device.
 

@@ -15,7 +15,6 @@ GuessTheNumber's 50 secrets, the same *secret* can appear in both sets; the tria
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,58 +23,34 @@ import numpy as np
 from metarl_jax import envs
 from metarl_jax.agents.actions import ActionTable
 from metarl_jax.agents.context import ContextBudget, context_budget
+from metarl_jax.agents.rollout import RolloutSpec
 from metarl_jax.envs.mixture import GameMixture, MixtureKey
-from metarl_jax.text.chat import ChatWrap, chat_wrap
+from metarl_jax.text.chat import chat_wrap
 from metarl_jax.text.codec import Codec, MixtureCodec
 
 SPLIT_SALT = {"train": 0, "validation": 1}
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """One env of a task list, ready to roll out.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskSpec(RolloutSpec):
+    """One env of a task list, ready to roll out: a :class:`~metarl_jax.agents.rollout.RolloutSpec` (the env, its
+    codec and action table for the run's tokenizer, the context and the decoding; see its attributes) that also
+    has a name and a task set.
 
     Attributes:
-      name: the env id; env, env_params: the :class:`~metarl_jax.envs.MultiEpisode` env and its params.
-      codec, table: observation renderer and action table for the run's tokenizer.
-      budget: the trial's :class:`~metarl_jax.agents.context.ContextBudget`; context_len: the context size.
-      free_tokens: 0 for constrained decoding, else the free-decoding budget per action (tokens).
-      chat: the chat turn wrapping (:class:`~metarl_jax.text.chat.ChatWrap`), or None for plain text.
-      end_of_turn: free decoding's end-of-turn token id (ORBIT's mode: a turn ends there and its last action text
-        is parsed), or -1 (a turn ends at its first action text).
-      remaining_budget: free decoding lets a turn write up to the context's remaining room (at most
-        ``free_tokens``), as ORBIT does, instead of exactly ``free_tokens``.
-      think_end, think_skip: with earlier thinking stripped, the end-of-thinking token id and the newline token
-        ids dropped after it (see :func:`metarl_jax.rollout.rollout`); -1 and ``()`` keep the thinking.
-      remark_tags, remark_reward: the token sequences of ``<remark>`` and ``</remark>`` (each a tuple of spellings:
-        alone and after a space) and what a free-decoded reflection turn holding both earns (LaMer's variant; ``()``
-        and 0 otherwise).
+      name: the env id.
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
         are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
       games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
     """
 
     name: str
-    env: Any
-    env_params: Any
-    codec: Codec
-    table: ActionTable
-    budget: ContextBudget
-    context_len: int
     task_keys: jax.Array
-    free_tokens: int = 0
-    chat: ChatWrap | None = None
     games: tuple = ()
-    end_of_turn: int = -1
-    remaining_budget: bool = False
-    remark_tags: tuple = ()
-    remark_reward: float = 0.0
-    think_end: int = -1
-    think_skip: tuple = ()
 
     @property
     def decoding(self) -> dict:
-        """The free-decoding keywords of :func:`metarl_jax.rollout.rollout` for this task."""
+        """This task's free-decoding fields (the games of a mixture share them)."""
         return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget,
                     remark_tags=self.remark_tags, remark_reward=self.remark_reward, think_end=self.think_end,
                     think_skip=self.think_skip)
@@ -83,7 +58,7 @@ class TaskSpec:
     @property
     def transcript_len(self) -> int:
         """Slots of a rollout's transcript: the context, plus what stripped thinking may hide (each turn's response
-        stays in the stream; see :func:`metarl_jax.rollout.rollout`)."""
+        stays in the stream; see :class:`~metarl_jax.agents.rollout.RolloutSpec`'s ``think_end``)."""
         return self.context_len + (self.budget.turns * self.free_tokens if self.think_end >= 0 else 0)
 
     @property

@@ -41,180 +41,30 @@ Returns the final evaluation (:class:`metarl_jax.evaluate.SuccessRow` per valida
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import time
 import warnings
+from typing import NamedTuple
 
 import chex
 import jax
-import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from metarl_jax import config_check, sharding
-from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
-from metarl_jax.algos.optim import make_optimizer, make_schedule
+from metarl_jax import sharding
+from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step
+from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label
 from metarl_jax.checkpoints import Checkpointer, check_writable
-from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, make_evaluator, render_samples,
+from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
                                  success_table)
-from metarl_jax.memory import (MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes,
+from metarl_jax.memory import (device_memory_bytes, tree_bytes,
                                warn_if_update_may_not_fit)
 from metarl_jax.metrics_log import MetricsLog, format_postfix, progress, scalar_fields
-from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
 
-@dataclasses.dataclass
-class Run:
-    """Everything a run builds from its config before compiling."""
-
-    tokenizer: object
-    graphdef: object
-    model_state: object
-    train_tasks: list[TaskSpec]
-    eval_tasks: list[TaskSpec]
-    optimizer: optax.GradientTransformation
-    schedule: optax.ScalarOrSchedule  # the optimizer's learning rate (see :func:`build_schedule`)
-    hyper: GRPOHyper
-    micro_batches: MicroBatches
-
-
-def build_model(config, tokenizer):
-    """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset."""
-    if config.model.pretrained_dir:
-        from metarl_jax.models.hf_io import load_pretrained
-
-        model = load_pretrained(config.model.pretrained_dir, dtype=config.model.dtype,
-                                param_dtype=config.model.param_dtype, remat=config.model.remat)
-        if model.config.vocab_size < tokenizer.vocab_size:
-            raise config_check.ConfigError(
-                f"config.model.pretrained_dir: the model's vocabulary ({model.config.vocab_size}) is smaller than the "
-                f"tokenizer's ({tokenizer.vocab_size}); use the tokenizer saved with the model")
-    else:
-        from metarl_jax.models.config import preset
-        from metarl_jax.models.transformer import Transformer
-
-        cfg = preset(config.model.preset, tokenizer.vocab_size)  # overrides were checked by config_check
-        model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed),
-                            param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype),
-                            remat=config.model.remat)
-    return nnx.split(model)
-
-
-def build_schedule(config) -> optax.ScalarOrSchedule:
-    """The learning rate of :func:`build_optimizer` (:func:`metarl_jax.algos.optim.make_schedule`)."""
-    return make_schedule(config.optimizer.learning_rate, config.optimizer.warmup_steps)
-
-
-def build_optimizer(config) -> optax.GradientTransformation:
-    """:func:`metarl_jax.algos.optim.make_optimizer` with ``config.optimizer``'s fields."""
-    return make_optimizer(**config.optimizer)
-
-
-def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
-    """The rate the optimizer's next update uses: ``schedule`` at the update count in ``opt_state`` (optax's
-    ``ScaleByScheduleState.count``, which skipped updates do not advance); a constant rate as is."""
-    if not callable(schedule):
-        return float(schedule)
-    count = optax.tree_utils.tree_get(
-        opt_state, "count", filtering=lambda path, _: getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState")
-    return float(schedule(jax.device_get(count)))
-
-
-def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
-    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
-    ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`)."""
-    entries = config.train_tasks if split == "train" else config.eval_tasks
-    field = "train_tasks" if split == "train" else "eval_tasks"
-    out = []
-    for i, entry in enumerate(entries):
-        entry = dict(entry)
-        own = entry.pop("context_len", 0)
-        ctx = own or config.context_len
-        task = build_task(
-            entry, tokenizer, split="train" if split == "train" else "validation", seed=config.seed,
-            num_tasks=config.train_set_size if split == "train" else config.eval_trials,
-            single_episode=config.single_episode and split == "train", intro=config.intro,
-            repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
-            free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
-            text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
-            lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
-        )
-        if task.free_tokens and task.free_tokens < task.table.max_len:
-            raise config_check.ConfigError(
-                f"config.free_tokens: {task.free_tokens} tokens cannot hold an action of {task.name} "
-                f"({task.table.max_len} tokens); raise it")
-        config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
-                                   config.allow_truncation)
-        out.append(task)
-    return [build_mixture(out, tokenizer)] if config.mix_games and len(out) > 1 else out
-
-
-def build_run(config) -> Run:
-    """Checks the config and builds the run's parts (host side only: nothing is compiled)."""
-    from metarl_jax.text.tokenizers import load_tokenizer
-
-    config_check.check_config(config)
-    tokenizer = load_tokenizer(config.tokenizer)
-    graphdef, model_state = build_model(config, tokenizer)
-    train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
-    optimizer, schedule = build_optimizer(config), build_schedule(config)
-    micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
-    hyper = hyper_from_config(config, micro)
-    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro)
-
-
-def hyper_from_config(config, micro: MicroBatches | None = None) -> GRPOHyper:
-    """The step's :class:`GRPOHyper`: each of its fields from the config field of the same name, except the
-    discount (``gamma_step`` / ``gamma_traj`` only with ``config.discount``), ``order_seed`` (``config.seed``),
-    ``num_episodes_logged`` (``config.num_episodes_reported``) and the micro-batch rows (``micro``'s, the planned ones;
-    without it, the config's)."""
-    derived = dict(gamma_step=config.gamma_step if config.discount else None,
-                   gamma_traj=config.gamma_traj if config.discount else None, order_seed=config.seed,
-                   num_episodes_logged=config.num_episodes_reported,
-                   rollout_rows=micro.rollout if micro else config.rollout_rows,
-                   update_rows=micro.update if micro else config.update_rows)
-    named = {f.name: config[f.name] for f in dataclasses.fields(GRPOHyper) if f.name not in derived}
-    return GRPOHyper(**named, **derived)
-
-
-def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks) -> MicroBatches:
-    """Rows per rollout, update and evaluation micro-batch: ``config.rollout_rows`` / ``update_rows`` where
-    set, the rest from the memory budget (``config.memory_budget_gb``, 0: the device's memory; see
-    :func:`metarl_jax.memory.plan_micro_batches`). Warns when even the smallest micro-batches look too big."""
-    spec = sharding.mesh_spec(config.mesh)
-    data = sharding.mesh_from_config(spec).shape["data"]
-    state = tree_bytes(model_state) * (2 if config.kl_coef > 0 else 1) + tree_bytes(
-        jax.eval_shape(optimizer.init, model_state))
-    if spec.mode == "fsdp":
-        state //= data
-    budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()
-    rows = config.num_tasks * config.group_size
-    plan = plan_micro_batches(model.config, train_tasks, eval_tasks, rows, config.eval_trials, budget, state,
-                              model.dtype, data, remat=config.model.remat)
-    if not plan.fits and not (config.rollout_rows and config.update_rows):
-        warnings.warn(f"the step may not fit in {budget / 2**30:.1f} GiB per device even in micro-batches of "
-                      f"{plan.rollout} rollout and {plan.update} update rows (of {rows}); lower each task's "
-                      "context_len or the model size, raise config.memory_budget_gb if the device has more, or "
-                      "set config.rollout_rows / config.update_rows", stacklevel=3)
-    return dataclasses.replace(plan, rollout=config.rollout_rows or plan.rollout,
-                               update=config.update_rows or plan.update)
-
-
-def run_label(config) -> str:
-    """The default label of a run's rows."""
-    return "single-episode" if config.single_episode else "orbit"
-
-
-def run_evaluator(run: Run, config):
-    """:func:`make_evaluator` of a built run with ``config``'s evaluation settings."""
-    return make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
-                          run.micro_batches.evaluate)
-
-
-def _config_dict(config) -> dict:
+def saved_config_of(config) -> dict:
+    """The config as the JSON dict stored with checkpoints and evaluation reports."""
     return json.loads(config.to_json_best_effort())
 
 
@@ -230,7 +80,7 @@ def write_eval(workdir: str, rows: list[SuccessRow], config, name: str = "eval")
         json.dump([r.as_dict() for r in rows], f, indent=2)
     if name == "eval":
         with open(os.path.join(workdir, EVAL_CONFIG), "w") as f:
-            json.dump(_config_dict(config), f, indent=2, sort_keys=True)
+            json.dump(saved_config_of(config), f, indent=2, sort_keys=True)
 
 
 def finished_eval(workdir: str, config) -> list[SuccessRow] | None:
@@ -238,7 +88,7 @@ def finished_eval(workdir: str, config) -> list[SuccessRow] | None:
     changed since (then the run's final weights are evaluated again)."""
     try:
         with open(os.path.join(workdir, EVAL_CONFIG)) as f:
-            same = json.load(f) == _config_dict(config)
+            same = json.load(f) == saved_config_of(config)
         with open(os.path.join(workdir, "eval.json")) as f:
             return [SuccessRow.from_dict(r) for r in json.load(f)] if same else None
     except FileNotFoundError:
@@ -289,10 +139,19 @@ def timing_metrics(seconds: float | None, tokens: int, elapsed: float, compile_s
     return out
 
 
-def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> list[SuccessRow]:
+class TrainResult(NamedTuple):
+    """What :func:`train_and_evaluate` returns. ``nnx.merge(graphdef, state.params)`` is the trained model."""
+
+    rows: list[SuccessRow]  # the final held-out evaluation, one row per validation env
+    state: TrainState  # the final train state: params, optimizer state, step (and reference params with a KL term)
+    graphdef: object  # the model's nnx graph definition
+
+
+def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> TrainResult:
     """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on held-out trials.
 
-    Returns the final evaluation rows (one per validation env); also writes ``eval.md`` / ``eval.json``.
+    Returns the final evaluation rows (one per validation env, also written to ``eval.md`` / ``eval.json``), the
+    final train state and the model's graph definition (:class:`TrainResult`).
     """
     run = build_run(config)
     label = label or run_label(config)
@@ -311,22 +170,29 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                                          config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
     evaluator = run_evaluator(run, config)
     run_key = jax.random.PRNGKey(config.seed)
+    saved_config = saved_config_of(config)
 
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
-    restored = ckpt.restore_latest(state, run_key)
-    start = 0
-    saved_config = _config_dict(config)
-    if restored is not None:
-        state, run_key, previous, start = restored
-        changed = sorted(k for k in set(previous) | set(saved_config)
-                         if previous.get(k) != saved_config.get(k) and k not in ("num_steps", "eval_every"))
-        if changed:
-            warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
-                          "weights and optimizer state are kept", stacklevel=2)
-        if not quiet:
-            print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
-    if start == config.num_steps and os.path.exists(os.path.join(workdir, "eval.json")):  # a finished run
-        ckpt.close()
+    with Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
+        restored = ckpt.restore_latest(state, run_key)
+        start = 0
+        if restored is not None:
+            state, run_key, previous, start = restored
+            changed = sorted(k for k in set(previous) | set(saved_config)
+                             if previous.get(k) != saved_config.get(k) and k not in ("num_steps", "eval_every"))
+            if changed:
+                warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
+                              "weights and optimizer state are kept", stacklevel=2)
+            if not quiet:
+                print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
+        finished = start == config.num_steps and os.path.exists(os.path.join(workdir, "eval.json"))
+        if not finished:
+            with MetricsLog(workdir, resume_step=start if restored is not None else None,
+                            wandb_project=config.wandb.project, wandb_mode=config.wandb.mode) as log:
+                if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
+                    log.hparams(scalar_fields(saved_config))
+                state, rows = _train_loop(config, run, state, train_step=train_step, evaluator=evaluator, ckpt=ckpt,
+                                          log=log, run_key=run_key, start=start, label=label, quiet=quiet)
+    if finished:
         rows = finished_eval(workdir, config)
         if rows is None:  # its evaluation is stale: evaluate the final weights with this config
             if not quiet:
@@ -334,27 +200,28 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                       "weights again", flush=True)
             rows = evaluate_params(evaluator, state.params, config, label)[1]
             write_eval(workdir, rows, config)
-        return rows
-    log = MetricsLog(workdir, resume_step=start if restored is not None else None, wandb_project=config.wandb.project,
-                     wandb_mode=config.wandb.mode)
-    if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
-        log.hparams(scalar_fields(saved_config))
+        return TrainResult(rows, state, run.graphdef)
+    write_eval(workdir, rows, config)
+    return TrainResult(rows, state, run.graphdef)
 
-    def evaluate(step):
+
+def _train_loop(config, run, state, *, train_step, evaluator, ckpt, log, run_key, start: int, label: str, quiet: bool):
+    """Steps ``start + 1 .. config.num_steps``: logs, evaluations and checkpoints; returns the final state and the
+    final evaluation's rows."""
+    def evaluate(step, state):
         played, rows = evaluate_params(evaluator, state.params, config, label)
         log.log("eval", step, eval_metrics(rows, played))
         log.text("eval", step, render_samples(played, run.tokenizer))
         return rows
 
     if config.eval_before_training and start == 0:  # ORBIT validates the untrained policy too
-        rows = evaluate(0)
+        rows = evaluate(0, state)
         if not quiet:
             print(f"[{label}] step 0 held-out success\n{success_table(rows)}", flush=True)
-    bar = progress(config.num_steps, initial=start, desc=label, disable=quiet)
     t0 = time.perf_counter()
     compile_seconds = None  # this process's first step, until a train row logs it
     skipped_total = consecutive = 0
-    try:
+    with progress(config.num_steps, initial=start, desc=label, disable=quiet) as bar:
         for step in range(start, config.num_steps):
             rate = learning_rate(run.schedule, state.opt_state)  # before the step: the state is donated to it
             t_step = time.perf_counter()
@@ -370,7 +237,7 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                 warnings.warn(f"[{label}] step {done}: non-finite loss or gradients, update skipped (weights and "
                               f"optimizer unchanged; {consecutive} in a row, {skipped_total} in this run; the run "
                               f"stops at config.max_consecutive_skips={config.max_consecutive_skips})",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
             if done % config.log_every == 0 or done == config.num_steps or skipped:
                 metrics = jax.device_get(metrics)
                 timing = timing_metrics(seconds, int(metrics["transcript_tokens"]), time.perf_counter() - t0,
@@ -384,26 +251,14 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
                 raise _skip_error(config, done, consecutive, ckpt.latest_step())
             bar.update(1)
             if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
-                rows = evaluate(done)
+                rows = evaluate(done, state)
                 if not quiet:
                     bar.write(f"[{label}] step {done} held-out success\n{success_table(rows)}")
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.num_steps:
-                ckpt.save(done, state, run_key, saved_config)
-        bar.close()
-        rows = evaluate(config.num_steps)
-        ckpt.save(config.num_steps, state, run_key, saved_config)
-        ckpt.close()
-    except BaseException:
-        bar.close()
-        try:  # keep what was saved; the original error is the one to report
-            ckpt.close()
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"[{label}] closing the checkpointer after an error failed too: {e}", stacklevel=2)
-        log.close()
-        raise
-    log.close()
-    write_eval(workdir, rows, config)
-    return rows
+                ckpt.save(done, state, run_key, saved_config_of(config))
+    rows = evaluate(config.num_steps, state)
+    ckpt.save(config.num_steps, state, run_key, saved_config_of(config))
+    return state, rows
 
 
 def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None = None) -> list[SuccessRow]:

@@ -2,7 +2,7 @@
 
 ``CASES`` is the table: one row per bad config or input, with the exception type it must raise and a regex of
 the message. Config rows go through :func:`metarl_jax.config_check.check_config` (no model is built) unless the
-problem only shows once the codecs exist, where they go through :func:`metarl_jax.train.build_run` (host side:
+problem only shows once the codecs exist, where they go through :func:`metarl_jax.build.build_run` (host side:
 nothing is compiled). Loader rows build a tiny Hugging Face directory locally (no downloads) and break it.
 The end of the file feeds random unicode to every registered env's ``parse_action``.
 """
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import adhoc_word_tokenizer
-from metarl_jax import envs, train
+from metarl_jax import build, envs
 from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
 from metarl_jax.config_check import ConfigError, check_config
 from metarl_jax.models.hf_io import load_pretrained, save_pretrained
@@ -56,8 +56,8 @@ def checked(**changes):
 
 
 def built(**changes):
-    """A case action: ``train.build_run`` of a changed tiny config (host side only, nothing compiled)."""
-    return lambda ctx: train.build_run(config(**changes))
+    """A case action: ``build.build_run`` of a changed tiny config (host side only, nothing compiled)."""
+    return lambda ctx: build.build_run(config(**changes))
 
 
 @dataclasses.dataclass
@@ -242,7 +242,7 @@ CASES = [
     Case("pretrained dir with a wrong model_type", lambda ctx: load_pretrained(edit_config_json(ctx, model_type="gpt2")),
          ValueError, r"unsupported architecture model_type='gpt2' in .*config\.json; supported: qwen3, llama"),
     Case("pretrained dir with a wrong architecture",
-         lambda ctx: train.build_run(config(model__pretrained_dir=edit_config_json(
+         lambda ctx: build.build_run(config(model__pretrained_dir=edit_config_json(
              ctx, architectures=["Qwen3ForSequenceClassification"]))),
          ValueError, r"unsupported architectures=\['Qwen3ForSequenceClassification'\] .*loads Qwen3ForCausalLM"),
     Case("float8 weight dtype in config.json", lambda ctx: load_pretrained(edit_config_json(ctx, torch_dtype="float8_e4m3fn")),

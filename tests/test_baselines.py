@@ -18,7 +18,7 @@ from helpers import binomial_tolerance
 from metarl_jax import baselines, envs
 from metarl_jax.baselines import OnlinePolicy, as_online
 from metarl_jax.envs.frozen_lake import HOLE
-from metarl_jax.envs.maze import UNREACHED, grid_bfs
+from metarl_jax.envs.maze_layouts import UNREACHED, grid_bfs
 from metarl_jax.evaluate import episode_success, play_policy, play_trials
 
 GTN_EASY, GTN_HARD = "game:GuessTheNumber-v0-easy", "game:GuessTheNumber-v0-hard"

@@ -230,7 +230,7 @@ def test_positions_index_the_48_deck_cards(bj):
 
 
 @pytest.mark.parametrize("env_id", [ENV_ID, TABLE10_ID])
-def test_feedback(env_id):
+def test_ties_lose_retaken_positions_and_running_out_of_turns(env_id):
     env, params = envs.make(env_id)
     k = SIZES[env_id]
     step = jax.jit(env.step_env)

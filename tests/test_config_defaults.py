@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax import configs, train
+from metarl_jax import build, configs
 from metarl_jax.algos.grpo import GRPOHyper
 from metarl_jax.algos.optim import make_optimizer
 from metarl_jax.configs import default
@@ -17,16 +17,16 @@ from metarl_jax.configs import default
 
 def test_grpo_defaults_are_the_main_runs_config():
     config = default.get_config("orbit")
-    assert train.hyper_from_config(config) == GRPOHyper()
+    assert build.hyper_from_config(config) == GRPOHyper()
     # Every field of the config that names a GRPOHyper field reaches it: changing one changes the hyperparameters.
     for field in dataclasses.fields(GRPOHyper):
         if field.name in config and isinstance(config[field.name], (int, float)) and not isinstance(config[field.name], bool):
             changed = config.copy_and_resolve_references()
             changed[field.name] = config[field.name] + 1
-            assert getattr(train.hyper_from_config(changed), field.name) == config[field.name] + 1, field.name
+            assert getattr(build.hyper_from_config(changed), field.name) == config[field.name] + 1, field.name
     no_discount = config.copy_and_resolve_references()
     no_discount.discount = False
-    assert train.hyper_from_config(no_discount).gamma_step is None
+    assert build.hyper_from_config(no_discount).gamma_step is None
     orbit = GRPOHyper.orbit()
     assert (orbit.observation_coef, orbit.answer_coef, orbit.gamma_step, orbit.gamma_traj) == (0.0, 0.0, None, None)
 
@@ -37,7 +37,7 @@ def test_optimizer_defaults_are_the_main_runs_config():
     assert defaults == dict(config.optimizer)
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}
     grads = {"w": jnp.arange(6.0).reshape(2, 3) - 2.5}
-    ours, theirs = make_optimizer(), train.build_optimizer(config)
+    ours, theirs = make_optimizer(), build.build_optimizer(config)
     s1, s2 = ours.init(params), theirs.init(params)
     for _ in range(12):  # through the warm-up
         u1, s1 = ours.update(grads, s1, params)
@@ -67,7 +67,7 @@ def test_cross_episode_meta_learner_defaults_build_the_main_runs_step():
     from metarl_jax import sharding
 
     config = default.get_config("orbit")
-    run = train.build_run(config)
+    run = build.build_run(config)
     assert dataclasses.replace(run.hyper, rollout_rows=0, update_rows=0) == GRPOHyper()
     meta = metarl_jax.CrossEpisodeMetaLearner(metarl_jax.InContextLearner(run.graphdef, run.model_state), run.train_tasks)
     mesh = sharding.mesh_from_config(config.mesh)

@@ -13,7 +13,7 @@ import ablations  # noqa: E402
 import common  # noqa: E402
 import table_in_context_learning as table  # noqa: E402
 
-from metarl_jax import train  # noqa: E402
+from metarl_jax import build  # noqa: E402
 from metarl_jax.config_check import ConfigError  # noqa: E402
 from metarl_jax.evaluate import SuccessRow  # noqa: E402
 
@@ -55,7 +55,7 @@ def test_every_ablation_config_passes_the_check():
     for name, (base, edit) in {**ablations.ingredient_variants(), **ablations.mechanism_variants()}.items():
         c = table.cpu_config(base)
         edit(c)
-        run = train.build_run(c)
+        run = build.build_run(c)
         if name == "train_episodes_5":
             assert [t.env.total_step_cap for t in run.train_tasks] == [20, 35]
             assert [t.env.total_step_cap for t in run.eval_tasks] == [21, 12]
@@ -66,4 +66,4 @@ def test_paper_scale_needs_a_local_model(tmp_path, capsys):
         table.main(["--scale", "paper", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--pretrained_dir" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="pretrained_dir"):
-        train.build_run(table.paper_config("orbit", str(tmp_path / "missing")))
+        build.build_run(table.paper_config("orbit", str(tmp_path / "missing")))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarl_jax import train
+from metarl_jax import build, train
 from metarl_jax.configs import tiny
 from metarl_jax.export import export
 from metarl_jax.models.hf_io import load_pretrained
@@ -27,18 +27,19 @@ def exported(tmp_path_factory):
     workdir, out = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("export") / "hf"
     config = tiny.get_config()
     config.num_steps = 2
-    train.train_and_evaluate(config, str(workdir), quiet=True)
+    result = train.train_and_evaluate(config, str(workdir), quiet=True)
+    assert int(result.state.step) == 2 and [r.env_id for r in result.rows] == [config.eval_tasks[0].env_id]
     done = subprocess.run([sys.executable, "-m", "metarl_jax.export", str(workdir), str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exported step 2" in done.stdout
     env, params = make(config.eval_tasks[0].env_id)
     _, state = env.reset(jax.random.PRNGKey(3), params)
-    return workdir, out, env.render_text(state)
+    return workdir, out, env.render_text(state), nnx.merge(result.graphdef, result.state.params)
 
 
 def test_transformers_loads_the_export_and_matches_our_logits(exported):
-    workdir, out, text = exported
+    workdir, out, text, trained = exported
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
     ids = hf_tokenizer.encode(text, add_special_tokens=False)
     assert ids == WordTokenizer().encode(text) and len(ids) > 10
@@ -53,10 +54,9 @@ def test_transformers_loads_the_export_and_matches_our_logits(exported):
     ours = np.asarray(ours_model(tokens, positions)[0])
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
-    # The exported weights are the trained step-2 weights, not the initial ones.
-    config = tiny.get_config()
-    run = train.build_run(config)
-    initial = np.asarray(jax.tree.leaves(run.model_state)[0])
+    # The exported weights are the trained step-2 weights that train_and_evaluate returned, not the initial ones.
+    np.testing.assert_allclose(ours, np.asarray(trained(tokens, positions)[0]), atol=1e-6, rtol=0)
+    initial = np.asarray(jax.tree.leaves(build.build_run(tiny.get_config()).model_state)[0])
     exported_leaf = np.asarray(jax.tree.leaves(nnx.state(ours_model))[0])
     assert exported_leaf.shape == initial.shape and not np.allclose(exported_leaf, initial)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax import train
+from metarl_jax import build, train
 from metarl_jax.algos.grpo import init_train_state
 from metarl_jax.checkpoints import TMP_MARKER, Checkpointer, UnwritableError
 from metarl_jax.metrics_log import read_jsonl
@@ -41,7 +41,7 @@ def tiny_config(**fields):
 
 def templates(config):
     """Restore templates (fresh train state, run key) of ``config``, built on the host as the loop builds them."""
-    run = train.build_run(config)
+    run = build.build_run(config)
     return (init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0),
             jax.random.PRNGKey(config.seed))
 

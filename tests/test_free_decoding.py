@@ -18,8 +18,9 @@ from flax import nnx
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.agents.sampler import tag_pair_written
 from metarl_jax.models import preset
-from metarl_jax.rollout import rollout, tag_pair_written
 from metarl_jax.tasks import remark_fields
 from metarl_jax.text import Codec, WordTokenizer
 from metarl_jax.text.chat import ChatWrap
@@ -100,10 +101,10 @@ class Game:
             next_token[b, : len(stream) - 1] = stream[1:]
         graphdef, state = nnx.split(ScriptedPolicy(next_token, self.tok.vocab_size))
         budget = context_budget(self.env, self.codec, free_tokens, self.chat.per_turn)
-        tr = jax.jit(lambda st: rollout(
-            graphdef, st, self.env, self.params, self.codec, self.table, jax.random.PRNGKey(1), self.trials, budget,
-            context_len or budget.worst_case, free_tokens=free_tokens, chat=self.chat, end_of_turn=self.eot,
-            remaining_budget=remaining, **decoding))(state)
+        spec = RolloutSpec(env=self.env, env_params=self.params, codec=self.codec, table=self.table, budget=budget,
+                           context_len=context_len or budget.worst_case, free_tokens=free_tokens, chat=self.chat,
+                           end_of_turn=self.eot, remaining_budget=remaining, **decoding)
+        tr = jax.jit(lambda st: rollout(graphdef, st, spec, jax.random.PRNGKey(1), self.trials))(state)
         return tr, plays
 
 

@@ -171,7 +171,7 @@ def test_hindsight_answers_come_from_the_rows_own_wins():
     scores no turn of a row without one, and the turns where its answer is valid otherwise."""
     from types import SimpleNamespace
 
-    from metarl_jax.rollout import answer_turns, hindsight_answers
+    from metarl_jax.algos.scoring import answer_turns, hindsight_answers
 
     success = np.array([[0, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0]], bool)
     taken = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)

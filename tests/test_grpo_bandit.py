@@ -25,9 +25,10 @@ import optax
 import pytest
 from flax import nnx
 
+from metarl_jax.agents.rollout import rollout
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
+from metarl_jax.algos.scoring import teacher_forced
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import rollout, teacher_forced
 from metarl_jax.tasks import build_task
 from metarl_jax.text import WordTokenizer
 
@@ -66,8 +67,7 @@ def bandit():
     tasks = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))(task.task_keys[:1])
     _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(jax.random.PRNGKey(0), 1),
                                                                         tasks, task.env_params)
-    row = rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, jax.random.PRNGKey(1), trials,
-                  task.budget, task.context_len)
+    row = rollout(graphdef, params, task, jax.random.PRNGKey(1), trials)
     assert bool(np.asarray(row.valid)[0, 0].sum() == 2)
     chose_first = int(np.asarray(row.actions)[0, 0]) == 0
     n_tokens = int(np.asarray(row.action_mask)[0, 0].sum())

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from metarl_jax.agents.rollout import rollout
 from metarl_jax.algos.grpo import GRPOHyper, turn_advantages
 from metarl_jax.algos.losses import ppo_clip_loss
+from metarl_jax.algos.scoring import teacher_forced
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import rollout, teacher_forced
 from metarl_jax.tasks import build_task
 from metarl_jax.text import WordTokenizer
 
@@ -40,8 +41,7 @@ def recorded():
     tasks = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))(keys)
     _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
         jax.random.split(jax.random.PRNGKey(1), TASKS * GROUP), tasks, task.env_params)
-    tr = jax.jit(lambda p, k, s: rollout(graphdef, p, task.env, task.env_params, task.codec, task.table, k, s,
-                                         task.budget, task.context_len, 1.0, 1.0))(params, jax.random.PRNGKey(2), trials)
+    tr = jax.jit(lambda p, k, s: rollout(graphdef, p, task, k, s))(params, jax.random.PRNGKey(2), trials)
     noise = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(4), x.shape, x.dtype), params)
     scored = jax.jit(lambda p: teacher_forced(graphdef, p, tr, task.table, 1.0, 1.0))(noise)
     adv = turn_advantages(tr, GROUP, GRPOHyper.orbit(num_tasks=TASKS, group_size=GROUP))

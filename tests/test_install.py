@@ -75,9 +75,9 @@ def test_installed_package_runs_from_another_directory(tmp_path):
         texts += list(game.pieces) + [game.action_text(a) for a in range(game.num_actions)]
     tokenizer_dir = make_bpe_tokenizer(texts, str(tmp_path / "tokenizer"), vocab_size=600)
     built = run("-c", (
-        "from metarl_jax import train\n"
+        "from metarl_jax import build\n"
         "from metarl_jax.configs.paper import get_config\n"
         f"c = get_config(); c.tokenizer = {tokenizer_dir!r}\n"
-        "run = train.build_run(c)\n"
+        "run = build.build_run(c)\n"
         "print(run.train_tasks[0].name, run.train_tasks[0].chat is not None)\n"))
     assert built.split() == ["mixture", "True"]

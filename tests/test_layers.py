@@ -14,13 +14,13 @@ LAYERS = [
     ("envs", r"metarl_jax\.envs(\..*)?"),
     ("text", r"metarl_jax\.text(\..*)?"),
     ("models", r"metarl_jax\.models(\..*)?"),
-    ("agents", r"metarl_jax\.(agents(\..*)?|tasks|rollout|memory)"),
+    ("agents", r"metarl_jax\.(agents(\..*)?|tasks|memory)"),
     ("online baselines", r"metarl_jax\.baselines(\.(online|bandits|hypotheses|tabular))?"),
     ("algos", r"metarl_jax\.(algos(\..*)?|config_check|checkpoints)"),
     ("evaluate", r"metarl_jax\.evaluate"),
-    ("trained and played baselines", r"metarl_jax\.(baselines\.rl2|play)"),
+    ("trained and played baselines", r"metarl_jax\.(baselines\.(rl2|rl2_train)|play)"),
     ("object API", r"metarl_jax\.learners"),
-    ("train", r"metarl_jax\.train"),
+    ("train", r"metarl_jax\.(build|train)"),
     ("entry points", r"metarl_jax(\.(main|export))?"),
 ]
 

@@ -17,7 +17,8 @@ import pytest
 from metarl_jax import baselines
 from metarl_jax.configs.default import get_config
 from metarl_jax.evaluate import play_trials, summarize
-from metarl_jax.train import build_run, train_and_evaluate
+from metarl_jax.build import build_run
+from metarl_jax.train import train_and_evaluate
 
 STEPS = 500
 
@@ -33,7 +34,7 @@ def easy_config():
 @pytest.mark.slow  # about 3 minutes on 2 cores; CI runs it with `-m slow`
 def test_episode_one_success_rises_above_random_without_the_answer_loss(tmp_path):
     config = easy_config()
-    [trained] = train_and_evaluate(config, str(tmp_path), quiet=True)
+    [trained] = train_and_evaluate(config, str(tmp_path), quiet=True).rows
     task = build_run(config).eval_tasks[0]
     played = play_trials(task.env, task.env_params, baselines.make_policy("random", task.env), jax.random.PRNGKey(0),
                          config.eval_trials)

@@ -13,13 +13,13 @@ import pytest
 from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
                      replay_episode_one, run_trials)
 from metarl_jax import envs
-from metarl_jax.envs.maze import (SHAPES, add_loops, grid_masks, grow_tree, sample_branched_maze,
-                                  sample_random_walls_maze)
+from metarl_jax.envs.maze_layouts import (SHAPES, add_loops, grid_masks, grow_tree, sample_branched_maze,
+                                          sample_random_walls_maze)
 from metarl_jax.text.codec import Codec
 
 MOVES = {0: (-1, 0), 1: (1, 0), 2: (0, -1), 3: (0, 1)}  # up, down, left, right
 N_MAZES = 2000
-# Measured (docstring of metarl_jax/envs/maze.py): accepted shapes of the branched generator, tries per maze.
+# Measured (docstring of metarl_jax/envs/maze_layouts.py): accepted shapes of the branched generator, tries per maze.
 SHAPE_SHARES = {(6, 6): 0.070, (7, 6): 0.257, (7, 7): 0.416, (6, 7): 0.257}
 BRANCHED_TRIES = 3.11
 

@@ -12,10 +12,12 @@ from flax import nnx
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.agents.sampler import Sampling
 from metarl_jax.algos.grpo import GRPOHyper, accumulate_over_rows, init_train_state, make_train_step
+from metarl_jax.algos.scoring import teacher_forced
 from metarl_jax.models import Transformer, preset
 from metarl_jax.models.sampling import chunked_logp_entropy, process_logits
-from metarl_jax.rollout import rollout, teacher_forced
 from metarl_jax.tasks import build_task
 from metarl_jax.text import Codec, WordTokenizer
 
@@ -64,8 +66,9 @@ def _play(free_tokens: int, rows_per_chunk: int, env_id="game:GuessTheNumber-v0-
     budget = context_budget(env, codec, free_tokens or table.max_len)
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    tr = jax.jit(lambda st, key: rollout(graphdef, st, env, params, codec, table, key, trials, budget,
-                                         budget.worst_case, temperature=0.9, free_tokens=free_tokens,
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget,
+                       context_len=budget.worst_case, free_tokens=free_tokens)
+    tr = jax.jit(lambda st, key: rollout(graphdef, st, spec, key, trials, Sampling(temperature=0.9),
                                          rows_per_chunk=rows_per_chunk))(state, jax.random.PRNGKey(1))
     return dict(tr=tr, graphdef=graphdef, state=state, table=table, tok=tok, free=free_tokens > 0)
 
@@ -165,7 +168,8 @@ def test_memory_plan_fits_the_budget():
     one_row = memory.kv_cache_bytes(qwen, 1, 32768, "bfloat16")
     assert 3.5e9 < one_row < 4e9  # 28 layers x 2 x 8 heads x 128 x 2 bytes x 32,768 slots
     state = 2_000_000_000 * 12  # float32 weights and two Adam moments
-    plan = memory.plan_micro_batches(qwen, [task], [task], 256, 256, 141 * 10**9, state, "bfloat16", remat="full")
+    plan = memory.plan_micro_batches(qwen, [task], [task], 256, 256, budget_bytes=141 * 10**9, state_bytes=state,
+                                     cache_dtype="bfloat16", remat="full")
     assert plan.fits and 1 <= plan.rollout < 256 and 1 <= plan.update < 256
     for rows, per_row in ((plan.rollout, memory.rollout_bytes_per_row(qwen, task, "bfloat16")),
                           (plan.update, memory.update_activation_bytes(qwen, [task], 1, "full", "bfloat16"))):

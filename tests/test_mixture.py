@@ -9,10 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
+from metarl_jax.agents.rollout import rollout
 from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
 from metarl_jax.envs.mixture import MixtureKey
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import rollout
 from metarl_jax.tasks import build_mixture, build_task
 from metarl_jax.text import WordTokenizer
 
@@ -67,8 +67,8 @@ def test_a_mixed_batch_rolls_out_each_rows_game(mix):
     keys = m.task_keys[jnp.array([0, 4, 8, 1, 5, 9])]  # two tasks of each game
     mtasks = jax.vmap(lambda k: m.env.sample_task(k, m.env_params))(keys)
     _, trials = jax.vmap(m.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(jax.random.PRNGKey(0), 6), mtasks, m.env_params)
-    tr = jax.jit(lambda st: rollout(graphdef, st, m.env, m.env_params, m.codec, m.table, jax.random.PRNGKey(1), trials,
-                                    m.budget, m.context_len, row_context_len=m.row_context_len(mtasks.game)))(state)
+    tr = jax.jit(lambda st: rollout(graphdef, st, m, jax.random.PRNGKey(1), trials,
+                                    row_context_len=m.row_context_len(mtasks.game)))(state)
     games = np.asarray(mtasks.game)
     np.testing.assert_array_equal(games, [0, 1, 2, 0, 1, 2])
     taken = np.asarray(tr.taken)

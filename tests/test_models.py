@@ -155,7 +155,7 @@ def test_loading_errors_name_the_cause(tmp_path):
         load_pretrained(str(d))
 
 
-def test_config_validation():
+def test_model_config_refuses_uneven_heads_and_unknown_presets():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         ModelConfig(num_heads=6, num_kv_heads=4)
     with pytest.raises(KeyError, match="unknown model preset"):

@@ -85,9 +85,9 @@ def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, ro
     """The blocked, row-chunked causal pass with its custom VJP equals plain masked softmax attention, output
     and gradients (q, k, v), on every query that has a valid key; ragged key masks, a padded start and rows that
     do not divide into the chunks included. The 1-block case is shorter than QUERY_BLOCK."""
-    from metarl_jax.models import transformer as tf
+    from metarl_jax.models import attention
 
-    monkeypatch.setattr(tf, "CPU_ROW_CHUNK", row_chunk)
+    monkeypatch.setattr(attention, "CPU_ROW_CHUNK", row_chunk)
     b, t, kv, groups, e = shape
     kq, kk, kvv, km, kw = jax.random.split(jax.random.PRNGKey(t), 5)
     q = jax.random.normal(kq, (b, t, kv, groups, e))
@@ -106,9 +106,9 @@ def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, ro
         return (attend(q, k, v) * weight).sum()
 
     def blocked(q, k, v):
-        return (tf.causal_attention(q, k, v, valid) * weight).sum()
+        return (attention.causal_attention(q, k, v, valid) * weight).sum()
 
-    out = jax.jit(tf.causal_attention)(q, k, v, valid)
+    out = jax.jit(attention.causal_attention)(q, k, v, valid)
     np.testing.assert_allclose(out * has_key, attend(q, k, v) * has_key, atol=2e-6)
     want = jax.grad(reference, argnums=(0, 1, 2))(q, k, v)
     got = jax.jit(jax.grad(blocked, argnums=(0, 1, 2)))(q, k, v)
@@ -125,9 +125,10 @@ def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypa
     rows: a remainder chunk; each chunk split in CPU_CACHE_CHAINS parts) and of the whole batch; 2 layers (the
     unrolled layer scan) and 6 (a rolled scan, more than UNROLL_LAYERS)."""
     from metarl_jax.models import init_cache
+    from metarl_jax.models import attention
     from metarl_jax.models import transformer as tf
 
-    monkeypatch.setattr(tf, "CPU_CACHE_ROW_CHUNK", row_chunk)
+    monkeypatch.setattr(attention, "CPU_CACHE_ROW_CHUNK", row_chunk)
     assert (layers > tf.UNROLL_LAYERS) == (layers == 6)
     model = Transformer(preset("tiny", 50).replace(num_layers=layers), rngs=nnx.Rngs(4))
     graphdef, state = nnx.split(model)
@@ -159,7 +160,7 @@ def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypa
 def test_row_chunks_give_the_rows_in_order(chunk, chains):
     """``map_row_chunks`` returns what one call on every row returns: 7 rows, chunks that leave a remainder,
     chunks split into independent parts (and a part count larger than the remainder)."""
-    from metarl_jax.models.transformer import map_row_chunks
+    from metarl_jax.models.attention import map_row_chunks
 
     x = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3)
     scale = jnp.arange(7, dtype=jnp.float32) + 1

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from metarl_jax.models import Transformer, init_cache, preset
+from metarl_jax.models import attention
 from metarl_jax.models import transformer as tf
 
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 50, size=(3, 40)), jnp.int32)  # 3 rows: no scan over
@@ -170,15 +171,15 @@ def test_looped_causal_pass_equals_the_unrolled_one(monkeypatch, groups):
 
     def value_and_grads():
         def loss(q, k, v):
-            return (tf.causal_attention(q, k, v, valid) * weight).sum()
+            return (attention.causal_attention(q, k, v, valid) * weight).sum()
         def both(q, k, v):
-            return tf.causal_attention(q, k, v, valid), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+            return attention.causal_attention(q, k, v, valid), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
         return jax.jit(both)(q, k, v)
 
     out, grads = value_and_grads()
-    monkeypatch.setattr(tf, "MAX_UNROLLED_QUERY_BLOCKS", 2)
-    monkeypatch.setattr(tf, "KEY_GROUPS", groups)
-    assert len(tf.key_groups(300)) == groups and tf._looped(300)
+    monkeypatch.setattr(attention, "MAX_UNROLLED_QUERY_BLOCKS", 2)
+    monkeypatch.setattr(attention, "KEY_GROUPS", groups)
+    assert len(attention.key_groups(300)) == groups and attention._looped(300)
     looped_out, looped_grads = value_and_grads()
     has_key = np.asarray(weight != 0)
     np.testing.assert_allclose(np.asarray(looped_out) * has_key, np.asarray(out) * has_key, atol=1e-5, rtol=0)
@@ -202,7 +203,7 @@ def test_looped_causal_pass_in_a_model(monkeypatch):
         return jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
 
     (value, logits), grads = run()
-    monkeypatch.setattr(tf, "MAX_UNROLLED_QUERY_BLOCKS", 2)
+    monkeypatch.setattr(attention, "MAX_UNROLLED_QUERY_BLOCKS", 2)
     (value_l, logits_l), grads_l = run()
     np.testing.assert_allclose(float(value_l), float(value), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(logits_l), np.asarray(logits), atol=1e-5, rtol=0)
@@ -215,11 +216,11 @@ def test_long_causal_pass_traces_a_bounded_program():
     def program(t):
         q, k, v, valid, weight = (jax.ShapeDtypeStruct(x.shape[:1] + (t,) + x.shape[2:], x.dtype)
                                   for x in attention_inputs(2))
-        loss = lambda q, k, v, valid, weight: (tf.causal_attention(q, k, v, valid) * weight).sum()  # noqa: E731
+        loss = lambda q, k, v, valid, weight: (attention.causal_attention(q, k, v, valid) * weight).sum()  # noqa: E731
         return equations(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v, valid, weight).jaxpr)
 
-    assert tf.MAX_UNROLLED_QUERY_BLOCKS < 40
-    assert len(program(40 * tf.QUERY_BLOCK)) == len(program(80 * tf.QUERY_BLOCK))
+    assert attention.MAX_UNROLLED_QUERY_BLOCKS < 40
+    assert len(program(40 * attention.QUERY_BLOCK)) == len(program(80 * attention.QUERY_BLOCK))
 
 
 def test_row_constraint_applies_to_each_layer_input():

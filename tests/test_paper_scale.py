@@ -58,7 +58,7 @@ def test_paper_config_holds_the_released_training_values(tmp_path):
 def test_paper_optimizer_is_torch_adamw_with_clipping():
     """Two steps of the paper config's optimizer against torch.optim.AdamW's update rule after global-norm
     clipping at 1.0, written out in NumPy (bias-corrected moments, eps 1e-8, decoupled decay lr * wd * p)."""
-    from metarl_jax.train import build_optimizer
+    from metarl_jax.build import build_optimizer
 
     c = paper_config()
     c.optimizer.learning_rate = 1e-2  # large enough that the decay and the moments both show

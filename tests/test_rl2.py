@@ -14,14 +14,8 @@ import pytest
 from flax import nnx
 
 from metarl_jax import baselines, envs
-from metarl_jax.baselines.rl2 import (
-    RL2Config,
-    evaluate_rl2,
-    make_trainer,
-    policy_logits,
-    rl2_policy,
-    train_rl2,
-)
+from metarl_jax.baselines.rl2 import RL2Config, evaluate_rl2, policy_logits, rl2_policy
+from metarl_jax.baselines.rl2_train import make_trainer, train_rl2
 from metarl_jax.evaluate import play_trials
 
 BANDIT = "BernoulliBandit-misc"  # 20 one-pull episodes per trial; arms [0.1, 0.9] or [0.9, 0.1]

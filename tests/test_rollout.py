@@ -10,8 +10,10 @@ from flax import nnx
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.agents.sampler import Sampling, prefill_block
+from metarl_jax.algos.scoring import on_used_prefix, prefix_sizes, teacher_forced, teacher_forced_logp
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import on_used_prefix, prefill_block, prefix_sizes, rollout, teacher_forced, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 
 BATCH = 3
@@ -25,8 +27,8 @@ def play(env_id, context_len=None, cap=6, **trial_kw):
     context_len = budget.worst_case if context_len is None else context_len
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    run = jax.jit(lambda st, key, trials: rollout(graphdef, st, env, params, codec, table, key, trials, budget,
-                                                  context_len, temperature=0.7, top_p=0.95))
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget, context_len=context_len)
+    run = jax.jit(lambda st, key, trials: rollout(graphdef, st, spec, key, trials, Sampling(temperature=0.7, top_p=0.95)))
     return dict(env=env, params=params, codec=codec, table=table, graphdef=graphdef, state=state, trials=trials,
                 tok=tok, transcript=run(state, jax.random.PRNGKey(1), trials), budget=budget, context_len=context_len)
 
@@ -220,8 +222,10 @@ def free_setup():
     budget = context_budget(env, codec, 8)
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    tr = jax.jit(lambda st, key: rollout(graphdef, st, env, params, codec, table, key, trials, budget, budget.worst_case,
-                                         temperature=0.8, top_p=1.0, free_tokens=8))(state, jax.random.PRNGKey(3))
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget,
+                       context_len=budget.worst_case, free_tokens=8)
+    tr = jax.jit(lambda st, key: rollout(graphdef, st, spec, key, trials, Sampling(temperature=0.8)))(
+        state, jax.random.PRNGKey(3))
     return dict(env=env, params=params, table=table, graphdef=graphdef, state=state, trials=trials, tok=tok, transcript=tr)
 
 
@@ -262,8 +266,9 @@ def test_chat_format_wraps_turns_and_keeps_log_probs(tmp_path_factory):
     budget = context_budget(env, codec, table.max_len, wrap.per_turn)
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    tr = jax.jit(lambda st: rollout(graphdef, st, env, params, codec, table, jax.random.PRNGKey(2), trials, budget,
-                                    budget.worst_case, chat=wrap))(state)
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget,
+                       context_len=budget.worst_case, chat=wrap)
+    tr = jax.jit(lambda st: rollout(graphdef, st, spec, jax.random.PRNGKey(2), trials))(state)
     for b in range(BATCH):
         state_b = jax.tree.map(lambda x: x[b], trials)
         turns = []

@@ -21,8 +21,10 @@ from flax import nnx
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.agents.sampler import kept_start
+from metarl_jax.algos.scoring import teacher_forced_logp
 from metarl_jax.models import Transformer, preset
-from metarl_jax.rollout import kept_start, rollout, teacher_forced_logp
 from metarl_jax.text import Codec, WordTokenizer
 from metarl_jax.text.chat import ChatWrap
 
@@ -67,11 +69,11 @@ def played():
     graphdef, state = nnx.split(BiasedPolicy(tok.vocab_size, bias))
     budget = context_budget(env, codec, FREE_TOKENS)
     _, trials = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), BATCH), params)
-    tr = jax.jit(lambda st: rollout(graphdef, st, env, params, codec, table, jax.random.PRNGKey(3), trials, budget,
-                                    budget.worst_case, free_tokens=FREE_TOKENS, chat=ChatWrap(), end_of_turn=eos,
-                                    think_end=think_end, think_skip=skip))(state)
+    spec = RolloutSpec(env=env, env_params=params, codec=codec, table=table, budget=budget, context_len=budget.worst_case,
+                       free_tokens=FREE_TOKENS, chat=ChatWrap(), end_of_turn=eos, think_end=think_end, think_skip=skip)
+    tr = jax.jit(lambda st: rollout(graphdef, st, spec, jax.random.PRNGKey(3), trials))(state)
     return dict(tok=tok, env=env, params=params, codec=codec, table=table, graphdef=graphdef, state=state,
-                trials=trials, tr=tr, think_end=think_end, skip=skip)
+                trials=trials, tr=tr, think_end=think_end, skip=skip, spec=spec)
 
 
 def contexts(s, b):
@@ -201,11 +203,8 @@ def test_kept_start():
 def test_micro_batched_rollout_strips_alike(played):
     """Rows played 2 at a time (``rows_per_chunk``) write the same stream, visibility and log-probabilities."""
     s = played
-    budget = context_budget(s["env"], s["codec"], FREE_TOKENS)
-    chunked = jax.jit(lambda st: rollout(
-        s["graphdef"], st, s["env"], s["params"], s["codec"], s["table"], jax.random.PRNGKey(3), s["trials"],
-        budget, budget.worst_case, free_tokens=FREE_TOKENS, chat=ChatWrap(), end_of_turn=s["tok"].eos_id,
-        think_end=s["think_end"], think_skip=s["skip"], rows_per_chunk=2))(s["state"])
+    chunked = jax.jit(lambda st: rollout(s["graphdef"], st, s["spec"], jax.random.PRNGKey(3), s["trials"],
+                                         rows_per_chunk=2))(s["state"])
     for name in ("tokens", "visible_until", "length", "action_tokens", "action_mask", "rewards"):
         np.testing.assert_array_equal(np.asarray(getattr(chunked, name)), np.asarray(getattr(s["tr"], name)), name)
     np.testing.assert_allclose(np.asarray(chunked.logp), np.asarray(s["tr"].logp), atol=1e-5)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from helpers import tensorboard_events, tensorboard_hparams, tensorboard_text
-from metarl_jax import config_check, memory, train
+from metarl_jax import build, config_check, memory, train
 from metarl_jax.metrics_log import read_jsonl, scalar_fields
 from metarl_jax.text.tokenizers import load_tokenizer
 
@@ -63,7 +63,7 @@ def test_run_logs_learning_rate_throughput_compile_time_hparams_and_transcripts(
         assert r["steps_per_second"] == pytest.approx(1 / r["seconds"])
         assert r["tokens_per_second"] == pytest.approx(r["transcript_tokens"] / r["seconds"])
     # 2 tasks x 2 rollouts, each trial at most its context long
-    context = train.build_tasks(tiny.get_config(), load_tokenizer("word"), "train")[0].context_len
+    context = build.build_tasks(tiny.get_config(), load_tokenizer("word"), "train")[0].context_len
     assert all(0 < r["transcript_tokens"] <= 4 * context for r in rows.values())
     elapsed = [rows[k]["elapsed_seconds"] for k in range(1, 7)]
     assert elapsed == sorted(elapsed) and elapsed[0] >= first["compile_seconds"]

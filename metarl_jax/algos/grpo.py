@@ -8,7 +8,7 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in on
    (:func:`metarl_jax.tasks.build_mixture`) is one such task list: its draws mix the games at random, as ORBIT's
    shuffled mix does, and its rollout and update are one program whatever the number of games; its rollout
    metrics are logged per game;
-2. :func:`metarl_jax.rollout.rollout` plays every trial to its step cap;
+2. :func:`metarl_jax.agents.rollout.rollout` plays every trial to its step cap;
 3. the trial return (successful episodes) gives group-relative advantages ``(R - mean) / (std + eps)`` on
    every action token; with a cross-episode discount (LaMer) the return-to-go of each turn is normalised
    over the group at that turn instead;
@@ -40,11 +40,14 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax import sharding
+from metarl_jax.agents.rollout import rollout, split_rows
+from metarl_jax.agents.sampler import Sampling
 from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to_reference, normalise_over_groups,
                                      ppo_clip_loss)
+from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,
+                                      teacher_forced_logp)
+from metarl_jax.envs.base import tree_select
 from metarl_jax.models.transformer import with_row_constraint
-from metarl_jax.rollout import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, rollout,
-                                split_rows, teacher_forced, teacher_forced_logp)
 
 
 @struct.dataclass
@@ -87,7 +90,7 @@ class GRPOHyper:
     observation_coef: float = 1.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
     answer_coef: float = 10.0  # auxiliary loss: -log-prob of an answer action at every turn (not in ORBIT)
     # The answer loss's target: "hindsight" (the action that won the row's first won episode, from its own
-    # transcript; rows that never won are not scored: rollout.hindsight_answers) or "task" (env.answer_action of the
+    # transcript; rows that never won are not scored: scoring.hindsight_answers) or "task" (env.answer_action of the
     # row's task: privileged information).
     answer_from: str = "hindsight"
     gamma_step: float | None = 0.95  # LaMer discount inside an episode; None: the plain trial return
@@ -228,11 +231,6 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.stack(flags).all() if flags else jnp.array(True)
 
 
-def select_tree(pred, on_true, on_false):
-    """``on_true`` where the scalar ``pred`` holds, else ``on_false`` (same structure), leaf by leaf."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
                     constrain_rows=None):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
@@ -254,10 +252,9 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         tasks_b = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), sample(task.task_keys[picks]))
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
-        transcript = constrain(rollout(graphdef, params, task.env, task.env_params, task.codec, task.table, k_roll,
-                                       constrain(trials), task.budget, task.context_len, hp.temperature, hp.top_p,
-                                       task.free_tokens, task.chat, rows_per_chunk=hp.rollout_rows, constrain=on_rows,
-                                       **task.decoding, row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
+        transcript = constrain(rollout(graphdef, params, task, k_roll, constrain(trials), Sampling(hp.temperature, hp.top_p),
+                                       rows_per_chunk=hp.rollout_rows, constrain=on_rows,
+                                       row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = None
         if hp.answer_coef:
             answers = (hindsight_answers(transcript) if hp.answer_from == "hindsight"
@@ -287,8 +284,9 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             flat = lambda x: x.reshape(rows, turns * act_len)
             mask = flat(tr.action_mask)
             tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
-            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, hp.clip_low, hp.clip_high,
-                                    num_sequences=total.sequences, num_tokens=total.tokens, dual_clip=hp.dual_clip)
+            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, clip_low=hp.clip_low,
+                                    clip_high=hp.clip_high, num_sequences=total.sequences, num_tokens=total.tokens,
+                                    dual_clip=hp.dual_clip)
             m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
             loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
@@ -337,7 +335,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             ok = jnp.isfinite(loss) & tree_all_finite((grads, new_params, new_opt_state))
-            return (select_tree(ok, new_params, params), select_tree(ok, new_opt_state, opt_state),
+            return (tree_select(ok, new_params, params), tree_select(ok, new_opt_state, opt_state),
                     (loss, parts, optax.tree.norm(grads), ~ok))
 
         params, opt_state, (loss, parts, grad_norm, skipped) = update(state.params, state.opt_state)

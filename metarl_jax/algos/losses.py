@@ -114,6 +114,7 @@ def ppo_clip_loss(
     old_logp: Array,
     advantages: Array,
     action_mask: Array,
+    *,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
     aggregation: str = "seq-mean-token-mean",

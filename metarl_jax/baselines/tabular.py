@@ -45,9 +45,9 @@ from metarl_jax.envs.base import LOST, WON
 from metarl_jax.envs.frozen_lake import DELTAS as LAKE_DELTAS
 from metarl_jax.envs.frozen_lake import GOAL, FrozenLakeText
 from metarl_jax.envs.frozen_lake import SIDE as LAKE_SIDE
-from metarl_jax.envs.maze import DELTAS as MAZE_DELTAS
-from metarl_jax.envs.maze import SIZE as MAZE_SIZE
 from metarl_jax.envs.maze import Maze
+from metarl_jax.envs.maze_layouts import DELTAS as MAZE_DELTAS
+from metarl_jax.envs.maze_layouts import SIZE as MAZE_SIZE
 
 SUPPORTS = {"q_learning": (Maze, FrozenLakeText)}
 

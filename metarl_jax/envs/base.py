@@ -174,7 +174,7 @@ class TextEnv(environment.Environment):
         code); jit/vmap-safe. Games whose task has no single winning action raise ``NotImplementedError``.
 
         Training uses it as privileged task information for the auxiliary answer loss
-        (:func:`metarl_jax.rollout.teacher_forced`); the policy never sees it.
+        (:func:`metarl_jax.algos.scoring.teacher_forced`); the policy never sees it.
         """
         raise NotImplementedError(f"{self.env_id} has no single answer action")
 

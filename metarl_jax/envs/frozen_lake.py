@@ -30,7 +30,7 @@ from flax import struct
 from gymnax.environments.misc.frozen_lake import FROZEN, GOAL, HOLE, START
 
 from metarl_jax.envs.base import LOST, RUNNING, WON, TextEnv, TextEnvState
-from metarl_jax.envs.maze import UNREACHED, grid_bfs
+from metarl_jax.envs.maze_layouts import UNREACHED, grid_bfs
 from metarl_jax.envs.pieces import EMPTY, slot
 from metarl_jax.envs.sampling import rejection_sample
 

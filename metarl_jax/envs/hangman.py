@@ -26,12 +26,11 @@ import string
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from metarl_jax.envs.base import RUNNING, WON, TextEnv, TextEnvState
+from metarl_jax.envs.base import RUNNING, WON, TextEnvState
 from metarl_jax.envs.pieces import EMPTY, slot
-from metarl_jax.envs.words import load_words
+from metarl_jax.envs.words import WordGame
 
 NUM_LETTERS = 26
 # feedback codes of the last turn
@@ -45,22 +44,13 @@ class HangmanGame:
     feedback: jax.Array  # int32[], feedback code of the last turn
 
 
-class Hangman(TextEnv):
-    """Guess a secret word by letters; win by naming the whole word.
-
-    Task: ``int32[]`` index of the secret in ``self.words``. ``self.word_letters``: ``int32[num_words,
-    word_length]`` letter codes 0..25.
-    """
+class Hangman(WordGame):
+    """Guess a secret word by letters; win by naming the whole word (the task: :class:`WordGame`)."""
 
     def __init__(self, word_length: int = 3, max_turns: int = 10, env_id: str = "game:Hangman-v0-easy",
                  text: str = "gem"):
-        super().__init__(max_turns, text)
-        self.env_id = env_id
-        self.word_length = int(word_length)
-        self.words = load_words(self.word_length)
-        self.word_letters = np.array([[ord(c) - ord("a") for c in w] for w in self.words], np.int32)
+        super().__init__(word_length, max_turns, env_id, text)
         self.action_contents = list(string.ascii_lowercase) + self.words
-        self.example_word = self.words[0]
 
         self._rules = self.book.add(
             f"You are playing Hangman.\nA secret word of {self.word_length} letters is hidden; you have ",
@@ -87,13 +77,6 @@ class Hangman(TextEnv):
             slot(self._board), *[slot(self._cell)] * self.word_length, slot(self._newline),
         ]
         self.opening_slots = (0, 1, 2)
-
-    @property
-    def num_words(self) -> int:
-        return len(self.words)
-
-    def sample_task(self, key, params):
-        return jax.random.randint(key, (), 0, self.num_words, dtype=jnp.int32)
 
     def init_game(self, key, task, params):
         return HangmanGame(

@@ -78,7 +78,7 @@ class MultiEpisode(environment.Environment):
         trial ends at its first successful episode, which earns ``lamer_gamma ** k`` (k its 0-based index;
         LaMer: 0.6) instead of 1, and a reflection turn (with ``reflection``) follows only failed episodes. 0:
         ORBIT's trial. (The remark reward of that variant is paid by the rollout, which sees the text:
-        :func:`metarl_jax.rollout.rollout`'s ``remark_reward``.)
+        :class:`~metarl_jax.agents.rollout.RolloutSpec`'s ``remark_reward``.)
     """
 
     def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,

@@ -26,12 +26,11 @@ import string
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from metarl_jax.envs.base import RUNNING, WON, TextEnv, TextEnvState
+from metarl_jax.envs.base import RUNNING, WON, TextEnvState
 from metarl_jax.envs.pieces import EMPTY, slot
-from metarl_jax.envs.words import load_words
+from metarl_jax.envs.words import WordGame
 
 X, Y, G = 0, 1, 2  # marks
 MARKS = "XYG"
@@ -59,22 +58,14 @@ def wordle_feedback(guess: jax.Array, secret: jax.Array) -> jax.Array:
     return jnp.where(green, G, jnp.where(yellow, Y, X)).astype(jnp.int32)
 
 
-class Wordle(TextEnv):
-    """Find a secret word from per-letter G/Y/X marks.
-
-    Task: ``int32[]`` index of the secret in ``self.words``. ``self.word_letters``: ``int32[num_words,
-    word_length]`` letter codes 0..25.
-    """
+class Wordle(WordGame):
+    """Find a secret word from per-letter G/Y/X marks (the task: :class:`WordGame`)."""
 
     def __init__(self, word_length: int = 5, max_turns: int = 10, env_id: str = "game:Wordle-v0-hard",
                  text: str = "gem"):
-        super().__init__(max_turns, text)
-        self.env_id = env_id
-        self.word_length = L = int(word_length)
-        self.words = load_words(L)
-        self.word_letters = np.array([[ord(c) - ord("a") for c in w] for w in self.words], np.int32)
+        super().__init__(word_length, max_turns, env_id, text)
+        L = self.word_length
         self.action_contents = list(self.words)
-        self.example_word = self.words[0]
         self._rules = self.book.add(
             f"You are playing Wordle.\nA secret word of {L} letters is hidden; you have ",
             f" turns to find it. Each guess must be a word of {L} letters, for example \\boxed{{{self.example_word}}}. "
@@ -99,13 +90,6 @@ class Wordle(TextEnv):
             slot(self._mark0), *[slot(self._mark)] * (L - 1),
         ]
         self.opening_slots = (0, 1, 2)
-
-    @property
-    def num_words(self) -> int:
-        return len(self.words)
-
-    def sample_task(self, key, params):
-        return jax.random.randint(key, (), 0, self.num_words, dtype=jnp.int32)
 
     def init_game(self, key, task, params):
         return WordleGame(

@@ -10,6 +10,12 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarl_jax.envs.base import TextEnv
+
 AVAILABLE_LENGTHS = (3, 5)
 
 
@@ -28,3 +34,28 @@ def _load(length: int) -> tuple[str, ...]:
 def load_words(length: int) -> list[str]:
     """The sorted lower-case words of ``length`` letters (3 or 5). Cached; returns a fresh list each call."""
     return list(_load(int(length)))
+
+
+class WordGame(TextEnv):
+    """Base of the games whose task is a secret word (Hangman, Wordle).
+
+    Task: ``int32[]`` index of the secret in ``self.words`` (:func:`load_words` of ``word_length``).
+    ``self.word_letters``: ``int32[num_words, word_length]`` letter codes 0..25; ``self.example_word``: the word the
+    rules show as an example.
+    """
+
+    def __init__(self, word_length: int, max_turns: int, env_id: str, text: str):
+        super().__init__(max_turns, text)
+        self.env_id = env_id
+        self.word_length = int(word_length)
+        self.words = load_words(self.word_length)
+        self.word_letters = np.array([[ord(c) - ord("a") for c in w] for w in self.words], np.int32)
+        self.example_word = self.words[0]
+
+    @property
+    def num_words(self) -> int:
+        return len(self.words)
+
+    def sample_task(self, key, params):
+        """A uniform word: int32[] index into ``self.words``."""
+        return jax.random.randint(key, (), 0, self.num_words, dtype=jnp.int32)

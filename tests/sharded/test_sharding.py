@@ -30,8 +30,8 @@ import pytest
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
+from metarl_jax import build
 from metarl_jax import sharding as sh
-from metarl_jax import train
 from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, make_train_step
 from metarl_jax.checkpoints import Checkpointer
 
@@ -78,7 +78,7 @@ def find_leaf(tree, *names):
 
 @pytest.fixture(scope="module")
 def run():
-    return train.build_run(tiny_config())
+    return build.build_run(tiny_config())
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +190,11 @@ import os, sys, json
 import numpy as np
 sys.path.insert(0, {tests!r})
 import jax
-from metarl_jax import train
+from metarl_jax import build
 from metarl_jax.algos.grpo import init_train_state
 from metarl_jax.checkpoints import Checkpointer
 from test_sharding import tiny_config
-run = train.build_run(tiny_config())
+run = build.build_run(tiny_config())
 template = init_train_state(run.model_state, run.optimizer)
 with Checkpointer({ckpt!r}) as ckpt:
     state, key, config, step = ckpt.restore_latest(template, jax.random.PRNGKey(0))

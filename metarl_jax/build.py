@@ -1,0 +1,170 @@
+"""Building a run from its config, host side only (nothing is compiled): the tokenizer, the model, the training
+and validation task sets, the optimizer and its schedule, the step's hyperparameters and the micro-batch plan
+(:func:`build_run`), each part also on its own (:func:`build_model`, :func:`build_tasks`, :func:`build_optimizer`,
+:func:`hyper_from_config`). :mod:`metarl_jax.train` runs what this builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from metarl_jax import config_check, sharding
+from metarl_jax.algos.grpo import GRPOHyper
+from metarl_jax.algos.optim import make_optimizer, make_schedule
+from metarl_jax.evaluate import make_evaluator
+from metarl_jax.memory import MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes
+from metarl_jax.tasks import TaskSpec, build_mixture, build_task
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds from its config before compiling."""
+
+    tokenizer: object
+    graphdef: object
+    model_state: object
+    train_tasks: list[TaskSpec]
+    eval_tasks: list[TaskSpec]
+    optimizer: optax.GradientTransformation
+    schedule: optax.ScalarOrSchedule  # the optimizer's learning rate (see :func:`build_schedule`)
+    hyper: GRPOHyper
+    micro_batches: MicroBatches
+
+
+def build_model(config, tokenizer):
+    """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset."""
+    if config.model.pretrained_dir:
+        from metarl_jax.models.hf_io import load_pretrained
+
+        model = load_pretrained(config.model.pretrained_dir, dtype=config.model.dtype,
+                                param_dtype=config.model.param_dtype, remat=config.model.remat)
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise config_check.ConfigError(
+                f"config.model.pretrained_dir: the model's vocabulary ({model.config.vocab_size}) is smaller than the "
+                f"tokenizer's ({tokenizer.vocab_size}); use the tokenizer saved with the model")
+    else:
+        from metarl_jax.models.config import preset
+        from metarl_jax.models.transformer import Transformer
+
+        cfg = preset(config.model.preset, tokenizer.vocab_size)  # overrides were checked by config_check
+        model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed),
+                            param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype),
+                            remat=config.model.remat)
+    return nnx.split(model)
+
+
+def build_schedule(config) -> optax.ScalarOrSchedule:
+    """The learning rate of :func:`build_optimizer` (:func:`metarl_jax.algos.optim.make_schedule`)."""
+    return make_schedule(config.optimizer.learning_rate, config.optimizer.warmup_steps)
+
+
+def build_optimizer(config) -> optax.GradientTransformation:
+    """:func:`metarl_jax.algos.optim.make_optimizer` with ``config.optimizer``'s fields."""
+    return make_optimizer(**config.optimizer)
+
+
+def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
+    """The rate the optimizer's next update uses: ``schedule`` at the update count in ``opt_state`` (optax's
+    ``ScaleByScheduleState.count``, which skipped updates do not advance); a constant rate as is."""
+    if not callable(schedule):
+        return float(schedule)
+    count = optax.tree_utils.tree_get(
+        opt_state, "count", filtering=lambda path, _: getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState")
+    return float(schedule(jax.device_get(count)))
+
+
+def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
+    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
+    ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`)."""
+    entries = config.train_tasks if split == "train" else config.eval_tasks
+    field = "train_tasks" if split == "train" else "eval_tasks"
+    out = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        own = entry.pop("context_len", 0)
+        ctx = own or config.context_len
+        task = build_task(
+            entry, tokenizer, split="train" if split == "train" else "validation", seed=config.seed,
+            num_tasks=config.train_set_size if split == "train" else config.eval_trials,
+            single_episode=config.single_episode and split == "train", intro=config.intro,
+            repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
+            free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
+            text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
+            lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
+        )
+        if task.free_tokens and task.free_tokens < task.table.max_len:
+            raise config_check.ConfigError(
+                f"config.free_tokens: {task.free_tokens} tokens cannot hold an action of {task.name} "
+                f"({task.table.max_len} tokens); raise it")
+        config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
+                                   config.allow_truncation)
+        out.append(task)
+    return [build_mixture(out, tokenizer)] if config.mix_games and len(out) > 1 else out
+
+
+def build_run(config) -> Run:
+    """Checks the config and builds the run's parts (host side only: nothing is compiled)."""
+    from metarl_jax.text.tokenizers import load_tokenizer
+
+    config_check.check_config(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    graphdef, model_state = build_model(config, tokenizer)
+    train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
+    optimizer, schedule = build_optimizer(config), build_schedule(config)
+    micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
+    hyper = hyper_from_config(config, micro)
+    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro)
+
+
+def hyper_from_config(config, micro: MicroBatches | None = None) -> GRPOHyper:
+    """The step's :class:`GRPOHyper`: each of its fields from the config field of the same name, except the
+    discount (``gamma_step`` / ``gamma_traj`` only with ``config.discount``), ``order_seed`` (``config.seed``),
+    ``num_episodes_logged`` (``config.num_episodes_reported``) and the micro-batch rows (``micro``'s, the planned ones;
+    without it, the config's)."""
+    derived = dict(gamma_step=config.gamma_step if config.discount else None,
+                   gamma_traj=config.gamma_traj if config.discount else None, order_seed=config.seed,
+                   num_episodes_logged=config.num_episodes_reported,
+                   rollout_rows=micro.rollout if micro else config.rollout_rows,
+                   update_rows=micro.update if micro else config.update_rows)
+    named = {f.name: config[f.name] for f in dataclasses.fields(GRPOHyper) if f.name not in derived}
+    return GRPOHyper(**named, **derived)
+
+
+def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks) -> MicroBatches:
+    """Rows per rollout, update and evaluation micro-batch: ``config.rollout_rows`` / ``update_rows`` where
+    set, the rest from the memory budget (``config.memory_budget_gb``, 0: the device's memory; see
+    :func:`metarl_jax.memory.plan_micro_batches`). Warns when even the smallest micro-batches look too big."""
+    spec = sharding.mesh_spec(config.mesh)
+    data = sharding.mesh_from_config(spec).shape["data"]
+    state = tree_bytes(model_state) * (2 if config.kl_coef > 0 else 1) + tree_bytes(
+        jax.eval_shape(optimizer.init, model_state))
+    if spec.mode == "fsdp":
+        state //= data
+    budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()
+    rows = config.num_tasks * config.group_size
+    plan = plan_micro_batches(model.config, train_tasks, eval_tasks, rows, config.eval_trials, budget_bytes=budget,
+                              state_bytes=state, cache_dtype=model.dtype, data_devices=data, remat=config.model.remat)
+    if not plan.fits and not (config.rollout_rows and config.update_rows):
+        warnings.warn(f"the step may not fit in {budget / 2**30:.1f} GiB per device even in micro-batches of "
+                      f"{plan.rollout} rollout and {plan.update} update rows (of {rows}); lower each task's "
+                      "context_len or the model size, raise config.memory_budget_gb if the device has more, or "
+                      "set config.rollout_rows / config.update_rows", stacklevel=3)
+    return dataclasses.replace(plan, rollout=config.rollout_rows or plan.rollout,
+                               update=config.update_rows or plan.update)
+
+
+def run_label(config) -> str:
+    """The default label of a run's rows."""
+    return "single-episode" if config.single_episode else "orbit"
+
+
+def run_evaluator(run: Run, config):
+    """:func:`make_evaluator` of a built run with ``config``'s evaluation settings."""
+    return make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
+                          run.micro_batches.evaluate)
