@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 
 from metarl_jax.envs import registry
@@ -30,7 +31,9 @@ def _need(cond: bool, field: str, message: str):
         _fail(field, message)
 
 
-# (field, predicate, what is allowed)
+MAX_INT = 2**31 - 1  # the largest count or size a config may give
+
+# (field, predicate, what is allowed); a float must also be finite and an int at most MAX_INT
 _RANGES = [
     ("seed", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("num_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
@@ -260,6 +263,11 @@ def check_config(config) -> None:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(field, f"must be a number ({allowed}), got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(field, f"must be a finite number ({allowed}), got {value!r}")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            _fail(field, f"must be at most {MAX_INT:,} (2**31 - 1: counts and sizes are int32 on the device), got "
+                  f"{value:,}")
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
     _check_types(config)
@@ -356,6 +364,8 @@ def check_task(entry, field: str) -> None:
           f"(ORBIT uses 3 x turns = {3 * turns})")
     ctx = entry.get("context_len", 0)
     _need(_is_int(ctx) and ctx >= 0, f"{field}.context_len", f"must be an int >= 0 (0: the config's context_len), got {ctx!r}")
+    for key, value in (("max_turns_per_episode", turns), ("total_step_cap", cap), ("context_len", ctx)):
+        _need(value <= MAX_INT, f"{field}.{key}", f"must be at most {MAX_INT:,} (2**31 - 1), got {value:,}")
 
 
 def check_context(task, field: str, allow_truncation: bool) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,7 +28,34 @@ from ml_collections import config_flags
 from metarl_jax import configs
 
 _DEFAULT_CONFIG = configs.path("default")  # shipped with the package: found from an installed copy too
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config file (path.py[:variant]).")
+
+
+def config_error(e: BaseException) -> SystemExit:
+    """A one-paragraph command-line error for a ``--config`` file that cannot load or an override that does not
+    apply, instead of ml_collections' traceback (exit status 1, the message on stderr)."""
+    if isinstance(e, SyntaxError):
+        where = f"{e.filename} line {e.lineno}" if e.filename else "the config file"
+        return SystemExit(f"error: --config: {where} is not valid Python ({e.msg}); fix the file and rerun")
+    text = str(e.args[0]) if e.args else str(e)
+    unknown = re.match(r"""\W*'?([^'\\]+)""", text)
+    if isinstance(e, (AttributeError, KeyError)) and unknown:  # an override naming no field of the config
+        from metarl_jax.config_check import REMOVED_FIELDS
+
+        field = unknown.group(1)
+        close = re.search(r'Did you mean "([^"]+)"', text)
+        hint = (f" {field} is no longer a config field: {REMOVED_FIELDS[field]}." if field in REMOVED_FIELDS
+                else f" Did you mean {close.group(1)!r}?" if close else "")
+        return SystemExit(f"error: --config: the config has no field {field!r} to override.{hint}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if "Errno" in line or "Error" in line), lines[-1] if lines else "")
+    return SystemExit(f"error: --config: cannot load the config file: {cause} (give a config file as "
+                      "path.py[:variant])")
+
+
+try:  # ml_collections applies --config.<field>=... overrides as it defines the flag
+    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Run config file (path.py[:variant]).")
+except (AttributeError, KeyError, ValueError, TypeError) as e:
+    raise config_error(e) from None
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/metarl_run", "Where checkpoints, logs and results go.")
 _COMPILE_CACHE = flags.DEFINE_boolean(
     "compile_cache", True, "Keep compiled XLA programs in <workdir>/xla_cache (JAX's persistent compilation cache): a "
@@ -88,7 +116,12 @@ def compare(config, workdir: str):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    try:
+        config = _CONFIG.value
+        config.keys()  # a file that failed to load gives a placeholder that raises here
+    except (OSError, ImportError, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise config_error(e) from None
+    workdir = _WORKDIR.value
     from metarl_jax.checkpoints import check_writable
     from metarl_jax.config_check import check_config
     from metarl_jax.sharding import maybe_initialize_distributed
@@ -120,4 +153,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except SyntaxError as e:  # a --config file that is not valid Python, met while absl parses the flags
+        raise config_error(e) from None

@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -136,6 +137,50 @@ def word_vocabulary_without_an_action(ctx: Ctx) -> None:
     Codec(env, WordTokenizer([t for t in adhoc_word_tokenizer(env).tokens if t != "above"]))
 
 
+def edited_weights(ctx: Ctx, edit) -> str:
+    """The tiny model directory with ``edit(tensors)`` applied to its weights (a dict name -> array)."""
+    from safetensors.numpy import load_file, save_file
+
+    d = ctx.model_dir()
+    tensors = load_file(str(d / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(d / "model.safetensors"))
+    return str(d)
+
+
+def nan_weight(ctx: Ctx) -> None:
+    def edit(tensors):
+        tensors["model.norm.weight"] = tensors["model.norm.weight"].copy()
+        tensors["model.norm.weight"][3] = np.nan
+    load_pretrained(edited_weights(ctx, edit))
+
+
+def float64_beyond_float32(ctx: Ctx) -> None:
+    def edit(tensors):
+        tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.float64)
+        tensors["model.norm.weight"][0] = 1e300
+    load_pretrained(edited_weights(ctx, edit))
+
+
+def stale_extra_weights_file(ctx: Ctx) -> None:
+    d = ctx.model_dir()
+    shutil.copy(d / "model.safetensors", d / "model-old.safetensors")
+    load_pretrained(str(d))
+
+
+def shard_index_leaving_the_directory(ctx: Ctx) -> None:
+    d = ctx.model_dir()
+    (ctx.tmp / "outside").mkdir()
+    shutil.move(str(d / "model.safetensors"), str(ctx.tmp / "outside" / "w.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(ctx.tmp / "outside" / "w.safetensors"), framework="numpy") as f:
+        names = list(f.keys())
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "../outside/w.safetensors"
+                                                                                for n in names}}))
+    load_pretrained(str(d))
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One row of the table: ``action(ctx)`` must raise ``error`` with a message matching ``pattern``."""
@@ -206,6 +251,20 @@ CASES = [
          ConfigError, r"config\.thinking: 'strip' needs decoding='free'"),
     Case("stripped thinking without a </think> token", built(thinking="strip", decoding="free", answer_coef=0.0),
          ValueError, r"thinking='strip' needs a tokenizer with '</think>' as one token.*Use thinking='keep'"),
+    Case("an infinite temperature", checked(temperature=float("inf")),
+         ConfigError, r"config\.temperature: must be a finite number \(> 0 .*got inf"),
+    Case("an infinite learning rate", checked(optimizer__learning_rate=float("inf")),
+         ConfigError, r"config\.optimizer\.learning_rate: must be a finite number \(> 0\), got inf"),
+    Case("a NaN clip", checked(clip_high=float("nan")),
+         ConfigError, r"config\.clip_high: must be a finite number \(>= 0\), got nan"),
+    Case("2**70 steps", checked(num_steps=2**70),
+         ConfigError, r"config\.num_steps: must be at most 2,147,483,647 \(2\*\*31 - 1: counts and sizes are int32 "
+                      r"on the device\), got 1,180,591,620,717,411,303,424"),
+    Case("2**70 evaluation trials", checked(eval_trials=2**70),
+         ConfigError, r"config\.eval_trials: must be at most 2,147,483,647"),
+    Case("a task context of 2**70 tokens", checked(eval_tasks=[dict(env_id="game:GuessTheNumber-v0-easy",
+                                                                      context_len=2**70)]),
+         ConfigError, r"config\.eval_tasks\[0\]\.context_len: must be at most 2,147,483,647"),
     Case("bad wandb.mode", checked(wandb__project="p", wandb__mode="cloud"),
          ConfigError, r"config\.wandb\.mode: must be one of \('offline', 'online'\).*got 'cloud'"),
     Case("bad mesh.mode", checked(mesh__mode="pipeline"),
@@ -252,6 +311,16 @@ CASES = [
     Case("compute dtype the device cannot run",
          lambda ctx: load_pretrained(str(ctx.model_dir()), dtype=jnp.float8_e4m3fn),
          ValueError, r"dtype=float8_e4m3fn cannot run on this \w+ backend; the model runs in float32, bfloat16, float16"),
+    Case("NaN in the weights", nan_weight,
+         ValueError, r"tensor 'model.norm.weight' in .*model.safetensors holds 1 NaN or infinite value\(s\); the "
+                     r"checkpoint is corrupt"),
+    Case("float64 weights beyond float32", float64_beyond_float32,
+         ValueError, r"tensor 'model.norm.weight' in .* holds a value of magnitude 1e\+300, beyond the largest float32"),
+    Case("a stale extra weights file", stale_extra_weights_file,
+         ValueError, r"tensor '.*' is stored twice: in .*model-old.safetensors and in .*model.safetensors; a stale "
+                     r"weights file"),
+    Case("a shard index leaving the model directory", shard_index_leaving_the_directory,
+         ValueError, r"points to shard\(s\) \['\.\./outside/w.safetensors'\] outside"),
     Case("float8 tensors in the weights", float8_tensors,
          ValueError, r"tensor '.*' in .* is stored as F8_E4M3, which cannot be loaded.*Dequantize"),
     Case("weights that do not match config.json",
@@ -352,3 +421,33 @@ def test_parse_action_is_total_on_random_unicode(env_id, envs_and_trials):
 def test_parse_action_of_non_text_is_invalid(junk):
     env, _ = envs.make(GTN_HARD)
     assert env.parse_action(junk) == -1
+
+
+# ---------------------------------------------------------------- the command line's config errors
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=/no/such/config.py"],
+     r"^error: --config: cannot load the config file: \[Errno 2\] No such file or directory: '/no/such/config\.py'"),
+    (["--config.num_stepz=3"], r"^error: --config: the config has no field 'num_stepz' to override\. Did you mean "
+                               r"'num_steps'\?$"),
+    (["--config.variant=single"], r"^error: --config: the config has no field 'variant' to override\. variant is no "
+                                  r"longer a config field: the variant is the config file's argument"),
+    ("SYNTAX", r"^error: --config: .*broken\.py line 1 is not valid Python \(.*\); fix the file and rerun$"),
+], ids=["missing file", "misspelt override", "removed field", "syntax error"])
+def test_cli_config_errors_are_one_line_without_a_traceback(tmp_path, args, message):
+    import re
+    import subprocess
+    import sys
+
+    if args == "SYNTAX":
+        (tmp_path / "broken.py").write_text("def get_config(:\n")
+        args = [f"--config={tmp_path / 'broken.py'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "metarl_jax.main", *args, f"--workdir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "run").exists(), "nothing is written for a config that does not load"

@@ -158,6 +158,11 @@ def _shards(local_dir: str) -> list[str]:
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no 'weight_map' (tensor name -> shard file); re-save the model")
         files = sorted(set(weight_map.values()))
+        root = os.path.realpath(local_dir)
+        outside = [s for s in files if os.path.commonpath([root, os.path.realpath(os.path.join(root, s))]) != root]
+        if outside:
+            raise ValueError(f"{index} points to shard(s) {outside} outside {local_dir}; every shard must be a file of "
+                             "the model directory (re-save the model, or fix the index's weight_map)")
         missing = [s for s in files if not os.path.exists(os.path.join(local_dir, s))]
         if missing:
             raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing; copy every shard of the "
@@ -193,7 +198,7 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype,
                                                remat=remat))
     expected = hf_names(config)
-    seen = set()
+    seen: dict[str, str] = {}  # tensor name -> the file it came from
     stacks: dict[tuple, np.ndarray] = {}  # path -> the stacked layer parameter, assembled on the host
     sharding = None
     if mesh is not None:
@@ -216,8 +221,12 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                     raise ValueError(f"tensor {name!r} in {shard} is stored as {stored}, which cannot be loaded "
                                      f"(float8 and integer tensors are quantized weights); supported: "
                                      f"{', '.join(SAFETENSORS_DTYPES)}. Dequantize the checkpoint first")
+                if name in seen:
+                    raise ValueError(f"tensor {name!r} is stored twice: in {seen[name]} and in {shard}; a stale weights "
+                                     f"file lies in {local_dir} (remove the files that are not part of the checkpoint)")
                 path, transpose, layer = expected[name]
                 array = f.get_tensor(name)
+                _check_values(array, name, shard, param_dtype)
                 if transpose:
                     array = array.T
                 var = _variable(model, path)
@@ -234,8 +243,8 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                     if path not in stacks:
                         stacks[path] = np.empty(var.shape, np.dtype(param_dtype))
                     stacks[path][layer] = array
-                seen.add(name)
-    missing = sorted(set(expected) - seen)
+                seen[name] = shard
+    missing = sorted(set(expected) - set(seen))
     if missing:
         raise ValueError(f"missing tensor(s) in {local_dir}: {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                          f"({len(missing)} of {len(expected)} that config.json implies); copy every weight file "
@@ -243,6 +252,25 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     for path, stack in stacks.items():  # complete now: every layer's tensor was seen
         _place(_variable(model, path), stack, param_dtype, sharding)
     return model
+
+
+def _check_values(array: np.ndarray, name: str, shard: str, param_dtype) -> None:
+    """Refuses NaN or infinite weights, and finite ones beyond ``param_dtype``'s range (they would become inf)."""
+    if array.dtype.kind == "V":  # bfloat16 (ml_dtypes): checked in float32, which holds every bfloat16 value
+        array = array.astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating) or not array.size:
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(f"tensor {name!r} in {shard} holds {int((~finite).sum())} NaN or infinite value(s); the "
+                         "checkpoint is corrupt or was saved after a diverged run: use another checkpoint")
+    limit = float(jnp.finfo(param_dtype).max)
+    if float(np.finfo(array.dtype).max) > limit:  # a wider stored dtype: its values may not fit
+        largest = float(np.abs(array).max())
+        if largest > limit:
+            raise ValueError(f"tensor {name!r} in {shard} holds a value of magnitude {largest:.3g}, beyond the "
+                             f"largest {jnp.dtype(param_dtype).name} ({limit:.3g}): it would load as inf; rescale the "
+                             "checkpoint or load it with a wider param_dtype")
 
 
 def _place(var, array, param_dtype, sharding) -> None:
