@@ -37,6 +37,7 @@ import errno
 import os
 import re
 import shutil
+import socket
 import tempfile
 import warnings
 
@@ -56,6 +57,37 @@ class CheckpointMismatchError(ValueError):
 
 class UnfinishedSaveWarning(RuntimeWarning):
     """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found and ignored."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process holds the workdir's lock (:func:`workdir_lock`)."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds an exclusive lock on ``<workdir>/.lock`` for the block; raises :class:`WorkdirBusyError` at once when
+    another process holds it. The operating system releases it when the process ends, killed or not."""
+    import fcntl
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise WorkdirBusyError(f"{workdir} is in use by {holder}: two runs in one workdir would overwrite each "
+                                   "other's checkpoints and logs. Wait for it to finish, stop it, or use another "
+                                   "--workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class UnwritableError(OSError):
@@ -301,9 +333,17 @@ class Checkpointer:
                 warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
                               f"{str(e)[:300]}); moved it to {aside} and falling back to an earlier step",
                               stacklevel=2)
-        if steps:
-            raise RuntimeError(f"no readable checkpoint in {self.directory} (tried steps {steps})")
+        aside = self.set_aside_steps()
+        if steps or aside:
+            raise RuntimeError(
+                f"no readable checkpoint in {self.directory} (unreadable steps set aside: {aside}); starting over "
+                "would silently drop the run's progress. Repair or restore a checkpoint, or move the workdir away to "
+                "start a fresh run")
         return None
+
+    def set_aside_steps(self) -> list[str]:
+        """The unreadable steps :meth:`restore_latest` renamed to ``<step>.unreadable[.N]``, sorted."""
+        return sorted(n for n in os.listdir(self.directory) if re.fullmatch(r"\d+\.unreadable(\.\d+)?", n))
 
     def _set_aside(self, step: int) -> str:
         """Renames ``<step>`` to ``<step>.unreadable[.N]`` (orbax ignores it) and reloads the step list."""

@@ -55,7 +55,7 @@ from flax import nnx
 from metarl_jax import sharding
 from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step
 from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label
-from metarl_jax.checkpoints import Checkpointer, check_writable
+from metarl_jax.checkpoints import Checkpointer, check_writable, workdir_lock
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
                                  success_table)
 from metarl_jax.memory import (device_memory_bytes, tree_bytes,
@@ -154,9 +154,13 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
     final train state and the model's graph definition (:class:`TrainResult`).
     """
     run = build_run(config)
-    label = label or run_label(config)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
     check_writable(workdir, "workdir")  # before compiling: fail in seconds, not after the first steps
+    with workdir_lock(workdir):  # one run at a time in a workdir
+        return _train_and_evaluate(run, config, workdir, label or run_label(config), quiet)
+
+
+def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> TrainResult:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
     check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
@@ -182,11 +186,17 @@ def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bo
             if changed:
                 warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
                               "weights and optimizer state are kept", stacklevel=2)
+            if start > config.num_steps:
+                raise ValueError(
+                    f"config.num_steps={config.num_steps} but {workdir} holds a checkpoint of step {start}: the run "
+                    "went further already. Evaluate an earlier checkpoint with --mode=evaluate --step=N (steps: "
+                    f"{ckpt.all_steps()}), or give a fresh --workdir to train {config.num_steps} steps")
             if not quiet:
                 print(f"[{label}] resumed from step {start} in {workdir}", flush=True)
         finished = start == config.num_steps and os.path.exists(os.path.join(workdir, "eval.json"))
         if not finished:
-            with MetricsLog(workdir, resume_step=start if restored is not None else None,
+            # A fresh start (no checkpoint) replaces any rows a run killed before its first checkpoint logged.
+            with MetricsLog(workdir, resume_step=start if restored is not None else -1,
                             wandb_project=config.wandb.project, wandb_mode=config.wandb.mode) as log:
                 if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
                     log.hparams(scalar_fields(saved_config))
@@ -275,7 +285,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{ckpt_dir} does not exist: train the run first (the same command without "
                                 "--mode=evaluate)")
-    with Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
+    with workdir_lock(workdir), Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
         steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint to evaluate: train the run first (the same "
@@ -288,7 +298,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == steps[-1]
-    rows = evaluate_params(run_evaluator(run, config), state.params, config,
-                           label if latest else f"{label} (step {step})")[1]
-    write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
+        rows = evaluate_params(run_evaluator(run, config), state.params, config,
+                               label if latest else f"{label} (step {step})")[1]
+        write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows

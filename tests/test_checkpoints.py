@@ -144,3 +144,38 @@ def test_no_readable_step_raises(tmp_path, trained):
     os.remove(tmp_path / "1" / "state" / "_METADATA")
     with warnings.catch_warnings(record=True), pytest.raises(RuntimeError, match="no readable checkpoint"):
         Checkpointer(tmp_path).restore_latest(state, key)
+    # The unreadable step was set aside; a second attempt must not read as "no checkpoint, start over".
+    with pytest.raises(RuntimeError, match=r"unreadable steps set aside: \['1\.unreadable'\]\); starting over would "
+                                           r"silently drop the run's progress"):
+        Checkpointer(tmp_path).restore_latest(state, key)
+
+
+def test_workdir_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from metarl_jax.checkpoints import WorkdirBusyError, workdir_lock
+
+    with workdir_lock(str(tmp_path)):
+        with pytest.raises(WorkdirBusyError, match=rf"{tmp_path} is in use by process {os.getpid()} on "):
+            with workdir_lock(str(tmp_path)):
+                pass
+    with workdir_lock(str(tmp_path)):  # released at the end of the block
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from metarl_jax.checkpoints import workdir_lock\n"
+        f"with workdir_lock({str(tmp_path)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirBusyError, match=f"process {holder.pid} "):
+            with workdir_lock(str(tmp_path)):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    with workdir_lock(str(tmp_path)):  # the killed holder's lock went with it
+        pass

@@ -241,3 +241,16 @@ def test_wandb_offline_run_is_written_without_network(tmp_path, monkeypatch):
     assert os.path.getsize(os.path.join(run_dir, f"run-{run_id}.wandb")) > 0
     (page,) = glob.glob(os.path.join(run_dir, "files", "media", "html", "eval", "env", "trial_1_1_*.html"))
     assert "secret 17" in open(page).read()
+
+
+def test_a_fresh_start_replaces_the_rows_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    with MetricsLog(str(tmp_path)) as log:  # the killed run: rows, no checkpoint
+        log.log("eval", 0, {"acc": 0.1})
+        log.log("train", 1, {"loss": 2.0})
+    with MetricsLog(str(tmp_path), resume_step=-1) as log:  # the rerun starts from scratch
+        log.log("eval", 0, {"acc": 0.2})
+        log.log("train", 1, {"loss": 3.0})
+    rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1)]
+    assert rows[0]["acc"] == 0.2 and rows[1]["loss"] == 3.0
+    assert [r["step"] for r in _csv(str(tmp_path / "metrics_train.csv"))[1]] == ["1"]

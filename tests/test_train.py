@@ -124,6 +124,27 @@ def test_evaluate_mode_and_a_changed_finished_run_report_fresh_numbers(finished_
     assert out.returncode != 0 and "train the run first" in out.stderr
 
 
+def test_a_workdir_is_refused_while_in_use_or_past_num_steps(finished_run, tmp_path):
+    """A second run in a workdir that another process holds fails at once; a finished run rerun with fewer steps
+    is refused instead of evaluating the later weights under the earlier step; neither writes anything."""
+    import shutil
+
+    from metarl_jax.checkpoints import WorkdirBusyError, workdir_lock
+
+    workdir = pathlib.Path(shutil.copytree(finished_run, tmp_path / "run"))
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    with workdir_lock(str(workdir)), pytest.raises(WorkdirBusyError, match="use another --workdir"):
+        train.train_and_evaluate(tiny.get_config(), str(workdir), quiet=True)
+    fewer = tiny.get_config()
+    fewer.num_steps = 3
+    with pytest.raises(ValueError, match=r"config\.num_steps=3 but .* holds a checkpoint of step 6: the run went "
+                                         r"further already\. Evaluate an earlier checkpoint with --mode=evaluate "
+                                         r"--step=N \(steps: \[4, 6\]\)"):
+        train.train_and_evaluate(fewer, str(workdir), quiet=True)
+    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {p: t for p, t in before.items() if p.name != ".lock"}
+
+
 @pytest.mark.slow  # over a minute on 2 cores; CI runs it with `-m slow`
 def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
     proc = subprocess.Popen(main_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
