@@ -99,8 +99,11 @@ def check_writable(directory, what: str = "directory") -> str:
     """Creates ``directory`` if needed, then writes, syncs and removes a 4 KiB probe file in it.
 
     Returns the absolute path. Raises :class:`UnwritableError` naming ``what``, the directory and the cause when
-    any of that fails (e.g. no permission, a path under a regular file, no space left).
+    any of that fails (e.g. no permission, a path under a regular file, no space left), ``ValueError`` for an empty
+    path (which would mean the current directory).
     """
+    if not os.fspath(directory):
+        raise ValueError(f"the {what} is an empty path; give a directory (for example --workdir=/tmp/metarl_run)")
     directory = os.path.abspath(os.fspath(directory))
     try:
         os.makedirs(directory, exist_ok=True)

@@ -128,7 +128,10 @@ def main(argv):
 
     check_config(config)  # a bad field fails here, before jax.distributed or any compile
     maybe_initialize_distributed(config.mesh.distributed)  # before anything touches the devices
-    check_writable(workdir, "workdir")  # a clear error (not a raw OSError) for a read-only or missing parent
+    try:
+        check_writable(workdir, "workdir")  # a clear error (not a raw OSError) for a read-only or missing parent
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: --workdir: {e}") from None
     if _COMPILE_CACHE.value:
         import jax
 

@@ -59,6 +59,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -166,9 +167,39 @@ def _replace(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _row(path: str, lineno: int, line: str) -> dict | None:
+    """The JSON row of ``line``, or None (with a warning naming the file and line) when it is not one."""
+    try:
+        row = json.loads(line)
+        if isinstance(row, dict) and "step" in row:
+            return row
+        problem = "a JSON value without a 'step'"
+    except ValueError as e:
+        problem = f"not JSON ({e})"
+    warnings.warn(f"{path}:{lineno}: dropped a corrupt metrics row, {problem}: {line[:80]!r}", stacklevel=3)
+    return None
+
+
+def _csv_step(path: str, row: dict) -> float | None:
+    """The step of a CSV row, or None (with a warning naming the file) when the row is corrupt."""
+    try:
+        return float(row["step"])
+    except (TypeError, ValueError):
+        warnings.warn(f"{path}: dropped a corrupt metrics row with step {row.get('step')!r}", stacklevel=3)
+        return None
+
+
 def read_jsonl(path: str) -> list[dict]:
-    """The objects of a JSONL file, one per line; a final line cut short by a crash is ignored."""
-    return [json.loads(line) for line in _complete_lines(path)[0] if line.strip()]
+    """The objects of a JSONL file, one per line; a final line cut short by a crash is ignored. A corrupt line
+    raises ``ValueError`` naming the file and the line."""
+    rows = []
+    for lineno, line in enumerate(_complete_lines(path)[0], 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON row ({e}): {line[:80]!r}") from None
+    return rows
 
 
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -208,7 +239,8 @@ class MetricsLog:
 
         if os.path.exists(self.jsonl_path):
             lines, cut = _complete_lines(self.jsonl_path)
-            kept = [line for line in lines if line.strip() and keep(json.loads(line)["step"])]
+            kept = [line for i, line in enumerate(lines, 1)
+                    if line.strip() and (row := _row(self.jsonl_path, i, line)) is not None and keep(row["step"])]
             if cut or len(kept) != len(lines):
                 _replace(self.jsonl_path, "".join(kept))
         for name in sorted(os.listdir(workdir)):
@@ -217,7 +249,7 @@ class MetricsLog:
                 path = os.path.join(workdir, name)
                 cut = _complete_lines(path)[1]
                 fields, rows = _read_csv(path)
-                kept = [row for row in rows if keep(row["step"])]
+                kept = [row for row in rows if _csv_step(path, row) is not None and keep(row["step"])]
                 if cut or len(kept) != len(rows):
                     _write_csv(path, fields, kept)
                 self._csv_fields[m.group(1)] = fields

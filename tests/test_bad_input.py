@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import adhoc_word_tokenizer
-from metarl_jax import build, envs
+from metarl_jax import build, envs, train
 from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
 from metarl_jax.config_check import ConfigError, check_config
 from metarl_jax.models.hf_io import load_pretrained, save_pretrained
@@ -319,6 +319,10 @@ CASES = [
     Case("a stale extra weights file", stale_extra_weights_file,
          ValueError, r"tensor '.*' is stored twice: in .*model-old.safetensors and in .*model.safetensors; a stale "
                      r"weights file"),
+    Case("zero layers in config.json", lambda ctx: load_pretrained(edit_config_json(ctx, num_hidden_layers=0)),
+         ValueError, r"num_hidden_layers=0 in .*config.json must be a positive int below 2\*\*31"),
+    Case("an empty workdir", lambda ctx: train.train_and_evaluate(config(), ""),
+         ValueError, r"the workdir is an empty path; give a directory \(for example --workdir=/tmp/metarl_run\)"),
     Case("a shard index leaving the model directory", shard_index_leaving_the_directory,
          ValueError, r"points to shard\(s\) \['\.\./outside/w.safetensors'\] outside"),
     Case("float8 tensors in the weights", float8_tensors,
@@ -434,7 +438,8 @@ def test_parse_action_of_non_text_is_invalid(junk):
     (["--config.variant=single"], r"^error: --config: the config has no field 'variant' to override\. variant is no "
                                   r"longer a config field: the variant is the config file's argument"),
     ("SYNTAX", r"^error: --config: .*broken\.py line 1 is not valid Python \(.*\); fix the file and rerun$"),
-], ids=["missing file", "misspelt override", "removed field", "syntax error"])
+    (["--workdir="], r"^error: --workdir: the workdir is an empty path; give a directory"),
+], ids=["missing file", "misspelt override", "removed field", "syntax error", "empty workdir"])
 def test_cli_config_errors_are_one_line_without_a_traceback(tmp_path, args, message):
     import re
     import subprocess
@@ -443,11 +448,12 @@ def test_cli_config_errors_are_one_line_without_a_traceback(tmp_path, args, mess
     if args == "SYNTAX":
         (tmp_path / "broken.py").write_text("def get_config(:\n")
         args = [f"--config={tmp_path / 'broken.py'}"]
+    workdir = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path / 'run'}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "metarl_jax.main", *args, f"--workdir={tmp_path / 'run'}"],
+    done = subprocess.run([sys.executable, "-m", "metarl_jax.main", *args, *workdir],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
-    assert not (tmp_path / "run").exists(), "nothing is written for a config that does not load"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "checkpoints").exists(), "nothing is written"

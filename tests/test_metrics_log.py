@@ -254,3 +254,18 @@ def test_a_fresh_start_replaces_the_rows_of_a_run_killed_before_its_first_checkp
     assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1)]
     assert rows[0]["acc"] == 0.2 and rows[1]["loss"] == 3.0
     assert [r["step"] for r in _csv(str(tmp_path / "metrics_train.csv"))[1]] == ["1"]
+
+
+def test_a_corrupt_row_in_the_middle_is_dropped_with_its_file_and_line_and_resume_goes_on(tmp_path):
+    with MetricsLog(str(tmp_path)) as log:
+        for step in (1, 2, 3):
+            log.log("train", step, {"loss": float(step)})
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + '{"step": 2, "kind": "tr\x00ain", "loss": \n' + lines[2])
+    with pytest.raises(ValueError, match=rf"{path}:2: not a JSON row"):
+        read_jsonl(str(path))
+    with pytest.warns(UserWarning, match=rf"{path}:2: dropped a corrupt metrics row, not JSON"):
+        with MetricsLog(str(tmp_path), resume_step=3) as log:
+            log.log("train", 4, {"loss": 4.0})
+    assert [r["step"] for r in read_jsonl(str(path))] == [1, 3, 4]

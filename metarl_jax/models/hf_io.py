@@ -86,10 +86,16 @@ def _read_json(path: str) -> dict:
     return data
 
 
+# config.json's sizes: each a positive int when present.
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim")
+
+
 def check_hf_config(raw: dict, where: str) -> None:
     """Refuses a ``config.json`` this library cannot run, naming the field and the cause.
 
-    Checks ``model_type`` (qwen3 or llama), ``architectures`` (a causal LM of that type), the declared weight
+    Checks ``model_type`` (qwen3 or llama), the sizes (:data:`SIZE_FIELDS`: positive ints), ``architectures`` (a
+    causal LM of that type), the declared weight
     dtype (``torch_dtype`` / ``dtype``: one of :data:`STORAGE_DTYPES`; float8 and integer types are quantized
     checkpoints) and ``quantization_config`` (not supported).
     """
@@ -97,6 +103,11 @@ def check_hf_config(raw: dict, where: str) -> None:
     if model_type not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture model_type={model_type!r} in {where}; supported: "
                          f"{', '.join(ARCHITECTURES)} (a Qwen3 or Llama causal LM)")
+    for field in SIZE_FIELDS:
+        value = raw.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31):
+            raise ValueError(f"{field}={value!r} in {where} must be a positive int below 2**31; the config.json is "
+                             "damaged or not the one saved with these weights")
     archs = raw.get("architectures")
     if archs is not None:
         if isinstance(archs, str):
