@@ -229,7 +229,11 @@ class MetricsLog:
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.resume_step = resume_step
-        self._wandb = WandbRun(workdir, wandb_project, wandb_mode) if wandb_project else None
+        self._wandb = None
+        if wandb_project:
+            from metarl_jax.wandb_log import WandbRun
+
+            self._wandb = WandbRun(workdir, wandb_project, wandb_mode)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._csv_fields: dict[str, list[str]] = {}
         self._tb: dict = {}  # kind -> tensorboardX SummaryWriter of tensorboard/<kind>
@@ -341,46 +345,6 @@ class MetricsLog:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class WandbRun:
-    """The optional Weights & Biases mirror of a :class:`MetricsLog` (``wandb`` imported only here): one wandb run per
-    workdir, its id kept in ``<workdir>/wandb_run_id`` so that a resume continues it, its files in ``<workdir>/wandb``."""
-
-    def __init__(self, workdir: str, project: str, mode: str = "offline"):
-        try:
-            import wandb
-        except ImportError as e:
-            raise ImportError("wandb logging is on (config.wandb.project) but wandb is not installed: pip install "
-                              "wandb, or set config.wandb.project=''") from e
-        self._wandb = wandb
-        id_path = os.path.join(workdir, "wandb_run_id")
-        if os.path.exists(id_path):
-            with open(id_path) as f:
-                run_id = f.read().strip()
-        else:
-            import uuid
-
-            run_id = uuid.uuid4().hex[:12]
-            _replace(id_path, run_id + "\n")
-        self.run = wandb.init(project=project, mode=mode, dir=workdir, id=run_id, resume="allow",
-                              name=os.path.basename(os.path.abspath(workdir)),
-                              settings=wandb.Settings(console="off", quiet=True, save_code=False))
-
-    def log(self, values: Mapping[str, float | int], step: int) -> None:
-        self.run.log(dict(values), step=step)
-
-    def text(self, texts: Mapping[str, str], step: int) -> None:
-        import html
-
-        self.run.log({tag: self._wandb.Html(f"<pre>{html.escape(value)}</pre>") for tag, value in texts.items()},
-                     step=step)
-
-    def config(self, values: Mapping[str, bool | int | float | str]) -> None:
-        self.run.config.update(dict(values), allow_val_change=True)
-
-    def finish(self) -> None:
-        self.run.finish()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
