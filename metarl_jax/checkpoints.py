@@ -260,6 +260,17 @@ class Checkpointer:
         """All complete steps, ascending."""
         return sorted(self.manager.all_steps())
 
+    def pick_step(self, step: int, purpose: str, hint: str) -> int:
+        """``step``, or the latest complete step for 0; ``FileNotFoundError`` when there is none (``purpose``: what
+        the step is for, ``hint``: what to do) and ``ValueError`` naming the saved steps when ``step`` is not one."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.directory} holds no checkpoint to {purpose}: {hint}")
+        if step and step not in steps:
+            raise ValueError(f"--step={step}: {self.directory} holds the steps {steps}; choose one of them, or 0 for "
+                             "the latest")
+        return step or steps[-1]
+
     def _check_against(self, step: int, template: dict) -> None:
         """Raises :class:`CheckpointMismatchError` naming the first leaf whose path or shape differs."""
         meta = self.manager.item_metadata(step)["state"]

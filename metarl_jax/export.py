@@ -21,9 +21,9 @@ from flax import nnx
 
 from metarl_jax.algos.grpo import init_train_state
 from metarl_jax.checkpoints import Checkpointer, check_writable
+from metarl_jax.build import build_model, build_optimizer
 from metarl_jax.models.hf_io import save_pretrained
 from metarl_jax.text.tokenizers import load_tokenizer
-from metarl_jax.build import build_model, build_optimizer
 
 
 def export(workdir: str, out_dir: str, step: int = 0) -> int:
@@ -37,13 +37,7 @@ def export(workdir: str, out_dir: str, step: int = 0) -> int:
         raise FileNotFoundError(f"{ckpt_dir} does not exist{hint}")
     check_writable(out_dir, "export directory")
     with Checkpointer(ckpt_dir) as ckpt:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint to export: train the run first")
-        if step and step not in steps:
-            raise ValueError(f"--step={step}: {ckpt_dir} holds the steps {steps}; choose one of them, or 0 for the "
-                             "latest")
-        step = step or steps[-1]
+        step = ckpt.pick_step(step, "export", "train the run first")
         config = ml_collections.ConfigDict(ckpt.saved_config(step))
         tokenizer = load_tokenizer(config.tokenizer)
         graphdef, model_state = build_model(config, tokenizer)

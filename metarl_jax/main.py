@@ -5,7 +5,8 @@
 ``--config`` names an ml_collections config file (``path.py:variant``); ``--config.a.b=value`` overrides a field.
 ``--compare`` (the default when the config's variant is ``compare``, the default config's default) trains the
 ORBIT run and the single-episode baseline with the same budget, in ``<workdir>/orbit`` and
-``<workdir>/single_episode``, and prints their held-out per-episode success side by side (also ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
+``<workdir>/single_episode``, and prints their held-out per-episode success side by side (also
+``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
 command resumes from the last checkpoints.
 
 ``--mode=evaluate`` trains nothing: it evaluates the run's latest checkpoint (or ``--step``'s) on the held-out

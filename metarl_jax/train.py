@@ -286,18 +286,12 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         raise FileNotFoundError(f"{ckpt_dir} does not exist: train the run first (the same command without "
                                 "--mode=evaluate)")
     with workdir_lock(workdir), Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint to evaluate: train the run first (the same "
-                                    "command without --mode=evaluate)")
-        if step and step not in steps:
-            raise ValueError(f"--step={step}: {ckpt_dir} holds the steps {steps}; choose one of them, or 0 for the "
-                             "latest")
+        newest = ckpt.pick_step(0, "evaluate", "train the run first (the same command without --mode=evaluate)")
         if step:
-            state = ckpt.restore(step, state, run_key)[0]
+            state = ckpt.restore(ckpt.pick_step(step, "evaluate", ""), state, run_key)[0]
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
-        latest = step == steps[-1]
+        latest = step == newest
         rows = evaluate_params(run_evaluator(run, config), state.params, config,
                                label if latest else f"{label} (step {step})")[1]
         write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
