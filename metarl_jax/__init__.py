@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
-from metarl_jax.learners import CrossEpisodeMetaLearner, InContextLearner  # noqa: E402
-
 __all__ = ["CrossEpisodeMetaLearner", "InContextLearner"]
+
+
+def __getattr__(name: str):
+    """The two learners, imported on first use: importing the package (``python -m metarl_jax.main`` does) must not
+    start JAX's backend, because ``jax.distributed.initialize`` has to run first in a multi-process job."""
+    if name in __all__:
+        from metarl_jax import learners
+
+        return getattr(learners, name)
+    raise AttributeError(f"module 'metarl_jax' has no attribute {name!r}")

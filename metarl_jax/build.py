@@ -164,7 +164,8 @@ def run_label(config) -> str:
     return "single-episode" if config.single_episode else "orbit"
 
 
-def run_evaluator(run: Run, config):
-    """:func:`make_evaluator` of a built run with ``config``'s evaluation settings."""
+def run_evaluator(run: Run, config, mesh=None):
+    """:func:`make_evaluator` of a built run with ``config``'s evaluation settings (on ``mesh`` under
+    ``config.mesh.mode`` when given)."""
     return make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
-                          run.micro_batches.evaluate)
+                          run.micro_batches.evaluate, mesh=mesh, mode=config.mesh.mode)

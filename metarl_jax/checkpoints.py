@@ -43,9 +43,10 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
-from metarl_jax.sharding import path_names
+from metarl_jax.sharding import is_primary, path_names, sync
 
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
 TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
@@ -66,8 +67,13 @@ class WorkdirBusyError(RuntimeError):
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
     """Holds an exclusive lock on ``<workdir>/.lock`` for the block; raises :class:`WorkdirBusyError` at once when
-    another process holds it. The operating system releases it when the process ends, killed or not."""
+    another process holds it. The operating system releases it when the process ends, killed or not. In a
+    multi-process job only process 0 takes it (the others share the workdir with it)."""
     import fcntl
+
+    if not is_primary():
+        yield
+        return
 
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, ".lock")
@@ -173,7 +179,9 @@ class Checkpointer:
 
     ``directory`` is made absolute (orbax requires it). ``max_to_keep`` most recent steps are kept; ``async_save``
     writes in a background thread after the device-to-host copy, so the saved arrays may be donated right after
-    :meth:`save` returns. Single host: the unreadable-step fallback and the trash directory work locally.
+    :meth:`save` returns. Several processes (:mod:`metarl_jax.sharding`): each calls every method, orbax writes each
+    array shard from its owner, process 0 alone renames unreadable steps and empties the trash, and the directory
+    must be one file system that all of them see.
 
     Write failures of an async save surface at the next :meth:`save`, :meth:`wait` or :meth:`close` as
     :class:`UnwritableError` naming the step that failed.
@@ -226,7 +234,8 @@ class Checkpointer:
         self._empty_trash()
 
     def _empty_trash(self) -> None:
-        shutil.rmtree(self.trash, ignore_errors=True)
+        if is_primary():
+            shutil.rmtree(self.trash, ignore_errors=True)
 
     def save(self, step: int, train_state, key, config: dict, force: bool = False) -> bool:
         """Saves ``step``; returns whether a save started (orbax skips steps <= the latest saved one).
@@ -244,6 +253,7 @@ class Checkpointer:
                 f"{shown}; the earlier checkpoint steps {self._steps_on_disk()} are kept")
         if _is_typed_key(key):
             key = jax.random.key_data(key)
+        key = np.asarray(jax.device_get(key))  # orbax saves a host array, not a process-local jax array, from many processes
         self._finish()
         args = ocp.args.Composite(state=ocp.args.StandardSave({"train_state": train_state, "key": key}),
                                   config=ocp.args.JsonSave(dict(config)))
@@ -308,10 +318,11 @@ class Checkpointer:
         raw_key = jax.random.key_data(template_key) if typed else template_key
         template = {"train_state": template_train_state, "key": raw_key}
         self._check_against(step, template)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = {"train_state": jax.tree.map(ocp.utils.to_shape_dtype_struct, template_train_state),
+                    "key": np.zeros(raw_key.shape, raw_key.dtype)}  # restored as the host array it was saved as
         out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                       config=ocp.args.JsonRestore()))
-        key = out.state["key"]
+        key = jnp.asarray(out.state["key"])
         if typed:
             key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(template_key))
         return out.state["train_state"], key, out.config
@@ -360,13 +371,16 @@ class Checkpointer:
         return sorted(n for n in os.listdir(self.directory) if re.fullmatch(r"\d+\.unreadable(\.\d+)?", n))
 
     def _set_aside(self, step: int) -> str:
-        """Renames ``<step>`` to ``<step>.unreadable[.N]`` (orbax ignores it) and reloads the step list."""
+        """Renames ``<step>`` to ``<step>.unreadable[.N]`` (orbax ignores it; process 0 renames, the others wait for
+        it) and reloads the step list."""
         src = os.path.join(self.directory, str(step))
         dst, n = f"{src}.unreadable", 0
         while os.path.exists(dst):
             n += 1
             dst = f"{src}.unreadable.{n}"
-        os.rename(src, dst)
+        if is_primary():
+            os.rename(src, dst)
+        sync(f"set aside checkpoint step {step}")
         self.manager.reload()
         return dst
 

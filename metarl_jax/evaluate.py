@@ -19,6 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from metarl_jax import sharding
 from metarl_jax.agents.rollout import rollout
 from metarl_jax.agents.sampler import Sampling
 from metarl_jax.tasks import TaskSpec
@@ -253,13 +257,21 @@ def write_report(rows: list[SuccessRow], prefix: str, title: str = "") -> str:
 SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation logs as TensorBoard text
 
 
-def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0):
+def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0,
+                   mesh=None, mode: str = "none"):
     """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
     env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],
     sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
     tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
     ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
-    (:func:`metarl_jax.agents.rollout.rollout`)."""
+    (:func:`metarl_jax.agents.rollout.rollout`). With a ``mesh`` (:mod:`metarl_jax.sharding`), an env's trials are
+    played with their rows on the mesh's data axis under ``mode`` (when their count splits evenly) and every output
+    is replicated, so that each process of a multi-process job can read the whole result."""
+    on_rows = sharding.row_constraint(mesh, mode) if mesh is not None else None
+
+    def pinned(n: int):
+        """The row constraint of an env's ``n`` trials, or None when they stay whole."""
+        return on_rows if on_rows is not None and n % mesh.shape["data"] == 0 else None
 
     def with_samples(played):
         """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
@@ -275,9 +287,12 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
             k_reset, k_roll = jax.random.split(k)
             _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(
                 jax.random.split(k_reset, n), sample(task.task_keys), task.env_params)
+            constrain = pinned(n)
+            if constrain is not None:
+                trials = constrain(trials)
             games = task.task_keys.game if task.games else None
             tr = rollout(graphdef, params, task, k_roll, trials, Sampling(temperature, top_p), rows_per_chunk=rows_per_chunk,
-                         row_context_len=task.row_context_len(games) if task.games else None)
+                         row_context_len=task.row_context_len(games) if task.games else None, constrain=constrain)
             moves = tr.taken & ~tr.reflection
             played = dict(success=tr.success, episode_index=tr.episode_index, returns=tr.rewards.sum(1),
                           truncated=tr.truncated, episode_done=tr.episode_done, env_step=moves,
@@ -292,7 +307,9 @@ def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: f
                 start += size
         return out
 
-    return jax.jit(evaluate)
+    if mesh is None:
+        return jax.jit(evaluate)
+    return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
 
 def evaluate_params(evaluator, params, config, label: str) -> tuple[dict, list[SuccessRow]]:

@@ -70,6 +70,12 @@ _COMPARE = flags.DEFINE_boolean(
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (resuming) and evaluate; evaluate: "
                           "only evaluate a trained run's checkpoint with the config's evaluation settings.")
 _STEP = flags.DEFINE_integer("step", 0, "With --mode=evaluate: the checkpoint step to evaluate (0: the latest).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Several processes (one per host): host:port of process 0's coordinator. With "
+    "--num_processes and --process_id it starts jax.distributed; without it they come from JAX_COORDINATOR_ADDRESS, "
+    "JAX_NUM_PROCESSES and JAX_PROCESS_ID, or from SLURM or a Cloud TPU slice (docs/multi_host.md).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index, from 0.")
 
 
 def run_one(config, workdir: str, label: str | None = None):
@@ -107,11 +113,38 @@ def compare(config, workdir: str):
             summary.setdefault(r.env_id, {})[r.policy] = {"episode_rates": r.episode_rates, "episode3_minus_episode1": gain}
             lines.append(f"{r.env_id} | {r.policy}: episode 3 - episode 1 = {gain:+.3f}")
     text = "\n".join(lines)
+    from metarl_jax.sharding import is_primary
+
+    if not is_primary():  # several processes: process 0 writes the comparison
+        return text
     with open(os.path.join(workdir, "comparison.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({"summary": summary, "rows": [r.as_dict() for r in rows]}, f, indent=2)
     return text
+
+
+def start_distributed(config) -> None:
+    """Starts ``jax.distributed`` for a multi-process job: from the --coordinator_address flags when given, else
+    as ``config.mesh.distributed`` says (None: when the environment shows a multi-process launch)."""
+    from metarl_jax.sharding import maybe_initialize_distributed
+
+    if _COORDINATOR.value is None:
+        if _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None:
+            raise SystemExit("error: --num_processes and --process_id need --coordinator_address=host:port")
+        flag = config.mesh.get("distributed")
+        if flag is not None and not isinstance(flag, bool):
+            raise SystemExit(f"error: --config.mesh.distributed={flag!r}: expected True, False or None")
+        maybe_initialize_distributed(flag)
+        return
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+        raise SystemExit("error: --coordinator_address needs --num_processes and --process_id (this process's "
+                         "index, 0 to num_processes - 1)")
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+        raise SystemExit(f"error: --process_id={_PROCESS_ID.value} is not in 0 .. --num_processes - 1 = "
+                         f"{_NUM_PROCESSES.value - 1}")
+    maybe_initialize_distributed(True, coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                                 process_id=_PROCESS_ID.value)
 
 
 def main(argv):
@@ -123,12 +156,11 @@ def main(argv):
     except (OSError, ImportError, AttributeError, KeyError, ValueError, TypeError) as e:
         raise config_error(e) from None
     workdir = _WORKDIR.value
+    start_distributed(config)  # before anything starts JAX's backend (importing the envs does)
     from metarl_jax.checkpoints import check_writable
     from metarl_jax.config_check import check_config
-    from metarl_jax.sharding import maybe_initialize_distributed
 
-    check_config(config)  # a bad field fails here, before jax.distributed or any compile
-    maybe_initialize_distributed(config.mesh.distributed)  # before anything touches the devices
+    check_config(config)  # a bad field fails here, before any compile
     try:
         check_writable(workdir, "workdir")  # a clear error (not a raw OSError) for a read-only or missing parent
     except (ValueError, OSError) as e:
@@ -148,12 +180,16 @@ def main(argv):
     compare_runs = _COMPARE.value
     if compare_runs is None:
         compare_runs = configs.requested_variant(flags.FLAGS["config"].config_filename) == "compare"
+    from metarl_jax.sharding import is_primary
+
     if compare_runs:
-        print("\nHeld-out success per episode (95% intervals):\n" + compare(config, workdir))
+        table = compare(config, workdir)
     else:
         from metarl_jax.evaluate import success_table
 
-        print("\nHeld-out success per episode (95% intervals):\n" + success_table(run_one(config, workdir)))
+        table = success_table(run_one(config, workdir))
+    if is_primary():  # several processes: process 0 prints
+        print("\nHeld-out success per episode (95% intervals):\n" + table)
 
 
 if __name__ == "__main__":

@@ -347,6 +347,29 @@ class MetricsLog:
         self.close()
 
 
+class NoLog:
+    """A :class:`MetricsLog` that writes nothing, for every process but process 0 of a multi-process job (one set of
+    metrics files per run): the same calls; :meth:`log` returns the flat metrics as ``MetricsLog.log`` does."""
+
+    def log(self, kind: str, step: int, metrics: Mapping) -> dict[str, float | int]:
+        return flatten_metrics(metrics)
+
+    def text(self, kind: str, step: int, texts: Mapping[str, str]) -> None:
+        pass
+
+    def hparams(self, values: Mapping[str, bool | int | float | str]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Progress bar
 

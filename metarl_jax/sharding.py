@@ -127,8 +127,12 @@ def _divisors(n: int) -> list[int]:
 
 
 def mesh_from_config(spec) -> Mesh:
-    """The mesh of a :class:`MeshSpec`-like spec; mode ``"none"`` is a 1 x 1 mesh of the first local device."""
+    """The mesh of a :class:`MeshSpec`-like spec; mode ``"none"`` is a 1 x 1 mesh of the first local device, which
+    a multi-process job refuses (each process would train a model of its own)."""
     spec = mesh_spec(spec)
+    if spec.mode == "none" and jax.process_count() > 1:
+        raise ValueError(f"config.mesh.mode='none' runs on one device, but this job has {jax.process_count()} "
+                         "processes: set --config.mesh.mode=data (or fsdp, tensor) so that they train one model")
     return make_mesh(1, 1, devices=jax.local_devices()[:1]) if spec.mode == "none" else make_mesh(spec.data, spec.model)
 
 
@@ -334,6 +338,19 @@ def maybe_initialize_distributed(flag: bool | None = None, **kwargs) -> bool:
     return True
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files and prints its tables: process 0 (the only one when single)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits until every process of a multi-process job reaches the point called ``name``; free with one."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def describe(state, max_leaves: int | None = None) -> str:
     """One line per leaf: path, shape and ``PartitionSpec`` (for logs)."""
     lines = []
@@ -354,6 +371,8 @@ __all__ = [
     "constrain_batch",
     "describe",
     "global_batch",
+    "is_primary",
+    "sync",
     "leaf_spec",
     "make_mesh",
     "batch_constraint",

@@ -60,7 +60,7 @@ from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, rend
                                  success_table)
 from metarl_jax.memory import (device_memory_bytes, tree_bytes,
                                warn_if_update_may_not_fit)
-from metarl_jax.metrics_log import MetricsLog, format_postfix, progress, scalar_fields
+from metarl_jax.metrics_log import MetricsLog, NoLog, format_postfix, progress, scalar_fields
 
 
 def saved_config_of(config) -> dict:
@@ -73,7 +73,9 @@ EVAL_CONFIG = "eval_config.json"  # beside eval.json: the config its rows were e
 
 def write_eval(workdir: str, rows: list[SuccessRow], config, name: str = "eval") -> None:
     """Writes ``<name>.md`` (the table), ``<name>.json`` (the rows) and, for the run's own report, the config
-    they were evaluated with (:data:`EVAL_CONFIG`)."""
+    they were evaluated with (:data:`EVAL_CONFIG`); process 0 alone in a multi-process job."""
+    if not sharding.is_primary():
+        return
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(success_table(rows) + "\n")
     with open(os.path.join(workdir, f"{name}.json"), "w") as f:
@@ -163,6 +165,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     ckpt_dir = os.path.join(workdir, "checkpoints")
     check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
+    quiet = quiet or not sharding.is_primary()  # several processes: process 0 prints and writes the files
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
@@ -172,7 +175,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
     train_step = make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
                                          config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
-    evaluator = run_evaluator(run, config)
+    evaluator = run_evaluator(run, config, mesh)
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)
 
@@ -196,8 +199,10 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
         finished = start == config.num_steps and os.path.exists(os.path.join(workdir, "eval.json"))
         if not finished:
             # A fresh start (no checkpoint) replaces any rows a run killed before its first checkpoint logged.
-            with MetricsLog(workdir, resume_step=start if restored is not None else -1,
-                            wandb_project=config.wandb.project, wandb_mode=config.wandb.mode) as log:
+            log = (MetricsLog(workdir, resume_step=start if restored is not None else -1,
+                              wandb_project=config.wandb.project, wandb_mode=config.wandb.mode)
+                   if sharding.is_primary() else NoLog())
+            with log:
                 if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
                     log.hparams(scalar_fields(saved_config))
                 state, rows = _train_loop(config, run, state, train_step=train_step, evaluator=evaluator, ckpt=ckpt,
@@ -212,6 +217,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
             write_eval(workdir, rows, config)
         return TrainResult(rows, state, run.graphdef)
     write_eval(workdir, rows, config)
+    sharding.sync("eval written")  # every process returns once the report is on disk
     return TrainResult(rows, state, run.graphdef)
 
 
@@ -292,7 +298,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == newest
-        rows = evaluate_params(run_evaluator(run, config), state.params, config,
+        rows = evaluate_params(run_evaluator(run, config, mesh), state.params, config,
                                label if latest else f"{label} (step {step})")[1]
         write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows
