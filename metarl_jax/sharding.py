@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 
@@ -343,12 +344,38 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def sync(name: str) -> None:
-    """Waits until every process of a multi-process job reaches the point called ``name``; free with one."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+_barriers = itertools.count()  # the coordination service wants a new name for every barrier
 
-        multihost_utils.sync_global_devices(name)
+
+def sync(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process of a multi-process job reaches the point called ``name`` (at most ``timeout_s``
+    seconds); free with one process. A barrier of JAX's coordination service, not a device collective: those
+    give up after 30 s on CPU (Gloo)."""
+    if jax.process_count() > 1:
+        from jax._src import distributed
+
+        distributed.global_state.client.wait_at_barrier(f"metarl_jax {next(_barriers)}: {name}", timeout_s * 1000)
+
+
+def compile_before_running(jitted, name: str):
+    """``jitted`` (a ``jax.jit`` function) whose first call compiles it ahead (``lower(...).compile()``, which fills
+    jit's own cache), waits until every process has compiled, and then runs it; ``jitted`` itself in a one-process
+    job. A process that reaches the program's first collective waits only so long for the others (30 s on CPU),
+    and one process may compile for much longer than another (process 0 alone writes JAX's persistent
+    compilation cache, so after a restart it may load a program that the others compile)."""
+    if jax.process_count() == 1:
+        return jitted
+    compiled = False
+
+    def call(*args):
+        nonlocal compiled
+        if not compiled:
+            jitted.lower(*args).compile()
+            sync(f"{name} compiled")
+            compiled = True
+        return jitted(*args)
+
+    return call
 
 
 def describe(state, max_leaves: int | None = None) -> str:
@@ -368,6 +395,7 @@ __all__ = [
     "abstract_train_state",
     "batch_spec",
     "check_batch",
+    "compile_before_running",
     "constrain_batch",
     "describe",
     "global_batch",

@@ -173,9 +173,10 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
                                int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
                                run.hyper.update_rows)
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
-    train_step = make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
-                                         config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1))
-    evaluator = run_evaluator(run, config, mesh)
+    train_step = sharding.compile_before_running(
+        make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
+                                config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1)), "train step")
+    evaluator = sharding.compile_before_running(run_evaluator(run, config, mesh), "evaluator")
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)
 
@@ -298,7 +299,8 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == newest
-        rows = evaluate_params(run_evaluator(run, config, mesh), state.params, config,
+        rows = evaluate_params(sharding.compile_before_running(run_evaluator(run, config, mesh), "evaluator"),
+                               state.params, config,
                                label if latest else f"{label} (step {step})")[1]
         write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows
