@@ -10,6 +10,11 @@ Faults (tested by ``tests/test_faults.py``, SIGKILL included):
   and ignores them (a later save of the same step replaces them).
 * **Interrupted deletions.** Old steps beyond ``max_to_keep`` are first renamed into ``<directory>/.trash``
   (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
+* **Corrupted steps.** Once a step has committed, process 0 writes ``<step>/checksums.json``: the step number and
+  the SHA-256 of every file of the step. A restore checks them first, so a flipped byte anywhere in the step, a
+  missing or extra file, or a step directory found under another number raises :class:`CorruptCheckpointError`
+  (an unreadable step, see below). A step without the file (an older save, or a run killed between the commit and
+  the manifest) is restored with an :class:`UnverifiedCheckpointWarning`.
 * **Unreadable steps.** :meth:`Checkpointer.restore_latest` survives a listed step that cannot be read (a
   truncated file after a crash or full disk): it warns, moves that step aside to ``<step>.unreadable`` and falls
   back to the previous one.
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -50,6 +57,71 @@ from metarl_jax.sharding import is_primary, path_names, sync
 
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
 TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
+
+
+MANIFEST = "checksums.json"  # in each step directory: the step number and the SHA-256 of every other file
+
+
+class CorruptCheckpointError(OSError):
+    """A checkpoint step's files differ from the checksums written when it was saved (or it sits under another
+    step number than the one it was saved as)."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint step without a checksum manifest (saved by an older version, or stopped right after its
+    commit) was restored without verification."""
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """``{path relative to step_dir: sha256 hex}`` of every file under ``step_dir`` but the manifest."""
+    out = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel == MANIFEST:
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[rel] = digest.hexdigest()
+    return dict(sorted(out.items()))
+
+
+def write_manifest(step_dir: str, step: int) -> None:
+    """Writes ``<step_dir>/checksums.json`` (atomically: a temporary file renamed) for the committed ``step``."""
+    text = json.dumps({"step": int(step), "sha256": _file_digests(step_dir)}, indent=1)
+    tmp = os.path.join(step_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def verify_manifest(step_dir: str, step: int) -> bool:
+    """Checks ``step_dir``'s files against its manifest: True when they match, False when there is no manifest;
+    raises :class:`CorruptCheckpointError` naming the first difference."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        saved_step, expected = int(manifest["step"]), dict(manifest["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(errno.EIO, f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if saved_step != step:
+        raise CorruptCheckpointError(errno.EIO, f"{step_dir} holds checkpoint step {saved_step}, not step {step} "
+                                     "(a step directory was renamed or copied over another)")
+    actual = _file_digests(step_dir)
+    for name in sorted(set(expected) | set(actual)):
+        if expected.get(name) != actual.get(name):
+            what = ("is missing" if name not in actual else "was not part of the save" if name not in expected
+                    else "changed since it was saved (checksum mismatch)")
+            raise CorruptCheckpointError(errno.EIO, f"checkpoint step {step}: {os.path.join(step_dir, name)} {what}")
+    return True
 
 
 class CheckpointMismatchError(ValueError):
@@ -191,10 +263,13 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self.trash = os.path.join(self.directory, TRASH)
         self._pending: int | None = None  # the step of the save that may still be in flight
+        self.async_save = async_save
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                                 create=True, todelete_subdir=TRASH),
+                                                 create=True, todelete_subdir=TRASH,
+                                                 async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal)
+                                                                if async_save else None)),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
         )
         self._empty_trash()  # a run killed while deleting an old step leaves it here
@@ -225,12 +300,23 @@ class Checkpointer:
                 "Free disk space or fix the permissions, then rerun the same command to resume from the latest "
                 "of them") from e
 
+    def _seal(self) -> None:
+        """Writes the checksum manifest of the save that has just committed (process 0; once per step)."""
+        step = self._pending
+        step_dir = os.path.join(self.directory, str(step))
+        if step is None or not is_primary() or not os.path.isdir(step_dir):
+            return
+        if not os.path.exists(os.path.join(step_dir, MANIFEST)):
+            write_manifest(step_dir, step)
+
     def _finish(self) -> None:
-        """Waits for the in-flight save (raising its failure, once) and deletes the old steps it moved to the
-        trash."""
-        step, self._pending = self._pending, None
+        """Waits for the in-flight save (raising its failure, once), makes sure its checksum manifest is written
+        and deletes the old steps it moved to the trash."""
+        step = self._pending
         with self._writing(step):
             self.manager.wait_until_finished()
+            self._seal()  # if the callback has not run yet (it writes nothing twice)
+        self._pending = None
         self._empty_trash()
 
     def _empty_trash(self) -> None:
@@ -257,9 +343,13 @@ class Checkpointer:
         self._finish()
         args = ocp.args.Composite(state=ocp.args.StandardSave({"train_state": train_state, "key": key}),
                                   config=ocp.args.JsonSave(dict(config)))
+        self._pending = int(step)  # before the save: its finalization callback (_seal) may run before it returns
         with self._writing(int(step)):
             started = bool(self.manager.save(int(step), args=args, force=force))
-        self._pending = int(step) if started else None
+        if not started:
+            self._pending = None
+        elif not self.async_save:
+            self._seal()  # the step has committed already
         return started
 
     def latest_step(self) -> int | None:
@@ -317,11 +407,16 @@ class Checkpointer:
         typed = _is_typed_key(template_key)
         raw_key = jax.random.key_data(template_key) if typed else template_key
         template = {"train_state": template_train_state, "key": raw_key}
+        verified = verify_manifest(os.path.join(self.directory, str(step)), step)
         self._check_against(step, template)
         abstract = {"train_state": jax.tree.map(ocp.utils.to_shape_dtype_struct, template_train_state),
                     "key": np.zeros(raw_key.shape, raw_key.dtype)}  # restored as the host array it was saved as
         out = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                       config=ocp.args.JsonRestore()))
+        if not verified:
+            warnings.warn(f"checkpoint step {step} in {self.directory} has no {MANIFEST} (saved by an older version, "
+                          "or the run stopped right after saving it): restored without checking its files",
+                          UnverifiedCheckpointWarning, stacklevel=3)
         key = jnp.asarray(out.state["key"])
         if typed:
             key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(template_key))
