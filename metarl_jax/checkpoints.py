@@ -12,15 +12,15 @@ Faults (tested by ``tests/test_faults.py``, SIGKILL included):
   (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
 * **Corrupted steps.** Once a step has committed, process 0 writes ``<step>/checksums.json``: the step number and
   the SHA-256 of every file of the step. A restore checks them first, so a flipped byte anywhere in the step, a
-  missing or extra file, or a step directory found under another number raises :class:`CorruptCheckpointError`
+  missing or extra file, or a step directory found under another number raises :class:`~metarl_jax.checksums.CorruptCheckpointError`
   (an unreadable step, see below). A step without the file (an older save, or a run killed between the commit and
-  the manifest) is restored with an :class:`UnverifiedCheckpointWarning`.
+  the manifest) is restored with an :class:`~metarl_jax.checksums.UnverifiedCheckpointWarning`.
 * **Unreadable steps.** :meth:`Checkpointer.restore_latest` survives a listed step that cannot be read (a
   truncated file after a crash or full disk): it warns, moves that step aside to ``<step>.unreadable`` and falls
   back to the previous one.
-* **Full disk / unwritable directory.** A failed write raises :class:`UnwritableError` (an ``OSError``) naming
+* **Full disk / unwritable directory.** A failed write raises :class:`~metarl_jax.workdir.UnwritableError` (an ``OSError``) naming
   the directory, the step and the cause; the earlier steps stay on disk (old steps are only removed after a
-  save has committed). :func:`check_writable` probes a directory up front.
+  save has committed). :func:`metarl_jax.workdir.check_writable` probes a directory up front.
 * **Non-finite state.** :meth:`Checkpointer.save` refuses (``FloatingPointError``) to write a train state with a
   NaN or inf floating-point leaf, naming the leaves.
 
@@ -39,13 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import os
 import re
 import shutil
-import socket
-import tempfile
 import warnings
 
 import jax
@@ -53,75 +49,18 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from metarl_jax.sharding import is_primary, path_names, sync
+from metarl_jax.checksums import MANIFEST, UnverifiedCheckpointWarning, verify_manifest, write_manifest
+from metarl_jax.multihost import is_primary, sync
+from metarl_jax.sharding import path_names
+from metarl_jax.workdir import UnwritableError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
 TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
 
 
-MANIFEST = "checksums.json"  # in each step directory: the step number and the SHA-256 of every other file
-
-
-class CorruptCheckpointError(OSError):
-    """A checkpoint step's files differ from the checksums written when it was saved (or it sits under another
-    step number than the one it was saved as)."""
-
-
-class UnverifiedCheckpointWarning(UserWarning):
-    """A checkpoint step without a checksum manifest (saved by an older version, or stopped right after its
-    commit) was restored without verification."""
-
-
-def _file_digests(step_dir: str) -> dict[str, str]:
-    """``{path relative to step_dir: sha256 hex}`` of every file under ``step_dir`` but the manifest."""
-    out = {}
-    for root, _, files in os.walk(step_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
-            if rel == MANIFEST:
-                continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            out[rel] = digest.hexdigest()
-    return dict(sorted(out.items()))
-
-
-def write_manifest(step_dir: str, step: int) -> None:
-    """Writes ``<step_dir>/checksums.json`` (atomically: a temporary file renamed) for the committed ``step``."""
-    text = json.dumps({"step": int(step), "sha256": _file_digests(step_dir)}, indent=1)
-    tmp = os.path.join(step_dir, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
-
-
-def verify_manifest(step_dir: str, step: int) -> bool:
-    """Checks ``step_dir``'s files against its manifest: True when they match, False when there is no manifest;
-    raises :class:`CorruptCheckpointError` naming the first difference."""
-    path = os.path.join(step_dir, MANIFEST)
-    if not os.path.exists(path):
-        return False
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        saved_step, expected = int(manifest["step"]), dict(manifest["sha256"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptCheckpointError(errno.EIO, f"{path} is damaged ({type(e).__name__}: {e})") from None
-    if saved_step != step:
-        raise CorruptCheckpointError(errno.EIO, f"{step_dir} holds checkpoint step {saved_step}, not step {step} "
-                                     "(a step directory was renamed or copied over another)")
-    actual = _file_digests(step_dir)
-    for name in sorted(set(expected) | set(actual)):
-        if expected.get(name) != actual.get(name):
-            what = ("is missing" if name not in actual else "was not part of the save" if name not in expected
-                    else "changed since it was saved (checksum mismatch)")
-            raise CorruptCheckpointError(errno.EIO, f"checkpoint step {step}: {os.path.join(step_dir, name)} {what}")
-    return True
+class ResumeError(RuntimeError, ValueError):
+    """A workdir's checkpoints cannot be resumed as asked (none readable, or a step beyond the run's num_steps);
+    the message says what to do."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -130,73 +69,6 @@ class CheckpointMismatchError(ValueError):
 
 class UnfinishedSaveWarning(RuntimeWarning):
     """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found and ignored."""
-
-
-class WorkdirBusyError(RuntimeError):
-    """Another process holds the workdir's lock (:func:`workdir_lock`)."""
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-    """Holds an exclusive lock on ``<workdir>/.lock`` for the block; raises :class:`WorkdirBusyError` at once when
-    another process holds it. The operating system releases it when the process ends, killed or not. In a
-    multi-process job only process 0 takes it (the others share the workdir with it)."""
-    import fcntl
-
-    if not is_primary():
-        yield
-        return
-
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, ".lock")
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise WorkdirBusyError(f"{workdir} is in use by {holder}: two runs in one workdir would overwrite each "
-                                   "other's checkpoints and logs. Wait for it to finish, stop it, or use another "
-                                   "--workdir") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class UnwritableError(OSError):
-    """A directory the run must write to cannot be written (permissions, full disk, read-only file system, not a
-    directory); the message names the directory, the cause and the fix."""
-
-
-def check_writable(directory, what: str = "directory") -> str:
-    """Creates ``directory`` if needed, then writes, syncs and removes a 4 KiB probe file in it.
-
-    Returns the absolute path. Raises :class:`UnwritableError` naming ``what``, the directory and the cause when
-    any of that fails (e.g. no permission, a path under a regular file, no space left), ``ValueError`` for an empty
-    path (which would mean the current directory).
-    """
-    if not os.fspath(directory):
-        raise ValueError(f"the {what} is an empty path; give a directory (for example --workdir=/tmp/metarl_run)")
-    directory = os.path.abspath(os.fspath(directory))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.remove(probe)
-    except OSError as e:
-        cause = f"{errno.errorcode.get(e.errno, 'error')}: {e.strerror or e}" if e.errno else str(e)
-        raise UnwritableError(e.errno, f"{what} {directory} is not writable ({cause}); choose another directory "
-                              "(e.g. --workdir), fix its permissions or free disk space") from e
-    return directory
 
 
 _IO_MESSAGE = re.compile(r"os_error_code|No space left|Permission denied|Read-only file system|File too large|"
@@ -455,7 +327,7 @@ class Checkpointer:
                               stacklevel=2)
         aside = self.set_aside_steps()
         if steps or aside:
-            raise RuntimeError(
+            raise ResumeError(
                 f"no readable checkpoint in {self.directory} (unreadable steps set aside: {aside}); starting over "
                 "would silently drop the run's progress. Repair or restore a checkpoint, or move the workdir away to "
                 "start a fresh run")

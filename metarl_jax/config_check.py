@@ -105,7 +105,7 @@ def _get(config, dotted: str):
 # Fields that are not numbers of the range table; with its rows they make the schema of a run config
 # (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
 BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
-               "mix_games", "lamer_trial", "eval_before_training")
+               "mix_games", "lamer_trial", "eval_before_training", "ignore_memory_estimate")
 STRING_FIELDS = ("decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
                  "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode")

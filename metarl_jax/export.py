@@ -20,7 +20,8 @@ from absl import app, flags, logging
 from flax import nnx
 
 from metarl_jax.algos.grpo import init_train_state
-from metarl_jax.checkpoints import Checkpointer, check_writable
+from metarl_jax.checkpoints import Checkpointer
+from metarl_jax.workdir import check_writable
 from metarl_jax.build import build_model, build_optimizer
 from metarl_jax.models.hf_io import save_pretrained
 from metarl_jax.text.tokenizers import load_tokenizer

@@ -70,6 +70,8 @@ _COMPARE = flags.DEFINE_boolean(
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (resuming) and evaluate; evaluate: "
                           "only evaluate a trained run's checkpoint with the config's evaluation settings.")
 _STEP = flags.DEFINE_integer("step", 0, "With --mode=evaluate: the checkpoint step to evaluate (0: the latest).")
+_TRACEBACK = flags.DEFINE_boolean("traceback", False, "Show the full traceback of a configuration, memory, workdir "
+                                  "or checkpoint error instead of its one-line message.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Several processes (one per host): host:port of process 0's coordinator. With "
     "--num_processes and --process_id it starts jax.distributed; without it they come from JAX_COORDINATOR_ADDRESS, "
@@ -113,7 +115,7 @@ def compare(config, workdir: str):
             summary.setdefault(r.env_id, {})[r.policy] = {"episode_rates": r.episode_rates, "episode3_minus_episode1": gain}
             lines.append(f"{r.env_id} | {r.policy}: episode 3 - episode 1 = {gain:+.3f}")
     text = "\n".join(lines)
-    from metarl_jax.sharding import is_primary
+    from metarl_jax.multihost import is_primary
 
     if not is_primary():  # several processes: process 0 writes the comparison
         return text
@@ -127,7 +129,7 @@ def compare(config, workdir: str):
 def start_distributed(config) -> None:
     """Starts ``jax.distributed`` for a multi-process job: from the --coordinator_address flags when given, else
     as ``config.mesh.distributed`` says (None: when the environment shows a multi-process launch)."""
-    from metarl_jax.sharding import maybe_initialize_distributed
+    from metarl_jax.multihost import maybe_initialize_distributed
 
     if _COORDINATOR.value is None:
         if _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None:
@@ -155,9 +157,23 @@ def main(argv):
         config.keys()  # a file that failed to load gives a placeholder that raises here
     except (OSError, ImportError, AttributeError, KeyError, ValueError, TypeError) as e:
         raise config_error(e) from None
-    workdir = _WORKDIR.value
     start_distributed(config)  # before anything starts JAX's backend (importing the envs does)
-    from metarl_jax.checkpoints import check_writable
+    from metarl_jax import checkpoints, config_check, memory, workdir
+
+    # Errors whose message says what to change: one line on stderr, no traceback (unless --traceback).
+    user_errors = (config_check.ConfigError, memory.MemoryEstimateError, workdir.WorkdirBusyError,
+                   workdir.UnwritableError, checkpoints.ResumeError, checkpoints.CheckpointMismatchError)
+    try:
+        run(config, _WORKDIR.value)
+    except user_errors as e:
+        if _TRACEBACK.value:
+            raise
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(config, workdir: str):
+    """What ``main`` does once the config is loaded and jax.distributed is up."""
+    from metarl_jax.workdir import check_writable
     from metarl_jax.config_check import check_config
 
     check_config(config)  # a bad field fails here, before any compile
@@ -180,7 +196,7 @@ def main(argv):
     compare_runs = _COMPARE.value
     if compare_runs is None:
         compare_runs = configs.requested_variant(flags.FLAGS["config"].config_filename) == "compare"
-    from metarl_jax.sharding import is_primary
+    from metarl_jax.multihost import is_primary
 
     if compare_runs:
         table = compare(config, workdir)

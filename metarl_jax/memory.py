@@ -118,18 +118,46 @@ def plan_micro_batches(model_config, train_tasks, eval_tasks, rows: int, eval_ro
     return dataclasses.replace(plan, fits=fits)
 
 
-def warn_if_update_may_not_fit(config, model_config, tasks, memory_bytes: int, devices: int = 1,
-                               update_rows: int = 0) -> None:
-    """Warns, before compiling, when :func:`update_activation_bytes` of one update micro-batch
-    (``update_rows``; 0: the whole batch), split over ``devices``, exceeds 80% of ``memory_bytes``: the first
-    step would otherwise die with RESOURCE_EXHAUSTED after the compile."""
+# An estimate this many times the device's memory is refused before compiling (config.ignore_memory_estimate
+# overrides it); between 80% and this, it is a warning.
+FAR_BEYOND = 4.0
+
+
+class MemoryEstimateError(ValueError):
+    """The step's or the evaluation's estimated memory is far beyond the device's (:func:`check_memory_estimate`)."""
+
+
+def eval_bytes_per_trial(task) -> int:
+    """Rough bytes one held-out trial's record keeps until the evaluation ends: its transcript's tokens and masks
+    (int32 and float32 [S], three arrays) and its per-turn records (about ten arrays of [T] and the actions'
+    tokens, log-probabilities and mask [T, A])."""
+    turns, action = task.budget.turns, task.budget.action_len
+    return 4 * (3 * task.transcript_len + turns * (10 + 3 * action))
+
+
+def check_memory_estimate(config, model_config, train_tasks, eval_tasks, memory_bytes: int, devices: int = 1,
+                          update_rows: int = 0) -> None:
+    """Checks, before compiling, the update's activations (:func:`update_activation_bytes` of one update
+    micro-batch, ``update_rows``; 0: the whole batch, split over ``devices``) and the held-out evaluation's records
+    (``config.eval_trials`` x :func:`eval_bytes_per_trial` per env, on one device) against ``memory_bytes``.
+    Above 80% of it: a warning naming the fields to lower. Above :data:`FAR_BEYOND` times it:
+    :class:`MemoryEstimateError` (the first step or evaluation would die with RESOURCE_EXHAUSTED after minutes of
+    compiling), unless ``config.ignore_memory_estimate``."""
     rows = config.num_tasks * config.group_size
-    need = update_activation_bytes(model_config, tasks, update_rows or rows) / max(devices, 1)
-    if need > 0.8 * memory_bytes:
-        contexts = ", ".join(f"{t.name}: {t.context_len}" for t in tasks)
-        warnings.warn(
-            f"the update may not fit in memory: its activations need roughly {need / 2**30:.1f} GiB per "
-            f"device, against {memory_bytes / 2**30:.1f} GiB. They grow with the rows of an update micro-batch "
-            f"(now {update_rows or rows} of num_tasks x group_size = {config.num_tasks} x {config.group_size} = "
-            f"{rows} rows per task; config.update_rows sets it) and with each task's context_len ({contexts}); "
-            "lower those (a context_len below the worst case truncates trials, as in ORBIT)", stacklevel=3)
+    contexts = ", ".join(f"{t.name}: {t.context_len}" for t in train_tasks)
+    needs = [(update_activation_bytes(model_config, train_tasks, update_rows or rows) / max(devices, 1),
+              f"the update's activations need roughly {{need}} GiB per device, against {{have}} GiB. They grow with "
+              f"the rows of an update micro-batch (now {update_rows or rows} of num_tasks x group_size = "
+              f"{config.num_tasks} x {config.group_size} = {rows} rows per task; config.update_rows sets it) and "
+              f"with each task's context_len ({contexts}); lower those (a context_len below the worst case "
+              "truncates trials, as in ORBIT)"),
+             (config.eval_trials * sum(eval_bytes_per_trial(t) for t in eval_tasks),
+              f"the held-out evaluation's records need roughly {{need}} GiB, against {{have}} GiB: lower "
+              f"config.eval_trials (now {config.eval_trials:,} per env)")]
+    for need, text in needs:
+        message = text.format(need=f"{need / 2**30:,.1f}", have=f"{memory_bytes / 2**30:.1f}")
+        if need > FAR_BEYOND * memory_bytes and not config.ignore_memory_estimate:
+            raise MemoryEstimateError(f"refusing to compile: {message}. If the estimate is wrong for your device, "
+                                      "set config.ignore_memory_estimate=True")
+        if need > 0.8 * memory_bytes:
+            warnings.warn(f"the run may not fit in memory: {message}", stacklevel=3)

@@ -21,13 +21,14 @@ One run = one config (see ``metarl_jax/configs/default.py`` for every field). Th
 Faults:
 
 * the workdir (and ``<workdir>/checkpoints``) must be writable: checked before anything compiles
-  (:func:`metarl_jax.checkpoints.check_writable` raises :class:`~metarl_jax.checkpoints.UnwritableError`); a
+  (:func:`metarl_jax.workdir.check_writable` raises :class:`~metarl_jax.workdir.UnwritableError`); a
   warning is printed when the free space looks too small for the checkpoints. A save that fails later (disk
   full) raises ``UnwritableError`` naming the directory; the earlier checkpoints are kept.
 * the rollout and the update run in row micro-batches sized from a memory budget (:func:`micro_batches`);
-  a batch whose update's activations still look too big for the device
-  (:func:`metarl_jax.memory.update_activation_bytes`, rows x each
-  task's ``context_len``) is warned about before compiling, naming the fields to lower.
+  a batch whose update's activations, or an evaluation whose records, still look too big for the device
+  (:func:`metarl_jax.memory.check_memory_estimate`) is warned about before compiling, naming the fields to lower,
+  and refused (``MemoryEstimateError``) when the estimate is far beyond the device's memory, unless
+  ``config.ignore_memory_estimate``.
 * a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
   state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
   count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
@@ -55,11 +56,12 @@ from flax import nnx
 from metarl_jax import sharding
 from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step
 from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label
-from metarl_jax.checkpoints import Checkpointer, check_writable, workdir_lock
+from metarl_jax.checkpoints import Checkpointer, ResumeError
+from metarl_jax.multihost import compile_before_running, is_primary, sync
+from metarl_jax.workdir import check_writable, workdir_lock
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
                                  success_table)
-from metarl_jax.memory import (device_memory_bytes, tree_bytes,
-                               warn_if_update_may_not_fit)
+from metarl_jax.memory import check_memory_estimate, device_memory_bytes, tree_bytes
 from metarl_jax.metrics_log import MetricsLog, NoLog, format_postfix, progress, scalar_fields
 
 
@@ -74,7 +76,7 @@ EVAL_CONFIG = "eval_config.json"  # beside eval.json: the config its rows were e
 def write_eval(workdir: str, rows: list[SuccessRow], config, name: str = "eval") -> None:
     """Writes ``<name>.md`` (the table), ``<name>.json`` (the rows) and, for the run's own report, the config
     they were evaluated with (:data:`EVAL_CONFIG`); process 0 alone in a multi-process job."""
-    if not sharding.is_primary():
+    if not is_primary():
         return
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(success_table(rows) + "\n")
@@ -165,18 +167,18 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     ckpt_dir = os.path.join(workdir, "checkpoints")
     check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
-    quiet = quiet or not sharding.is_primary()  # several processes: process 0 prints and writes the files
+    quiet = quiet or not is_primary()  # several processes: process 0 prints and writes the files
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
-    warn_if_update_may_not_fit(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks,
-                               int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
-                               run.hyper.update_rows)
+    check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
+                          int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
+                          run.hyper.update_rows)
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
-    train_step = sharding.compile_before_running(
+    train_step = compile_before_running(
         make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
                                 config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1)), "train step")
-    evaluator = sharding.compile_before_running(run_evaluator(run, config, mesh), "evaluator")
+    evaluator = compile_before_running(run_evaluator(run, config, mesh), "evaluator")
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)
 
@@ -191,7 +193,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
                 warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
                               "weights and optimizer state are kept", stacklevel=2)
             if start > config.num_steps:
-                raise ValueError(
+                raise ResumeError(
                     f"config.num_steps={config.num_steps} but {workdir} holds a checkpoint of step {start}: the run "
                     "went further already. Evaluate an earlier checkpoint with --mode=evaluate --step=N (steps: "
                     f"{ckpt.all_steps()}), or give a fresh --workdir to train {config.num_steps} steps")
@@ -202,7 +204,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
             # A fresh start (no checkpoint) replaces any rows a run killed before its first checkpoint logged.
             log = (MetricsLog(workdir, resume_step=start if restored is not None else -1,
                               wandb_project=config.wandb.project, wandb_mode=config.wandb.mode)
-                   if sharding.is_primary() else NoLog())
+                   if is_primary() else NoLog())
             with log:
                 if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
                     log.hparams(scalar_fields(saved_config))
@@ -218,7 +220,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
             write_eval(workdir, rows, config)
         return TrainResult(rows, state, run.graphdef)
     write_eval(workdir, rows, config)
-    sharding.sync("eval written")  # every process returns once the report is on disk
+    sync("eval written")  # every process returns once the report is on disk
     return TrainResult(rows, state, run.graphdef)
 
 
@@ -286,6 +288,9 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
     label = label or run_label(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     mesh = sharding.mesh_from_config(config.mesh)
+    check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
+                          int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
+                          run.hyper.update_rows)
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
     run_key = jax.random.PRNGKey(config.seed)
@@ -299,7 +304,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
         else:
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == newest
-        rows = evaluate_params(sharding.compile_before_running(run_evaluator(run, config, mesh), "evaluator"),
+        rows = evaluate_params(compile_before_running(run_evaluator(run, config, mesh), "evaluator"),
                                state.params, config,
                                label if latest else f"{label} (step {step})")[1]
         write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")

@@ -439,7 +439,8 @@ def test_parse_action_of_non_text_is_invalid(junk):
                                   r"longer a config field: the variant is the config file's argument"),
     ("SYNTAX", r"^error: --config: .*broken\.py line 1 is not valid Python \(.*\); fix the file and rerun$"),
     (["--workdir="], r"^error: --workdir: the workdir is an empty path; give a directory"),
-], ids=["missing file", "misspelt override", "removed field", "syntax error", "empty workdir"])
+    (["--config.temperature=inf"], r"^error: config\.temperature: must be a finite number"),
+], ids=["missing file", "misspelt override", "removed field", "syntax error", "empty workdir", "infinite value"])
 def test_cli_config_errors_are_one_line_without_a_traceback(tmp_path, args, message):
     import re
     import subprocess
@@ -457,3 +458,21 @@ def test_cli_config_errors_are_one_line_without_a_traceback(tmp_path, args, mess
     assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "checkpoints").exists(), "nothing is written"
+
+
+def test_cli_refuses_a_run_far_beyond_memory_in_one_line(tmp_path):
+    """eval_trials=1e9 used to end in a raw RESOURCE_EXHAUSTED naming no field; now it is refused before compiling,
+    in one line naming the field and the override."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "metarl_jax.main", f"--config={ROOT / 'configs' / 'tiny.py'}",
+                           f"--workdir={tmp_path / 'run'}", "--config.eval_trials=1000000000"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: refusing to compile: the held-out evaluation's records need roughly")
+    assert "lower config.eval_trials (now 1,000,000,000 per env)" in lines[0]
+    assert "config.ignore_memory_estimate=True" in lines[0]

@@ -155,7 +155,7 @@ def test_workdir_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
     import subprocess
     import sys
 
-    from metarl_jax.checkpoints import WorkdirBusyError, workdir_lock
+    from metarl_jax.workdir import WorkdirBusyError, workdir_lock
 
     with workdir_lock(str(tmp_path)):
         with pytest.raises(WorkdirBusyError, match=rf"{tmp_path} is in use by process {os.getpid()} on "):
@@ -165,7 +165,7 @@ def test_workdir_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
         pass
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from metarl_jax.checkpoints import workdir_lock\n"
+        "from metarl_jax.workdir import workdir_lock\n"
         f"with workdir_lock({str(tmp_path)!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
@@ -192,7 +192,7 @@ def test_fifty_random_byte_flips_are_all_detected_and_the_run_falls_back(tmp_pat
     import random
     import shutil
 
-    from metarl_jax.checkpoints import MANIFEST
+    from metarl_jax.checksums import MANIFEST
 
     state, key = trained
     pristine = tmp_path / "pristine"
@@ -225,7 +225,7 @@ def test_fifty_random_byte_flips_are_all_detected_and_the_run_falls_back(tmp_pat
 
 
 def test_a_step_under_another_number_is_refused(tmp_path, trained):
-    from metarl_jax.checkpoints import CorruptCheckpointError
+    from metarl_jax.checksums import CorruptCheckpointError
 
     state, key = trained
     with Checkpointer(tmp_path, async_save=False) as ckpt:
@@ -237,7 +237,7 @@ def test_a_step_under_another_number_is_refused(tmp_path, trained):
 
 
 def test_a_step_without_its_manifest_restores_with_a_warning(tmp_path, trained):
-    from metarl_jax.checkpoints import MANIFEST, UnverifiedCheckpointWarning
+    from metarl_jax.checksums import MANIFEST, UnverifiedCheckpointWarning
 
     state, key = trained
     with Checkpointer(tmp_path, async_save=False) as ckpt:

@@ -24,7 +24,8 @@ import pytest
 
 from metarl_jax import build, train
 from metarl_jax.algos.grpo import init_train_state
-from metarl_jax.checkpoints import TMP_MARKER, Checkpointer, UnwritableError
+from metarl_jax.checkpoints import TMP_MARKER, Checkpointer
+from metarl_jax.workdir import UnwritableError
 from metarl_jax.metrics_log import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -167,7 +168,8 @@ def test_unwritable_workdir_fails_before_compiling(tmp_path, monkeypatch):
 FULL_DISK = textwrap.dedent("""
     import json, resource, signal, sys
     import jax, numpy as np
-    from metarl_jax.checkpoints import Checkpointer, UnwritableError
+    from metarl_jax.checkpoints import Checkpointer
+    from metarl_jax.workdir import UnwritableError
 
     directory, key = sys.argv[1], jax.random.PRNGKey(0)
     state = lambda i: {"w": jax.random.normal(jax.random.PRNGKey(i), (256, 256))}  # 256 KiB, incompressible

@@ -10,7 +10,7 @@ PACKAGE = ROOT / "metarl_jax"
 
 # Lowest first. A pattern matches a module's dotted name.
 LAYERS = [
-    ("infrastructure", r"metarl_jax\.(sharding|metrics_log|wandb_log|configs(\..*)?)"),
+    ("infrastructure", r"metarl_jax\.(sharding|multihost|workdir|checksums|metrics_log|wandb_log|configs(\..*)?)"),
     ("envs", r"metarl_jax\.envs(\..*)?"),
     ("text", r"metarl_jax\.text(\..*)?"),
     ("models", r"metarl_jax\.models(\..*)?"),

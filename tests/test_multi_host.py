@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from metarl_jax import checkpoints, sharding, train
+from metarl_jax import sharding, train, workdir
 from metarl_jax.metrics_log import NoLog, read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ TIMING = set(train.TIMING_KEYS)
 
 def test_a_secondary_process_takes_no_lock_and_writes_no_report(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    with checkpoints.workdir_lock(tmp_path), checkpoints.workdir_lock(tmp_path):  # no lock: no WorkdirBusyError
+    with workdir.workdir_lock(tmp_path), workdir.workdir_lock(tmp_path):  # no lock: no WorkdirBusyError
         pass
     assert not (tmp_path / ".lock").exists()
     train.write_eval(str(tmp_path), [], config=None)
@@ -42,9 +42,9 @@ def test_a_secondary_process_takes_no_lock_and_writes_no_report(tmp_path, monkey
 
 
 def test_the_primary_process_still_locks_its_workdir(tmp_path):
-    with checkpoints.workdir_lock(tmp_path):
-        with pytest.raises(checkpoints.WorkdirBusyError):
-            with checkpoints.workdir_lock(tmp_path):
+    with workdir.workdir_lock(tmp_path):
+        with pytest.raises(workdir.WorkdirBusyError):
+            with workdir.workdir_lock(tmp_path):
                 pass
 
 

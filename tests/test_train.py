@@ -129,7 +129,7 @@ def test_a_workdir_is_refused_while_in_use_or_past_num_steps(finished_run, tmp_p
     is refused instead of evaluating the later weights under the earlier step; neither writes anything."""
     import shutil
 
-    from metarl_jax.checkpoints import WorkdirBusyError, workdir_lock
+    from metarl_jax.workdir import WorkdirBusyError, workdir_lock
 
     workdir = pathlib.Path(shutil.copytree(finished_run, tmp_path / "run"))
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
@@ -227,25 +227,37 @@ def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
         assert saved and all(c["single_episode"] is single for c in saved)
 
 
-def test_update_memory_estimate_warns_before_compiling():
-    """A batch whose update cannot fit is flagged before compiling (it used to die with RESOURCE_EXHAUSTED
-    after the compile), naming the fields to lower; the default mix and a batch split over 8 devices pass."""
+def test_memory_estimates_warn_and_far_beyond_refuse_before_compiling():
+    """A batch whose update cannot fit is flagged before compiling (it used to die with RESOURCE_EXHAUSTED after
+    the compile), naming the fields to lower; far beyond the device's memory it is refused unless
+    ignore_memory_estimate; so is an evaluation of too many trials. The default mix and a batch split over 8
+    devices pass."""
     import warnings
     from types import SimpleNamespace as Task
 
     from metarl_jax.models.config import preset
 
     model = preset("tiny", 4000)
-    bandit = [Task(name="BernoulliBandit-misc", context_len=1541, transcript_len=1541)]
+    budget = Task(turns=21, action_len=6)
+    bandit = [Task(name="BernoulliBandit-misc", context_len=1541, transcript_len=1541, budget=budget)]
     # Measured: 16 tasks x 8 rollouts at 1,541 tokens took 7.1 GB of XLA temporaries on CPU.
     assert 6e9 < memory.update_activation_bytes(model, bandit, 128) < 8e9
-    big = Task(num_tasks=16, group_size=8)
+    big = Task(num_tasks=16, group_size=8, eval_trials=256, ignore_memory_estimate=False)
     with pytest.warns(UserWarning, match=r"now 128 of num_tasks x group_size = 16 x 8 = 128 rows.*BernoulliBandit-misc: 1541"):
-        memory.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=8 * 2**30)
-    default_mix = [Task(name="hard", context_len=640, transcript_len=640),
-                   Task(name="easy", context_len=400, transcript_len=400)]
+        memory.check_memory_estimate(big, model, bandit, bandit, memory_bytes=8 * 2**30)
+    with pytest.raises(memory.MemoryEstimateError, match=r"refusing to compile: the update's .*ignore_memory_estimate=True"):
+        memory.check_memory_estimate(big, model, bandit, bandit, memory_bytes=1 * 2**30)
+    many = Task(num_tasks=1, group_size=2, eval_trials=10**9, ignore_memory_estimate=False)
+    with pytest.raises(memory.MemoryEstimateError, match=r"evaluation's records .* lower config.eval_trials \(now 1,000,000,000"):
+        memory.check_memory_estimate(many, model, bandit, bandit, memory_bytes=24 * 2**30)
+    default_mix = [Task(name="hard", context_len=224, transcript_len=224, budget=budget),
+                   Task(name="easy", context_len=160, transcript_len=160, budget=Task(turns=12, action_len=6))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        memory.warn_if_update_may_not_fit(Task(num_tasks=4, group_size=8), model, default_mix, memory_bytes=24 * 2**30)
-        memory.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=8 * 2**30, devices=8)
-        memory.warn_if_update_may_not_fit(big, model, bandit, memory_bytes=8 * 2**30, update_rows=16)  # accumulated
+        ok = Task(num_tasks=4, group_size=8, eval_trials=256, ignore_memory_estimate=False)
+        memory.check_memory_estimate(ok, model, default_mix, default_mix, memory_bytes=24 * 2**30)
+        memory.check_memory_estimate(big, model, bandit, bandit, memory_bytes=8 * 2**30, devices=8)
+        memory.check_memory_estimate(big, model, bandit, bandit, memory_bytes=8 * 2**30, update_rows=16)  # accumulated
+    with pytest.warns(UserWarning, match="may not fit"):  # overridden: compiled anyway, with the warning
+        memory.check_memory_estimate(Task(**{**vars(big), "ignore_memory_estimate": True}), model, bandit, bandit,
+                                     memory_bytes=1 * 2**30)

@@ -153,6 +153,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.memory_budget_gb = 0.0
     c.rollout_rows = 0
     c.update_rows = 0
+    # A run whose update or evaluation the up-front estimate puts far beyond the device's memory (4x) is refused
+    # before compiling; True compiles it anyway (for a device the estimate misjudges).
+    c.ignore_memory_estimate = False
 
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from metarl_jax import build
+from metarl_jax import multihost
 from metarl_jax import sharding as sh
 from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, make_train_step
 from metarl_jax.checkpoints import Checkpointer
@@ -365,6 +366,6 @@ def test_maybe_initialize_distributed(flag, env, expected, monkeypatch):
         monkeypatch.setenv(var, value)
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    started = sh.maybe_initialize_distributed(flag)
+    started = multihost.maybe_initialize_distributed(flag)
     assert started == (expected is not None)
     assert calls == ([] if expected is None else [expected])

@@ -1,0 +1,76 @@
+"""Checksums of a checkpoint step: ``<step>/checksums.json`` records the step's number and the SHA-256 of each of its
+files (:func:`write_manifest`, once the step has committed); :func:`verify_manifest` checks them before a restore,
+so that one flipped byte anywhere in the step, a missing or extra file, or a step directory found under another
+number is caught.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+
+MANIFEST = "checksums.json"  # in each step directory: the step number and the SHA-256 of every other file
+
+
+class CorruptCheckpointError(OSError):
+    """A checkpoint step's files differ from the checksums written when it was saved (or it sits under another
+    step number than the one it was saved as)."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint step without a checksum manifest (saved by an older version, or stopped right after its
+    commit) was restored without verification."""
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """``{path relative to step_dir: sha256 hex}`` of every file under ``step_dir`` but the manifest."""
+    out = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel == MANIFEST:
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[rel] = digest.hexdigest()
+    return dict(sorted(out.items()))
+
+
+def write_manifest(step_dir: str, step: int) -> None:
+    """Writes ``<step_dir>/checksums.json`` (atomically: a temporary file renamed) for the committed ``step``."""
+    text = json.dumps({"step": int(step), "sha256": _file_digests(step_dir)}, indent=1)
+    tmp = os.path.join(step_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def verify_manifest(step_dir: str, step: int) -> bool:
+    """Checks ``step_dir``'s files against its manifest: True when they match, False when there is no manifest;
+    raises :class:`CorruptCheckpointError` naming the first difference."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        saved_step, expected = int(manifest["step"]), dict(manifest["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(errno.EIO, f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if saved_step != step:
+        raise CorruptCheckpointError(errno.EIO, f"{step_dir} holds checkpoint step {saved_step}, not step {step} "
+                                     "(a step directory was renamed or copied over another)")
+    actual = _file_digests(step_dir)
+    for name in sorted(set(expected) | set(actual)):
+        if expected.get(name) != actual.get(name):
+            what = ("is missing" if name not in actual else "was not part of the save" if name not in expected
+                    else "changed since it was saved (checksum mismatch)")
+            raise CorruptCheckpointError(errno.EIO, f"checkpoint step {step}: {os.path.join(step_dir, name)} {what}")
+    return True
