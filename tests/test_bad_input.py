@@ -168,6 +168,14 @@ def stale_extra_weights_file(ctx: Ctx) -> None:
     load_pretrained(str(d))
 
 
+def linked(ctx: Ctx, name: str, target: str) -> None:
+    """The model directory with ``name`` replaced by a symbolic link to ``target`` (itself: a loop)."""
+    d = ctx.model_dir()
+    os.remove(d / name)
+    os.symlink(target, d / name)
+    load_pretrained(str(d))
+
+
 def shard_index_leaving_the_directory(ctx: Ctx) -> None:
     d = ctx.model_dir()
     (ctx.tmp / "outside").mkdir()
@@ -316,6 +324,12 @@ CASES = [
                      r"checkpoint is corrupt"),
     Case("float64 weights beyond float32", float64_beyond_float32,
          ValueError, r"tensor 'model.norm.weight' in .* holds a value of magnitude 1e\+300, beyond the largest float32"),
+    Case("config.json a symlink loop", lambda ctx: linked(ctx, "config.json", "config.json"),
+         OSError, r"config\.json is a symbolic link loop \(it leads back to itself\); replace it with the file"),
+    Case("weights a symlink loop", lambda ctx: linked(ctx, "model.safetensors", "model.safetensors"),
+         OSError, r"model\.safetensors is a symbolic link loop"),
+    Case("weights a broken symlink", lambda ctx: linked(ctx, "model.safetensors", "/no/such/weights.safetensors"),
+         FileNotFoundError, r"model\.safetensors is a broken symbolic link \(to '/no/such/weights\.safetensors'"),
     Case("a stale extra weights file", stale_extra_weights_file,
          ValueError, r"tensor '.*' is stored twice: in .*model-old.safetensors and in .*model.safetensors; a stale "
                      r"weights file"),
@@ -350,6 +364,11 @@ CASES = [
     Case("unknown env id in make", lambda ctx: envs.make("game:GuessTheNumbr-v0-hard"),
          KeyError, r"unknown env id 'game:GuessTheNumbr-v0-hard'; did you mean 'game:GuessTheNumber-v0-hard'\? "
                    r"Registered: "),
+    Case("override of the wrong type in make", lambda ctx: envs.make("game:GuessTheNumber-v0-hard", max_turns="7"),
+         TypeError, r"make\('game:GuessTheNumber-v0-hard'\): max_turns='7' must be an int \(like the default, 7\), "
+                    r"not str"),
+    Case("override beyond int32 in make", lambda ctx: envs.make("game:GuessTheNumber-v0-hard", high=2**40),
+         ValueError, r"high=1,099,511,627,776 is beyond int32"),
 ]
 
 

@@ -14,6 +14,9 @@ import importlib
 import inspect
 from typing import Any
 
+import jax
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
@@ -80,6 +83,24 @@ def env_class(env_id: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def _check_override(env_id: str, name: str, value, default) -> None:
+    """Raises ``TypeError`` when ``value`` is not of the kind of ``default`` (bool, int, float or str; an int is a
+    float too) and ``ValueError`` for a non-finite float or an int beyond int32; other kinds are not checked."""
+    kind = "bool" if isinstance(default, (bool, np.bool_)) else "str" if isinstance(default, str) else None
+    if kind is None and isinstance(default, (int, float, np.ndarray, np.generic, jax.Array)):
+        kind = {"b": "bool", "i": "int", "u": "int", "f": "float"}.get(np.asarray(default).dtype.kind)
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = {"bool": isinstance(value, (bool, np.bool_)), "str": isinstance(value, str), "int": is_int,
+          "float": is_int or isinstance(value, (float, np.floating)), None: True}[kind]
+    if not ok:
+        raise TypeError(f"make({env_id!r}): {name}={value!r} must be {'an' if kind == 'int' else 'a'} {kind} (like "
+                        f"the default, {np.asarray(default).item()!r}), not {type(value).__name__}")
+    if kind == "float" and not np.isfinite(value):
+        raise ValueError(f"make({env_id!r}): {name}={value!r} must be finite")
+    if kind == "int" and abs(int(value)) > 2**31 - 1:
+        raise ValueError(f"make({env_id!r}): {name}={value:,} is beyond int32 (at most 2**31 - 1)")
+
+
 def make(env_id: str, **overrides: Any):
     """Builds a registered env. Returns ``(env, params)``.
 
@@ -98,6 +119,11 @@ def make(env_id: str, **overrides: Any):
             f"make({env_id!r}) got unknown override(s) {sorted(unknown)}; constructor arguments: "
             f"{sorted(ctor_args)}, params fields: {sorted(param_fields)}"
         )
+    signature = inspect.signature(cls.__init__).parameters
+    for name, value in overrides.items():
+        default = getattr(base.default_params, name) if name in param_fields else s.kwargs.get(
+            name, signature[name].default)
+        _check_override(env_id, name, value, default)
     ctor_over = {k: v for k, v in overrides.items() if k in ctor_args}
     env = cls(**{**s.kwargs, **ctor_over, "env_id": env_id}) if ctor_over else base
     params = env.default_params.replace(**{k: v for k, v in overrides.items() if k in param_fields})

@@ -14,6 +14,7 @@ HF's per-layer tensors ``model.layers.{i}.…`` are slice i of our stacked layer
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -148,12 +149,28 @@ def check_compute_dtype(dtype, name: str = "dtype") -> None:
                          f"{', '.join(COMPUTE_DTYPES)} (bfloat16 halves the memory of float32)")
 
 
+def _check_link(path: str) -> None:
+    """Refuses a symbolic link that leads nowhere, naming it: a loop (``OSError`` ELOOP) or a missing target
+    (``FileNotFoundError``), which would otherwise read as a missing file or a truncated download."""
+    if not os.path.islink(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link loop (it leads back to itself); replace it with "
+                          "the file or a link to the file") from None
+        raise FileNotFoundError(f"{path} is a broken symbolic link (to {os.readlink(path)!r}, which does not "
+                                "exist); replace it with the file or fix the link") from None
+
+
 def read_config(local_dir: str) -> ModelConfig:
     """The :class:`ModelConfig` of a local Hugging Face model directory (``config.json``, checked first with
     :func:`check_hf_config`; nothing is downloaded)."""
     if not os.path.isdir(local_dir):
         raise FileNotFoundError(f"model directory {local_dir!r} does not exist (models are never downloaded)")
     path = os.path.join(local_dir, "config.json")
+    _check_link(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{local_dir!r} has no config.json; it is not a Hugging Face model directory")
     check_hf_config(_read_json(path), path)
@@ -164,6 +181,7 @@ def read_config(local_dir: str) -> ModelConfig:
 
 def _shards(local_dir: str) -> list[str]:
     index = os.path.join(local_dir, "model.safetensors.index.json")
+    _check_link(index)
     if os.path.exists(index):
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -174,12 +192,16 @@ def _shards(local_dir: str) -> list[str]:
         if outside:
             raise ValueError(f"{index} points to shard(s) {outside} outside {local_dir}; every shard must be a file of "
                              "the model directory (re-save the model, or fix the index's weight_map)")
+        for s in files:
+            _check_link(os.path.join(local_dir, s))
         missing = [s for s in files if not os.path.exists(os.path.join(local_dir, s))]
         if missing:
             raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing; copy every shard of the "
                                     "checkpoint into the directory")
         return [os.path.join(local_dir, s) for s in files]
     files = sorted(glob.glob(os.path.join(local_dir, "*.safetensors")))
+    for path in files:
+        _check_link(path)
     if not files:
         others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(local_dir, "*.bin")) + glob.glob(os.path.join(local_dir, "*.pt")))
         found = f" (found {others}: pickle checkpoints are never loaded; convert them to safetensors)" if others else ""
