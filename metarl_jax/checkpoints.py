@@ -71,17 +71,17 @@ class UnfinishedSaveWarning(RuntimeWarning):
     """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found and ignored."""
 
 
-_IO_MESSAGE = re.compile(r"os_error_code|No space left|Permission denied|Read-only file system|File too large|"
+IO_MESSAGE = re.compile(r"os_error_code|No space left|Permission denied|Read-only file system|File too large|"
                          r"Disk quota|Not a directory|Input/output error", re.IGNORECASE)
 
 
-def _is_io_error(e: BaseException | None) -> bool:
+def is_io_error(e: BaseException | None) -> bool:
     """Whether ``e`` (or an exception it was raised from) is a file-system failure. Tensorstore reports them as
     ``ValueError`` with an ``os_error_code``, orbax's own writes as ``OSError``."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) or _IO_MESSAGE.search(str(e)):
+        if isinstance(e, OSError) or IO_MESSAGE.search(str(e)):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -160,7 +160,7 @@ class Checkpointer:
         except UnwritableError:
             raise
         except Exception as e:
-            if not _is_io_error(e):
+            if not is_io_error(e):
                 raise
             with contextlib.suppress(Exception):
                 self.manager.reload()  # orbax's in-memory step list may still name the failed step

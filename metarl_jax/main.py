@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -149,6 +150,31 @@ def start_distributed(config) -> None:
                                  process_id=_PROCESS_ID.value)
 
 
+def quiet_write_failure_echoes() -> None:
+    """Drops the echoes of a failed checkpoint write from the command line's output. After a write fails (a full
+    disk), orbax logs the failure from each of its background threads with a traceback, and tensorstore's late
+    callbacks find orbax's asyncio loop closed ("Event loop is closed", reported as unraisable), a hundred times
+    or more. The run reports the failure once, as ``UnwritableError`` naming the directory and the step;
+    ``--traceback`` keeps the echoes."""
+    import logging as std_logging
+
+    from metarl_jax.checkpoints import IO_MESSAGE, is_io_error
+
+    def keep(record) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        return not (is_io_error(record.exc_info[1] if record.exc_info else None) or IO_MESSAGE.search(record.getMessage()))
+
+    std_logging.getLogger("absl").addFilter(keep)
+    previous = sys.unraisablehook
+
+    def unraisable(report):
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
+            previous(report)
+
+    sys.unraisablehook = unraisable
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -159,6 +185,9 @@ def main(argv):
         raise config_error(e) from None
     start_distributed(config)  # before anything starts JAX's backend (importing the envs does)
     from metarl_jax import checkpoints, config_check, memory, workdir
+
+    if not _TRACEBACK.value:
+        quiet_write_failure_echoes()
 
     # Errors whose message says what to change: one line on stderr, no traceback (unless --traceback).
     user_errors = (config_check.ConfigError, memory.MemoryEstimateError, workdir.WorkdirBusyError,

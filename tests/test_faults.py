@@ -216,6 +216,26 @@ def test_full_disk_save_fails_clearly_and_keeps_earlier_checkpoints(tmp_path):
     assert sorted(os.listdir(directory)) == ["2", "3"]  # the old step deleted, no trash or temporary left
 
 
+@pytest.mark.slow
+def test_a_full_disk_on_the_command_line_ends_in_one_error_line(tmp_path):
+    """The command line under a file-size limit that the first checkpoint exceeds: the run stops on one line naming
+    the step and the directory, without the hundred tracebacks orbax's threads and tensorstore's late callbacks
+    used to print ("Event loop is closed"); --traceback would keep them."""
+    limit = 512 * 1024  # the tiny model's embedding alone is 1 MB; Python ignores SIGXFSZ: writes fail with EFBIG
+    limited = ("import resource, runpy, sys\n"
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+               "sys.argv = ['metarl_jax.main', *sys.argv[1:]]\n"
+               "runpy.run_module('metarl_jax.main', run_name='__main__')\n")
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", limited, *main_cmd(workdir)[3:], "--nocompile_cache"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: [Errno") and f"could not write checkpoint step 1 to {workdir}" in lines[-1]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) < 15, proc.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------- SIGKILL (slow)
 
 KILL_STEPS = 12
