@@ -38,7 +38,8 @@ class Run:
 
 
 def build_model(config, tokenizer):
-    """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset."""
+    """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset, with
+    LoRA adapters when ``config.trainable == "lora"``."""
     if config.model.pretrained_dir:
         from metarl_jax.models.hf_io import load_pretrained
 
@@ -56,7 +57,21 @@ def build_model(config, tokenizer):
         model = Transformer(cfg.replace(**dict(config.model.overrides)), rngs=nnx.Rngs(config.seed),
                             param_dtype=jnp.dtype(config.model.param_dtype), dtype=jnp.dtype(config.model.dtype),
                             remat=config.model.remat)
+    if config.trainable == "lora":
+        from metarl_jax.models.lora import add_lora
+
+        lora = config.lora
+        add_lora(model, lora.rank, lora.alpha, nnx.Rngs(config.seed + 1), targets=tuple(lora.targets))
     return nnx.split(model)
+
+
+def trainable_filter(config):
+    """The nnx filter of the variables that ``config.trainable`` trains (None: every variable)."""
+    if config.trainable == "lora":
+        from metarl_jax.models.lora import LoRAParam
+
+        return LoRAParam
+    return None
 
 
 def build_schedule(config) -> optax.ScalarOrSchedule:
@@ -142,8 +157,10 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
     :func:`metarl_jax.memory.plan_micro_batches`). Warns when even the smallest micro-batches look too big."""
     spec = sharding.mesh_spec(config.mesh)
     data = sharding.mesh_from_config(spec).shape["data"]
+    trainable = trainable_filter(config)
+    trained = model_state if trainable is None else nnx.split_state(model_state, trainable, ...)[0]
     state = tree_bytes(model_state) * (2 if config.kl_coef > 0 else 1) + tree_bytes(
-        jax.eval_shape(optimizer.init, model_state))
+        jax.eval_shape(optimizer.init, trained))
     if spec.mode == "fsdp":
         state //= data
     budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()

@@ -49,11 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from metarl_jax.checksums import MANIFEST, UnverifiedCheckpointWarning, verify_manifest, write_manifest
+from metarl_jax.checksums import (MANIFEST, UnverifiedCheckpointWarning, nonfinite_leaves, tree_fingerprint,
+                                  verify_manifest, write_manifest)
 from metarl_jax.multihost import is_primary, sync
 from metarl_jax.sharding import path_names
 from metarl_jax.workdir import UnwritableError
 
+FROZEN_KEY = "frozen_fingerprint"  # the saved config's entry for the fingerprint of a train state's frozen part
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step being written
 TRASH = ".trash"  # old steps are renamed here (atomically) before they are deleted
 
@@ -85,23 +87,6 @@ def is_io_error(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-@jax.jit
-def _finite_flags(leaves):
-    return jnp.stack([jnp.isfinite(x).all() for x in leaves])
-
-
-def nonfinite_leaves(tree) -> list[str]:
-    """Paths (``params/embed/value``) of the floating-point leaves of ``tree`` holding a NaN or inf."""
-    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-    if not flat:
-        return []
-    flags = jax.device_get(_finite_flags([x for _, x in flat]))
-    return [_path_str(p) for (p, _), ok in zip(flat, flags) if not ok]
-
-
 
 
 def _path_str(path) -> str:
@@ -199,10 +184,15 @@ class Checkpointer:
         """Saves ``step``; returns whether a save started (orbax skips steps <= the latest saved one).
 
         A typed key (``jax.random.key``) is stored as its raw key data. ``config`` must be JSON-serialisable
-        (tuples come back as lists). Raises ``FloatingPointError`` (nothing written) when a floating-point leaf
-        of ``train_state`` is not finite, and :class:`UnwritableError` when this save (or the previous, async
-        one) cannot be written.
+        (tuples come back as lists). A train state's ``frozen`` part (e.g. the base weights under LoRA) is not
+        stored; its fingerprint is, under :data:`FROZEN_KEY`. Raises ``FloatingPointError`` (nothing written) when a
+        floating-point leaf of ``train_state`` is not finite, and :class:`UnwritableError` when this save (or the
+        previous, async one) cannot be written.
         """
+        frozen = getattr(train_state, "frozen", None)
+        if frozen is not None:  # frozen base weights are not stored: their fingerprint is
+            train_state = train_state.replace(frozen=None)
+            config = {**config, FROZEN_KEY: tree_fingerprint(frozen)}
         bad = nonfinite_leaves(train_state)
         if bad:
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -272,10 +262,15 @@ class Checkpointer:
         """Restores ``step`` into the templates' structure, shapes, dtypes and shardings.
 
         Templates may be concrete arrays or ``jax.ShapeDtypeStruct`` s (e.g. from ``jax.eval_shape``); dtypes
-        are cast to the template's. Returns ``(train_state, key, config)``; raises
-        :class:`CheckpointMismatchError` (a ``ValueError``) when the saved tree does not fit the template.
+        are cast to the template's. A template's ``frozen`` part must be concrete: it is put back as it is,
+        after its fingerprint is checked against the saved one. Returns ``(train_state, key, config)``; raises
+        :class:`CheckpointMismatchError` (a ``ValueError``) when the saved tree does not fit the template or the
+        frozen part differs from the one the checkpoint was trained with.
         """
         self._finish()
+        frozen = getattr(template_train_state, "frozen", None)
+        if frozen is not None:
+            template_train_state = template_train_state.replace(frozen=None)
         typed = _is_typed_key(template_key)
         raw_key = jax.random.key_data(template_key) if typed else template_key
         template = {"train_state": template_train_state, "key": raw_key}
@@ -292,12 +287,20 @@ class Checkpointer:
         key = jnp.asarray(out.state["key"])
         if typed:
             key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(template_key))
-        return out.state["train_state"], key, out.config
+        state = out.state["train_state"]
+        if frozen is not None:
+            if out.config.get(FROZEN_KEY) != tree_fingerprint(frozen):
+                raise CheckpointMismatchError(
+                    f"checkpoint step {step} in {self.directory} was trained on other frozen weights than this run's "
+                    "(their fingerprints differ): give config.model.pretrained_dir (or the seed) it was trained with")
+            state = state.replace(frozen=frozen)
+        return state, key, out.config
 
     def saved_config(self, step: int) -> dict:
         """The config (a JSON dict) saved with ``step``, read without its arrays."""
         self._finish()
-        return self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        config = self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        return {k: v for k, v in config.items() if k != FROZEN_KEY}
 
     def restore_latest(self, template_train_state, template_key):
         """Restores the newest readable step: ``(train_state, key, config, step)``, or None when there is none.

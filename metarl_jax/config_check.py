@@ -72,6 +72,8 @@ _RANGES = [
     ("update_rows", lambda v: isinstance(v, int) and v >= 0,
      "an int >= 0 (rows per gradient micro-batch, dividing num_tasks * group_size; 0: from memory_budget_gb)"),
     ("memory_budget_gb", lambda v: v >= 0, ">= 0 (GiB per device the step may use; 0: the device's memory)"),
+    ("lora.rank", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (the adapters' rank)"),
+    ("lora.alpha", lambda v: v > 0, "> 0 (the adapters' output is scaled by lora.alpha / lora.rank)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
@@ -108,8 +110,10 @@ BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "refl
                "mix_games", "lamer_trial", "eval_before_training", "ignore_memory_estimate")
 STRING_FIELDS = ("decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
                  "text", "tokenizer", "model.preset", "model.pretrained_dir",
-                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode")
-OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed")
+                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode",
+                 "trainable")
+OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed",
+                "lora.targets")
 DECODINGS = ("constrained", "free")
 FREE_STOPS = ("action", "end_of_turn")
 FREE_BUDGETS = ("fixed", "remaining")
@@ -117,6 +121,8 @@ TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
 MODEL_DTYPES = ("float32", "bfloat16")
 WANDB_MODES = ("offline", "online")
+TRAINABLES = ("full", "lora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def known_fields() -> set[str]:
@@ -298,6 +304,12 @@ def check_config(config) -> None:
     _need(config.text in TEXT_STYLES, "text",
           f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
     _check_mesh(config)
+    _need(config.trainable in TRAINABLES, "trainable", f"must be one of {TRAINABLES} ('full': every weight; 'lora': "
+          f"low-rank adapters, the base frozen), got {config.trainable!r}")
+    targets = _get(config, "lora.targets")
+    _need(isinstance(targets, (tuple, list)) and targets and set(targets) <= set(LORA_TARGETS)
+          and len(set(targets)) == len(targets), "lora.targets",
+          f"must be a non-empty list of distinct projections among {LORA_TARGETS}, got {targets!r}")
     _check_model(config)
     _check_wandb(config)
     _need(config.tokenizer == "word" or os.path.isdir(config.tokenizer), "tokenizer",

@@ -19,12 +19,13 @@ import ml_collections
 from absl import app, flags, logging
 from flax import nnx
 
+from metarl_jax.algos import grpo
 from metarl_jax.algos.grpo import init_train_state
+from metarl_jax.build import build_model, build_optimizer, trainable_filter
 from metarl_jax.checkpoints import Checkpointer
-from metarl_jax.workdir import check_writable
-from metarl_jax.build import build_model, build_optimizer
 from metarl_jax.models.hf_io import save_pretrained
 from metarl_jax.text.tokenizers import load_tokenizer
+from metarl_jax.workdir import check_writable
 
 
 def export(workdir: str, out_dir: str, step: int = 0) -> int:
@@ -43,9 +44,12 @@ def export(workdir: str, out_dir: str, step: int = 0) -> int:
         tokenizer = load_tokenizer(config.tokenizer)
         graphdef, model_state = build_model(config, tokenizer)
         template = jax.eval_shape(lambda: init_train_state(model_state, build_optimizer(config),
-                                                           keep_reference=config.kl_coef > 0))
+                                                           keep_reference=config.kl_coef > 0,
+                                                           trainable=trainable_filter(config)))
+        if template.frozen is not None:  # a frozen part is not in the checkpoint: it comes from the fresh model
+            template = template.replace(frozen=nnx.split_state(model_state, trainable_filter(config), ...)[1])
         state = ckpt.restore(step, template, jax.random.PRNGKey(0))[0]
-    save_pretrained(nnx.merge(graphdef, state.params), out_dir)
+    save_pretrained(nnx.merge(graphdef, grpo.model_state(state)), out_dir)  # LoRA adapters merged into the kernels
     tokenizer.save_pretrained(out_dir)
     return step
 

@@ -54,9 +54,9 @@ import jax
 from flax import nnx
 
 from metarl_jax import sharding
-from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step
-from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label
-from metarl_jax.checkpoints import Checkpointer, ResumeError
+from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step, model_state
+from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label, trainable_filter
+from metarl_jax.checkpoints import FROZEN_KEY, Checkpointer, ResumeError
 from metarl_jax.multihost import compile_before_running, is_primary, sync
 from metarl_jax.workdir import check_writable, workdir_lock
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
@@ -144,7 +144,8 @@ def timing_metrics(seconds: float | None, tokens: int, elapsed: float, compile_s
 
 
 class TrainResult(NamedTuple):
-    """What :func:`train_and_evaluate` returns. ``nnx.merge(graphdef, state.params)`` is the trained model."""
+    """What :func:`train_and_evaluate` returns. ``nnx.merge(graphdef, model_state(state))`` is the trained model
+    (:func:`metarl_jax.algos.grpo.model_state`: the trained parameters with any frozen ones)."""
 
     rows: list[SuccessRow]  # the final held-out evaluation, one row per validation env
     state: TrainState  # the final train state: params, optimizer state, step (and reference params with a KL term)
@@ -168,7 +169,8 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     quiet = quiet or not is_primary()  # several processes: process 0 prints and writes the files
-    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
+                             trainable=trainable_filter(config))
     warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
     check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
@@ -187,8 +189,9 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
         start = 0
         if restored is not None:
             state, run_key, previous, start = restored
+            loop_only = ("num_steps", "eval_every", FROZEN_KEY)  # not part of what the weights were trained with
             changed = sorted(k for k in set(previous) | set(saved_config)
-                             if previous.get(k) != saved_config.get(k) and k not in ("num_steps", "eval_every"))
+                             if previous.get(k) != saved_config.get(k) and k not in loop_only)
             if changed:
                 warnings.warn(f"resuming {workdir} with a changed config ({', '.join(changed)}); the checkpoint's "
                               "weights and optimizer state are kept", stacklevel=2)
@@ -216,7 +219,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
             if not quiet:
                 print(f"[{label}] the config changed since {workdir}/eval.json was written: evaluating the step-{start} "
                       "weights again", flush=True)
-            rows = evaluate_params(evaluator, state.params, config, label)[1]
+            rows = evaluate_params(evaluator, model_state(state), config, label)[1]
             write_eval(workdir, rows, config)
         return TrainResult(rows, state, run.graphdef)
     write_eval(workdir, rows, config)
@@ -228,7 +231,7 @@ def _train_loop(config, run, state, *, train_step, evaluator, ckpt, log, run_key
     """Steps ``start + 1 .. config.num_steps``: logs, evaluations and checkpoints; returns the final state and the
     final evaluation's rows."""
     def evaluate(step, state):
-        played, rows = evaluate_params(evaluator, state.params, config, label)
+        played, rows = evaluate_params(evaluator, model_state(state), config, label)
         log.log("eval", step, eval_metrics(rows, played))
         log.text("eval", step, render_samples(played, run.tokenizer))
         return rows
@@ -291,7 +294,8 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
     check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
                           int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
                           run.hyper.update_rows)
-    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0)
+    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
+                             trainable=trainable_filter(config))
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
     run_key = jax.random.PRNGKey(config.seed)
     if not os.path.isdir(ckpt_dir):
@@ -305,7 +309,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
             state, _, _, step = ckpt.restore_latest(state, run_key)
         latest = step == newest
         rows = evaluate_params(compile_before_running(run_evaluator(run, config, mesh), "evaluator"),
-                               state.params, config,
+                               model_state(state), config,
                                label if latest else f"{label} (step {step})")[1]
         write_eval(workdir, rows, config, "eval" if latest else f"eval_step{step}")
     return rows

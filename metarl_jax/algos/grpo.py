@@ -52,18 +52,33 @@ from metarl_jax.models.transformer import with_row_constraint
 
 @struct.dataclass
 class TrainState:
-    """params: the model's nnx.State; opt_state: optax state; step: int32[];
-    ref_params: the frozen reference for the KL term (None without one)."""
+    """params: the trained part of the model's nnx.State (all of it unless some is frozen); opt_state: optax state
+    of ``params`` only; step: int32[]; ref_params: the whole model's reference for the KL term (None without one);
+    frozen: the model's frozen part (e.g. the base weights under LoRA; None when everything trains).
+    :func:`model_state` is the whole model's state."""
 
     params: nnx.State
     opt_state: optax.OptState
     step: jax.Array
     ref_params: nnx.State | None = None
+    frozen: nnx.State | None = None
 
 
-def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_reference: bool = False) -> TrainState:
+def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_reference: bool = False,
+                     trainable=None) -> TrainState:
+    """The train state of a model's ``model_state``: ``trainable`` (an nnx filter, e.g.
+    :class:`~metarl_jax.models.lora.LoRAParam`; None: every variable) selects the variables that train and get
+    optimizer state; the rest is kept in ``frozen``."""
     ref = jax.tree.map(jnp.copy, model_state) if keep_reference else None
-    return TrainState(params=model_state, opt_state=optimizer.init(model_state), step=jnp.zeros((), jnp.int32), ref_params=ref)
+    params, frozen = (model_state, None) if trainable is None else nnx.split_state(model_state, trainable, ...)
+    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), ref_params=ref,
+                      frozen=frozen)
+
+
+def model_state(state: TrainState, params=None) -> nnx.State:
+    """The whole model's nnx.State of ``state`` (its ``params``, or the given ones, with its frozen part)."""
+    params = state.params if params is None else params
+    return params if state.frozen is None else nnx.merge_state(params, state.frozen)
 
 
 # The update's metrics that a step with update_epochs > 1 also reports for every epoch.
@@ -263,7 +278,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
 
     def train_step(state: TrainState, key):
         keys = jax.random.split(key, len(tasks))
-        transcripts, answers, games = zip(*[play(state.params, task, k, state.step, i)
+        transcripts, answers, games = zip(*[play(model_state(state), task, k, state.step, i)
                                             for i, (task, k) in enumerate(zip(tasks, keys))])
         advantages = [turn_advantages(tr, g, hp) for tr in transcripts]
 
@@ -278,7 +293,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             rows, turns, act_len = tr.action_tokens.shape
             free = task.free_tokens > 0
             scored = teacher_forced(
-                graphdef, params, tr, task.table, hp.temperature, hp.top_p, free=free,
+                graphdef, model_state(state, params), tr, task.table, hp.temperature, hp.top_p, free=free,
                 observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer,
                 cut_to_used=False)
             flat = lambda x: x.reshape(rows, turns * act_len)
@@ -362,7 +377,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             metrics[task.name] = m  # a mixture: the loss terms of its whole batch, the rollout metrics per game
             for index, member in enumerate(task.games):
                 metrics[member.name] = rollout_metrics(tr, member.context_len, hp.num_episodes_logged, game == index)
-        new = TrainState(params=params, opt_state=opt_state, step=state.step + 1, ref_params=state.ref_params)
+        new = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new, metrics
 
     return train_step
@@ -378,7 +393,7 @@ def make_sharded_train_step(graphdef, tasks, optimizer: optax.GradientTransforma
     rows = hp.num_tasks * hp.group_size
     on_rows = sharding.row_constraint(mesh, mode)
     if sharding.mesh_spec(mode).mode != "none":  # the update's layers keep their rows on the data axis
-        graphdef = with_row_constraint(graphdef, state.params, on_rows)
+        graphdef = with_row_constraint(graphdef, model_state(state), on_rows)
     step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows),
                            constrain_rows=on_rows)
     if wrap is not None:

@@ -1,0 +1,109 @@
+"""What the meta-learner trains (``config.trainable``): with ``"lora"`` only the adapters change and have optimizer
+state, the frozen base is bit-identical after a step and is not stored in checkpoints (its fingerprint is), the
+rollout's log-probabilities equal the teacher-forced ones, a resumed run equals an uninterrupted one, and export
+merges the adapters."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from metarl_jax import build, train
+from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, model_state
+from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
+from metarl_jax.configs import tiny
+from metarl_jax.models.lora import LoRAParam
+from metarl_jax.sharding import mesh_from_config
+
+
+def lora_config(**fields):
+    c = tiny.get_config()
+    c.trainable = "lora"
+    c.lora.rank = 2
+    c.eval_before_training, c.eval_every = False, 0
+    c.optimizer.warmup_steps = 0  # the first step moves the adapters' b (a gets no gradient while b is 0), the next a
+    for name, value in fields.items():
+        c[name] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def stepped():
+    """A tiny LoRA run's train state before and after two compiled steps, and the steps' metrics."""
+    config = lora_config()
+    run = build.build_run(config)
+    state = init_train_state(run.model_state, run.optimizer, trainable=build.trainable_filter(config))
+    before = jax.tree.map(np.asarray, state)
+    step = make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state,
+                                   mesh_from_config(config.mesh), config.mesh.mode, donate=False)
+    metrics = []
+    for i in range(2):
+        state, m = step(state, jax.random.PRNGKey(i))
+        metrics.append(jax.device_get(m))
+    return run, before, state, metrics
+
+
+def test_only_the_adapters_change_and_the_base_is_bit_identical(stepped):
+    _, before, after, _ = stepped
+    assert {type(v) for v in jax.tree.leaves(after.params, is_leaf=lambda x: isinstance(x, nnx.Variable))} == {LoRAParam}
+    assert not any(isinstance(v, LoRAParam)
+                   for v in jax.tree.leaves(after.frozen, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    for x, y in zip(jax.tree.leaves(before.frozen), jax.tree.leaves(after.frozen)):
+        np.testing.assert_array_equal(x, np.asarray(y))
+    changed = [not np.array_equal(x, np.asarray(y)) for x, y in zip(jax.tree.leaves(before.params),
+                                                                    jax.tree.leaves(after.params))]
+    assert all(changed), "every adapter (a and b of each targeted projection) moves"
+
+
+def test_the_optimizer_state_holds_only_the_adapters(stepped):
+    _, _, after, _ = stepped
+    adapters = {tuple(x.shape) for x in jax.tree.leaves(after.params)}
+    moments = [x for x in jax.tree.leaves(after.opt_state) if x.ndim > 0]
+    assert moments and {tuple(x.shape) for x in moments} <= adapters
+    assert sum(x.size for x in moments) == 2 * sum(x.size for x in jax.tree.leaves(after.params))  # Adam: mu, nu
+    assert sum(x.size for x in jax.tree.leaves(after.frozen)) > 10 * sum(x.size for x in jax.tree.leaves(after.params))
+
+
+def test_rollout_log_probs_equal_the_teacher_forced_ones(stepped):
+    """With update_epochs=1 the update's importance ratio compares the teacher-forced log-probabilities with the
+    rollout's: on-policy they must agree, also in the second step, when the adapters are no longer zero."""
+    _, _, _, metrics = stepped
+    for m in metrics:
+        env = m["game:GuessTheNumber-v0-easy"]
+        assert abs(float(env["ratio_mean"]) - 1.0) < 1e-5 and abs(float(env["approx_kl"])) < 1e-5
+
+
+def test_checkpoints_hold_the_adapters_and_refuse_another_base(stepped, tmp_path):
+    run, _, after, _ = stepped
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(2, after, jax.random.PRNGKey(0), {"seed": 0})
+        saved = ckpt.manager.item_metadata(2)["state"]["train_state"]
+        assert saved.get("frozen") is None
+        restored, _, config = ckpt.restore(2, after, jax.random.PRNGKey(1))
+        assert "frozen_fingerprint" in config
+        for x, y in zip(jax.tree.leaves(model_state(restored)), jax.tree.leaves(model_state(after))):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        other = after.replace(frozen=jax.tree.map(lambda x: x + 1e-3, after.frozen))
+        with pytest.raises(CheckpointMismatchError, match="trained on other frozen weights"):
+            ckpt.restore(2, other, jax.random.PRNGKey(1))
+
+
+@pytest.mark.slow
+def test_a_resumed_lora_run_equals_an_uninterrupted_one_and_exports_merged(tmp_path):
+    from metarl_jax.export import export
+    from metarl_jax.models.hf_io import load_pretrained
+
+    full = train.train_and_evaluate(lora_config(num_steps=4), str(tmp_path / "full"), quiet=True)
+    train.train_and_evaluate(lora_config(num_steps=2), str(tmp_path / "cut"), quiet=True)
+    resumed = train.train_and_evaluate(lora_config(num_steps=4), str(tmp_path / "cut"), quiet=True)
+    for x, y in zip(jax.tree.leaves(model_state(full.state)), jax.tree.leaves(model_state(resumed.state))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r.episode_rates for r in full.rows] == [r.episode_rates for r in resumed.rows]
+
+    export(str(tmp_path / "full"), str(tmp_path / "hf"))
+    loaded = load_pretrained(str(tmp_path / "hf"))
+    merged = nnx.merge(full.graphdef, model_state(full.state))
+    tokens = np.arange(1, 9, dtype=np.int32)[None]
+    positions = np.arange(8, dtype=np.int32)[None]
+    np.testing.assert_allclose(np.asarray(loaded(tokens, positions)[0]), np.asarray(merged(tokens, positions)[0]),
+                               atol=1e-5)
