@@ -57,12 +57,12 @@ from metarl_jax import sharding
 from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step, model_state
 from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label, trainable_filter
 from metarl_jax.checkpoints import FROZEN_KEY, Checkpointer, ResumeError
-from metarl_jax.multihost import compile_before_running, is_primary, sync
-from metarl_jax.workdir import check_writable, workdir_lock
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
                                  success_table)
 from metarl_jax.memory import check_memory_estimate, device_memory_bytes, tree_bytes
 from metarl_jax.metrics_log import MetricsLog, NoLog, format_postfix, progress, scalar_fields
+from metarl_jax.multihost import compile_before_running, is_primary, sync
+from metarl_jax.workdir import check_writable, workdir_lock
 
 
 def saved_config_of(config) -> dict:
@@ -171,7 +171,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     quiet = quiet or not is_primary()  # several processes: process 0 prints and writes the files
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
                              trainable=trainable_filter(config))
-    warn_if_low_disk(ckpt_dir, state, config.keep_checkpoints)
+    warn_if_low_disk(ckpt_dir, state.replace(frozen=None), config.keep_checkpoints)  # frozen weights are not saved
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
     check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
                           int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
