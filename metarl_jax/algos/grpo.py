@@ -66,9 +66,8 @@ class TrainState:
 
 def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_reference: bool = False,
                      trainable=None) -> TrainState:
-    """The train state of a model's ``model_state``: ``trainable`` (an nnx filter, e.g.
-    :class:`~metarl_jax.models.lora.LoRAParam`; None: every variable) selects the variables that train and get
-    optimizer state; the rest is kept in ``frozen``."""
+    """The train state of ``model_state``: ``trainable`` (an nnx filter, e.g. ``LoRAParam``; None: every variable)
+    selects the variables that train and get optimizer state; the rest is kept in ``frozen``."""
     ref = jax.tree.map(jnp.copy, model_state) if keep_reference else None
     params, frozen = (model_state, None) if trainable is None else nnx.split_state(model_state, trainable, ...)
     return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), ref_params=ref,
