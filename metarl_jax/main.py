@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -154,7 +155,7 @@ def quiet_write_failure_echoes() -> None:
     """Drops the echoes of a failed checkpoint write from the command line's output. After a write fails (a full
     disk), orbax logs the failure from each of its background threads with a traceback, and tensorstore's late
     callbacks find orbax's asyncio loop closed ("Event loop is closed", reported as unraisable), a hundred times
-    or more. The run reports the failure once, as ``UnwritableError`` naming the directory and the step;
+    or more; a writer thread or an exit handler may print the failure once more. The run reports the failure once, as ``UnwritableError`` naming the directory and the step;
     ``--traceback`` keeps the echoes."""
     import logging as std_logging
 
@@ -165,14 +166,21 @@ def quiet_write_failure_echoes() -> None:
             return True
         return not (is_io_error(record.exc_info[1] if record.exc_info else None) or IO_MESSAGE.search(record.getMessage()))
 
+    def echo(e) -> bool:
+        return is_io_error(e) or (isinstance(e, RuntimeError) and str(e) == "Event loop is closed")
+
     std_logging.getLogger("absl").addFilter(keep)
-    previous = sys.unraisablehook
+    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
 
-    def unraisable(report):
-        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
-            previous(report)
+    def unraisable(report):  # also what an atexit callback or a finalizer raises
+        if not echo(report.exc_value):
+            previous_unraisable(report)
 
-    sys.unraisablehook = unraisable
+    def thread_error(report):  # a background writer thread's own copy of the failure
+        if not echo(report.exc_value):
+            previous_thread(report)
+
+    sys.unraisablehook, threading.excepthook = unraisable, thread_error
 
 
 def main(argv):
