@@ -18,7 +18,7 @@ from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper
 from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.evaluate import make_evaluator
-from metarl_jax.memory import MicroBatches, device_memory_bytes, plan_micro_batches, tree_bytes
+from metarl_jax.memory import MicroBatches, check_memory_estimate, device_memory_bytes, plan_micro_batches, tree_bytes
 from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
 
@@ -163,7 +163,7 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
         jax.eval_shape(optimizer.init, trained))
     if spec.mode == "fsdp":
         state //= data
-    budget = int(config.memory_budget_gb * 2**30) or device_memory_bytes()
+    budget = memory_budget(config)
     rows = config.num_tasks * config.group_size
     plan = plan_micro_batches(model.config, train_tasks, eval_tasks, rows, config.eval_trials, budget_bytes=budget,
                               state_bytes=state, cache_dtype=model.dtype, data_devices=data, remat=config.model.remat)
@@ -174,6 +174,17 @@ def micro_batches(config, model, model_state, optimizer, train_tasks, eval_tasks
                       "set config.rollout_rows / config.update_rows", stacklevel=3)
     return dataclasses.replace(plan, rollout=config.rollout_rows or plan.rollout,
                                update=config.update_rows or plan.update)
+
+
+def memory_budget(config) -> int:
+    """Bytes per device the run may use: ``config.memory_budget_gb``, or the device's memory for 0."""
+    return int(config.memory_budget_gb * 2**30) or device_memory_bytes()
+
+
+def check_run_memory(run: Run, config, devices: int) -> None:
+    """:func:`metarl_jax.memory.check_memory_estimate` of a built run on ``devices`` devices, before compiling."""
+    check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
+                          memory_budget(config), devices, run.hyper.update_rows)
 
 
 def run_label(config) -> str:

@@ -12,15 +12,16 @@ Faults (tested by ``tests/test_faults.py``, SIGKILL included):
   (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
 * **Corrupted steps.** Once a step has committed, process 0 writes ``<step>/checksums.json``: the step number and
   the SHA-256 of every file of the step. A restore checks them first, so a flipped byte anywhere in the step, a
-  missing or extra file, or a step directory found under another number raises :class:`~metarl_jax.checksums.CorruptCheckpointError`
-  (an unreadable step, see below). A step without the file (an older save, or a run killed between the commit and
-  the manifest) is restored with an :class:`~metarl_jax.checksums.UnverifiedCheckpointWarning`.
+  missing or extra file, or a step directory found under another number raises
+  :class:`~metarl_jax.checksums.CorruptCheckpointError` (an unreadable step, see below). A step without the file
+  (an older save, or a run killed between the commit and the manifest) is restored with an
+  :class:`~metarl_jax.checksums.UnverifiedCheckpointWarning`.
 * **Unreadable steps.** :meth:`Checkpointer.restore_latest` survives a listed step that cannot be read (a
   truncated file after a crash or full disk): it warns, moves that step aside to ``<step>.unreadable`` and falls
   back to the previous one.
-* **Full disk / unwritable directory.** A failed write raises :class:`~metarl_jax.workdir.UnwritableError` (an ``OSError``) naming
-  the directory, the step and the cause; the earlier steps stay on disk (old steps are only removed after a
-  save has committed). :func:`metarl_jax.workdir.check_writable` probes a directory up front.
+* **Full disk / unwritable directory.** A failed write raises :class:`~metarl_jax.workdir.UnwritableError` (an
+  ``OSError``) naming the directory, the step and the cause; the earlier steps stay on disk (old steps are only
+  removed after a save has committed). :func:`metarl_jax.workdir.check_writable` probes a directory up front.
 * **Non-finite state.** :meth:`Checkpointer.save` refuses (``FloatingPointError``) to write a train state with a
   NaN or inf floating-point leaf, naming the leaves.
 
@@ -108,7 +109,7 @@ class Checkpointer:
 
     ``directory`` is made absolute (orbax requires it). ``max_to_keep`` most recent steps are kept; ``async_save``
     writes in a background thread after the device-to-host copy, so the saved arrays may be donated right after
-    :meth:`save` returns. Several processes (:mod:`metarl_jax.sharding`): each calls every method, orbax writes each
+    :meth:`save` returns. Several processes (:mod:`metarl_jax.multihost`): each calls every method, orbax writes each
     array shard from its owner, process 0 alone renames unreadable steps and empties the trash, and the directory
     must be one file system that all of them see.
 
@@ -201,7 +202,7 @@ class Checkpointer:
                 f"{shown}; the earlier checkpoint steps {self._steps_on_disk()} are kept")
         if _is_typed_key(key):
             key = jax.random.key_data(key)
-        key = np.asarray(jax.device_get(key))  # orbax saves a host array, not a process-local jax array, from many processes
+        key = np.asarray(jax.device_get(key))  # from several processes orbax saves a host array, not a local jax one
         self._finish()
         args = ocp.args.Composite(state=ocp.args.StandardSave({"train_state": train_state, "key": key}),
                                   config=ocp.args.JsonSave(dict(config)))

@@ -155,8 +155,8 @@ def quiet_write_failure_echoes() -> None:
     """Drops the echoes of a failed checkpoint write from the command line's output. After a write fails (a full
     disk), orbax logs the failure from each of its background threads with a traceback, and tensorstore's late
     callbacks find orbax's asyncio loop closed ("Event loop is closed", reported as unraisable), a hundred times
-    or more; a writer thread or an exit handler may print the failure once more. The run reports the failure once, as ``UnwritableError`` naming the directory and the step;
-    ``--traceback`` keeps the echoes."""
+    or more; a writer thread or an exit handler may print the failure once more. The run reports the failure
+    once, as ``UnwritableError`` naming the directory and the step; ``--traceback`` keeps the echoes."""
     import logging as std_logging
 
     from metarl_jax.checkpoints import IO_MESSAGE, is_io_error
@@ -164,7 +164,8 @@ def quiet_write_failure_echoes() -> None:
     def keep(record) -> bool:
         if "orbax" not in record.pathname:
             return True
-        return not (is_io_error(record.exc_info[1] if record.exc_info else None) or IO_MESSAGE.search(record.getMessage()))
+        failure = record.exc_info[1] if record.exc_info else None
+        return not (is_io_error(failure) or IO_MESSAGE.search(record.getMessage()))
 
     def echo(e) -> bool:
         return is_io_error(e) or (isinstance(e, RuntimeError) and str(e) == "Event loop is closed")
@@ -201,17 +202,17 @@ def main(argv):
     user_errors = (config_check.ConfigError, memory.MemoryEstimateError, workdir.WorkdirBusyError,
                    workdir.UnwritableError, checkpoints.ResumeError, checkpoints.CheckpointMismatchError)
     try:
-        run(config, _WORKDIR.value)
+        run_command(config, _WORKDIR.value)
     except user_errors as e:
         if _TRACEBACK.value:
             raise
         raise SystemExit(f"error: {e}") from None
 
 
-def run(config, workdir: str):
+def run_command(config, workdir: str):
     """What ``main`` does once the config is loaded and jax.distributed is up."""
-    from metarl_jax.workdir import check_writable
     from metarl_jax.config_check import check_config
+    from metarl_jax.workdir import check_writable
 
     check_config(config)  # a bad field fails here, before any compile
     try:

@@ -51,15 +51,15 @@ from typing import NamedTuple
 
 import chex
 import jax
-from flax import nnx
 
 from metarl_jax import sharding
 from metarl_jax.algos.grpo import TrainState, init_train_state, make_sharded_train_step, model_state
-from metarl_jax.build import build_run, learning_rate, run_evaluator, run_label, trainable_filter
+from metarl_jax.build import (build_run, check_run_memory, learning_rate, run_evaluator, run_label,
+                              trainable_filter)
 from metarl_jax.checkpoints import FROZEN_KEY, Checkpointer, ResumeError
 from metarl_jax.evaluate import (SuccessRow, eval_metrics, evaluate_params, render_samples,
                                  success_table)
-from metarl_jax.memory import check_memory_estimate, device_memory_bytes, tree_bytes
+from metarl_jax.memory import tree_bytes
 from metarl_jax.metrics_log import MetricsLog, NoLog, format_postfix, progress, scalar_fields
 from metarl_jax.multihost import compile_before_running, is_primary, sync
 from metarl_jax.workdir import check_writable, workdir_lock
@@ -173,9 +173,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
                              trainable=trainable_filter(config))
     warn_if_low_disk(ckpt_dir, state.replace(frozen=None), config.keep_checkpoints)  # frozen weights are not saved
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
-    check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
-                          int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
-                          run.hyper.update_rows)
+    check_run_memory(run, config, mesh.size)
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
     train_step = compile_before_running(
         make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
@@ -291,9 +289,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0, label: str | None =
     label = label or run_label(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     mesh = sharding.mesh_from_config(config.mesh)
-    check_memory_estimate(config, nnx.merge(run.graphdef, run.model_state).config, run.train_tasks, run.eval_tasks,
-                          int(config.memory_budget_gb * 2**30) or device_memory_bytes(), mesh.size,
-                          run.hyper.update_rows)
+    check_run_memory(run, config, mesh.size)
     state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
                              trainable=trainable_filter(config))
     state = sharding.shard_train_state(state, mesh, config.mesh.mode)
