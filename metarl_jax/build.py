@@ -19,6 +19,7 @@ from metarl_jax.algos.grpo import GRPOHyper
 from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.evaluate import make_evaluator
 from metarl_jax.memory import MicroBatches, check_memory_estimate, device_memory_bytes, plan_micro_batches, tree_bytes
+from metarl_jax.models.prompt import prompt_length
 from metarl_jax.tasks import TaskSpec, build_mixture, build_task
 
 
@@ -39,7 +40,8 @@ class Run:
 
 def build_model(config, tokenizer):
     """``(graphdef, state)`` of the configured model: a local pretrained directory or a from-scratch preset, with
-    LoRA adapters when ``config.trainable == "lora"``."""
+    LoRA adapters when ``config.trainable == "lora"`` and ``config.prompt.length`` prompt vectors when it is
+    ``"prompt"`` (unless the pretrained directory brought its own, which then go on training)."""
     if config.model.pretrained_dir:
         from metarl_jax.models.hf_io import load_pretrained
 
@@ -62,6 +64,14 @@ def build_model(config, tokenizer):
 
         lora = config.lora
         add_lora(model, lora.rank, lora.alpha, nnx.Rngs(config.seed + 1), targets=tuple(lora.targets))
+    if config.trainable == "prompt" and model.prompt is None:
+        from metarl_jax.models.prompt import add_prompt
+
+        add_prompt(model, config.prompt.length, nnx.Rngs(config.seed + 1))
+    elif config.trainable == "prompt" and model.prompt.shape[0] != config.prompt.length:
+        raise config_check.ConfigError(
+            f"config.prompt.length: the model in {config.model.pretrained_dir} brings {model.prompt.shape[0]} prompt "
+            f"vectors, not {config.prompt.length}; set config.prompt.length={model.prompt.shape[0]}")
     return nnx.split(model)
 
 
@@ -71,6 +81,10 @@ def trainable_filter(config):
         from metarl_jax.models.lora import LoRAParam
 
         return LoRAParam
+    if config.trainable == "prompt":
+        from metarl_jax.models.prompt import PromptParam
+
+        return PromptParam
     return None
 
 
@@ -94,9 +108,10 @@ def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
     return float(schedule(jax.device_get(count)))
 
 
-def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
+def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[TaskSpec]:
     """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
-    ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`)."""
+    ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`). ``prompt_len``:
+    the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial."""
     entries = config.train_tasks if split == "train" else config.eval_tasks
     field = "train_tasks" if split == "train" else "eval_tasks"
     out = []
@@ -112,6 +127,7 @@ def build_tasks(config, tokenizer, split: str) -> list[TaskSpec]:
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
             text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
             lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
+            prompt_len=prompt_len,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(
@@ -130,7 +146,8 @@ def build_run(config) -> Run:
     config_check.check_config(config)
     tokenizer = load_tokenizer(config.tokenizer)
     graphdef, model_state = build_model(config, tokenizer)
-    train_tasks, eval_tasks = build_tasks(config, tokenizer, "train"), build_tasks(config, tokenizer, "eval")
+    prompt_len = prompt_length(nnx.merge(graphdef, model_state))
+    train_tasks, eval_tasks = (build_tasks(config, tokenizer, split, prompt_len) for split in ("train", "eval"))
     optimizer, schedule = build_optimizer(config), build_schedule(config)
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = hyper_from_config(config, micro)

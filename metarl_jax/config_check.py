@@ -74,6 +74,7 @@ _RANGES = [
     ("memory_budget_gb", lambda v: v >= 0, ">= 0 (GiB per device the step may use; 0: the device's memory)"),
     ("lora.rank", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (the adapters' rank)"),
     ("lora.alpha", lambda v: v > 0, "> 0 (the adapters' output is scaled by lora.alpha / lora.rank)"),
+    ("prompt.length", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (the prompt vectors opening every trial)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
@@ -121,7 +122,7 @@ TEXT_STYLES = ("gem", "terse")
 MESH_MODES = ("none", "data", "fsdp", "tensor")
 MODEL_DTYPES = ("float32", "bfloat16")
 WANDB_MODES = ("offline", "online")
-TRAINABLES = ("full", "lora")
+TRAINABLES = ("full", "lora", "prompt")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -305,7 +306,8 @@ def check_config(config) -> None:
           f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
     _check_mesh(config)
     _need(config.trainable in TRAINABLES, "trainable", f"must be one of {TRAINABLES} ('full': every weight; 'lora': "
-          f"low-rank adapters, the base frozen), got {config.trainable!r}")
+          f"low-rank adapters, the base frozen; 'prompt': prompt vectors opening every trial, the model frozen), got "
+          f"{config.trainable!r}")
     targets = _get(config, "lora.targets")
     _need(isinstance(targets, (tuple, list)) and targets and set(targets) <= set(LORA_TARGETS)
           and len(set(targets)) == len(targets), "lora.targets",

@@ -50,10 +50,10 @@ class TaskSpec(RolloutSpec):
 
     @property
     def decoding(self) -> dict:
-        """This task's free-decoding fields (the games of a mixture share them)."""
+        """This task's free-decoding fields and its prompt length (the games of a mixture share them)."""
         return dict(end_of_turn=self.end_of_turn, remaining_budget=self.remaining_budget,
                     remark_tags=self.remark_tags, remark_reward=self.remark_reward, think_end=self.think_end,
-                    think_skip=self.think_skip)
+                    think_skip=self.think_skip, prompt_len=self.prompt_len)
 
     @property
     def transcript_len(self) -> int:
@@ -90,7 +90,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
                context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
                free_stop: str = "action", free_budget: str = "fixed", lamer_gamma: float = 0.0,
-               remark_reward: float = 0.0, thinking: str = "keep") -> TaskSpec:
+               remark_reward: float = 0.0, thinking: str = "keep", prompt_len: int = 0) -> TaskSpec:
     """A :class:`TaskSpec` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
@@ -104,7 +104,9 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     ``lamer_gamma`` > 0 plays LaMer's variant of the trial (:class:`~metarl_jax.envs.multi_episode.MultiEpisode`);
     ``remark_reward`` is then what a free-decoded reflection turn with ``<remark> ... </remark>`` earns.
     ``thinking`` ``"strip"`` (free decoding) removes earlier turns' thinking from the context
-    (:func:`thinking_fields`); ``"keep"`` leaves it.
+    (:func:`thinking_fields`); ``"keep"`` leaves it. ``prompt_len`` (the model's prompt vectors,
+    :mod:`metarl_jax.models.prompt`) opens every trial with that many virtual tokens; the context holds them in
+    addition to ``context_len``.
     """
     entry = task_entry(entry)
     turns = int(entry["max_turns_per_episode"])
@@ -115,6 +117,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)
+    budget = dataclasses.replace(budget, worst_case=budget.worst_case + prompt_len)
     end_of_turn = -1
     if free_tokens and free_stop == "end_of_turn":
         end_of_turn = wrap.end[0] if wrap and wrap.end else getattr(tokenizer, "eos_id", None)
@@ -123,9 +126,9 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
     return TaskSpec(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
-        context_len=int(context_len) or budget.worst_case, task_keys=jax.random.split(key, num_tasks),
+        context_len=int(context_len) + prompt_len if context_len else budget.worst_case, task_keys=jax.random.split(key, num_tasks),
         free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
-        remaining_budget=bool(free_tokens) and free_budget == "remaining",
+        remaining_budget=bool(free_tokens) and free_budget == "remaining", prompt_len=int(prompt_len),
         **remark_fields(tokenizer, remark_reward if lamer_gamma and env.reflection and free_tokens else 0.0),
         **(thinking_fields(tokenizer) if free_tokens and thinking == "strip" else {}),
     )
@@ -165,7 +168,7 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     alone would."""
     if len({(t.free_tokens, t.chat, *t.decoding.values()) for t in tasks}) > 1:
         raise ValueError("the games of a mixture must share the decoding (free_tokens, free_stop, free_budget, thinking, "
-                         "the remark reward) and the chat format")
+                         "the remark reward), the chat format and the prompt")
     mixture = GameMixture([t.env for t in tasks], names=[t.name for t in tasks])
     codec = MixtureCodec(mixture, tokenizer, [t.codec for t in tasks])
     table = ActionTable(mixture, tokenizer)

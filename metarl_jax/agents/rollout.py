@@ -28,9 +28,10 @@ from flax import nnx, struct
 
 from metarl_jax.agents.actions import ActionTable
 from metarl_jax.agents.context import ContextBudget
-from metarl_jax.agents.sampler import (Sampling, decode_constrained, decode_free, kept_start, prefill, prefill_block,
-                                      tag_pair_written, write_rows)
+from metarl_jax.agents.sampler import (Sampling, decode_constrained, decode_free, kept_start, merge_rows, prefill,
+                                      prefill_block, split_rows, tag_pair_written, write_rows)
 from metarl_jax.envs.base import tree_select
+from metarl_jax.models.prompt import prompt_ids, prompt_length
 from metarl_jax.models.transformer import VISIBLE, init_cache
 from metarl_jax.text.chat import ChatWrap
 from metarl_jax.text.codec import Codec
@@ -131,6 +132,8 @@ class RolloutSpec:
         response without it stays whole), which frees the stripped room. The transcript keeps the whole stream
         (:class:`Transcript`'s ``visible_until``), up to ``budget.turns * free_tokens`` slots more than
         ``context_len``.
+      prompt_len: the model's prompt vectors (:mod:`metarl_jax.models.prompt`): their virtual tokens open every
+        trial, before its first observation, and count in ``context_len`` and ``budget``; 0: none.
     """
 
     env: Any
@@ -147,6 +150,7 @@ class RolloutSpec:
     remark_reward: float = 0.0
     think_end: int = -1
     think_skip: tuple = ()
+    prompt_len: int = 0
 
 
 def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, sampling: Sampling = Sampling(), *,
@@ -181,20 +185,6 @@ def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, samplin
     chunks = batch // rows_per_chunk
     out = jax.lax.map(lambda a: play(*a), (*split_rows((trial_states, limit), chunks), jnp.arange(chunks, dtype=jnp.int32)))
     return merge_rows(out)
-
-
-def split_rows(tree, chunks: int):
-    """Leaves [B, ...] -> [chunks, B / chunks, ...], chunk i holding rows ``i, i + chunks, i + 2 chunks, ...``.
-
-    Strided, not contiguous: a batch sharded by contiguous row blocks over a mesh's data axis then gives every
-    chunk an equal share of each device's rows, so the chunks run one after the other on all devices at once
-    without moving rows. None leaves pass through."""
-    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), 0, 1), tree)
-
-
-def merge_rows(tree):
-    """The inverse of :func:`split_rows`: leaves [chunks, C, ...] -> [chunks * C, ...] in the original row order."""
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
 class _Carry(NamedTuple):
@@ -234,6 +224,9 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
     context_len, free_tokens, end_of_turn, think_end = spec.context_len, spec.free_tokens, spec.end_of_turn, spec.think_end
     model = nnx.merge(graphdef, model_state)
     batch = trial_states.total_steps.shape[0]
+    if prompt_length(model) != spec.prompt_len:
+        raise ValueError(f"the model has {prompt_length(model)} prompt vectors, the rollout spec places "
+                         f"{spec.prompt_len}: build the tasks with the model's prompt_len")
 
     def row_keys(k):
         """key[B]: this call's rows of ``k`` split over the whole batch."""
@@ -249,7 +242,8 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
     if budget.action_len != act_len:
         raise ValueError(f"the context budget counts {budget.action_len} action tokens, the decoder writes {act_len}")
     chat = spec.chat or ChatWrap()
-    width = act_len + chat.per_turn + chunk + pre  # pending tail, chat end, chat open, observation, chat close, prefix
+    # prompt, pending tail, chat end, chat open, observation, chat close, prefix
+    width = spec.prompt_len + act_len + chat.per_turn + chunk + pre
     block = prefill_block(budget, act_len, pre, chat.per_turn, free)
     room = context_len + width + block  # slack: block writes never clip at the end
     trial_states = constrain(trial_states)
@@ -260,6 +254,7 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
     render = jax.vmap(codec.render_tokens)
     padded_actions = jnp.pad(table.tokens, ((0, 0), (0, act_len)), constant_values=table.pad_id)
     prefix = jnp.broadcast_to(table.tokens[0, :pre], (batch, pre))
+    prompt = jnp.broadcast_to(jnp.asarray(prompt_ids(model)), (batch, spec.prompt_len))
     positions = jnp.arange(act_len)
     select_rows = jax.vmap(tree_select)  # per row: the first tree where the flag is set, else the second
     wrap_open, wrap_close, wrap_end = (jnp.broadcast_to(jnp.asarray(w, jnp.int32), (batch, len(w)))
@@ -289,8 +284,8 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
         obs = obs[:, :chunk]  # real tokens come first and never exceed the chunk bound
         start = cache.length  # where the pending tail goes; the rest of the chunk follows it
         end_n = jnp.where(t > 0, 0 if free else len(chat.end), 0)  # the chat end of the previous action
-        # The chunk: pending tail | chat end | chat open | observation | chat close | action prefix.
-        parts = [(pending, pending_n), (wrap_end, end_n), (wrap_open, len(chat.open)), (obs, n),
+        # The chunk: prompt (first turn) | pending tail | chat end | chat open | observation | chat close | prefix.
+        parts = [(prompt, jnp.where(t == 0, spec.prompt_len, 0)), (pending, pending_n), (wrap_end, end_n), (wrap_open, len(chat.open)), (obs, n),
                  (wrap_close, len(chat.close)), (prefix, pre)]
         m = sum(k for _, k in parts)
         fits = start + m - pre + (1 if free and spec.remaining_budget else act_len) <= limit

@@ -1,7 +1,7 @@
 """The sampling engine of the rollout (:mod:`metarl_jax.agents.rollout`): prefilling a turn's forced tokens into
 the KV cache in blocks, constrained decoding of an action's decision tokens, free decoding from the whole
-vocabulary, and the token scans that read what a response wrote (:func:`kept_start` for stripped thinking,
-:func:`tag_pair_written` for the remark reward).
+vocabulary, the token scans that read what a response wrote (:func:`kept_start` for stripped thinking,
+:func:`tag_pair_written` for the remark reward), and the strided row micro-batches (:func:`split_rows`).
 
 Shapes: B rows, W tokens of a turn's chunk, N tokens of a free-decoded response.
 """
@@ -223,3 +223,17 @@ def tag_pair_written(tokens, emitted, opens, closes) -> jax.Array:
     last_close_start = jnp.max(jnp.stack([jnp.where(ends_at(ids), index - len(ids) + 1, -1) for ids in closes]),
                                axis=(0, 2))
     return last_close_start > first_open_end
+
+
+def split_rows(tree, chunks: int):
+    """Leaves [B, ...] -> [chunks, B / chunks, ...], chunk i holding rows ``i, i + chunks, i + 2 chunks, ...``.
+
+    Strided, not contiguous: a batch sharded by contiguous row blocks over a mesh's data axis then gives every
+    chunk an equal share of each device's rows, so the chunks run one after the other on all devices at once
+    without moving rows. None leaves pass through."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), 0, 1), tree)
+
+
+def merge_rows(tree):
+    """The inverse of :func:`split_rows`: leaves [chunks, C, ...] -> [chunks * C, ...] in the original row order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)

@@ -40,8 +40,8 @@ import optax
 from flax import nnx, struct
 
 from metarl_jax import sharding
-from metarl_jax.agents.rollout import rollout, split_rows
-from metarl_jax.agents.sampler import Sampling
+from metarl_jax.agents.rollout import rollout
+from metarl_jax.agents.sampler import Sampling, split_rows
 from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to_reference, normalise_over_groups,
                                      ppo_clip_loss)
 from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,

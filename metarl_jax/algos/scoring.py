@@ -168,7 +168,7 @@ def cut_slots(transcript: Transcript, n: int) -> Transcript:
 def observation_targets(transcript: Transcript, vocab, vocab_size: int):
     """The next-token targets of the observation loss: ``(target int32[B, S-1], scored bool[B, S-1])``, the
     column in ``vocab`` (int32[K]) of each slot's next token and whether it is scored (a real observation token
-    in the sub-vocabulary; action tokens are not). Needs no model: a row micro-batch of the update takes the
+    in the sub-vocabulary; action tokens and a prompt's virtual tokens are not). Needs no model: a row micro-batch of the update takes the
     whole batch's count of scored tokens from it."""
     vocab = jnp.asarray(vocab, jnp.int32)
     batch, slots = transcript.tokens.shape
@@ -178,7 +178,8 @@ def observation_targets(transcript: Transcript, vocab, vocab_size: int):
     rows = jnp.arange(batch)[:, None, None]
     is_action = is_action.at[rows, jnp.where(transcript.action_mask, jnp.minimum(action_slots, slots), slots)].set(True)[:, :slots]
     index = jnp.full((vocab_size,), -1, jnp.int32).at[vocab].set(jnp.arange(vocab.shape[0], dtype=jnp.int32))
-    target = index[transcript.tokens[:, 1:]]
+    following = transcript.tokens[:, 1:]
+    target = jnp.where(following < vocab_size, index[jnp.minimum(following, vocab_size - 1)], -1)  # prompt: not scored
     return target, transcript.token_mask[:, 1:] & ~is_action[:, 1:] & (target >= 0)
 
 

@@ -54,12 +54,14 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(preset="tiny", pretrained_dir="", overrides={}, dtype="float32",
                                              param_dtype="float32", remat="none"))
     c.tokenizer = "word"  # or a local Hugging Face tokenizer directory
-    # What the meta-learner trains: "full" (every weight) or "lora" (low-rank adapters on the layers' projections,
-    # rank lora.rank, scale lora.alpha / lora.rank, on lora.targets; the base weights stay frozen, have no
-    # optimizer state and are not stored in the checkpoints, which record their fingerprint instead).
+    # What the meta-learner trains: "full" (every weight), "lora" (low-rank adapters on the layers' projections,
+    # rank lora.rank, scale lora.alpha / lora.rank, on lora.targets) or "prompt" (a learned initial context:
+    # prompt.length embedding vectors that open every trial). Under "lora" and "prompt" the model's weights stay
+    # frozen, have no optimizer state and are not stored in the checkpoints, which record their fingerprint instead.
     c.trainable = "full"
     c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "o_proj",
                                                                          "gate_proj", "up_proj", "down_proj")))
+    c.prompt = ml_collections.ConfigDict(dict(length=8))
 
     c.train_tasks = [
         task("game:GuessTheNumber-v0-easy", 4, 12, context_len=160),

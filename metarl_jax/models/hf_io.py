@@ -7,7 +7,8 @@ than a Qwen3 or Llama causal LM), a quantized or unknown weight dtype (``torch_d
 float8 tensors), a compute dtype the backend cannot run, missing shards, pickle-only or corrupt weight files,
 and missing, unexpected or mis-shaped tensors (named).
 ``save_pretrained(model, dir)`` writes ``config.json`` and ``model.safetensors`` (float32, LoRA adapters merged)
-that transformers' PyTorch classes load.
+that transformers' PyTorch classes load. A model's prompt vectors (:mod:`metarl_jax.models.prompt`) go to
+``prompt.safetensors`` beside them, which ``load_pretrained`` attaches again.
 
 HF's per-layer tensors ``model.layers.{i}.…`` are slice i of our stacked layer parameters ([L, ...]).
 """
@@ -25,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from metarl_jax.models.config import ModelConfig
+from metarl_jax.models.prompt import PROMPT_FILE, add_prompt, load_prompt, save_prompt
 from metarl_jax.models.transformer import Transformer
 
 
@@ -199,7 +201,7 @@ def _shards(local_dir: str) -> list[str]:
             raise FileNotFoundError(f"shard(s) {missing} listed in {index} are missing; copy every shard of the "
                                     "checkpoint into the directory")
         return [os.path.join(local_dir, s) for s in files]
-    files = sorted(glob.glob(os.path.join(local_dir, "*.safetensors")))
+    files = sorted(f for f in glob.glob(os.path.join(local_dir, "*.safetensors")) if os.path.basename(f) != PROMPT_FILE)
     for path in files:
         _check_link(path)
     if not files:
@@ -284,6 +286,10 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                          "of the checkpoint, or use the config.json saved with these weights")
     for path, stack in stacks.items():  # complete now: every layer's tensor was seen
         _place(_variable(model, path), stack, param_dtype, sharding)
+    prompt = load_prompt(local_dir)  # a learned initial context saved beside the weights
+    if prompt is not None:
+        _check_values(prompt, "prompt", os.path.join(local_dir, PROMPT_FILE), param_dtype)
+        add_prompt(model, prompt.shape[0], nnx.Rngs(0), jax.device_put(jnp.asarray(prompt, param_dtype), sharding))
     return model
 
 
@@ -313,7 +319,8 @@ def _place(var, array, param_dtype, sharding) -> None:
 
 
 def save_pretrained(model: Transformer, out_dir: str) -> None:
-    """Writes ``config.json`` and ``model.safetensors`` loadable by transformers' PyTorch classes."""
+    """Writes ``config.json`` and ``model.safetensors`` loadable by transformers' PyTorch classes, and the model's
+    prompt vectors, if any, as ``prompt.safetensors`` (:mod:`metarl_jax.models.prompt`)."""
     from safetensors.numpy import save_file
 
     config = model.config
@@ -334,3 +341,5 @@ def save_pretrained(model: Transformer, out_dir: str) -> None:
     tmp = os.path.join(out_dir, "model.safetensors.tmp")
     save_file(tensors, tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+    if model.prompt is not None:
+        save_prompt(model, out_dir)

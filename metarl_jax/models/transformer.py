@@ -30,6 +30,7 @@ from flax import nnx, struct
 from metarl_jax.models.attention import (VISIBLE, apply_rope, attend_prefix, causal_attention, rope_tables,
                                         take_token)
 from metarl_jax.models.config import ModelConfig
+from metarl_jax.models.prompt import embed_tokens
 
 
 @struct.dataclass
@@ -263,6 +264,7 @@ class Transformer(nnx.Module):
         self.layers = stack_modules([Block(config, rngs=rngs, param_dtype=param_dtype, dtype=dtype)
                                      for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.prompt = None  # optional prompt vectors, the virtual tokens vocab_size + i (metarl_jax.models.prompt)
         self.lm_head = None if config.tie_embeddings else Linear(
             config.hidden_size, config.vocab_size, bias=False, rngs=rngs, param_dtype=param_dtype, dtype=dtype
         )
@@ -308,7 +310,7 @@ class Transformer(nnx.Module):
         cfg = self.config
         b, t = tokens.shape
         token_mask = jnp.ones((b, t), bool) if token_mask is None else token_mask.astype(bool)
-        x = self.embed[...][tokens].astype(self.dtype)
+        x = embed_tokens(self.embed[...], None if self.prompt is None else self.prompt[...], tokens, self.dtype)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         layers_def, layers = nnx.split(self.layers)
         num_layers = cfg.num_layers
