@@ -63,6 +63,8 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_sharded_train_step
     from metarl_jax.models import Transformer, attention
     from metarl_jax.models.config import ModelConfig, qwen3_config_json
+    from metarl_jax.models.lora import LoRAParam, add_lora
+    from metarl_jax.models.prompt import PromptParam, add_prompt
     from metarl_jax.tasks import build_mixture, build_task
     from metarl_jax.text import HFTokenizer
 
@@ -75,15 +77,26 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     raw = qwen3_config_json(size)
     cfg = ModelConfig.from_hf(transformers.Qwen3Config(**{k: v for k, v in raw.items()
                                                            if k not in ("architectures", "model_type", "torch_dtype")}))
+    prompt_len = args.prompt_length if args.trainable == "prompt" else 0
     tasks = [build_task(dict(env_id=g), tok, split="train", seed=0, num_tasks=512, intro=True, repeat_opening=True,
-                        context_len=args.context, free_tokens=args.free_tokens, chat=True, text="gem")
+                        context_len=args.context, free_tokens=args.free_tokens, chat=True, text="gem",
+                        prompt_len=prompt_len)
              for g in TRAIN_GAMES]
     mix = build_mixture(tasks, tok)
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.bfloat16,
-                                               remat=args.remat))
-    graphdef, params = nnx.split(model)
+
+    def make_model():
+        model = Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(args.param_dtype), dtype=jnp.bfloat16,
+                            remat=args.remat)
+        if args.trainable == "lora":
+            add_lora(model, args.lora_rank, 2.0 * args.lora_rank, nnx.Rngs(1))
+        if args.trainable == "prompt":
+            add_prompt(model, prompt_len, nnx.Rngs(1))
+        return model
+
+    graphdef, params = nnx.split(nnx.eval_shape(make_model))
+    trainable = {"full": None, "lora": LoRAParam, "prompt": PromptParam}[args.trainable]
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-6, b1=0.9, b2=0.999, weight_decay=0.01))
-    state = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
+    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, trainable=trainable), params)
     rows = args.num_tasks * args.group_size
     data = devices if mode in ("data", "fsdp") else 1
     state_bytes = memory.tree_bytes(state) // (devices if mode in ("fsdp", "tensor") else 1)
@@ -108,6 +121,8 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     peak = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
     return dict(size=size, devices=devices, mode=mode if devices > 1 else "single", budget_gb=budget_gb,
                 layers=cfg.num_layers, params=int(sum(x.size for x in jax.tree.leaves(params))),
+                trained_params=int(sum(x.size for x in jax.tree.leaves(state.params))), trainable=args.trainable,
+                param_dtype=args.param_dtype, state_bytes=memory.tree_bytes(state),
                 rows=rows, context=args.context, free_tokens=args.free_tokens, rollout_rows=hp.rollout_rows,
                 update_rows=hp.update_rows, planned_fits=plan.fits, peak_bytes_per_device=peak, parts=parts,
                 lower_s=t1 - t0, compile_s=t2 - t1, backend=jax.default_backend(), remat=args.remat)
@@ -126,6 +141,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rollout-rows", type=int, default=0, help="0: from the budget")
     parser.add_argument("--update-rows", type=int, default=0, help="0: from the budget")
     parser.add_argument("--remat", default="full")
+    parser.add_argument("--trainable", default="full", choices=("full", "lora", "prompt"),
+                        help="what trains: every weight, LoRA adapters (the base frozen) or prompt vectors")
+    parser.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the weights' storage dtype (a frozen base can stay in bfloat16)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="with --trainable=lora (alpha = 2 x rank)")
+    parser.add_argument("--prompt-length", type=int, default=64, help="with --trainable=prompt")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_scale.json"))
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # internal: size devices budget tokenizer_dir
     args = parser.parse_args(argv)
@@ -145,7 +166,9 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--one", size, str(devices), str(budget), tok_dir, f"--mode={args.mode}",
                    f"--context={args.context}", f"--free-tokens={args.free_tokens}", f"--num-tasks={args.num_tasks}",
                    f"--group-size={args.group_size}", f"--rollout-rows={args.rollout_rows}",
-                   f"--update-rows={args.update_rows}", f"--remat={args.remat}"]
+                   f"--update-rows={args.update_rows}", f"--remat={args.remat}", f"--trainable={args.trainable}",
+                   f"--param-dtype={args.param_dtype}", f"--lora-rank={args.lora_rank}",
+                   f"--prompt-length={args.prompt_length}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -153,14 +176,17 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{size} on {devices} device(s): failed")
             r = json.loads(line[0][len("RESULT "):])
             rows.append(r)
-            print(f"Qwen3-{size:5s} {r['layers']} layers, {devices} device(s) {r['mode']:6s}: peak "
+            print(f"Qwen3-{size:5s} {r['layers']} layers, {devices} device(s) {r['mode']:6s}, {args.trainable} "
+                  f"({r['trained_params'] / 1e6:.1f} M trained, weights {args.param_dtype}): peak "
                   f"{r['peak_bytes_per_device'] / 1e9:7.1f} GB per device (budget {budget:.0f} GB), micro-batches rollout "
                   f"{r['rollout_rows']} / update {r['update_rows']} of {r['rows']} rows, lower {r['lower_s']:.0f} s, "
                   f"compile {r['compile_s']:.0f} s", flush=True)
-    print("\n| model | layers | devices | peak GB / device | budget GB | rollout rows | update rows | lower s | compile s |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | trains | layers | devices | peak GB / device | budget GB | rollout rows | update rows | lower s | "
+          "compile s |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| Qwen3-{r['size']} | {r['layers']} | {r['devices']} {r['mode']} | {r['peak_bytes_per_device'] / 1e9:.1f} | "
+        print(f"| Qwen3-{r['size']} | {r['trainable']} | {r['layers']} | {r['devices']} {r['mode']} | "
+              f"{r['peak_bytes_per_device'] / 1e9:.1f} | "
               f"{r['budget_gb']:.0f} | {r['rollout_rows']} | {r['update_rows']} | {r['lower_s']:.0f} | {r['compile_s']:.0f} |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -74,24 +74,6 @@ def train_rows(workdir) -> dict:
     return {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"}
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module's in-process runs, restored to the previous settings
-    afterwards."""
-    from jax._src import compilation_cache
-
-    names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0}
-    old = {name: getattr(jax.config, name) for name in names}
-    for name, value in names.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
 # Both runs inject NaN gradients in step 2 only, so they trace and compile the same step.
 NAN_RUN = dict(num_steps=4, eval_every=0, log_every=3, checkpoint_every=1, keep_checkpoints=4, inject_nan_step=2,
                inject_nan_count=1)

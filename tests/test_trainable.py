@@ -134,7 +134,7 @@ def test_the_observation_loss_never_scores_the_prompt(prompted):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["lora", "prompt"])
-def test_a_resumed_run_equals_an_uninterrupted_one_and_exports(trainable, tmp_path):
+def test_a_resumed_run_equals_an_uninterrupted_one_and_exports(trainable, tmp_path, compile_cache):
     from metarl_jax.export import export
     from metarl_jax.models.hf_io import load_pretrained
 

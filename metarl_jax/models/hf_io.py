@@ -289,7 +289,7 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
     prompt = load_prompt(local_dir)  # a learned initial context saved beside the weights
     if prompt is not None:
         _check_values(prompt, "prompt", os.path.join(local_dir, PROMPT_FILE), param_dtype)
-        add_prompt(model, prompt.shape[0], nnx.Rngs(0), jax.device_put(jnp.asarray(prompt, param_dtype), sharding))
+        add_prompt(model, prompt.shape[0], nnx.Rngs(0), jax.device_put(jnp.asarray(prompt, jnp.float32), sharding))
     return model
 
 

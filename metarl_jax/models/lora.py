@@ -25,7 +25,7 @@ class LoRAParam(nnx.Variable):
 
 def add_lora(model, rank: int, alpha: float, rngs: nnx.Rngs, targets=ATTENTION + MLP):
     """Adds adapters in place to the ``targets`` projections of every layer; returns the model. Each layer's
-    ``a`` is an independent draw."""
+    ``a`` is an independent draw. The adapters are float32 whatever the base's storage dtype."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     unknown = set(targets) - set(ATTENTION + MLP)
@@ -36,7 +36,7 @@ def add_lora(model, rank: int, alpha: float, rngs: nnx.Rngs, targets=ATTENTION +
     for name in targets:
         linear: Linear = getattr(layers.attn if name in ATTENTION else layers.mlp, name)
         num_layers, d_in, d_out = linear.kernel.shape
-        dtype = linear.kernel[...].dtype
+        dtype = jnp.float32  # what trains stays in float32 (a frozen base may be stored in bfloat16)
         a = jnp.stack([init(rngs.params(), (d_in, rank), dtype) for _ in range(num_layers)])
         linear.lora_a = nnx.data(LoRAParam(a))
         linear.lora_b = nnx.data(LoRAParam(jnp.zeros((num_layers, rank, d_out), dtype)))

@@ -61,7 +61,7 @@ def add_prompt(model, length: int, rngs: nnx.Rngs, values=None):
     embed = model.embed[...]
     if values is None:
         values = embed[jax.random.randint(rngs.params(), (length,), 0, embed.shape[0])]
-    values = jnp.asarray(values, embed.dtype)
+    values = jnp.asarray(values, jnp.float32)  # what trains stays in float32 (a frozen base may be bfloat16)
     if values.shape != (length, embed.shape[1]):
         raise ValueError(f"prompt vectors of shape {tuple(values.shape)} do not fit this model: expected "
                          f"({length}, {embed.shape[1]}) (length, hidden size)")
