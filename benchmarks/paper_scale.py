@@ -3,11 +3,14 @@
     python benchmarks/paper_scale.py                               # 0.6B..14B, 1 device and 8 devices (FSDP)
     python benchmarks/paper_scale.py --sizes=1.7B --devices=1
     python benchmarks/paper_scale.py --sizes=14B --devices=8 --mode=fsdp --budget-gb=80
+    python benchmarks/paper_scale.py --sizes=14B --devices=1 --trainable=full,lora,prompt --frozen-dtype=bfloat16 \
+        --remat=nested --rollout-rows=2 --update-rows=1     # what trains: every weight, LoRA or a prompt
 
 The step is the one ``configs/paper.py`` trains: GRPO over 32 tasks x 8 rollouts a step drawn from the mixture
 of ORBIT's five training games (one program), chat format, free decoding (1,024 tokens a turn, the whole
 vocabulary), a 32,768-token context, bfloat16 compute with float32 weights and AdamW state, layers scanned and
-rematerialised in the update. Nothing is run and no weights exist: the parameters are ``nnx.eval_shape``
+rematerialised in the update. ``--trainable=lora`` trains rank-16 adapters on every projection and ``prompt`` 64
+prompt vectors, the rest frozen (stored as ``--frozen-dtype``), as ``config.trainable`` does. Nothing is run and no weights exist: the parameters are ``nnx.eval_shape``
 abstractions of a Qwen3 of each size (``models.config.qwen3_config_json``), the tokenizer a byte-level BPE
 trained on the games' text (``text.tiny.make_bpe_tokenizer``; Qwen's own tokenizer is not downloaded: its
 151,936-token vocabulary is the model's), and the step is ``jax.jit(...).lower(abstract inputs).compile()``.
@@ -85,7 +88,8 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     mix = build_mixture(tasks, tok)
 
     def make_model():
-        model = Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(args.param_dtype), dtype=jnp.bfloat16,
+        weights = jnp.float32 if args.trainable == "full" else jnp.dtype(args.frozen_dtype)
+        model = Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=weights, dtype=jnp.bfloat16,
                             remat=args.remat)
         if args.trainable == "lora":
             add_lora(model, args.lora_rank, 2.0 * args.lora_rank, nnx.Rngs(1))
@@ -122,7 +126,7 @@ def measure(size: str, devices: int, mode: str, budget_gb: float, tokenizer_dir:
     return dict(size=size, devices=devices, mode=mode if devices > 1 else "single", budget_gb=budget_gb,
                 layers=cfg.num_layers, params=int(sum(x.size for x in jax.tree.leaves(params))),
                 trained_params=int(sum(x.size for x in jax.tree.leaves(state.params))), trainable=args.trainable,
-                param_dtype=args.param_dtype, state_bytes=memory.tree_bytes(state),
+                weights_dtype="float32" if args.trainable == "full" else args.frozen_dtype, state_bytes=memory.tree_bytes(state),
                 rows=rows, context=args.context, free_tokens=args.free_tokens, rollout_rows=hp.rollout_rows,
                 update_rows=hp.update_rows, planned_fits=plan.fits, peak_bytes_per_device=peak, parts=parts,
                 lower_s=t1 - t0, compile_s=t2 - t1, backend=jax.default_backend(), remat=args.remat)
@@ -141,10 +145,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rollout-rows", type=int, default=0, help="0: from the budget")
     parser.add_argument("--update-rows", type=int, default=0, help="0: from the budget")
     parser.add_argument("--remat", default="full")
-    parser.add_argument("--trainable", default="full", choices=("full", "lora", "prompt"),
-                        help="what trains: every weight, LoRA adapters (the base frozen) or prompt vectors")
-    parser.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="the weights' storage dtype (a frozen base can stay in bfloat16)")
+    parser.add_argument("--trainable", default="full", help="comma-separated, each what trains: full (every "
+                        "weight), lora (LoRA adapters, the base frozen) or prompt (prompt vectors, the model frozen)")
+    parser.add_argument("--frozen-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the storage dtype of the frozen weights under lora and prompt (full: float32)")
     parser.add_argument("--lora-rank", type=int, default=16, help="with --trainable=lora (alpha = 2 x rank)")
     parser.add_argument("--prompt-length", type=int, default=64, help="with --trainable=prompt")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_scale.json"))
@@ -157,37 +161,40 @@ def main(argv=None) -> int:
         return 0
     tok_dir = build_tokenizer(tempfile.mkdtemp(prefix="paper_scale_tok_"))
     rows = []
-    for devices in (int(d) for d in args.devices.split(",")):
-        for size in args.sizes.split(","):
-            budget = args.budget_gb or (141.0 if devices == 1 else 80.0)
-            env = dict(os.environ, JAX_PLATFORMS="cpu")
-            if devices > 1:
-                env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-            cmd = [sys.executable, __file__, "--one", size, str(devices), str(budget), tok_dir, f"--mode={args.mode}",
-                   f"--context={args.context}", f"--free-tokens={args.free_tokens}", f"--num-tasks={args.num_tasks}",
-                   f"--group-size={args.group_size}", f"--rollout-rows={args.rollout_rows}",
-                   f"--update-rows={args.update_rows}", f"--remat={args.remat}", f"--trainable={args.trainable}",
-                   f"--param-dtype={args.param_dtype}", f"--lora-rank={args.lora_rank}",
-                   f"--prompt-length={args.prompt_length}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stderr[-6000:], file=sys.stderr)
-                raise SystemExit(f"{size} on {devices} device(s): failed")
-            r = json.loads(line[0][len("RESULT "):])
-            rows.append(r)
-            print(f"Qwen3-{size:5s} {r['layers']} layers, {devices} device(s) {r['mode']:6s}, {args.trainable} "
-                  f"({r['trained_params'] / 1e6:.1f} M trained, weights {args.param_dtype}): peak "
-                  f"{r['peak_bytes_per_device'] / 1e9:7.1f} GB per device (budget {budget:.0f} GB), micro-batches rollout "
-                  f"{r['rollout_rows']} / update {r['update_rows']} of {r['rows']} rows, lower {r['lower_s']:.0f} s, "
-                  f"compile {r['compile_s']:.0f} s", flush=True)
-    print("\n| model | trains | layers | devices | peak GB / device | budget GB | rollout rows | update rows | lower s | "
-          "compile s |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    trainables = args.trainable.split(",")
+    if set(trainables) - {"full", "lora", "prompt"}:
+        parser.error(f"--trainable: each of {trainables} must be full, lora or prompt")
+    runs = [(int(d), size, t) for d in args.devices.split(",") for size in args.sizes.split(",") for t in trainables]
+    for devices, size, trainable in runs:
+        budget = args.budget_gb or (141.0 if devices == 1 else 80.0)
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        if devices > 1:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+        cmd = [sys.executable, __file__, "--one", size, str(devices), str(budget), tok_dir, f"--mode={args.mode}",
+               f"--context={args.context}", f"--free-tokens={args.free_tokens}", f"--num-tasks={args.num_tasks}",
+               f"--group-size={args.group_size}", f"--rollout-rows={args.rollout_rows}",
+               f"--update-rows={args.update_rows}", f"--remat={args.remat}", f"--trainable={trainable}",
+               f"--frozen-dtype={args.frozen_dtype}", f"--lora-rank={args.lora_rank}",
+               f"--prompt-length={args.prompt_length}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(proc.stderr[-6000:], file=sys.stderr)
+            raise SystemExit(f"{size} on {devices} device(s): failed")
+        r = json.loads(line[0][len("RESULT "):])
+        rows.append(r)
+        print(f"Qwen3-{size:5s} {r['layers']} layers, {devices} device(s) {r['mode']:6s}, {trainable} "
+              f"({r['trained_params'] / 1e6:.1f} M trained, weights {r['weights_dtype']}): peak "
+              f"{r['peak_bytes_per_device'] / 1e9:7.1f} GB per device (budget {budget:.0f} GB), micro-batches rollout "
+              f"{r['rollout_rows']} / update {r['update_rows']} of {r['rows']} rows, lower {r['lower_s']:.0f} s, "
+              f"compile {r['compile_s']:.0f} s", flush=True)
+    print("\n| model | trains | weights | layers | devices | peak GB / device | budget GB | peak / budget | rollout rows | "
+          "update rows | lower s | compile s |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| Qwen3-{r['size']} | {r['trainable']} | {r['layers']} | {r['devices']} {r['mode']} | "
-              f"{r['peak_bytes_per_device'] / 1e9:.1f} | "
-              f"{r['budget_gb']:.0f} | {r['rollout_rows']} | {r['update_rows']} | {r['lower_s']:.0f} | {r['compile_s']:.0f} |")
+        print(f"| Qwen3-{r['size']} | {r['trainable']} | {r['weights_dtype']} | {r['layers']} | {r['devices']} {r['mode']} | "
+              f"{r['peak_bytes_per_device'] / 1e9:.1f} | {r['budget_gb']:.0f} | "
+              f"{r['peak_bytes_per_device'] / (r['budget_gb'] * 1e9):.2f} | {r['rollout_rows']} | {r['update_rows']} | {r['lower_s']:.0f} | {r['compile_s']:.0f} |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(dict(date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(), rows=rows), f, indent=2)

@@ -126,7 +126,7 @@ def env_steps(trial_done: np.ndarray, reflection: np.ndarray) -> np.ndarray:
     return live & ~reflection.astype(bool)
 
 
-def episode_success(rollout: dict, num_episodes: int) -> np.ndarray:
+def episode_wins(rollout: dict, num_episodes: int) -> np.ndarray:
     """``bool[N, num_episodes]``: whether episode k of each trial was won (episodes past the cap count as lost)."""
     success, index = rollout["success"], rollout["episode_index"]
     return np.stack([(success & (index == k)).any(axis=0) for k in range(num_episodes)], axis=1)
@@ -167,7 +167,7 @@ class SuccessRow:
 
 
 def summarize(env_id: str, policy: str, rollout: dict, num_episodes: int) -> SuccessRow:
-    wins = episode_success(rollout, num_episodes)
+    wins = episode_wins(rollout, num_episodes)
     n = wins.shape[0]
     return SuccessRow(
         env_id=env_id,

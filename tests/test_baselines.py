@@ -19,7 +19,7 @@ from metarl_jax import baselines, envs
 from metarl_jax.baselines import OnlinePolicy, as_online
 from metarl_jax.envs.frozen_lake import HOLE
 from metarl_jax.envs.maze_layouts import UNREACHED, grid_bfs
-from metarl_jax.evaluate import episode_success, play_policy, play_trials
+from metarl_jax.evaluate import episode_wins, play_policy, play_trials
 
 GTN_EASY, GTN_HARD = "game:GuessTheNumber-v0-easy", "game:GuessTheNumber-v0-hard"
 MASTERMIND, BANDIT, RPS = "game:Mastermind-v0-random", "BernoulliBandit-misc", "rockpaperscissors"
@@ -42,7 +42,7 @@ def played(env_id: str, policy: str, num: int, cap: int | None = None, seed: int
 
 def wins(out: dict, num_episodes: int) -> np.ndarray:
     """bool[N, num_episodes]: episode k of each trial won."""
-    return episode_success({"success": out["infos"]["success"], "episode_index": out["infos"]["episode_index"]},
+    return episode_wins({"success": out["infos"]["success"], "episode_index": out["infos"]["episode_index"]},
                            num_episodes)
 
 

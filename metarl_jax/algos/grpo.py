@@ -131,7 +131,7 @@ class GRPOHyper:
         return cls(**{**dict(observation_coef=0.0, answer_coef=0.0, gamma_step=None, gamma_traj=None), **overrides})
 
 
-def episode_success(transcript, num_episodes: int, rows=None) -> jax.Array:
+def episode_success_rates(transcript, num_episodes: int, rows=None) -> jax.Array:
     """float32[num_episodes]: share of rows (of those where ``rows``, bool[B], holds) whose k-th episode
     (0-based) ended in success."""
     return jnp.stack([row_mean((transcript.success & (transcript.episode_index == k)).any(axis=1), rows)
@@ -150,7 +150,7 @@ def rollout_metrics(transcript, context_len, num_episodes: int, rows=None) -> di
     """The per-env rollout metrics of a step (over the rows where ``rows`` holds: one game of a mixture)."""
     out = {
         "mean_return": row_mean(transcript.rewards.sum(axis=1), rows),
-        "episode_success": episode_success(transcript, num_episodes, rows),
+        "episode_success": episode_success_rates(transcript, num_episodes, rows),
         "context_used": row_mean(transcript.context_length, rows) / context_len,
         "truncated": row_mean(transcript.truncated, rows),
     }

@@ -280,13 +280,13 @@ def evaluate_rl2(model_or_params, env_id: str, key: jax.Array, num_trials: int =
     and ``trial_return`` (float ``[N]``): the input of :func:`metarl_jax.evaluate.summarize`. With
     ``num_episodes`` = K it also holds ``episode_success`` (bool ``[N, K]``, episode k of each trial won).
     """
-    from metarl_jax.evaluate import episode_success, play_trials
+    from metarl_jax.evaluate import episode_wins, play_trials
 
     env, params = make_env(RL2Config(env_id=env_id, max_turns_per_episode=max_turns_per_episode,
                                      total_step_cap=total_step_cap))
     out = play_trials(env, params, rl2_policy(model_or_params, env, greedy=greedy), key, num_trials)
     if num_episodes is not None:
-        out["episode_success"] = episode_success(out, int(num_episodes))
+        out["episode_success"] = episode_wins(out, int(num_episodes))
     return out
 
 

@@ -4,6 +4,7 @@
   params of the single-device step (within 1e-5), traces and compiles once over two calls, and constrains the
   rollout batch to the ``data`` axis;
 - FSDP really shards the parameters (8 devices, not replicated), and keeps them sharded across steps;
+- with LoRA adapters or prompt vectors trained and the rest frozen, the FSDP step equals the single-device one;
 - a checkpoint saved from 8 devices restores onto 8 (same and other layout) and onto 1 device (in this process
   and in a fresh single-device process) with equal values;
 - tensor parallel gives the single-device forward; ``make_mesh`` errors are clear; distributed start-up logic.
@@ -144,6 +145,28 @@ def test_sharded_step_matches_single_device_and_compiles_once(mode, sharded, ref
     # The rollout batch is pinned to the data axis (XLA propagates it to the update).
     assert re.search(r'sharding_constraint[^\n]*\{"data"\}', out["hlo"]) or re.search(
         r"sharding_constraint[^\n]*devices=\[8", out["hlo"]), "no sharding constraint on the data axis in the step"
+
+
+@pytest.mark.parametrize("trainable", ["lora", "prompt"])
+def test_a_frozen_model_trains_under_fsdp_as_on_one_device(trainable, sgd):
+    """LoRA adapters or prompt vectors, the rest frozen: the FSDP step gives the single-device update (within
+    1e-5), the frozen part comes back bit-identical and sharded, and only the trained part has optimizer state."""
+    c = tiny_config()
+    c.trainable, c.lora.rank, c.prompt.length = trainable, 2, 3
+    run_ = build.build_run(c)
+    state0 = jax.tree.map(np.asarray, init_train_state(run_.model_state, sgd, trainable=build.trainable_filter(c)))
+    ref, ref_metrics = jax.jit(make_train_step(run_.graphdef, run_.train_tasks, sgd, run_.hyper))(state0, KEY)
+    mesh = sh.make_mesh(data=-1, model=1)
+    state = sh.shard_train_state(state0, mesh, "fsdp")
+    step = make_sharded_train_step(run_.graphdef, run_.train_tasks, sgd, run_.hyper, state, mesh, "fsdp")
+    new, metrics = step(state, KEY)
+    assert max_diff(ref.params, state0.params) > 1e-3, "the step must move what trains"
+    assert max_diff(new.params, ref.params) <= TOL
+    assert abs(float(metrics["loss"]) - float(ref_metrics["loss"])) <= TOL
+    for x, y in zip(leaves(new.frozen), leaves(state0.frozen)):
+        np.testing.assert_array_equal(x, y)
+    embed = find_leaf(new.frozen, "embed")
+    assert not embed.sharding.is_fully_replicated and len(embed.sharding.device_set) == DEVICES
 
 
 def test_fsdp_params_are_sharded_and_stay_sharded(sharded):
