@@ -20,7 +20,7 @@ from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.evaluate import make_evaluator
 from metarl_jax.memory import MicroBatches, check_memory_estimate, device_memory_bytes, plan_micro_batches, tree_bytes
 from metarl_jax.models.prompt import prompt_length
-from metarl_jax.tasks import TaskSpec, build_mixture, build_task
+from metarl_jax.tasks import TaskSet, build_mixture, build_task
 
 
 @dataclasses.dataclass
@@ -30,8 +30,8 @@ class Run:
     tokenizer: object
     graphdef: object
     model_state: object
-    train_tasks: list[TaskSpec]
-    eval_tasks: list[TaskSpec]
+    train_tasks: list[TaskSet]
+    eval_tasks: list[TaskSet]
     optimizer: optax.GradientTransformation
     schedule: optax.ScalarOrSchedule  # the optimizer's learning rate (see :func:`build_schedule`)
     hyper: GRPOHyper
@@ -108,8 +108,8 @@ def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
     return float(schedule(jax.device_get(count)))
 
 
-def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[TaskSpec]:
-    """The :class:`TaskSpec` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
+def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[TaskSet]:
+    """The :class:`TaskSet` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
     ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`). ``prompt_len``:
     the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial."""
     entries = config.train_tasks if split == "train" else config.eval_tasks

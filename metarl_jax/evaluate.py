@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from metarl_jax import sharding
 from metarl_jax.agents.rollout import rollout
 from metarl_jax.agents.sampler import Sampling
-from metarl_jax.tasks import TaskSpec
+from metarl_jax.tasks import TaskSet
 
 
 def play_policy(env, params, policy, key: jax.Array, num: int, steps: int, keep_states: bool = False) -> dict:
@@ -257,7 +257,7 @@ def write_report(rows: list[SuccessRow], prefix: str, title: str = "") -> str:
 SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation logs as TensorBoard text
 
 
-def make_evaluator(graphdef, tasks: list[TaskSpec], temperature: float, top_p: float, rows_per_chunk: int = 0,
+def make_evaluator(graphdef, tasks: list[TaskSet], temperature: float, top_p: float, rows_per_chunk: int = 0,
                    mesh=None, mode: str = "none"):
     """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
     env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],

@@ -56,7 +56,7 @@ class InContextLearner:
 
 @dataclasses.dataclass
 class CrossEpisodeMetaLearner:
-    """GRPO meta-training of an :class:`InContextLearner` on a task mix (:class:`~metarl_jax.tasks.TaskSpec` list)."""
+    """GRPO meta-training of an :class:`InContextLearner` on a task mix (:class:`~metarl_jax.tasks.TaskSet` list)."""
 
     learner: InContextLearner
     tasks: list

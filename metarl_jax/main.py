@@ -224,7 +224,7 @@ def run_command(config, workdir: str):
 
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     if _BASELINES.value:
-        from metarl_jax.play import play_baselines
+        from metarl_jax.baselines.table import play_baselines
 
         _, table = play_baselines([t.to_dict() for t in config.eval_tasks], ["random", "oracle"], config.eval_trials,
                                   config.seed, config.num_episodes_reported,

@@ -1,11 +1,15 @@
-"""Training and validation task sets: one :class:`TaskSpec` per env of a config's task list.
+"""Training and validation task sets: one :class:`TaskSet` per env of a config's task list.
+
+A *task* is one hidden instance of a game (GuessTheNumber's secret number, Wordle's word): what a trial's
+episodes share and what the in-context learner must infer. A :class:`TaskSet` is an env with a fixed set of
+tasks; ``num_tasks`` counts tasks.
 
 A config lists tasks in ORBIT's format, one entry per env::
 
     dict(env_id="game:GuessTheNumber-v0-hard", max_turns_per_episode=7, total_step_cap=21)
 
 ``max_turns_per_episode`` and ``total_step_cap`` default to the registry's ORBIT values. Each entry becomes a
-:class:`TaskSpec`: the multi-episode env, its codec and action table for the run's tokenizer, the context
+:class:`TaskSet`: the multi-episode env, its codec and action table for the run's tokenizer, the context
 budget, and a fixed set of task keys (ORBIT draws 512 training and 256 validation tasks per env from the
 config's seed). Training samples its batches from the training set; evaluation plays the validation set,
 which is drawn from a separate key, so it is held out (for envs with few distinct tasks, such as
@@ -32,16 +36,16 @@ SPLIT_SALT = {"train": 0, "validation": 1}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TaskSpec(RolloutSpec):
-    """One env of a task list, ready to roll out: a :class:`~metarl_jax.agents.rollout.RolloutSpec` (the env, its
-    codec and action table for the run's tokenizer, the context and the decoding; see its attributes) that also
-    has a name and a task set.
+class TaskSet(RolloutSpec):
+    """An env with a fixed set of tasks, ready to roll out: a :class:`~metarl_jax.agents.rollout.RolloutSpec` (the
+    env, its codec and action table for the run's tokenizer, the context and the decoding; see its attributes)
+    that also has a name and the tasks' keys.
 
     Attributes:
       name: the env id.
       task_keys: uint32[N, 2] keys of the fixed task set (``env.sample_task`` of each gives a task); a mixture's
         are a :class:`~metarl_jax.envs.mixture.MixtureKey` (each key with its game).
-      games: a mixture's member tasks, in game-index order (empty for one env; see :func:`build_mixture`).
+      games: a mixture's member task sets, in game-index order (empty for one env; see :func:`build_mixture`).
     """
 
     name: str
@@ -90,8 +94,8 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
                intro: bool = True, repeat_opening: bool = True, reflection: bool = False,
                context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
                free_stop: str = "action", free_budget: str = "fixed", lamer_gamma: float = 0.0,
-               remark_reward: float = 0.0, thinking: str = "keep", prompt_len: int = 0) -> TaskSpec:
-    """A :class:`TaskSpec` for one task entry.
+               remark_reward: float = 0.0, thinking: str = "keep", prompt_len: int = 0) -> TaskSet:
+    """A :class:`TaskSet` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
@@ -124,7 +128,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
         if end_of_turn is None:
             raise ValueError(f"{tokenizer!r} has no end-of-sequence token to end a turn with; use free_stop='action'")
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
-    return TaskSpec(
+    return TaskSet(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
         context_len=int(context_len) + prompt_len if context_len else budget.worst_case, task_keys=jax.random.split(key, num_tasks),
         free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
@@ -135,7 +139,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
 
 
 def thinking_fields(tokenizer) -> dict:
-    """The TaskSpec fields that strip earlier thinking: the id of the tokenizer's ``</think>`` token (it must be
+    """The TaskSet fields that strip earlier thinking: the id of the tokenizer's ``</think>`` token (it must be
     one token, as in Qwen3's vocabulary) and the ids of the newline runs that are single tokens (dropped after
     it, as Qwen3's chat template strips the answer's leading newlines)."""
     ids = tokenizer.encode("</think>")
@@ -147,7 +151,7 @@ def thinking_fields(tokenizer) -> dict:
 
 
 def remark_fields(tokenizer, reward: float) -> dict:
-    """The TaskSpec fields of the remark reward (none when ``reward`` is 0)."""
+    """The TaskSet fields of the remark reward (none when ``reward`` is 0)."""
     if not reward:
         return {}
 
@@ -157,8 +161,8 @@ def remark_fields(tokenizer, reward: float) -> dict:
     return dict(remark_tags=(spellings("<remark>"), spellings("</remark>")), remark_reward=float(reward))
 
 
-def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> TaskSpec:
-    """One :class:`TaskSpec` that plays ``tasks`` (built by :func:`build_task` with one tokenizer and the same
+def build_mixture(tasks: list[TaskSet], tokenizer, name: str = "mixture") -> TaskSet:
+    """One :class:`TaskSet` that plays ``tasks`` (built by :func:`build_task` with one tokenizer and the same
     decoding) as a :class:`~metarl_jax.envs.mixture.GameMixture`: a batch drawn from its task set (the union of
     the members' sets) mixes the games at random, as ORBIT's shuffled mix does, in one compiled program.
 
@@ -180,7 +184,7 @@ def build_mixture(tasks: list[TaskSpec], tokenizer, name: str = "mixture") -> Ta
     keys = MixtureKey(key=jnp.concatenate([t.task_keys for t in tasks]),
                       game=jnp.concatenate([jnp.full((t.task_keys.shape[0],), g, jnp.int32) for g, t in enumerate(tasks)]))
     longest = max(t.context_len + budget.action_len - t.budget.action_len for t in tasks)  # see context_limits
-    return TaskSpec(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
+    return TaskSet(name=name, env=mixture, env_params=tuple(t.env_params for t in tasks), codec=codec, table=table,
                     budget=budget, context_len=longest, task_keys=keys, free_tokens=free, chat=tasks[0].chat,
                     games=tuple(tasks), **tasks[0].decoding)
 

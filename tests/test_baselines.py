@@ -310,7 +310,7 @@ def test_registry_names_supported_envs_and_rejects_others():
 def test_play_baselines_plays_the_configs_trial_shape():
     """``--baselines`` plays the config's trials (turns per episode, step cap), not the registry's: with 2 turns
     an episode and 3 episodes of -hard, random play's episodes last at most 2 moves and win about 2/50."""
-    from metarl_jax.play import play_baselines
+    from metarl_jax.baselines.table import play_baselines
 
     entry = dict(env_id="game:GuessTheNumber-v0-hard", max_turns_per_episode=2, total_step_cap=6)
     (row,), table = play_baselines([entry], ["random"], num_trials=512, seed=0, log=lambda *_: None)

@@ -18,7 +18,7 @@ LAYERS = [
     ("online baselines", r"metarl_jax\.baselines(\.(online|bandits|hypotheses|tabular))?"),
     ("algos", r"metarl_jax\.(algos(\..*)?|config_check|checkpoints)"),
     ("evaluate", r"metarl_jax\.evaluate"),
-    ("trained and played baselines", r"metarl_jax\.(baselines\.(rl2|rl2_train)|play)"),
+    ("trained and played baselines", r"metarl_jax\.baselines\.(rl2|rl2_train|table)"),
     ("object API", r"metarl_jax\.learners"),
     ("train", r"metarl_jax\.(build|train)"),
     ("entry points", r"metarl_jax(\.(main|export))?"),

@@ -106,7 +106,7 @@ class Transcript:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RolloutSpec:
-    """What a rollout plays and how it decodes (a :class:`~metarl_jax.tasks.TaskSpec` is one, with a task set).
+    """What a rollout plays and how it decodes (a :class:`~metarl_jax.tasks.TaskSet` is one, with its tasks).
 
     Attributes:
       env, env_params: the :class:`~metarl_jax.envs.MultiEpisode` env and its params.

@@ -1,7 +1,7 @@
 """The compiled GRPO meta-training step: rollout, group advantages, PPO-clip loss, optax update, one jit.
 
 ``make_train_step(graphdef, tasks, optimizer, hp)`` returns ``train_step(train_state, key) -> (train_state,
-metrics)``. For every :class:`~metarl_jax.tasks.TaskSpec` of the task mix, in one program:
+metrics)``. For every :class:`~metarl_jax.tasks.TaskSet` of the task mix, in one program:
 
 1. draw ``hp.num_tasks`` tasks from its training set and replicate each ``hp.group_size`` times (the GRPO
    group: same task, same trial start, independent sampling). A mixture of games
