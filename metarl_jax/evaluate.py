@@ -332,11 +332,16 @@ def summarize_eval(played: dict, num_episodes: int, label: str) -> list[SuccessR
 def render_samples(played: dict, tokenizer) -> dict[str, str]:
     """``{"<env>/trial_<i>": markdown}`` (i from 1): an evaluator's sample trials (``sample_tokens`` int32[n, S],
     ``sample_length`` int32[n] per env) decoded with ``tokenizer``, each an indented code block so TensorBoard's
-    text tab keeps the transcript's lines and does not read it as markdown."""
+    text tab keeps the transcript's lines and does not read it as markdown. A learned prompt's virtual tokens (ids
+    past the tokenizer's vocabulary, :mod:`metarl_jax.models.prompt`) show as ``[N prompt vectors]``."""
     out = {}
     for env, r in played.items():
         for i, (tokens, length) in enumerate(zip(np.asarray(r["sample_tokens"]), np.asarray(r["sample_length"])), 1):
-            text = tokenizer.decode(tokens[:length].tolist())
+            tokens = tokens[:length]
+            virtual = tokens >= tokenizer.vocab_size
+            text = tokenizer.decode(tokens[~virtual].tolist())
+            if virtual.any():
+                text = f"[{int(virtual.sum())} prompt vectors] {text}"
             out[f"{env}/trial_{i}"] = "\n".join("    " + line for line in text.split("\n"))
     return out
 

@@ -132,6 +132,16 @@ def test_the_observation_loss_never_scores_the_prompt(prompted):
     assert (np.asarray(target)[np.asarray(scored)] >= 0).all()
 
 
+def test_eval_transcripts_show_the_prompt_as_vectors(prompted):
+    from metarl_jax.evaluate import render_samples
+    from metarl_jax.text.tokenizers import load_tokenizer
+
+    *_, tr = prompted
+    played = {"env": {"sample_tokens": np.asarray(tr.tokens)[:2], "sample_length": np.asarray(tr.length)[:2]}}
+    texts = render_samples(played, load_tokenizer("word"))
+    assert len(texts) == 2 and all(t.startswith("    [3 prompt vectors] ") and "boxed" in t for t in texts.values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["lora", "prompt"])
 def test_a_resumed_run_equals_an_uninterrupted_one_and_exports(trainable, tmp_path, compile_cache):
