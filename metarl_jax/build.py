@@ -18,9 +18,10 @@ from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper
 from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.evaluate import make_evaluator
-from metarl_jax.memory import MicroBatches, check_memory_estimate, device_memory_bytes, plan_micro_batches, tree_bytes
+from metarl_jax.memory import (MicroBatches, check_memory_estimate, device_memory_bytes, eval_records_need,
+                               plan_micro_batches, refuse_far_beyond, tree_bytes)
 from metarl_jax.models.prompt import prompt_length
-from metarl_jax.tasks import TaskSet, build_mixture, build_task
+from metarl_jax.tasks import TaskSet, build_mixture, build_task, task_keys
 
 
 @dataclasses.dataclass
@@ -114,14 +115,15 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[Task
     the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial."""
     entries = config.train_tasks if split == "train" else config.eval_tasks
     field = "train_tasks" if split == "train" else "eval_tasks"
+    task_split = "train" if split == "train" else "validation"
+    num_tasks = config.train_set_size if split == "train" else config.eval_trials
     out = []
     for i, entry in enumerate(entries):
         entry = dict(entry)
         own = entry.pop("context_len", 0)
         ctx = own or config.context_len
         task = build_task(
-            entry, tokenizer, split="train" if split == "train" else "validation", seed=config.seed,
-            num_tasks=config.train_set_size if split == "train" else config.eval_trials,
+            entry, tokenizer, split=task_split, seed=config.seed, num_tasks=1,  # the keys come once checked, below
             single_episode=config.single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
@@ -135,7 +137,9 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[Task
                 f"({task.table.max_len} tokens); raise it")
         config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
                                    config.allow_truncation)
-        out.append(task)
+        if split == "eval":  # an eval_trials far beyond memory is refused before its keys are drawn
+            refuse_far_beyond(config, *eval_records_need(config, [task]), memory_budget(config))
+        out.append(dataclasses.replace(task, task_keys=task_keys(task.name, task_split, config.seed, num_tasks)))
     return [build_mixture(out, tokenizer)] if config.mix_games and len(out) > 1 else out
 
 

@@ -151,13 +151,30 @@ def check_memory_estimate(config, model_config, train_tasks, eval_tasks, memory_
               f"{config.num_tasks} x {config.group_size} = {rows} rows per task; config.update_rows sets it) and "
               f"with each task's context_len ({contexts}); lower those (a context_len below the worst case "
               "truncates trials, as in ORBIT)"),
-             (config.eval_trials * sum(eval_bytes_per_trial(t) for t in eval_tasks),
-              f"the held-out evaluation's records need roughly {{need}} GiB, against {{have}} GiB: lower "
-              f"config.eval_trials (now {config.eval_trials:,} per env)")]
+             eval_records_need(config, eval_tasks)]
     for need, text in needs:
-        message = text.format(need=f"{need / 2**30:,.1f}", have=f"{memory_bytes / 2**30:.1f}")
-        if need > FAR_BEYOND * memory_bytes and not config.ignore_memory_estimate:
-            raise MemoryEstimateError(f"refusing to compile: {message}. If the estimate is wrong for your device, "
-                                      "set config.ignore_memory_estimate=True")
-        if need > 0.8 * memory_bytes:
-            warnings.warn(f"the run may not fit in memory: {message}", stacklevel=3)
+        _judge(config, need, text, memory_bytes)
+
+
+def eval_records_need(config, eval_tasks) -> tuple[int, str]:
+    """``(bytes, explanation)``: what the held-out evaluation's records need (``config.eval_trials`` x
+    :func:`eval_bytes_per_trial` per env), and the text of a warning or refusal about it."""
+    return (config.eval_trials * sum(eval_bytes_per_trial(t) for t in eval_tasks),
+            f"the held-out evaluation's records need roughly {{need}} GiB, against {{have}} GiB: lower "
+            f"config.eval_trials (now {config.eval_trials:,} per env)")
+
+
+def refuse_far_beyond(config, need: int, text: str, memory_bytes: int) -> None:
+    """The refusal of :func:`check_memory_estimate` alone (no warning), for a check made early: before the
+    evaluation's task keys exist, whose 8 bytes per trial would take minutes and gigabytes to draw for a
+    ``config.eval_trials`` far beyond memory."""
+    _judge(config, need, text, memory_bytes, warn=False)
+
+
+def _judge(config, need: int, text: str, memory_bytes: int, warn: bool = True) -> None:
+    message = text.format(need=f"{need / 2**30:,.1f}", have=f"{memory_bytes / 2**30:.1f}")
+    if need > FAR_BEYOND * memory_bytes and not config.ignore_memory_estimate:
+        raise MemoryEstimateError(f"refusing to compile: {message}. If the estimate is wrong for your device, set "
+                                  "config.ignore_memory_estimate=True")
+    if warn and need > 0.8 * memory_bytes:
+        warnings.warn(f"the run may not fit in memory: {message}", stacklevel=4)

@@ -127,15 +127,21 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
         end_of_turn = wrap.end[0] if wrap and wrap.end else getattr(tokenizer, "eos_id", None)
         if end_of_turn is None:
             raise ValueError(f"{tokenizer!r} has no end-of-sequence token to end a turn with; use free_stop='action'")
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(entry["env_id"]))
     return TaskSet(
         name=entry["env_id"], env=env, env_params=params, codec=codec, table=table, budget=budget,
-        context_len=int(context_len) + prompt_len if context_len else budget.worst_case, task_keys=jax.random.split(key, num_tasks),
+        context_len=int(context_len) + prompt_len if context_len else budget.worst_case,
+        task_keys=task_keys(entry["env_id"], split, seed, num_tasks),
         free_tokens=int(free_tokens), chat=wrap, end_of_turn=int(end_of_turn),
         remaining_budget=bool(free_tokens) and free_budget == "remaining", prompt_len=int(prompt_len),
         **remark_fields(tokenizer, remark_reward if lamer_gamma and env.reflection and free_tokens else 0.0),
         **(thinking_fields(tokenizer) if free_tokens and thinking == "strip" else {}),
     )
+
+
+def task_keys(env_id: str, split: str, seed: int, num_tasks: int) -> jax.Array:
+    """uint32[num_tasks, 2]: the keys of ``env_id``'s ``split`` task set for ``seed``."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SPLIT_SALT[split]), _stable_hash(env_id))
+    return jax.random.split(key, num_tasks)
 
 
 def thinking_fields(tokenizer) -> dict:
