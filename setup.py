@@ -25,7 +25,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # matplotlib: the experiments' plots; nbclient, nbformat, ipykernel: tests/test_notebook.py runs the quickstart.
     # scipy: the experiments' intervals over seeds (jax installs it too). tensorboard: the tests read the event files.
-    "dev": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10",
+    # pytest-xdist: the default suite runs on two workers (`-n 2`; tested: 3.8.0).
+    "dev": ["pytest>=8", "pytest-xdist>=3.6,<4", "hypothesis>=6.100", "matplotlib>=3.8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10",
             "ipykernel>=6.29", "tensorboard>=2.21,<3"],  # tensorboard tested: 2.21.0
     # The rule-conformance tests and the throughput benchmark's peer (GEM's Python games).
     "peer": ["gem-llm==0.1.0"],
