@@ -117,6 +117,7 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[Task
     field = "train_tasks" if split == "train" else "eval_tasks"
     task_split = "train" if split == "train" else "validation"
     num_tasks = config.train_set_size if split == "train" else config.eval_trials
+    budget = memory_budget(config) if split == "eval" else 0
     out = []
     for i, entry in enumerate(entries):
         entry = dict(entry)
@@ -138,7 +139,7 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[Task
         config_check.check_context(task, f"{field}[{i}].context_len" if own else "context_len",
                                    config.allow_truncation)
         if split == "eval":  # an eval_trials far beyond memory is refused before its keys are drawn
-            refuse_far_beyond(config, *eval_records_need(config, [task]), memory_budget(config))
+            refuse_far_beyond(config, *eval_records_need(config, [task]), budget)
         out.append(dataclasses.replace(task, task_keys=task_keys(task.name, task_split, config.seed, num_tasks)))
     return [build_mixture(out, tokenizer)] if config.mix_games and len(out) > 1 else out
 

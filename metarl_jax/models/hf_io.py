@@ -286,9 +286,8 @@ def load_pretrained(local_dir: str, dtype=jnp.float32, param_dtype=None, mesh=No
                          "of the checkpoint, or use the config.json saved with these weights")
     for path, stack in stacks.items():  # complete now: every layer's tensor was seen
         _place(_variable(model, path), stack, param_dtype, sharding)
-    prompt = load_prompt(local_dir)  # a learned initial context saved beside the weights
+    prompt = load_prompt(local_dir)  # a learned initial context saved beside the weights (checked finite there)
     if prompt is not None:
-        _check_values(prompt, "prompt", os.path.join(local_dir, PROMPT_FILE), param_dtype)
         add_prompt(model, prompt.shape[0], nnx.Rngs(0), jax.device_put(jnp.asarray(prompt, jnp.float32), sharding))
     return model
 
