@@ -1,7 +1,8 @@
 """Config validation: every mistake is reported before anything is compiled, naming the field and the fix.
 
-:func:`check_config` checks every field of a run config: unknown fields (typos, with the closest known name),
-numbers against their allowed ranges, booleans and strings by type, the choices (decoding, variant, mesh), the
+:func:`check_config` checks every field of a run config: its names and value types against the locked, type-safe
+default config (ml_collections refuses an unknown field, naming the closest one, and a value of another type),
+numbers against their allowed ranges, the choices (decoding, mesh, text, ...), the
 model (preset, pretrained directory, ``model.overrides``) and the task lists (env ids with the closest
 registered id suggested, turns per episode, step caps). :func:`check_context` runs once the codecs are built and compares each task's context length with
 the worst-case transcript (:mod:`metarl_jax.agents.context`). Both raise :class:`ConfigError`.
@@ -13,6 +14,9 @@ import dataclasses
 import difflib
 import math
 import os
+import re
+
+import ml_collections
 
 from metarl_jax.envs import registry
 from metarl_jax.envs.base import implements_answer_action
@@ -105,16 +109,6 @@ def _get(config, dotted: str):
     return node
 
 
-# Fields that are not numbers of the range table; with its rows they make the schema of a run config
-# (:func:`known_fields`). A new config field must be declared here or in ``_RANGES``.
-BOOL_FIELDS = ("single_episode", "chat_format", "intro", "repeat_opening", "reflection", "allow_truncation", "discount",
-               "mix_games", "lamer_trial", "eval_before_training", "ignore_memory_estimate")
-STRING_FIELDS = ("decoding", "free_stop", "free_budget", "thinking", "truncated_return", "task_sampling", "answer_from",
-                 "text", "tokenizer", "model.preset", "model.pretrained_dir",
-                 "model.dtype", "model.param_dtype", "model.remat", "mesh.mode", "wandb.project", "wandb.mode",
-                 "trainable")
-OTHER_FIELDS = ("train_tasks", "eval_tasks", "model.overrides", "mesh.data", "mesh.model", "mesh.distributed",
-                "lora.targets")
 DECODINGS = ("constrained", "free")
 FREE_STOPS = ("action", "end_of_turn")
 FREE_BUDGETS = ("fixed", "remaining")
@@ -126,47 +120,40 @@ TRAINABLES = ("full", "lora", "prompt")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def known_fields() -> set[str]:
-    """Every dotted field name a run config may have (the rows of the range table included)."""
-    return {row[0] for row in _RANGES} | set(BOOL_FIELDS) | set(STRING_FIELDS) | set(OTHER_FIELDS)
-
-
 def _suggest(name: str, names) -> str:
     close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
 
 
-def _check_unknown_fields(config) -> None:
-    """Refuses a field that is not in the schema (usually a typo), naming the closest known field."""
-    sections: dict[str, set] = {}
-    for name in known_fields():
-        parts = name.split(".")
-        for i in range(len(parts)):
-            sections.setdefault(".".join(parts[:i]), set()).add(parts[i])
-    for prefix in sorted(sections):
-        node = config
-        for part in prefix.split(".") if prefix else ():
-            node = node.get(part) if hasattr(node, "get") else None
-        if not hasattr(node, "keys"):
-            continue  # a missing section is reported by _get with its field name
-        names = sections[prefix]
-        for key in node.keys():
-            if not prefix and key in REMOVED_FIELDS:
-                _fail(key, f"is no longer a config field: {REMOVED_FIELDS[key]}")
-            if key not in names:
-                where = f"config.{prefix}" if prefix else "the config"
-                _fail(f"{prefix}.{key}" if prefix else str(key),
-                      f"is not a field of {where}; {_suggest(key, names)}known fields: {sorted(names)} (a new "
-                      "field must also be declared in metarl_jax/config_check.py)")
+def _check_schema(config) -> None:
+    """The config's field names and value types, checked by ml_collections: every field is set on the locked,
+    type-safe default config (:func:`metarl_jax.configs.default.get_config`, the one schema of a run config), which
+    refuses a field it lacks (naming the closest one) and a value its field's type cannot take."""
+    from metarl_jax.configs import default
+
+    _copy_into(default.get_config(), config, "")
 
 
-def _check_types(config) -> None:
-    for field in BOOL_FIELDS:
-        value = _get(config, field)
-        _need(isinstance(value, bool), field, f"must be True or False, got {value!r} ({type(value).__name__})")
-    for field in STRING_FIELDS:
-        value = _get(config, field)
-        _need(isinstance(value, str), field, f"must be a string, got {value!r} ({type(value).__name__})")
+def _copy_into(schema, config, prefix: str) -> None:
+    for key in config.keys():
+        field, value = f"{prefix}{key}", config[key]
+        if not prefix and key in REMOVED_FIELDS:
+            _fail(key, f"is no longer a config field: {REMOVED_FIELDS[key]}")
+        if key in schema and isinstance(schema[key], ml_collections.ConfigDict) and hasattr(value, "keys"):
+            _copy_into(schema[key], value, f"{field}.")
+            continue
+        try:
+            setattr(schema, key, value)
+        except (AttributeError, KeyError) as e:  # the locked schema has no such field
+            close = re.search(r'Did you mean "([^"]+)"', str(e))
+            hint = f"did you mean {close.group(1)!r}? " if close else ""
+            where = f"config.{prefix[:-1]}" if prefix else "the config"
+            _fail(field, f"is not a field of {where}; {hint}known fields: {sorted(schema.keys())}")
+        except TypeError:  # ml_collections' type safety: the default's type cannot take the value
+            default, kind = schema[key], schema.get_ref(key).get_type()
+            kind = {bool: "True or False", int: "an int", float: "a number", str: "a string"}.get(kind, f"a {kind.__name__}")
+            kind += " (or None)" if default is None else ""
+            _fail(field, f"must be {kind} like the default {default!r}, got {value!r} ({type(value).__name__})")
 
 
 def _is_axis(v) -> bool:
@@ -193,9 +180,6 @@ def _check_mesh(config) -> None:
         if mode != "none" and data != -1 and value:
             _need(value % data == 0, field, f"must be a multiple of mesh.data={data} (each data-parallel device "
                   f"takes an equal share of a micro-batch), got {value}")
-    dist = _get(config, "mesh.distributed")
-    _need(dist is None or isinstance(dist, bool), "mesh.distributed",
-          f"must be None (decide from the launch environment), True or False, got {dist!r}")
 
 
 def _check_wandb(config) -> None:
@@ -222,7 +206,7 @@ def _check_model(config) -> None:
     _need(config.model.remat in REMAT_POLICIES, "model.remat", f"must be one of {sorted(REMAT_POLICIES)} (the "
           f"rematerialisation of the update: 'nested' keeps least memory, then 'full'), got {config.model.remat!r}")
     pretrained = config.model.pretrained_dir
-    _need(pretrained == "" or os.path.isdir(pretrained), "model.pretrained_dir",
+    _need(pretrained == "" or isinstance(pretrained, str) and os.path.isdir(pretrained), "model.pretrained_dir",
           f"{pretrained!r} is not a directory; give a local Hugging Face model directory (config.json and "
           "*.safetensors; nothing is downloaded) or '' for a from-scratch preset")
     if not pretrained:
@@ -260,12 +244,12 @@ def _check_model(config) -> None:
 def check_config(config) -> None:
     """Checks every field of a run config before anything is built; raises :class:`ConfigError` on the first problem.
 
-    Covers unknown fields (typos, with the closest known name), the numbers of the range table, the types of
-    the boolean and string fields, the decoding / variant / mesh choices, the model (preset, pretrained
+    Covers the field names and types (:func:`_check_schema`: typos, with the closest known name), the numbers of
+    the range table, the decoding / mesh / text choices, the model (preset, pretrained
     directory, ``model.overrides``), the tokenizer and the task lists (:func:`check_task`). The context
     lengths are checked later, once the codecs exist (:func:`check_context`).
     """
-    _check_unknown_fields(config)
+    _check_schema(config)
     for field, ok, allowed in _RANGES:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -277,7 +261,6 @@ def check_config(config) -> None:
                   f"{value:,}")
         if not ok(value):
             _fail(field, f"must be {allowed}, got {value!r}")
-    _check_types(config)
     _need(config.decoding in DECODINGS, "decoding",
           f"must be 'constrained' or 'free' (constrained: only valid action texts; free: free text, then "
           f"\\boxed{{...}} parsed), got {config.decoding!r}")
@@ -314,7 +297,7 @@ def check_config(config) -> None:
           f"must be a non-empty list of distinct projections among {LORA_TARGETS}, got {targets!r}")
     _check_model(config)
     _check_wandb(config)
-    _need(config.tokenizer == "word" or os.path.isdir(config.tokenizer), "tokenizer",
+    _need(config.tokenizer == "word" or isinstance(config.tokenizer, str) and os.path.isdir(config.tokenizer), "tokenizer",
           f"{config.tokenizer!r} is neither 'word' (the built-in vocabulary) nor a local tokenizer directory "
           "(one holding tokenizer.json or tokenizer_config.json; nothing is downloaded)")
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",

@@ -29,8 +29,8 @@ Faults:
   (:func:`metarl_jax.memory.check_memory_estimate`) is warned about before compiling, naming the fields to lower,
   and refused (``MemoryEstimateError``) when the estimate is far beyond the device's memory, unless
   ``config.ignore_memory_estimate``.
-* a step whose loss or gradients are not finite is skipped inside the compiled step (weights and optimizer
-  state unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
+* a step whose gradients are not finite is skipped inside the compiled step (``optax.apply_if_finite``: weights
+  and optimizer moments unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
   count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
   ``FloatingPointError`` naming the step, the field and the fix. A checkpoint with non-finite values is never
   written (:meth:`metarl_jax.checkpoints.Checkpointer.save` refuses it). ``inject_nan_step`` /
@@ -117,7 +117,7 @@ def _skip_error(config, step: int, consecutive: int, latest_checkpoint) -> Float
         injected = (f" (config.inject_nan_step={config.inject_nan_step} and inject_nan_count="
                     f"{config.inject_nan_count} inject NaN gradients on purpose; set inject_nan_step=-1)")
     return FloatingPointError(
-        f"step {step}: the last {consecutive} updates were skipped because the loss or gradients were not finite, "
+        f"step {step}: the last {consecutive} updates were skipped because the gradients were not finite, "
         f"which reaches config.max_consecutive_skips={config.max_consecutive_skips}{injected}. Training stopped "
         f"with the weights of step {step - consecutive} (latest checkpoint: step {latest_checkpoint}). Lower "
         f"config.optimizer.learning_rate (now {o.learning_rate}), keep config.optimizer.grad_clip > 0 (now "
@@ -254,7 +254,7 @@ def _train_loop(config, run, state, *, train_step, evaluator, ckpt, log, run_key
             consecutive = consecutive + 1 if skipped else 0
             skipped_total += skipped
             if skipped:
-                warnings.warn(f"[{label}] step {done}: non-finite loss or gradients, update skipped (weights and "
+                warnings.warn(f"[{label}] step {done}: non-finite gradients, update skipped (weights and "
                               f"optimizer unchanged; {consecutive} in a row, {skipped_total} in this run; the run "
                               f"stops at config.max_consecutive_skips={config.max_consecutive_skips})",
                               RuntimeWarning, stacklevel=3)

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from metarl_jax.algos.grpo import TrainState, init_train_state
+from metarl_jax.algos.grpo import TrainState, guard_non_finite, init_train_state
 from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
 from metarl_jax.models import Transformer, preset
 
@@ -26,7 +26,7 @@ def _state(vocab=50, seed=0):
 def trained():
     """A train state whose opt_state and step are not at their initial values, plus a key."""
     state = _state()
-    opt = optax.adam(1e-3)
+    opt = guard_non_finite(optax.adam(1e-3))  # the train state's optimizer state is the guard's
     grads = jax.tree.map(jnp.ones_like, state.params)
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     state = TrainState(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 7)

@@ -2,6 +2,7 @@
 ``CrossEpisodeMetaLearner``) are the README main run's config, and a config maps onto them field by field."""
 
 import dataclasses
+import importlib
 import inspect
 
 import jax
@@ -44,6 +45,20 @@ def test_optimizer_defaults_are_the_main_runs_config():
         u2, s2 = theirs.update(grads, s2, params)
         np.testing.assert_array_equal(np.asarray(u1["w"]), np.asarray(u2["w"]))
     assert float(jnp.abs(u1["w"]).max()) > 0
+
+
+@pytest.mark.parametrize("name", configs.NAMES)
+def test_the_built_in_configs_are_locked_and_type_safe_with_open_model_overrides(name):
+    c = importlib.import_module(f"metarl_jax.configs.{name}").get_config()
+    with pytest.raises(AttributeError, match='Did you mean "num_tasks"'):
+        c.num_task = 3
+    with pytest.raises(AttributeError, match='Did you mean "learning_rate"'):
+        c.optimizer.learnig_rate = 1e-3
+    with pytest.raises(TypeError, match="intro"):
+        c.intro = 1
+    c.model.overrides.hidden_size = 64  # ModelConfig's fields, checked by config_check
+    c.num_tasks = 3
+    assert c.num_tasks == 3 and c.model.overrides.hidden_size == 64
 
 
 def test_requested_variant_reads_the_config_argument_or_the_files_default(tmp_path):

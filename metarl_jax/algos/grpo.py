@@ -16,9 +16,10 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSet` of the task mix, in one
    seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference, entropy
    bonus and auxiliary observation-prediction loss, is differentiated and applied with optax.
 
-Non-finite updates are skipped: when the loss, any gradient, or the updated parameters / optimizer state are
-not finite (NaN or inf), the step keeps ``params`` and ``opt_state`` unchanged (a ``jnp.where`` over the trees,
-inside the same jit) and reports ``metrics["skipped"] = 1``; ``step`` still advances. For tests,
+Non-finite updates are skipped: the optimizer runs inside ``optax.apply_if_finite`` (:func:`guard_non_finite`), so
+an update whose gradients are not all finite (NaN or inf) leaves ``params`` and the inner optimizer state unchanged,
+and the step reports ``metrics["skipped"] = 1``; ``step`` still advances, and the guard's state counts the skipped
+updates (``notfinite_count`` in a row, ``total_notfinite`` in all). For tests,
 ``GRPOHyper.inject_nan_step`` / ``inject_nan_count`` corrupt the gradient with NaN in the steps numbered
 ``inject_nan_step .. inject_nan_step + inject_nan_count - 1``, counted from 1 as in the logs and checkpoints
 (step ``n`` is the call that sees ``state.step == n - 1``; selected from the traced counter, so the step is
@@ -46,7 +47,6 @@ from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to
                                      ppo_clip_loss)
 from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,
                                       teacher_forced_logp)
-from metarl_jax.envs.base import tree_select
 from metarl_jax.models.transformer import with_row_constraint
 
 
@@ -70,7 +70,7 @@ def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_
     selects the variables that train and get optimizer state; the rest is kept in ``frozen``."""
     ref = jax.tree.map(jnp.copy, model_state) if keep_reference else None
     params, frozen = (model_state, None) if trainable is None else nnx.split_state(model_state, trainable, ...)
-    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), ref_params=ref,
+    return TrainState(params=params, opt_state=guard_non_finite(optimizer).init(params), step=jnp.zeros((), jnp.int32), ref_params=ref,
                       frozen=frozen)
 
 
@@ -239,10 +239,11 @@ def accumulate_over_rows(value_and_grad, rows, rows_per_chunk: int):
     return total
 
 
-def tree_all_finite(tree) -> jax.Array:
-    """bool[]: every floating-point leaf of ``tree`` is finite (integer leaves, e.g. optax counts, are ignored)."""
-    flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.stack(flags).all() if flags else jnp.array(True)
+def guard_non_finite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` inside ``optax.apply_if_finite``: an update whose gradients are not all finite is dropped (zero
+    update, inner state kept), however many come in a row; the training loop decides when to stop. The train state's
+    ``opt_state`` is this wrapper's state (:func:`init_train_state`)."""
+    return optax.apply_if_finite(optimizer, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
 
 
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
@@ -255,6 +256,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     constrain = constrain_batch or (lambda tree: tree)
     on_rows = constrain_rows or (lambda tree, axis=0: tree)
     g = hp.group_size
+    guarded = guard_non_finite(optimizer)
 
     def play(params, task, key, step, index):
         """The env's transcript, its rows' answer actions (int32[B]; None without the answer loss) and, for a
@@ -339,18 +341,16 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             return (loss, parts), grads
 
         def update(params, opt_state):
-            """One optax update, or none (inputs returned unchanged) when anything in it is non-finite."""
+            """One optax update; a zero one, the optimizer state kept, when a gradient is not finite."""
             (loss, parts), grads = loss_and_grad(params)
             if hp.inject_nan_step > 0:  # testing hook: corrupt the gradient in the chosen steps
                 number = state.step + 1  # this step's number as logged
                 hit = (number >= hp.inject_nan_step) & (number < hp.inject_nan_step + hp.inject_nan_count)
                 grads = jax.tree.map(lambda x: jnp.where(hit, jnp.nan, x) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
                                      grads)
-            updates, new_opt_state = optimizer.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            ok = jnp.isfinite(loss) & tree_all_finite((grads, new_params, new_opt_state))
-            return (tree_select(ok, new_params, params), tree_select(ok, new_opt_state, opt_state),
-                    (loss, parts, optax.tree.norm(grads), ~ok))
+            updates, opt_state = guarded.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state,
+                    (loss, parts, optax.tree.norm(grads), ~opt_state.last_finite))
 
         params, opt_state, (loss, parts, grad_norm, skipped) = update(state.params, state.opt_state)
         if hp.update_epochs > 1:  # reuse the batch: later updates are off-policy, which the PPO clip bounds

@@ -178,11 +178,17 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.keep_checkpoints = 2
 
-    # Faults: a step whose loss or gradients are not finite is skipped (weights and optimizer unchanged); this
+    # Faults: a step whose gradients are not finite is skipped (weights and optimizer unchanged); this
     # many skipped steps in a row stop the run with a FloatingPointError.
     c.max_consecutive_skips = 5
     # Testing only: NaN gradients in steps inject_nan_step .. inject_nan_step + inject_nan_count - 1 (numbered
     # from 1 as in the logs; -1: off).
     c.inject_nan_step = -1
     c.inject_nan_count = 1
+
+    # Locked and type-safe (ml_collections): setting a field the config lacks (c.num_task = 3, --config.num_task=3)
+    # is refused with the closest name, and so is a value its field's type cannot take; model.overrides stays open
+    # to ModelConfig's fields. This config is the schema of every run config (metarl_jax.config_check).
+    c.lock()
+    c.model.overrides.unlock()
     return c

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from metarl_jax import build
 from metarl_jax import multihost
 from metarl_jax import sharding as sh
-from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, make_train_step
+from metarl_jax.algos.grpo import guard_non_finite, init_train_state, make_sharded_train_step, make_train_step
 from metarl_jax.checkpoints import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -237,7 +237,7 @@ def saved_fsdp(run, tmp_path_factory):
 
     def fake_update(state):
         grads = jax.tree.map(lambda p: jnp.sin(p * 7.0), state.params)
-        updates, opt = run.optimizer.update(grads, state.opt_state, state.params)
+        updates, opt = guard_non_finite(run.optimizer).update(grads, state.opt_state, state.params)
         return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt, step=state.step + 3)
 
     state = jax.jit(fake_update, out_shardings=shardings)(state)
