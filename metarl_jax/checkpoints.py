@@ -6,8 +6,8 @@ Each step is one orbax directory ``<directory>/<step>/`` with two items: ``state
 Faults (tested by ``tests/test_faults.py``, SIGKILL included):
 
 * **Interrupted saves.** Orbax writes a step under ``<step>.orbax-checkpoint-tmp[-<ts>]`` and renames it when
-  complete, so an interrupted save is never listed; :meth:`Checkpointer.restore_latest` warns about such leftovers
-  and ignores them (a later save of the same step replaces them).
+  complete, so an interrupted save is never listed. A :class:`Checkpointer` has orbax delete such leftovers when it
+  opens the directory (``cleanup_tmp_directories``) and warns that it does (:class:`UnfinishedSaveWarning`).
 * **Interrupted deletions.** Old steps beyond ``max_to_keep`` are first renamed into ``<directory>/.trash``
   (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
 * **Corrupted steps.** Once a step has committed, process 0 writes ``<step>/checksums.json``: the step number and
@@ -71,7 +71,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class UnfinishedSaveWarning(RuntimeWarning):
-    """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found and ignored."""
+    """Leftovers of an interrupted save (``<step>.orbax-checkpoint-tmp*``) were found; orbax deletes them."""
 
 
 IO_MESSAGE = re.compile(r"os_error_code|No space left|Permission denied|Read-only file system|File too large|"
@@ -122,10 +122,15 @@ class Checkpointer:
         self.trash = os.path.join(self.directory, TRASH)
         self._pending: int | None = None  # the step of the save that may still be in flight
         self.async_save = async_save
+        leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) if os.path.isdir(
+            self.directory) else []
+        if leftovers:
+            warnings.warn(f"{self.directory}: deleting unfinished checkpoint save(s) {leftovers} (a run was stopped "
+                          "while writing them; they were never restorable)", UnfinishedSaveWarning, stacklevel=2)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                                 create=True, todelete_subdir=TRASH,
+                                                 create=True, todelete_subdir=TRASH, cleanup_tmp_directories=True,
                                                  async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal)
                                                                 if async_save else None)),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
@@ -307,17 +312,11 @@ class Checkpointer:
         """Restores the newest readable step: ``(train_state, key, config, step)``, or None when there is none.
 
         A step that fails to read is skipped with a warning and renamed to ``<step>.unreadable`` so that later
-        saves of that step number are not refused. Leftovers of interrupted saves (``*.orbax-checkpoint-tmp*``)
-        are reported with a warning and ignored. A :class:`CheckpointMismatchError` is raised, not skipped.
+        saves of that step number are not refused. A :class:`CheckpointMismatchError` is raised, not skipped.
         Raises ``RuntimeError`` if steps exist but none can be read.
         """
         self._finish()
         self.manager.reload()
-        leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
-        if leftovers:
-            warnings.warn(f"{self.directory}: ignoring unfinished checkpoint save(s) {leftovers} (a run was stopped "
-                          "while writing them); they are never restored, a later save of the same step replaces "
-                          "them, and they can be deleted", UnfinishedSaveWarning, stacklevel=2)
         steps = self.all_steps()
         for step in reversed(steps):
             try:

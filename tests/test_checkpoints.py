@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from metarl_jax.algos.grpo import TrainState, guard_non_finite, init_train_state
-from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError
+from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError, UnfinishedSaveWarning
 from metarl_jax.models import Transformer, preset
 
 CONFIG = {"model": {"preset": "tiny"}, "lr": 1e-3, "envs": ["bandit", "maze"], "seed": 0}
@@ -122,7 +122,9 @@ def test_interrupted_and_corrupt_steps_fall_back(tmp_path, trained):
                 open(os.path.join(root, f), "wb").close()
     # a step directory copied non-atomically (e.g. rsync killed): listed by orbax on local disk, but empty
     (tmp_path / "4" / "state").mkdir(parents=True)
-    ckpt = Checkpointer(tmp_path, async_save=False)
+    with pytest.warns(UnfinishedSaveWarning, match=r"deleting unfinished checkpoint save\(s\) "
+                                                  r"\['3\.orbax-checkpoint-tmp-1700000000'\]"):
+        ckpt = Checkpointer(tmp_path, async_save=False)
     assert ckpt.latest_step() == 4
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -135,6 +137,7 @@ def test_interrupted_and_corrupt_steps_fall_back(tmp_path, trained):
     assert ckpt.latest_step() == 1 and (tmp_path / "2.unreadable").is_dir() and (tmp_path / "4.unreadable").is_dir()
     assert ckpt.save(2, new_state, new_key, CONFIG)  # the resumed run can write step 2 again
     ckpt.close()
+    assert not (tmp_path / "3.orbax-checkpoint-tmp-1700000000").exists()  # orbax deleted it before the save
 
 
 def test_no_readable_step_raises(tmp_path, trained):

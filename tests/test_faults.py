@@ -315,7 +315,7 @@ def test_five_sigkills_then_finish_like_an_uninterrupted_run(tmp_path):
     assert any(k["tmp_left"] for k in kills), f"no kill landed while a checkpoint was being written: {kills}"
     # the run after a mid-save kill reported the leftover and went on
     logs = [(tmp_path / f"killed_{i}.log").read_text() for i in range(1, len(KILL_PLAN))]
-    assert any("ignoring unfinished checkpoint save" in text for text in logs), kills
+    assert any("deleting unfinished checkpoint save" in text for text in logs), kills
 
     with open(tmp_path / "final.log", "w") as log:
         subprocess.run(main_cmd(killed), cwd=ROOT, env=env, stdout=log, stderr=log, check=True, timeout=600)
