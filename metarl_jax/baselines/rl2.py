@@ -212,39 +212,23 @@ def policy_logits(model_or_params, env, memory: RL2Memory, state) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class RL2Config:
-    """Settings of RL^2 training (hashable: one compiled trainer per config).
+    """Settings of RL^2 training (hashable: one compiled trainer per config)."""
 
-    Attributes:
-      env_id: a registered env id (``metarl_jax.envs.registered()``).
-      num_trials: N, trials per update (the PPO batch); divisible by ``minibatches``.
-      lr: Adam learning rate.
-      gamma: discount per step over the whole trial (1.0: the undiscounted trial return, the meta-RL objective).
-      gae_lambda: GAE lambda.
-      clip: PPO ratio clip.
-      entropy_coef: entropy bonus weight.
-      value_coef: value loss weight.
-      epochs: PPO epochs per update.
-      minibatches: minibatches (of whole trials) per epoch.
-      max_grad_norm: global gradient-norm clip.
-      hidden: GRU width H.
-      embed_dim: token embedding width E.
-      max_turns_per_episode: override of the env's turn limit per episode (None: the registry's).
-      total_step_cap: override of the trial's step cap T (None: the registry's).
-    """
-
-    env_id: str
-    num_trials: int = 64
-    lr: float = 1e-3
+    env_id: str  # a registered env id (metarl_jax.envs.registered())
+    num_trials: int = 64  # N, trials per update (the PPO batch); divisible by minibatches
+    lr: float = 1e-3  # Adam's learning rate
+    # Discount per step over the whole trial (1.0: the undiscounted trial return, the meta-RL objective).
     gamma: float = 1.0
     gae_lambda: float = 0.95
-    clip: float = 0.2
-    entropy_coef: float = 0.01
-    value_coef: float = 0.5
-    epochs: int = 4
-    minibatches: int = 4
-    max_grad_norm: float = 0.5
-    hidden: int = 128
-    embed_dim: int = 32
+    clip: float = 0.2  # PPO's ratio clip
+    entropy_coef: float = 0.01  # the entropy bonus's weight
+    value_coef: float = 0.5  # the value loss's weight
+    epochs: int = 4  # PPO epochs per update ...
+    minibatches: int = 4  # ... each in this many minibatches of whole trials
+    max_grad_norm: float = 0.5  # global gradient-norm clip
+    hidden: int = 128  # GRU width H
+    embed_dim: int = 32  # token embedding width E
+    # Overrides of the env's turn limit per episode and of the trial's step cap T (None: the registry's).
     max_turns_per_episode: int | None = None
     total_step_cap: int | None = None
 

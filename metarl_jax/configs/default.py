@@ -115,12 +115,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.task_sampling = "replacement"
     c.group_size = 8
     c.update_epochs = 1  # gradient updates per batch (ORBIT: 1); more reuse each rollout, bounded by the clip
-    c.temperature = 1.0
-    c.top_p = 1.0
-    c.eval_temperature = 0.6
-    c.eval_top_p = 0.95
-    c.clip_low = 0.2
-    c.clip_high = 0.28
+    c.temperature, c.top_p = 1.0, 1.0  # sampling of the training rollouts ...
+    c.eval_temperature, c.eval_top_p = 0.6, 0.95  # ... and of the held-out evaluation
+    c.clip_low, c.clip_high = 0.2, 0.28  # PPO's ratio clip, asymmetric (DAPO's clip-higher, as ORBIT)
     c.dual_clip = 3.0  # dual-clip PPO bound on negative advantages (verl's clip_ratio_c); inert with update_epochs=1
     # The advantage's group std: 0 the population std, 1 the sample std (ORBIT's, configs/paper.py). The CPU run's
     # numbers were measured with 0.

@@ -24,6 +24,10 @@ from metarl_jax.envs.pieces import EMPTY, slot
 # feedback codes
 _NONE, _HIGHER, _LOWER, _REPEAT, _CORRECT = range(5)
 TERSE_WORDS = (" higher\n", " lower\n", " already guessed\n", " correct\n")  # text="terse", by code - 1
+# text="gem": the ends of a turn's sentence: higher / lower than the guess, a repeated guess, a win's " turns.",
+# and the full stop after the guess
+GEM_TAILS = (". The secret number is higher than ", ". The secret number is lower than ",
+             ", which you already guessed before.", " turns.", ".")
 
 
 @struct.dataclass
@@ -65,13 +69,7 @@ class GuessTheNumber(TextEnv):
             f"{(low + high) // 2}" "}.\n",
         )
         self._turn = self.book.add("At turn ", ", you guessed ", "Correct! The secret number is ", ". You found it in ")
-        self._tail = self.book.add(
-            ". The secret number is higher than ",
-            ". The secret number is lower than ",
-            ", which you already guessed before.",
-            " turns.",
-            ".",
-        )
+        self._tail = self.book.add(*GEM_TAILS)
         self.game_layout = [
             slot(self._rules), slot(self.num), slot(self._rules),  # opening
             slot(self._turn), slot(self.num), slot(self._turn), slot(self.num), slot(self._tail),

@@ -96,9 +96,7 @@ class MultiEpisode(environment.Environment):
         self.env = env
         self.total_step_cap = int(total_step_cap)
         self.lamer_gamma = float(lamer_gamma)
-        self.reflection = bool(reflection)
-        self.intro = bool(intro)
-        self.repeat_opening = bool(repeat_opening)
+        self.reflection, self.intro, self.repeat_opening = bool(reflection), bool(intro), bool(repeat_opening)
         self.book = env.book.copy()
         self._num = self.book.add(*[str(i) for i in range(self.total_step_cap + 2)])
         self._intro = self.book.add(
