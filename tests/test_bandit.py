@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from gymnax.environments.misc.bernoulli_bandit import BernoulliBandit
 
-from helpers import adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip, run_trials
+from helpers import binomial_tolerance, random_valid_policy, run_trials
 from metarl_jax import envs
 from metarl_jax.evaluate import play_policy
-from metarl_jax.text.codec import Codec
 
 
 def at_least(k, n, p):
@@ -75,17 +74,6 @@ def test_probabilities_stay_fixed_across_the_episodes_of_a_trial():
         assert abs(paid[mask].mean() - cap * p) < 4 * np.sqrt(cap * p * (1 - p) / mask.sum())
 
 
-def test_render_roundtrip_random_states():
-    env, params = envs.make("BernoulliBandit-misc", max_turns=3)
-    codec = Codec(env, adhoc_word_tokenizer(env))
-    texts = []
-    openings = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 32), params)[1]
-    batches = [openings] + [
-        run_trials(env, params, random_valid_policy(env), jax.random.PRNGKey(steps), 32, steps)[0] for steps in (1, 3)
-    ]
-    for final in batches:
-        texts += [text for _, text in render_roundtrip(env, codec, final)]
-    for fragment in ("two-armed bandit", "arm 1 and it paid 1.", "arm 2 and it paid nothing.", "a success.",
-                     "a failure.", "at least 2 of them"):
-        assert any(fragment in t for t in texts), fragment
+def test_parse_action_takes_any_case_and_spacing_and_refuses_unknown_arms():
+    env, _ = envs.make("BernoulliBandit-misc", max_turns=3)
     assert env.parse_action("\\boxed{ARM  2}") == 1 and env.parse_action("\\boxed{arm 3}") == -1

@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
-                     run_trials)
+from helpers import binomial_tolerance, collect_states, random_valid_policy, run_trials
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, RUNNING, WON
-from metarl_jax.text.codec import Codec
 
 ENV_ID, TABLE10_ID = "game:Blackjack-v0", "game:Blackjack-v0-table10"
 SIZES = {ENV_ID: 48, TABLE10_ID: 10}
@@ -267,28 +265,3 @@ def test_ties_lose_retaken_positions_and_running_out_of_turns(env_id):
             break
     else:
         pytest.fail("no deal with four small table cards among 300")
-
-
-@pytest.mark.parametrize("env_id", [ENV_ID, TABLE10_ID])
-def test_render_roundtrip_random_states(env_id):
-    env, params = envs.make(env_id)
-    codec = Codec(env, adhoc_word_tokenizer(env))
-    k = SIZES[env_id]
-
-    def sloppy(key, state):  # any action (repeats included), sometimes a format error
-        return jax.random.randint(key, (), -1, k + 1)
-
-    def small(key, state):  # low positions, so repeats are common, or stand
-        return jnp.where(jax.random.bernoulli(key, 0.2), k, jax.random.randint(key, (), 0, 3))
-
-    def cautious(key, state):  # the smallest card left: four hits rarely bust, so the episode runs out of turns
-        values = jnp.where(state.game.taken, 99, jnp.minimum(state.task.table % 13 + 1, 10))
-        return jnp.argmin(values)
-
-    statuses = set()
-    for steps, policy in ((1, sloppy), (2, small), (TURNS, sloppy), (TURNS, cautious), (TURNS, env.oracle_action)):
-        final, _, _ = run_trials(env, params, policy, jax.random.PRNGKey(10 + steps), 32, steps)
-        reset = jax.vmap(lambda key: env.reset(key, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
-        for batch in (final, reset):
-            statuses |= {int(state.status) for state, _ in render_roundtrip(env, codec, batch)}
-    assert {WON, LOST, OUT_OF_TURNS, FORMAT_ERROR}.issubset(statuses)

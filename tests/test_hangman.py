@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, index_tree, mixed_policy, play_actions,
-                     random_valid_policy, render_roundtrip, replay_episode_one, run_trials)
+from helpers import (binomial_tolerance, index_tree, play_actions,
+                     random_valid_policy, replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, OUT_OF_TURNS, RUNNING, WON
 from metarl_jax.envs.words import load_words
-from metarl_jax.text.codec import Codec
 
 ENV_ID = "game:Hangman-v0-easy"
 
@@ -158,15 +157,3 @@ def test_same_task_across_episodes():
 
 
 # ---------------------------------------------------------------- text
-
-
-def test_render_roundtrip_random_states(game):
-    env, params = game
-    codec = Codec(env, adhoc_word_tokenizer(env))
-    states = collect_states(env, params, mixed_policy(env, p_format=0.03, p_oracle=0.08), jax.random.PRNGKey(4), 32, 10)
-    seen = set()
-    for state, text in render_roundtrip(env, codec, states, batch_dims=2):
-        if int(state.status) == RUNNING and int(state.time) > 0:
-            seen.add(parse_text(text)[0])
-        seen.add(int(state.status))
-    assert {"hit", "miss", "repeat", "wrong word", RUNNING, WON, FORMAT_ERROR, OUT_OF_TURNS} <= seen, seen

@@ -8,11 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import (adhoc_word_tokenizer, binomial_tolerance, random_valid_policy, render_roundtrip,
-                     run_trials)
+from helpers import binomial_tolerance, random_valid_policy, run_trials
 from metarl_jax import envs
-from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, WON
-from metarl_jax.text.codec import Codec
+from metarl_jax.envs.base import LOST
 
 ENV_ID = "game:Minesweeper-v0-only-reveal"
 R = C = 5
@@ -219,19 +217,3 @@ def test_gem_like_feedback_texts(ms):
     mine = int(np.argmax(np.asarray(s.game.mines)))
     _, s3, r, term, _ = step(jax.random.PRNGKey(0), s, mine, params)
     assert int(s3.status) == LOST and bool(term) and float(r) == 0.0 and "hit a mine" in env.render_text(s3)
-
-
-def test_render_roundtrip_random_states(ms):
-    env, params = ms
-    codec = Codec(env, adhoc_word_tokenizer(env))
-
-    def sloppy(key, state):  # any cell (repeats included), sometimes a format error
-        return jax.random.randint(key, (), -1, R * C)
-
-    statuses = set()
-    for steps, policy in ((1, sloppy), (3, sloppy), (TURNS, sloppy), (TURNS, oracle_policy(env))):
-        final, _, _ = run_trials(env, params, policy, jax.random.PRNGKey(8 + steps), 32, steps)
-        reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
-        for batch in (final, reset):
-            statuses |= {int(state.status) for state, _ in render_roundtrip(env, codec, batch)}
-    assert {WON, LOST, OUT_OF_TURNS, FORMAT_ERROR}.issubset(statuses)

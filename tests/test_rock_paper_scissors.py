@@ -9,13 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, random_valid_policy, render_roundtrip,
-                     run_trials)
+from helpers import binomial_tolerance, collect_states, random_valid_policy, run_trials
 from metarl_jax import envs
-from metarl_jax.envs.base import FORMAT_ERROR, LOST, WON
+from metarl_jax.envs.base import LOST, WON
 from metarl_jax.envs.rock_paper_scissors import RockPaperScissorsTask, opponent_move
 from metarl_jax.evaluate import play_policy
-from metarl_jax.text.codec import Codec
 
 ENV_ID, VERBOSE_ID = "rockpaperscissors", "rockpaperscissors-verbose"
 TURNS = 5
@@ -179,20 +177,3 @@ def test_opponent_strategy_fixed_across_episodes():
     assert (ep.max(0) == 2).all()  # ORBIT's rules: 5 rounds an episode, so exactly 3 episodes in 15 steps
     assert (probs == probs[:, :1]).all() and (dom == dom[:, :1]).all()  # the same opponent in every episode
     assert len(np.unique(probs[:, 0, 0])) == 200  # but a different one in every trial
-
-
-@pytest.mark.parametrize("env_id", [ENV_ID, VERBOSE_ID])
-def test_render_roundtrip_random_states(env_id):
-    env, params = envs.make(env_id)
-    codec = Codec(env, adhoc_word_tokenizer(env))
-
-    def sloppy(key, state):  # a move, or sometimes a format error
-        return jax.random.randint(key, (), -1, 3)
-
-    statuses = set()
-    for steps in (1, 3, TURNS):
-        final, _, _ = run_trials(env, params, sloppy, jax.random.PRNGKey(6 + steps), 40, steps)
-        reset = jax.vmap(lambda k: env.reset(k, params)[1])(jax.random.split(jax.random.PRNGKey(steps), 4))
-        for batch in (final, reset):
-            statuses |= {int(state.status) for state, _ in render_roundtrip(env, codec, batch)}
-    assert {WON, LOST, FORMAT_ERROR}.issubset(statuses)

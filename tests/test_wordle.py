@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import (adhoc_word_tokenizer, binomial_tolerance, collect_states, mixed_policy, oracle_success_per_task,
-                     play_actions, random_valid_policy, render_roundtrip, replay_episode_one, run_trials)
+from helpers import (binomial_tolerance, oracle_success_per_task,
+                     play_actions, random_valid_policy, replay_episode_one, run_trials)
 from metarl_jax import envs
 from metarl_jax.envs.base import FORMAT_ERROR, OUT_OF_TURNS, RUNNING, WON
 from metarl_jax.envs.words import load_words
 from metarl_jax.envs.wordle import MARKS, wordle_feedback
-from metarl_jax.text.codec import Codec
 
 ENV_ID = "game:Wordle-v0-hard"
 
@@ -150,14 +149,3 @@ def test_same_task_across_episodes():
 
 
 # ---------------------------------------------------------------- text
-
-
-def test_render_roundtrip_random_states(game):
-    env, params = game
-    codec = Codec(env, adhoc_word_tokenizer(env))
-    states = collect_states(env, params, mixed_policy(env, p_format=0.03), jax.random.PRNGKey(4), 32, 10)
-    seen = set()
-    for state, text in render_roundtrip(env, codec, states, batch_dims=2):
-        seen.add(int(state.status))
-        seen.add("repeat" if "already" in text else "marks" if "Feedback" in text else "other")
-    assert {"repeat", "marks", RUNNING, WON, FORMAT_ERROR} <= seen, seen
