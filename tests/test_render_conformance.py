@@ -2,8 +2,9 @@
 the token rendering of each sampled state (``Codec.render_tokens``, inside jit) decodes to the env's
 ``render_text``. A new env is covered as soon as it is registered.
 
-The states come from whole episodes of three policies: a mix (format errors, a few oracle moves, repeats, uniform valid
-actions), uniform play over every action id with format errors, and the oracle. ``COVERAGE`` names, per env,
+The states come from whole episodes, each played by one of three policies drawn per rollout (one compiled program
+per env): a mix (format errors, a few oracle moves, repeats, uniform valid actions), uniform play over every action
+id with format errors, and the oracle. ``COVERAGE`` names, per env,
 the statuses and text fragments the sample must include, so that a sample missing a kind of observation fails
 instead of passing on the easy ones; a newly registered env needs its entry.
 """
@@ -15,11 +16,12 @@ import pytest
 
 from helpers import adhoc_word_tokenizer, collect_states, mixed_policy, render_roundtrip
 from metarl_jax import envs
+from metarl_jax.baselines.online import OnlinePolicy
 from metarl_jax.envs import registry
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, RUNNING, WON
 from metarl_jax.text import Codec
 
-ROWS = 32  # rollouts per policy
+ROWS = 32  # rollouts per policy (on average)
 
 # env id -> (statuses, text fragments) the sampled states must show
 COVERAGE = {
@@ -64,6 +66,14 @@ def smallest_card_policy(env):
 EXTRA_POLICY = {"game:Blackjack-v0": smallest_card_policy, "game:Blackjack-v0-table10": smallest_card_policy}
 
 
+def one_per_rollout(policies) -> OnlinePolicy:
+    """Each rollout draws one of ``policies`` when it starts (kept in its memory) and plays it throughout."""
+    return OnlinePolicy(init=lambda key, state: jax.random.randint(key, (), 0, len(policies)),
+                        act=lambda key, which, state: jax.lax.switch(which, [lambda k, s, p=p: jnp.asarray(
+                            p(k, s), jnp.int32) for p in policies], key, state),
+                        update=lambda which, *_: which)
+
+
 def sloppy_policy(env):
     """Any action id, a repeat or a no-op included, and now and then a format error (-1)."""
     return lambda key, state: jax.random.randint(key, (), -1, env.num_actions).astype(jnp.int32)
@@ -82,11 +92,10 @@ def test_every_sampled_state_renders_to_tokens_that_decode_to_its_text(name, sty
     statuses, texts = set(), []
     policies = [mixed_policy(env, p_format=0.03, p_oracle=0.08), sloppy_policy(env), oracle_policy(env)]
     policies += [EXTRA_POLICY[name](env)] if name in EXTRA_POLICY else []
-    for i, policy in enumerate(policies):
-        states = collect_states(env, params, policy, jax.random.PRNGKey(i), ROWS, steps)
-        for state, text in render_roundtrip(env, codec, states, batch_dims=2):
-            statuses.add(int(state.status))
-            texts.append(text)
+    states = collect_states(env, params, one_per_rollout(policies), jax.random.PRNGKey(0), ROWS * len(policies), steps)
+    for state, text in render_roundtrip(env, codec, states, batch_dims=2):
+        statuses.add(int(state.status))
+        texts.append(text)
     need_statuses, fragments = COVERAGE[name]
     assert need_statuses <= statuses, f"statuses {sorted(statuses)} miss {sorted(need_statuses - statuses)}"
     missing = [f for f in fragments if not any(f in t for t in texts)]
