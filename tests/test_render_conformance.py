@@ -9,6 +9,8 @@ the statuses and text fragments the sample must include, so that a sample missin
 instead of passing on the easy ones; a newly registered env needs its entry.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,8 @@ VARIANTS = {
 }
 CASES = [(name, style) for name in sorted(set(registry.registered()) | set(VARIANTS))
          for style in registry.env_class(VARIANTS.get(name, (name,))[0]).text_styles]
+if os.environ.get("METARL_TEST_ENVS"):  # id1,id2: only these envs, while developing one
+    CASES = [(n, s) for n, s in CASES if VARIANTS.get(n, (n,))[0] in os.environ["METARL_TEST_ENVS"].split(",")]
 
 
 def smallest_card_policy(env):
