@@ -70,8 +70,8 @@ def init_train_state(model_state, optimizer: optax.GradientTransformation, keep_
     selects the variables that train and get optimizer state; the rest is kept in ``frozen``."""
     ref = jax.tree.map(jnp.copy, model_state) if keep_reference else None
     params, frozen = (model_state, None) if trainable is None else nnx.split_state(model_state, trainable, ...)
-    return TrainState(params=params, opt_state=guard_non_finite(optimizer).init(params), step=jnp.zeros((), jnp.int32), ref_params=ref,
-                      frozen=frozen)
+    return TrainState(params=params, opt_state=guard_non_finite(optimizer).init(params), step=jnp.zeros((), jnp.int32),
+                      ref_params=ref, frozen=frozen)
 
 
 def model_state(state: TrainState, params=None) -> nnx.State:
