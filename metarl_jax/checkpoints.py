@@ -6,8 +6,10 @@ Each step is one orbax directory ``<directory>/<step>/`` with two items: ``state
 Faults (tested by ``tests/test_faults.py``, SIGKILL included):
 
 * **Interrupted saves.** Orbax writes a step under ``<step>.orbax-checkpoint-tmp[-<ts>]`` and renames it when
-  complete, so an interrupted save is never listed. A :class:`Checkpointer` has orbax delete such leftovers when it
-  opens the directory (``cleanup_tmp_directories``) and warns that it does (:class:`UnfinishedSaveWarning`).
+  complete, so an interrupted save is never listed. The training loop's :class:`Checkpointer`
+  (``clean_unfinished=True``, under the workdir's lock, so no other run can be writing) has orbax delete such
+  leftovers when it opens the directory (``cleanup_tmp_directories``) and warns that it does
+  (:class:`UnfinishedSaveWarning`); a reader (export, a test) leaves them alone.
 * **Interrupted deletions.** Old steps beyond ``max_to_keep`` are first renamed into ``<directory>/.trash``
   (atomic) and only then deleted, so a run killed while deleting never leaves a listed, half-deleted step.
 * **Corrupted steps.** Once a step has committed, process 0 writes ``<step>/checksums.json``: the step number and
@@ -109,7 +111,8 @@ class Checkpointer:
 
     ``directory`` is made absolute (orbax requires it). ``max_to_keep`` most recent steps are kept; ``async_save``
     writes in a background thread after the device-to-host copy, so the saved arrays may be donated right after
-    :meth:`save` returns. Several processes (:mod:`metarl_jax.multihost`): each calls every method, orbax writes each
+    :meth:`save` returns. ``clean_unfinished`` deletes the leftovers of interrupted saves on opening: only for a
+    writer that no other process can race (the training loop, under the workdir's lock). Several processes (:mod:`metarl_jax.multihost`): each calls every method, orbax writes each
     array shard from its owner, process 0 alone renames unreadable steps and empties the trash, and the directory
     must be one file system that all of them see.
 
@@ -117,20 +120,21 @@ class Checkpointer:
     :class:`UnwritableError` naming the step that failed.
     """
 
-    def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True, *, clean_unfinished: bool = False):
         self.directory = os.path.abspath(os.fspath(directory))
         self.trash = os.path.join(self.directory, TRASH)
         self._pending: int | None = None  # the step of the save that may still be in flight
         self.async_save = async_save
-        leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) if os.path.isdir(
-            self.directory) else []
+        leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) if (
+            clean_unfinished and os.path.isdir(self.directory)) else []
         if leftovers:
             warnings.warn(f"{self.directory}: deleting unfinished checkpoint save(s) {leftovers} (a run was stopped "
                           "while writing them; they were never restorable)", UnfinishedSaveWarning, stacklevel=2)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                                 create=True, todelete_subdir=TRASH, cleanup_tmp_directories=True,
+                                                 create=True, todelete_subdir=TRASH,
+                                                 cleanup_tmp_directories=clean_unfinished,
                                                  async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal)
                                                                 if async_save else None)),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},

@@ -182,7 +182,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)
 
-    with Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints) as ckpt:
+    with Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints, clean_unfinished=True) as ckpt:
         restored = ckpt.restore_latest(state, run_key)
         start = 0
         if restored is not None:

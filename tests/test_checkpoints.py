@@ -124,7 +124,7 @@ def test_interrupted_and_corrupt_steps_fall_back(tmp_path, trained):
     (tmp_path / "4" / "state").mkdir(parents=True)
     with pytest.warns(UnfinishedSaveWarning, match=r"deleting unfinished checkpoint save\(s\) "
                                                   r"\['3\.orbax-checkpoint-tmp-1700000000'\]"):
-        ckpt = Checkpointer(tmp_path, async_save=False)
+        ckpt = Checkpointer(tmp_path, async_save=False, clean_unfinished=True)
     assert ckpt.latest_step() == 4
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
