@@ -67,7 +67,8 @@ def leaves(tree):
 def max_diff(a, b):
     la, lb = leaves(a), leaves(b)
     assert len(la) == len(lb)
-    return max(float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(la, lb))
+    # booleans (the NaN guard's last_finite) as 0 / 1
+    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0)) for x, y in zip(la, lb))
 
 
 def find_leaf(tree, *names):
