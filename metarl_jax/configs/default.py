@@ -22,10 +22,10 @@ prediction of the observation text (``observation_coef``) and the hindsight answ
 episode, read from its own transcript; rows that never won are not scored). The secret itself (the privileged
 target, ``answer_from="task"``) is never used. Both runs get the same losses.
 
-Expected result (measured 2026-12-05, seed 0), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: ORBIT
-0.473 / 0.859 / 0.949 (+0.477), single-episode 0.430 / 0.516 / 0.527 (+0.098); GuessTheNumber-easy: ORBIT 0.680 /
-0.949 / 0.992 (+0.312), single-episode 0.660 / 0.793 / 0.895 (+0.234). Random play: 0.4 per easy episode, 0.15 per
-hard one. The gain comes from the hindsight answer loss, not from the policy gradient (3 seeds: results/mechanism.md,
+Expected result (measured 2026-12-06, seed 0; bit for bit on CPU), held-out episode 1 / 2 / 3 success:
+GuessTheNumber-hard: ORBIT 0.523 / 0.875 / 0.926 (+0.402), single-episode 0.395 / 0.508 / 0.500 (+0.105);
+GuessTheNumber-easy: ORBIT 0.652 / 0.996 / 1.000 (+0.348), single-episode 0.633 / 0.883 / 0.945 (+0.312). Random
+play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss, not from the policy gradient (3 seeds: results/mechanism.md,
 from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``). Numbers go to ``<workdir>/comparison.md``
 and ``comparison.json``.
 """
