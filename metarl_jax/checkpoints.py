@@ -112,9 +112,10 @@ class Checkpointer:
     ``directory`` is made absolute (orbax requires it). ``max_to_keep`` most recent steps are kept; ``async_save``
     writes in a background thread after the device-to-host copy, so the saved arrays may be donated right after
     :meth:`save` returns. ``clean_unfinished`` deletes the leftovers of interrupted saves on opening: only for a
-    writer that no other process can race (the training loop, under the workdir's lock). Several processes (:mod:`metarl_jax.multihost`): each calls every method, orbax writes each
-    array shard from its owner, process 0 alone renames unreadable steps and empties the trash, and the directory
-    must be one file system that all of them see.
+    writer that no other process can race (the training loop, under the workdir's lock). Several processes
+    (:mod:`metarl_jax.multihost`): each calls every method, orbax writes each array shard from its owner, process 0
+    alone renames unreadable steps and empties the trash, and the directory must be one file system that all of them
+    see.
 
     Write failures of an async save surface at the next :meth:`save`, :meth:`wait` or :meth:`close` as
     :class:`UnwritableError` naming the step that failed.

@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 
 import ml_collections
 
@@ -144,14 +143,14 @@ def _copy_into(schema, config, prefix: str) -> None:
             continue
         try:
             setattr(schema, key, value)
-        except (AttributeError, KeyError) as e:  # the locked schema has no such field
-            close = re.search(r'Did you mean "([^"]+)"', str(e))
-            hint = f"did you mean {close.group(1)!r}? " if close else ""
+        except (AttributeError, KeyError):  # the locked schema has no such field
             where = f"config.{prefix[:-1]}" if prefix else "the config"
-            _fail(field, f"is not a field of {where}; {hint}known fields: {sorted(schema.keys())}")
+            _fail(field, f"is not a field of {where}; {_suggest(str(key), schema.keys())}known fields: "
+                  f"{sorted(schema.keys())}")
         except TypeError:  # ml_collections' type safety: the default's type cannot take the value
             default, kind = schema[key], schema.get_ref(key).get_type()
-            kind = {bool: "True or False", int: "an int", float: "a number", str: "a string"}.get(kind, f"a {kind.__name__}")
+            kind = {bool: "True or False", int: "an int", float: "a number", str: "a string"}.get(
+                kind, f"a {kind.__name__}")
             kind += " (or None)" if default is None else ""
             _fail(field, f"must be {kind} like the default {default!r}, got {value!r} ({type(value).__name__})")
 
@@ -297,7 +296,8 @@ def check_config(config) -> None:
           f"must be a non-empty list of distinct projections among {LORA_TARGETS}, got {targets!r}")
     _check_model(config)
     _check_wandb(config)
-    _need(config.tokenizer == "word" or isinstance(config.tokenizer, str) and os.path.isdir(config.tokenizer), "tokenizer",
+    _need(config.tokenizer == "word" or isinstance(config.tokenizer, str) and os.path.isdir(config.tokenizer),
+          "tokenizer",
           f"{config.tokenizer!r} is neither 'word' (the built-in vocabulary) nor a local tokenizer directory "
           "(one holding tokenizer.json or tokenizer_config.json; nothing is downloaded)")
     _need(not config.chat_format or config.tokenizer != "word", "chat_format",

@@ -30,8 +30,8 @@ Faults:
   and refused (``MemoryEstimateError``) when the estimate is far beyond the device's memory, unless
   ``config.ignore_memory_estimate``.
 * a step whose gradients are not finite is skipped inside the compiled step (``optax.apply_if_finite``: weights
-  and optimizer moments unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the running
-  count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
+  and optimizer moments unchanged, ``skipped=1`` in its metrics). The loop warns, logs that step's metrics with the
+  running count ``skipped_total``, and after ``max_consecutive_skips`` skipped steps in a row raises
   ``FloatingPointError`` naming the step, the field and the fix. A checkpoint with non-finite values is never
   written (:meth:`metarl_jax.checkpoints.Checkpointer.save` refuses it). ``inject_nan_step`` /
   ``inject_nan_count`` inject NaN gradients to test this. Counts restart at 0 when a run resumes.
