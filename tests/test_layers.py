@@ -15,7 +15,7 @@ LAYERS = [
     ("text", r"metarl_jax\.text(\..*)?"),
     ("models", r"metarl_jax\.models(\..*)?"),
     ("agents", r"metarl_jax\.(agents(\..*)?|tasks|memory)"),
-    ("online baselines", r"metarl_jax\.baselines(\.(online|bandits|hypotheses|tabular))?"),
+    ("online baselines", r"metarl_jax\.baselines(\.(online|bandits|hypotheses|tabular|players))?"),
     ("algos", r"metarl_jax\.(algos(\..*)?|config_check|checkpoints)"),
     ("evaluate", r"metarl_jax\.evaluate"),
     ("trained and played baselines", r"metarl_jax\.baselines\.(rl2|rl2_train|table)"),

@@ -154,7 +154,7 @@ class RolloutSpec:
 
 
 def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, sampling: Sampling = Sampling(), *,
-            rows_per_chunk: int = 0, row_context_len=None, constrain=None) -> Transcript:
+            rows_per_chunk: int = 0, row_context_len=None, constrain=None, player=None) -> Transcript:
     """Plays ``spec.budget.turns`` turns of ``spec``'s env from ``trial_states`` (batched [B]), drawing tokens as
     ``sampling`` says; returns a :class:`Transcript`.
 
@@ -172,12 +172,19 @@ def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, samplin
     from the row's own key (the draw's key split over the B rows), so the result equals the unchunked rollout's
     with the same ``key``. ``constrain(tree, axis=0)`` (optional, e.g. :func:`metarl_jax.sharding.row_constraint`)
     pins a micro-batch's states and KV cache to the mesh's data axis.
+
+    ``player(key, trial_state) -> int32[]`` (optional; constrained decoding only) chooses every action instead
+    of the model: the decoder is restricted to the player's action, so the transcript holds the player's moves
+    in the model's own token stream (its ``valid`` stays the env's, so :func:`~metarl_jax.algos.scoring.
+    teacher_forced` scores them as the model's sampler would). An imitation phase trains on such transcripts.
     """
     batch = trial_states.total_steps.shape[0]
     limit = (jnp.full((batch,), spec.context_len, jnp.int32) if row_context_len is None
              else jnp.asarray(row_context_len, jnp.int32))
+    if player is not None and spec.free_tokens:
+        raise ValueError("a scripted player needs constrained decoding (free_tokens=0)")
     play = functools.partial(_rollout_rows, graphdef, model_state, spec, key, sampling, total_rows=batch,
-                             constrain=constrain or (lambda tree, axis=0: tree))
+                             constrain=constrain or (lambda tree, axis=0: tree), player=player)
     if not rows_per_chunk or rows_per_chunk >= batch:
         return play(trial_states, limit, 0)
     if batch % rows_per_chunk:
@@ -216,7 +223,7 @@ class _Decoded(NamedTuple):
 
 
 def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampling, trial_states, limit, chunk_index,
-                  *, total_rows: int, constrain) -> Transcript:
+                  *, total_rows: int, constrain, player=None) -> Transcript:
     """:func:`rollout` of chunk ``chunk_index`` of a batch of ``total_rows`` rows split by :func:`split_rows`
     (``trial_states`` and ``limit``, int32[B] the rows' context limits, hold its B rows; with B = ``total_rows``
     the chunk is the whole batch)."""
@@ -343,7 +350,12 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
             carry = carry._replace(cache=cache, tokens=tokens, pending=pending, pending_n=pending_n, stream=stream)
             decoded = _Decoded(action, action_tokens, length, shown, logp, unrewarded=overflow, remark_bonus=bonus)
             return finish(carry, decoded, live, truncated_now | overflow, valid, k_env)
-        dstate = jax.vmap(table.init)(valid)
+        allowed = valid
+        if player is not None:  # only the player's action is decodable (if it is valid)
+            chosen = jax.vmap(player)(row_keys(jax.random.fold_in(k_env, 1)), states)
+            only = valid & (jnp.arange(valid.shape[1])[None, :] == chosen[:, None])
+            allowed = jnp.where(only.any(axis=1, keepdims=True), only, valid)
+        dstate = jax.vmap(table.init)(allowed)
         for i in range(pre):
             dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
         cache, action, logp = decode_constrained(model, table, cache, last, dstate, live,

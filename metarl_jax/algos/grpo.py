@@ -247,16 +247,23 @@ def guard_non_finite(optimizer: optax.GradientTransformation) -> optax.GradientT
 
 
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
-                    constrain_rows=None):
+                    constrain_rows=None, players=None):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
 
     ``constrain_batch`` (optional) is applied to each env's trial batch and transcript, e.g. a sharding
     constraint that puts the rows on the mesh's data axis (:func:`make_sharded_train_step`).
+
+    ``players`` (optional, one ``player(key, trial_state)`` per task; :mod:`metarl_jax.baselines.players`) makes
+    it an imitation step: the players choose every action (:func:`~metarl_jax.agents.rollout.rollout`) and the
+    policy-gradient term is replaced by the next-token loss of their action tokens (``imitation_nll``), beside
+    the observation loss; no reward enters the loss.
     """
     constrain = constrain_batch or (lambda tree: tree)
     on_rows = constrain_rows or (lambda tree, axis=0: tree)
     g = hp.group_size
     guarded = guard_non_finite(optimizer)
+
+    players_ = players or [None] * len(tasks)
 
     def play(params, task, key, step, index):
         """The env's transcript, its rows' answer actions (int32[B]; None without the answer loss) and, for a
@@ -269,10 +276,10 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task, k_roll, constrain(trials), Sampling(hp.temperature, hp.top_p),
-                                       rows_per_chunk=hp.rollout_rows, constrain=on_rows,
+                                       rows_per_chunk=hp.rollout_rows, constrain=on_rows, player=players_[index],
                                        row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = None
-        if hp.answer_coef:
+        if hp.answer_coef and not players:
             answers = (hindsight_answers(transcript) if hp.answer_from == "hindsight"
                        else jax.vmap(task.env.answer_action)(tasks_b))
         return transcript, answers, (tasks_b.game if task.games else None)
@@ -304,7 +311,11 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                                     clip_high=hp.clip_high, num_sequences=total.sequences, num_tokens=total.tokens,
                                     dual_clip=hp.dual_clip)
             m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
-            loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
+            if players:  # imitation: the players' action tokens, whatever they earned
+                m["imitation_nll"] = -(flat(scored.logp) * mask).sum() / jnp.maximum(total.tokens, 1)
+                loss = m["imitation_nll"]
+            else:
+                loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
                 m["observation_nll"] = scored.observation_nll * scored.observation_count / jnp.maximum(total.observation, 1)
                 loss = loss + hp.observation_coef * m["observation_nll"]
@@ -383,18 +394,20 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
 
 
 def make_sharded_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, state, mesh,
-                            mode: str, *, donate: bool = True, min_size: int = sharding.MIN_SHARD_SIZE, wrap=None):
+                            mode: str, *, donate: bool = True, min_size: int = sharding.MIN_SHARD_SIZE, wrap=None,
+                            players=None):
     """The train step jitted on ``mesh`` (:func:`metarl_jax.sharding.jit_on_mesh`): ``step(state, key) ->
     (state, metrics)``, the rollout batch constrained to the mesh's data axis. ``state`` (a TrainState, concrete
     or abstract) fixes the in/out shardings per ``mode``; one device is a 1 x 1 mesh in mode ``"none"``.
-    ``wrap`` (optional) wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``."""
+    ``wrap`` (optional) wraps the traced Python function, e.g. a trace counter or ``chex.assert_max_traces``;
+    ``players``: an imitation step (:func:`make_train_step`)."""
     sharding.check_batch(hp, mesh, mode)
     rows = hp.num_tasks * hp.group_size
     on_rows = sharding.row_constraint(mesh, mode)
     if sharding.mesh_spec(mode).mode != "none":  # the update's layers keep their rows on the data axis
         graphdef = with_row_constraint(graphdef, model_state(state), on_rows)
     step = make_train_step(graphdef, tasks, optimizer, hp, constrain_batch=sharding.batch_constraint(mesh, mode, rows),
-                           constrain_rows=on_rows)
+                           constrain_rows=on_rows, players=players)
     if wrap is not None:
         step = wrap(step)
     return sharding.jit_on_mesh(step, state, mesh, mode, donate=donate, min_size=min_size)

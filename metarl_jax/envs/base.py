@@ -169,6 +169,12 @@ class TextEnv(environment.Environment):
         """
         raise NotImplementedError(f"{self.env_id} has no oracle policy")
 
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """``bool[num_actions]``: the valid actions that the feedback shown so far in this episode has not ruled
+        out (what a player who reasons within the episode, and remembers nothing from earlier ones, may play);
+        jit/vmap-safe. May read the hidden task to compute what the feedback implies."""
+        raise NotImplementedError(f"{self.env_id} does not say which actions its feedback rules out")
+
     def answer_action(self, task: Any) -> jax.Array:
         """``int32[]``: the action that wins an episode of ``task`` on any turn (the secret number, word or
         code); jit/vmap-safe. Games whose task has no single winning action raise ``NotImplementedError``.

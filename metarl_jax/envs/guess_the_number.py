@@ -100,13 +100,25 @@ class GuessTheNumber(TextEnv):
     def answer_action(self, task):
         return jnp.asarray(task, jnp.int32)  # action i guesses low + i, the secret is low + task
 
-    def oracle_action(self, key, state):
-        """Binary search: the middle of the interval consistent with this episode's feedback."""
+    def _interval(self, state):
+        """``(lo, hi)`` int32[]: the action range consistent with this episode's feedback (each guess so far
+        was told higher or lower, which is where it lies against the secret)."""
         idx = jnp.arange(self.high - self.low + 1)
         guessed, secret = state.game.guessed, state.task
         lo = jnp.max(jnp.where(guessed & (idx < secret), idx + 1, 0))
         hi = jnp.min(jnp.where(guessed & (idx > secret), idx - 1, self.high - self.low))
+        return lo, hi
+
+    def oracle_action(self, key, state):
+        """Binary search: the middle of the interval consistent with this episode's feedback."""
+        lo, hi = self._interval(state)
         return ((lo + hi) // 2).astype(jnp.int32)
+
+    def consistent_actions(self, state):
+        """The numbers not guessed this episode that this episode's feedback has not ruled out."""
+        lo, hi = self._interval(state)
+        idx = jnp.arange(self.high - self.low + 1)
+        return ~state.game.guessed & (idx >= lo) & (idx <= hi)
 
     def game_pieces(self, state: TextEnvState):
         opening = state.time == 0

@@ -154,6 +154,9 @@ class MultiEpisode(environment.Environment):
     def oracle_action(self, key, state: TrialState) -> jax.Array:
         return self.env.oracle_action(key, state.inner)
 
+    def consistent_actions(self, state: TrialState) -> jax.Array:
+        return self.env.consistent_actions(state.inner)
+
     def answer_action(self, task) -> jax.Array:
         return self.env.answer_action(task)
 

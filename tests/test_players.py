@@ -1,0 +1,90 @@
+"""The scripted episode player (the imitation phase's corpus): its win rates, that it learns nothing across
+episodes, that its consistent set never rules out the secret, and that a rollout it drives plays its moves in
+the model's token stream."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from metarl_jax import envs
+from metarl_jax.agents import ActionTable
+from metarl_jax.agents.context import context_budget
+from metarl_jax.agents.rollout import RolloutSpec, rollout
+from metarl_jax.algos.scoring import teacher_forced
+from metarl_jax.baselines import oracle_policy
+from metarl_jax.baselines.players import episode_player
+from metarl_jax.envs.base import RUNNING
+from metarl_jax.evaluate import episode_wins, play_trials
+from metarl_jax.models import Transformer, preset
+from metarl_jax.text import Codec, WordTokenizer
+
+TRIALS = 2000
+
+
+@pytest.mark.parametrize("noise, expected", [(0.0, 0.71), (0.4, 0.46)])
+def test_episode_player_wins_as_often_as_it_should_and_learns_nothing_across_episodes(noise, expected):
+    """GuessTheNumber-hard (1..50, 7 turns): a uniform guess among the numbers this episode's feedback allows
+    wins an episode with probability about 0.71 (0.46 with 40% uniform guesses; both from a NumPy simulation of
+    the same player). Every episode starts afresh, so episodes 1 and 3 win equally often."""
+    trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", total_step_cap=21)
+    played = play_trials(trial, params, episode_player(trial, noise), jax.random.PRNGKey(0), TRIALS)
+    wins = episode_wins(played, 3).mean(axis=0)
+    assert not played["invalid"].any()
+    se = np.sqrt(expected * (1 - expected) / TRIALS)
+    assert abs(wins[0] - expected) < 4 * se, wins
+    assert abs(wins[2] - wins[0]) < 6 * se, wins
+
+
+def test_consistent_actions_keep_the_secret_until_it_is_found():
+    """While an episode runs, the secret is never ruled out, and the set shrinks as guesses are told higher or
+    lower."""
+    trial, params = envs.make_trial("game:GuessTheNumber-v0-hard", total_step_cap=21)
+    player = episode_player(trial, 0.5)
+
+    def check(key):
+        _, state = trial.reset(key, params)
+
+        def body(state, k):
+            consistent = trial.consistent_actions(state)
+            keeps = consistent[state.inner.task] | (state.inner.status != RUNNING)
+            _, state, *_ = trial.step_env(k, state, player(k, state), params)
+            return state, (keeps, consistent.sum())
+
+        return jax.lax.scan(body, state, jax.random.split(key, 21))[1]
+
+    keeps, sizes = jax.jit(jax.vmap(check))(jax.random.split(jax.random.PRNGKey(3), 64))
+    assert bool(keeps.all())
+    assert int(sizes[:, 0].min()) == 50 and int(sizes[:, 1].max()) < 50  # every number, then fewer
+
+
+def test_a_game_without_consistent_actions_has_no_player():
+    trial, _ = envs.make_trial("maze")
+    with pytest.raises(ValueError, match="consistent_actions"):
+        episode_player(trial)
+    with pytest.raises(ValueError, match="noise"):
+        episode_player(envs.make_trial("game:GuessTheNumber-v0-hard")[0], 1.5)
+
+
+def test_a_scripted_rollout_plays_the_players_moves_and_scores_them_under_the_model():
+    """With the oracle (binary search) as the player, an untrained model's rollout wins every episode of -easy
+    (12 steps: 3 episodes or more);
+    the recorded valid masks are the env's, so the teacher-forced log-probability of the forced moves is the
+    untrained model's (about uniform over the valid numbers), not 0."""
+    trial, params = envs.make_trial("game:GuessTheNumber-v0-easy", total_step_cap=12, intro=False, text="terse")
+    tok = WordTokenizer()
+    codec, table = Codec(trial, tok), ActionTable(trial, tok)
+    budget = context_budget(trial, codec, table.max_len)
+    graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
+    _, trials = jax.vmap(trial.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 8), params)
+    spec = RolloutSpec(env=trial, env_params=params, codec=codec, table=table, budget=budget,
+                       context_len=budget.worst_case)
+    tr = jax.jit(lambda st, k, t: rollout(graphdef, st, spec, k, t, player=oracle_policy(trial)))(
+        state, jax.random.PRNGKey(1), trials)
+    won, ended = np.asarray(tr.success).sum(axis=1), np.asarray(tr.episode_done).sum(axis=1)
+    assert (won == ended).all() and (won >= 3).all(), (won, ended)  # binary search wins -easy within 4 turns
+    assert (np.asarray(tr.logp) == 0).all()  # the decoder had no choice
+    assert np.asarray(tr.valid)[:, 0].all()  # the first turn's mask is the env's: every number
+    scored = teacher_forced(graphdef, state, tr, table)
+    per_action = -np.asarray(scored.logp).sum(axis=2)[np.asarray(tr.taken)]
+    assert np.all(per_action > 0.5 * np.log(2)) and np.all(per_action < 3 * np.log(10)), per_action
