@@ -16,6 +16,7 @@ from flax import nnx
 
 from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper
+from metarl_jax.baselines.players import episode_player
 from metarl_jax.algos.optim import make_optimizer, make_schedule
 from metarl_jax.evaluate import make_evaluator
 from metarl_jax.memory import (MicroBatches, check_memory_estimate, device_memory_bytes, eval_records_need,
@@ -37,6 +38,10 @@ class Run:
     schedule: optax.ScalarOrSchedule  # the optimizer's learning rate (see :func:`build_schedule`)
     hyper: GRPOHyper
     micro_batches: MicroBatches
+    # The imitation phase's tasks: the train tasks as multi-episode trials (for the single-episode baseline too,
+    # so both runs imitate the same corpus) with one scripted player each; None when config.pretrain.steps is 0.
+    pretrain_tasks: list[TaskSet] | None = None
+    players: list | None = None
 
 
 def build_model(config, tokenizer):
@@ -89,14 +94,21 @@ def trainable_filter(config):
     return None
 
 
+def _imitation(config) -> dict:
+    """The imitation phase's share of the schedule: its updates and its learning rate."""
+    return dict(imitation_steps=config.pretrain.steps * config.update_epochs,
+                imitation_rate=config.pretrain.learning_rate)
+
+
 def build_schedule(config) -> optax.ScalarOrSchedule:
     """The learning rate of :func:`build_optimizer` (:func:`metarl_jax.algos.optim.make_schedule`)."""
-    return make_schedule(config.optimizer.learning_rate, config.optimizer.warmup_steps)
+    return make_schedule(config.optimizer.learning_rate, config.optimizer.warmup_steps, **_imitation(config))
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
-    """:func:`metarl_jax.algos.optim.make_optimizer` with ``config.optimizer``'s fields."""
-    return make_optimizer(**config.optimizer)
+    """:func:`metarl_jax.algos.optim.make_optimizer` with ``config.optimizer``'s fields and the imitation phase's
+    rate (``config.pretrain``)."""
+    return make_optimizer(**config.optimizer, **_imitation(config))
 
 
 def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
@@ -109,10 +121,12 @@ def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
     return float(schedule(jax.device_get(count)))
 
 
-def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[TaskSet]:
+def build_tasks(config, tokenizer, split: str, prompt_len: int = 0, single_episode: bool | None = None) -> list[TaskSet]:
     """The :class:`TaskSet` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
     ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`). ``prompt_len``:
-    the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial."""
+    the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial.
+    ``single_episode``: whether train trials have one episode (default: ``config.single_episode``)."""
+    single_episode = config.single_episode if single_episode is None else single_episode
     entries = config.train_tasks if split == "train" else config.eval_tasks
     field = "train_tasks" if split == "train" else "eval_tasks"
     task_split = "train" if split == "train" else "validation"
@@ -125,7 +139,7 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0) -> list[Task
         ctx = own or config.context_len
         task = build_task(
             entry, tokenizer, split=task_split, seed=config.seed, num_tasks=1,  # the keys come once checked, below
-            single_episode=config.single_episode and split == "train", intro=config.intro,
+            single_episode=single_episode and split == "train", intro=config.intro,
             repeat_opening=config.repeat_opening, reflection=config.reflection, context_len=ctx,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
             text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
@@ -156,7 +170,13 @@ def build_run(config) -> Run:
     optimizer, schedule = build_optimizer(config), build_schedule(config)
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = hyper_from_config(config, micro)
-    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro)
+    pretrain_tasks = players = None
+    if config.pretrain.steps:
+        pretrain_tasks = (build_tasks(config, tokenizer, "train", prompt_len, single_episode=False)
+                          if config.single_episode else train_tasks)
+        players = [episode_player(task.env, config.pretrain.noise) for task in pretrain_tasks]
+    return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro,
+               pretrain_tasks, players)
 
 
 def hyper_from_config(config, micro: MicroBatches | None = None) -> GRPOHyper:

@@ -18,7 +18,7 @@ import os
 import ml_collections
 
 from metarl_jax.envs import registry
-from metarl_jax.envs.base import implements_answer_action
+from metarl_jax.envs.base import implements_answer_action, implements_consistent_actions
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,10 @@ _RANGES = [
     ("lora.rank", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (the adapters' rank)"),
     ("lora.alpha", lambda v: v > 0, "> 0 (the adapters' output is scaled by lora.alpha / lora.rank)"),
     ("prompt.length", lambda v: isinstance(v, int) and v >= 1, "an int >= 1 (the prompt vectors opening every trial)"),
+    ("pretrain.steps", lambda v: isinstance(v, int) and v >= 0,
+     "an int >= 0 (the first steps of num_steps that imitate the scripted player; 0: no imitation phase)"),
+    ("pretrain.noise", lambda v: 0 <= v <= 1, "in [0, 1] (the scripted player's share of uniformly random guesses)"),
+    ("pretrain.learning_rate", lambda v: v > 0, "> 0 (the imitation phase's learning rate)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
@@ -310,6 +314,13 @@ def check_config(config) -> None:
         _need(config.decoding == "constrained", "answer_coef",
               "needs decoding='constrained' (the answer's log-probability is read on the action trie); set "
               "answer_coef=0 or decoding='constrained'")
+    if config.pretrain.steps:
+        _need(config.pretrain.steps <= config.num_steps, "pretrain.steps",
+              f"is {config.pretrain.steps}, more than num_steps={config.num_steps} (the imitation phase is the first "
+              "pretrain.steps of the num_steps steps); raise num_steps or lower pretrain.steps")
+        _need(config.decoding == "constrained" and not config.mix_games, "pretrain.steps",
+              "needs decoding='constrained' (the player's moves are forced on the action trie) and mix_games=False "
+              "(one player per env); set pretrain.steps=0 or change those fields")
     for name in ("train_tasks", "eval_tasks"):
         tasks = _get(config, name)
         _need(isinstance(tasks, (list, tuple)), name, f"must be a list of task dicts, got {tasks!r}")
@@ -321,6 +332,11 @@ def check_config(config) -> None:
             _need(config.text in styles, "text",
                   f"is {config.text!r}, which {name}[{i}] ({env_id}) cannot render (it has {list(styles)}); use "
                   f"text='gem' or drop that task")
+            if (name == "train_tasks" and config.pretrain.steps
+                    and not implements_consistent_actions(registry.env_class(env_id))):
+                played = [e for e in registry.registered() if implements_consistent_actions(registry.env_class(e))]
+                _fail("pretrain.steps", f"is {config.pretrain.steps}, but {name}[{i}] ({env_id}) has no scripted "
+                      f"player (envs with one: {', '.join(played)}); set pretrain.steps=0 or drop that task")
             if (name == "train_tasks" and config.answer_coef
                     and not implements_answer_action(registry.env_class(env_id))):
                 answered = [e for e in registry.registered() if implements_answer_action(registry.env_class(e))]

@@ -178,6 +178,12 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     train_step = compile_before_running(
         make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
                                 config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1)), "train step")
+    imitation_step = None
+    if run.players:  # the imitation phase's steps (config.pretrain)
+        imitation_step = compile_before_running(
+            make_sharded_train_step(run.graphdef, run.pretrain_tasks, run.optimizer, run.hyper, state, mesh,
+                                    config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1),
+                                    players=run.players), "imitation step")
     evaluator = compile_before_running(run_evaluator(run, config, mesh), "evaluator")
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)
@@ -209,7 +215,8 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
             with log:
                 if restored is None:  # once per run: a resumed run keeps the hyperparameters of its first start
                     log.hparams(scalar_fields(saved_config))
-                state, rows = _train_loop(config, run, state, train_step=train_step, evaluator=evaluator, ckpt=ckpt,
+                state, rows = _train_loop(config, run, state, train_step=train_step, imitation_step=imitation_step,
+                                          evaluator=evaluator, ckpt=ckpt,
                                           log=log, run_key=run_key, start=start, label=label, quiet=quiet)
     if finished:
         rows = finished_eval(workdir, config)
@@ -225,9 +232,10 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     return TrainResult(rows, state, run.graphdef)
 
 
-def _train_loop(config, run, state, *, train_step, evaluator, ckpt, log, run_key, start: int, label: str, quiet: bool):
-    """Steps ``start + 1 .. config.num_steps``: logs, evaluations and checkpoints; returns the final state and the
-    final evaluation's rows."""
+def _train_loop(config, run, state, *, train_step, imitation_step, evaluator, ckpt, log, run_key, start: int,
+                label: str, quiet: bool):
+    """Steps ``start + 1 .. config.num_steps`` (the first ``config.pretrain.steps`` of them by ``imitation_step``):
+    logs, evaluations and checkpoints; returns the final state and the final evaluation's rows."""
     def evaluate(step, state):
         played, rows = evaluate_params(evaluator, model_state(state), config, label)
         log.log("eval", step, eval_metrics(rows, played))
@@ -245,11 +253,12 @@ def _train_loop(config, run, state, *, train_step, evaluator, ckpt, log, run_key
         for step in range(start, config.num_steps):
             rate = learning_rate(run.schedule, state.opt_state)  # before the step: the state is donated to it
             t_step = time.perf_counter()
-            state, metrics = train_step(state, jax.random.fold_in(run_key, step))
+            step_fn = imitation_step if step < config.pretrain.steps else train_step
+            state, metrics = step_fn(state, jax.random.fold_in(run_key, step))
             done = step + 1
             skipped = bool(jax.device_get(metrics["skipped"]))  # one scalar per step: the loop must know now
             seconds = time.perf_counter() - t_step  # the step's outputs are ready: it has run
-            if step == start:  # traced, compiled and run once
+            if step in (start, max(start, config.pretrain.steps)):  # each step function traced, compiled, run once
                 compile_seconds, seconds = seconds, None
             consecutive = consecutive + 1 if skipped else 0
             skipped_total += skipped

@@ -245,6 +245,14 @@ CASES = [
                       r"\(envs with one: .*GuessTheNumber"),
     Case("answer loss with free decoding", checked(answer_coef=1.0, decoding="free"),
          ConfigError, r"config\.answer_coef: needs decoding='constrained'"),
+    Case("imitation phase longer than the run", checked(pretrain__steps=20, num_steps=10),
+         ConfigError, r"config\.pretrain\.steps: is 20, more than num_steps=10 .*raise num_steps"),
+    Case("imitation of a game without a scripted player",
+         checked(pretrain__steps=5, answer_coef=0.0, text="gem", train_tasks=[dict(env_id="maze")]),
+         ConfigError, r"config\.pretrain\.steps: is 5, but train_tasks\[0\] \(maze\) has no scripted player "
+         r"\(envs with one: .*GuessTheNumber.*set pretrain\.steps=0"),
+    Case("scripted player's noise above 1", checked(pretrain__noise=1.5),
+         ConfigError, r"config\.pretrain\.noise: must be in \[0, 1\]"),
     # ---- choices, field types and names (ml_collections' locked, type-safe default config is the schema)
     Case("the removed variant field", checked(variant="single"),
          ConfigError, r"config\.variant: is no longer a config field: the variant is the config file's argument "

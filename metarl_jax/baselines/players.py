@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from metarl_jax.baselines.online import game_env
-from metarl_jax.envs.base import TextEnv
+from metarl_jax.envs.base import implements_consistent_actions
 
 
 def episode_player(env, noise: float = 0.0):
@@ -27,7 +27,7 @@ def episode_player(env, noise: float = 0.0):
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must lie in [0, 1], got {noise}")
     game = game_env(env)
-    if type(game).consistent_actions is TextEnv.consistent_actions:
+    if not implements_consistent_actions(type(game)):
         raise ValueError(f"{getattr(game, 'env_id', type(game).__name__)!r} does not say which actions its "
                          "feedback rules out (TextEnv.consistent_actions), so it has no scripted player")
 

@@ -162,6 +162,15 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # before compiling; True compiles it anyway (for a device the estimate misjudges).
     c.ignore_memory_estimate = False
 
+    # Imitation phase (not in ORBIT, which starts from a pretrained LM that already plays sensibly): the first
+    # pretrain.steps of the num_steps steps imitate a scripted player (metarl_jax.baselines.players.episode_player)
+    # instead of the RL step: next-token loss on its moves and on the observations, no reward. It guesses uniformly
+    # among the numbers this episode's feedback allows, among all with probability pretrain.noise, and plays every
+    # episode afresh, so the corpus shows search within an episode and no learning across episodes. Both runs of
+    # the comparison imitate the same multi-episode trials (the same weights when the RL phase starts). 0: off.
+    # Its learning rate is pretrain.learning_rate; the RL phase then warms up again to optimizer.learning_rate.
+    c.pretrain = ml_collections.ConfigDict(dict(steps=0, noise=0.4, learning_rate=3e-3))
+
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))
     c.num_steps = 1000

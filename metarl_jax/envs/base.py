@@ -78,6 +78,11 @@ def implements_answer_action(env_class: type) -> bool:
     return getattr(env_class, "answer_action", TextEnv.answer_action) is not TextEnv.answer_action
 
 
+def implements_consistent_actions(env_class: type) -> bool:
+    """Whether an env class overrides :meth:`TextEnv.consistent_actions` (needed by the scripted episode player)."""
+    return getattr(env_class, "consistent_actions", TextEnv.consistent_actions) is not TextEnv.consistent_actions
+
+
 def tree_select(pred, on_true, on_false):
     """``jnp.where`` over two pytrees of the same structure, with a scalar predicate."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
