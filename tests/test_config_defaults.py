@@ -35,7 +35,9 @@ def test_grpo_defaults_are_the_main_runs_config():
 def test_optimizer_defaults_are_the_main_runs_config():
     config = default.get_config("orbit")
     defaults = {k: p.default for k, p in inspect.signature(make_optimizer).parameters.items()}
+    imitation = {k: defaults.pop(k) for k in ("imitation_steps", "imitation_rate")}  # config.pretrain's
     assert defaults == dict(config.optimizer)
+    assert imitation == dict(imitation_steps=config.pretrain.steps, imitation_rate=config.pretrain.learning_rate)
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}
     grads = {"w": jnp.arange(6.0).reshape(2, 3) - 2.5}
     ours, theirs = make_optimizer(), build.build_optimizer(config)
