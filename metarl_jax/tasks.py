@@ -97,7 +97,8 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
                remark_reward: float = 0.0, thinking: str = "keep", prompt_len: int = 0) -> TaskSet:
     """A :class:`TaskSet` for one task entry.
 
-    ``single_episode`` makes every trial one episode (cap = turns per episode): the standard RL baseline.
+    ``single_episode`` makes every trial one episode (cap = turns per episode, and the trial ends with its first
+    episode even when it is won early): the standard RL baseline.
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
     tokens per action (else constrained decoding). ``chat`` wraps turns in the tokenizer's chat template.
     ``text`` is the env's text style (``"gem"``, or ``"terse"`` where the env has it; see
@@ -117,7 +118,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     cap = turns if single_episode else int(entry["total_step_cap"])
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
                                   intro=intro, repeat_opening=repeat_opening, max_turns=turns, text=text,
-                                  lamer_gamma=lamer_gamma)
+                                  lamer_gamma=lamer_gamma, max_episodes=1 if single_episode else 0)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None
     budget = context_budget(env, codec, free_tokens or table.max_len, wrap.per_turn if wrap else 0)

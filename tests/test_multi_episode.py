@@ -164,3 +164,20 @@ def test_finished_trial_does_not_move(trial):
     assert int(states[21][0].total_steps) == 21
     for s, r, info, _ in states[22:]:
         assert r == 0.0 and int(s.total_steps) == 21 and bool(info["trial_done"])
+
+
+@pytest.mark.parametrize("max_episodes, expected_episodes", [(0, 7), (1, 1), (2, 2)])
+def test_max_episodes_ends_the_trial_even_with_steps_left(max_episodes, expected_episodes):
+    """A player who wins every episode in one step plays 7 episodes in a 7-step trial, unless ``max_episodes``
+    ends it first (1: the single-episode baseline's trial, which must not show a second episode after an early
+    win)."""
+    env, params = envs.make_trial(ENV_ID, total_step_cap=7, max_episodes=max_episodes)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    secret = int(state.inner.task)
+    steps = play(env, params, [secret] * 7)
+    dones = [bool(info["trial_done"]) for _, _, info, _ in steps[1:]]
+    rewards = [r for _, r, _, _ in steps[1:]]
+    assert dones.index(True) == expected_episodes - 1
+    assert sum(rewards) == expected_episodes
+    with pytest.raises(ValueError, match="max_episodes"):
+        envs.make_trial(ENV_ID, max_episodes=-1)

@@ -79,10 +79,13 @@ class MultiEpisode(environment.Environment):
         LaMer: 0.6) instead of 1, and a reflection turn (with ``reflection``) follows only failed episodes. 0:
         ORBIT's trial. (The remark reward of that variant is paid by the rollout, which sees the text:
         :class:`~metarl_jax.agents.rollout.RolloutSpec`'s ``remark_reward``.)
+      max_episodes: > 0 ends the trial when that many episodes have ended, even with steps left under the cap
+        (1: the single-episode trial of the standard-RL baseline, which must not see a second episode after an
+        early win). 0: as many episodes as the cap holds (ORBIT).
     """
 
     def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,
-                 repeat_opening: bool = True, lamer_gamma: float = 0.0):
+                 repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0):
         if not isinstance(env, TextEnv):
             raise TypeError(f"MultiEpisode wraps a metarl_jax TextEnv, got {type(env).__name__}")
         if int(total_step_cap) < env.default_max_turns:
@@ -96,6 +99,9 @@ class MultiEpisode(environment.Environment):
         self.env = env
         self.total_step_cap = int(total_step_cap)
         self.lamer_gamma = float(lamer_gamma)
+        if int(max_episodes) < 0:
+            raise ValueError(f"max_episodes={max_episodes} must be >= 0 (0: as many as total_step_cap holds)")
+        self.max_episodes = int(max_episodes)
         self.reflection, self.intro, self.repeat_opening = bool(reflection), bool(intro), bool(repeat_opening)
         self.book = env.book.copy()
         self._num = self.book.add(*[str(i) for i in range(self.total_step_cap + 2)])
@@ -195,6 +201,8 @@ class MultiEpisode(environment.Environment):
         trial_done = total_steps >= self.total_step_cap
         if self.lamer_gamma:  # LaMer: stop at the first success, worth gamma ** (its 0-based episode index)
             trial_done = trial_done | success
+        if self.max_episodes:
+            trial_done = trial_done | (episode_done & (state.episode_index + 1 >= self.max_episodes))
         next_episode = episode_done & ~trial_done
         start_now = next_episode & (not self.reflection)
         played = TrialState(
