@@ -54,16 +54,14 @@ def export(workdir: str, out_dir: str, step: int = 0) -> int:
     return step
 
 
-_STEP = flags.DEFINE_integer("step", 0, "The checkpoint step to export (0: the latest).")
-
-
 def main(argv):
     if len(argv) != 3:
         raise app.UsageError("usage: python -m metarl_jax.export WORKDIR OUT_DIR [--step=N]")
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    step = export(argv[1], argv[2], _STEP.value)
+    step = export(argv[1], argv[2], flags.FLAGS.step)
     print(f"exported step {step} of {argv[1]} to {argv[2]}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the flag only when run as a command: main.py imports export() and has its own --step
+    flags.DEFINE_integer("step", 0, "The checkpoint step to export (0: the latest).")
     app.run(main)
