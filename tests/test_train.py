@@ -227,6 +227,44 @@ def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
         assert saved and all(c["single_episode"] is single for c in saved)
 
 
+@pytest.mark.slow  # about two minutes on 2 cores
+def test_an_imitation_phase_then_rl_in_one_run(tmp_path):
+    """``pretrain.steps=2`` of ``num_steps=4`` in one run: steps 1-2 imitate (the player's loss, no policy loss),
+    steps 3-4 are RL; each step function's first step logs its compile time."""
+    c = tiny.get_config()
+    c.pretrain.steps, c.num_steps, c.eval_every, c.eval_before_training = 2, 4, 0, False
+    train.train_and_evaluate(c, str(tmp_path), quiet=True)
+    rows = train_rows(tmp_path)
+    assert sorted(rows) == [1, 2, 3, 4]
+    imitating = {step: any(k.endswith("imitation_nll") for k in r) for step, r in rows.items()}
+    assert imitating == {1: True, 2: True, 3: False, 4: False}
+    assert {step for step, r in rows.items() if "compile_seconds" in r} == {1, 3}
+
+
+@pytest.mark.slow  # about three minutes on 2 cores
+def test_compare_with_an_imitation_phase_runs_it_once_and_starts_both_runs_from_it(tmp_path):
+    """``pretrain.steps=2`` of ``num_steps=4``: the phase trains and is evaluated once in ``imitation`` (its row is
+    the prior's), its weights are exported, and both RL runs load them and train the remaining 2 steps; the
+    imitation run logged the player's loss and no policy loss."""
+    cmd = main_cmd(tmp_path)
+    cmd[3] = f"--config={ROOT / 'configs' / 'tiny.py'}:compare"
+    cmd += ["--config.pretrain.steps=2", "--config.num_steps=4", "--config.eval_every=0"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    result = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["policy"] for r in result["rows"]] == ["imitation prior (no RL)", "ORBIT (multi-episode)",
+                                                     "single-episode RL"]
+    model_dir = tmp_path / "imitation" / "model"
+    assert (model_dir / "model.safetensors").exists()
+    imitation = train_rows(tmp_path / "imitation")
+    assert sorted(imitation) == [1, 2] and all(any(k.endswith("imitation_nll") for k in r) for r in imitation.values())
+    for run in ("orbit", "single_episode"):
+        rows = train_rows(tmp_path / run)
+        assert sorted(rows) == [1, 2] and not any(k.endswith("imitation_nll") for k in rows[1])
+        saved = [json.loads(p.read_text()) for p in (tmp_path / run / "checkpoints").glob("*/config/metadata")]
+        assert saved and all(c["model"]["pretrained_dir"] == str(model_dir) and c["pretrain"]["steps"] == 0
+                             for c in saved)
+
+
 def test_memory_estimates_warn_and_far_beyond_refuse_before_compiling():
     """A batch whose update cannot fit is flagged before compiling (it used to die with RESOURCE_EXHAUSTED after
     the compile), naming the fields to lower; far beyond the device's memory it is refused unless
