@@ -121,7 +121,8 @@ def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
     return float(schedule(jax.device_get(count)))
 
 
-def build_tasks(config, tokenizer, split: str, prompt_len: int = 0, single_episode: bool | None = None) -> list[TaskSet]:
+def build_tasks(config, tokenizer, split: str, prompt_len: int = 0,
+                single_episode: bool | None = None) -> list[TaskSet]:
     """The :class:`TaskSet` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
     ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`). ``prompt_len``:
     the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial.

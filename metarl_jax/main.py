@@ -130,7 +130,8 @@ def compare(config, workdir: str):
     if config.pretrain.steps:
         model_dir, rows = shared_imitation(config, workdir)
         for cfg in runs.values():
-            cfg.model.pretrained_dir, cfg.num_steps, cfg.pretrain.steps = model_dir, cfg.num_steps - cfg.pretrain.steps, 0
+            cfg.model.pretrained_dir, cfg.num_steps = model_dir, cfg.num_steps - cfg.pretrain.steps
+            cfg.pretrain.steps = 0
     results = {
         name: run_one(cfg, os.path.join(workdir, name),
                       label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")

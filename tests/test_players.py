@@ -96,7 +96,8 @@ def test_a_scripted_rollout_plays_the_players_moves_and_scores_them_under_the_mo
 def test_the_imitation_step_learns_the_players_moves():
     """``make_train_step(players=...)``: the rollouts play the player's moves and the update fits them. With the
     oracle (binary search, deterministic) as the player, 60 steps take the imitation loss well below the untrained
-    model's (noisy per step: means of the first 3 and the last 10), which is about uniform over the valid numbers; the step is named apart from the RL step."""
+    model's, which is about uniform over the valid numbers (noisy per step: means of the first 3 and the last 10);
+    the step is named apart from the RL step."""
     tok = WordTokenizer()
     task = build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=8), tok, split="train", seed=0,
                       num_tasks=16, intro=False, text="terse")
