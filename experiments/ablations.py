@@ -3,6 +3,8 @@ held-out 3-episode trials. Two tables:
 
 * ``ingredients``: ORBIT's ingredients (reflection, the cross-episode discount, the number of training episodes
   per trial, constrained vs free decoding), one seed each;
+* ``imitation``: an imitation phase (``config.pretrain``) as the prior, then ORBIT or single-episode RL
+  without the answer loss (results/README.md, "An imitation phase first");
 * ``mechanism``: which training signal makes the cross-episode gain. ORBIT's policy gradient alone, the
   auxiliary answer loss alone (``policy_coef=0``), both (the README's main run), single-episode RL with the same
   losses as the main run, the privileged answer loss (the secret) with and without the policy gradient, and
@@ -13,6 +15,7 @@ Commands (2 CPU cores)::
 
     python experiments/ablations.py --table ingredients [--steps 450] [--only reflection,no_discount]
     python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 2 hours
+    python experiments/ablations.py --table imitation --seeds 0         # about 15 minutes
 
 Writes ``results/ablations.{md,csv,json,png}`` or ``results/mechanism.{md,csv,json,png}`` (and, for several
 seeds, ``results/mechanism_per_seed.json``); runs live under ``results/runs/<ablations|mechanism>/<variant>[/seed<k>]`` and are
@@ -82,7 +85,24 @@ def mechanism_variants() -> dict:
     }
 
 
-TABLES = {"ingredients": ingredient_variants, "mechanism": mechanism_variants}
+def imitation_variants() -> dict:
+    """name -> (base config variant, edit): an imitation phase of 600 steps (``config.pretrain``, player noise
+    0.25), then 700 RL steps at lr 3e-4 without the answer loss, for ORBIT and the single-episode baseline; and
+    the prior alone. Each run trains its own phase, with the same keys, so the priors are the same."""
+    def from_prior(rl_steps):
+        def edit(c):
+            c.answer_coef, c.optimizer.learning_rate = 0.0, 3e-4
+            c.pretrain.steps, c.pretrain.noise, c.num_steps = 600, 0.25, 600 + rl_steps
+        return edit
+
+    return {
+        "imitation prior (no RL)": ("orbit", from_prior(0)),
+        "ORBIT from the prior": ("orbit", from_prior(700)),
+        "single-episode RL from the prior": ("single", from_prior(700)),
+    }
+
+
+TABLES = {"ingredients": ingredient_variants, "mechanism": mechanism_variants, "imitation": imitation_variants}
 
 
 def slug(name: str) -> str:
@@ -114,10 +134,10 @@ def main(argv=None) -> int:
             c = get_config(base)
             c.seed, c.eval_every = seed, 0
             c.num_steps = steps or c.num_steps
-            edit(c)
+            edit(c)  # may set num_steps itself (the imitation table: its phase plus the RL steps)
             build.build_run(c)
             configs[variant, seed] = c
-    name = "ablations" if args.table == "ingredients" else "mechanism"  # the ingredients table keeps its old name
+    name = "ablations" if args.table == "ingredients" else args.table  # the ingredients table keeps its old name
     per_seed: dict[int, list] = {seed: [] for seed in seeds}
     for (variant, seed), c in configs.items():
         print(f"== {variant}, seed {seed}", flush=True)

@@ -52,13 +52,17 @@ def test_pool_seeds_gives_the_mean_and_a_t_interval_over_seeds():
 
 
 def test_every_ablation_config_passes_the_check():
-    for name, (base, edit) in {**ablations.ingredient_variants(), **ablations.mechanism_variants()}.items():
+    variants = {**ablations.ingredient_variants(), **ablations.mechanism_variants(), **ablations.imitation_variants()}
+    for name, (base, edit) in variants.items():
         c = table.cpu_config(base)
         edit(c)
         run = build.build_run(c)
         if name == "train_episodes_5":
             assert [t.env.total_step_cap for t in run.train_tasks] == [20, 35]
             assert [t.env.total_step_cap for t in run.eval_tasks] == [21, 12]
+        if name == "single-episode RL from the prior":  # the baseline imitates the same multi-episode trials
+            assert [t.env.max_episodes for t in run.train_tasks] == [1, 1]
+            assert [t.env.max_episodes for t in run.pretrain_tasks] == [0, 0] and len(run.players) == 2
 
 
 def test_paper_scale_needs_a_local_model(tmp_path, capsys):
