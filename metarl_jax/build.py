@@ -16,8 +16,8 @@ from flax import nnx
 
 from metarl_jax import config_check, sharding
 from metarl_jax.algos.grpo import GRPOHyper
-from metarl_jax.baselines.players import episode_player
 from metarl_jax.algos.optim import make_optimizer, make_schedule
+from metarl_jax.baselines.players import episode_player
 from metarl_jax.evaluate import make_evaluator
 from metarl_jax.memory import (MicroBatches, check_memory_estimate, device_memory_bytes, eval_records_need,
                                plan_micro_batches, refuse_far_beyond, tree_bytes)

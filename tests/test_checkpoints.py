@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from metarl_jax.algos.grpo import TrainState, guard_non_finite, init_train_state
+from metarl_jax.algos.grpo import TrainState, init_train_state
+from metarl_jax.algos.optim import guard_non_finite
 from metarl_jax.checkpoints import Checkpointer, CheckpointMismatchError, UnfinishedSaveWarning
 from metarl_jax.models import Transformer, preset
 

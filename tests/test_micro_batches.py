@@ -14,7 +14,8 @@ from metarl_jax.agents import ActionTable
 from metarl_jax.agents.context import context_budget
 from metarl_jax.agents.rollout import RolloutSpec, rollout
 from metarl_jax.agents.sampler import Sampling
-from metarl_jax.algos.grpo import GRPOHyper, accumulate_over_rows, init_train_state, make_train_step
+from metarl_jax.algos.grpo import GRPOHyper, init_train_state, make_train_step
+from metarl_jax.algos.optim import accumulate_over_rows
 from metarl_jax.algos.scoring import teacher_forced
 from metarl_jax.models import Transformer, preset
 from metarl_jax.models.sampling import chunked_logp_entropy, process_logits

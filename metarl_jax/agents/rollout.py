@@ -173,10 +173,8 @@ def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, samplin
     with the same ``key``. ``constrain(tree, axis=0)`` (optional, e.g. :func:`metarl_jax.sharding.row_constraint`)
     pins a micro-batch's states and KV cache to the mesh's data axis.
 
-    ``player(key, trial_state) -> int32[]`` (optional; constrained decoding only) chooses every action instead
-    of the model: the decoder is restricted to the player's action, so the transcript holds the player's moves
-    in the model's own token stream (its ``valid`` stays the env's, so :func:`~metarl_jax.algos.scoring.
-    teacher_forced` scores them as the model's sampler would). An imitation phase trains on such transcripts.
+    ``player(key, trial_state) -> int32[]`` (optional, constrained decoding) picks every action: the decoder may
+    write only that action; ``valid`` stays the env's, so a teacher-forced pass scores it as the sampler would.
     """
     batch = trial_states.total_steps.shape[0]
     limit = (jnp.full((batch,), spec.context_len, jnp.int32) if row_context_len is None

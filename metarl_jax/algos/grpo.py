@@ -16,7 +16,7 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSet` of the task mix, in one
    seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference, entropy
    bonus and auxiliary observation-prediction loss, is differentiated and applied with optax.
 
-Non-finite updates are skipped: the optimizer runs inside ``optax.apply_if_finite`` (:func:`guard_non_finite`), so
+Non-finite updates are skipped: the optimizer runs inside ``optax.apply_if_finite`` (:func:`~metarl_jax.algos.optim.guard_non_finite`), so
 an update whose gradients are not all finite (NaN or inf) leaves ``params`` and the inner optimizer state unchanged,
 and the step reports ``metrics["skipped"] = 1``; ``step`` still advances, and the guard's state counts the skipped
 updates (``notfinite_count`` in a row, ``total_notfinite`` in all). For tests,
@@ -42,9 +42,10 @@ from flax import nnx, struct
 
 from metarl_jax import sharding
 from metarl_jax.agents.rollout import rollout
-from metarl_jax.agents.sampler import Sampling, split_rows
+from metarl_jax.agents.sampler import Sampling
 from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to_reference, normalise_over_groups,
                                      ppo_clip_loss)
+from metarl_jax.algos.optim import accumulate_over_rows, guard_non_finite
 from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,
                                       teacher_forced_logp)
 from metarl_jax.models.transformer import with_row_constraint
@@ -217,35 +218,6 @@ def loss_totals(transcript, task, answers, hp: GRPOHyper) -> LossTotals:
                       answer=jnp.asarray(answer, jnp.float32))
 
 
-def accumulate_over_rows(value_and_grad, rows, rows_per_chunk: int):
-    """``value_and_grad(rows)`` summed over micro-batches of ``rows_per_chunk`` rows (a ``lax.scan``; 0 or at
-    least the batch: one call). ``rows``: a pytree whose leaves share a leading row axis (None leaves allowed);
-    the function's outputs must be sums over rows (each micro-batch's share of the whole batch's loss, as
-    :class:`LossTotals` denominators give), so the sum equals the whole batch's value and gradient. Only one
-    micro-batch's activations are alive at a time."""
-    batch = jax.tree.leaves(rows)[0].shape[0]
-    if not rows_per_chunk or rows_per_chunk >= batch:
-        return value_and_grad(rows)
-    if batch % rows_per_chunk:
-        raise ValueError(f"update rows per micro-batch {rows_per_chunk} do not divide the batch of {batch} rows")
-    split = split_rows(rows, batch // rows_per_chunk)  # strided: each chunk spans every data-parallel device
-    first = jax.tree.map(lambda x: x[0], split)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(value_and_grad, first))
-
-    def body(total, chunk):
-        return jax.tree.map(jnp.add, total, value_and_grad(chunk)), None
-
-    total, _ = jax.lax.scan(body, zeros, split)
-    return total
-
-
-def guard_non_finite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``optimizer`` inside ``optax.apply_if_finite``: an update whose gradients are not all finite is dropped (zero
-    update, inner state kept), however many come in a row; the training loop decides when to stop. The train state's
-    ``opt_state`` is this wrapper's state (:func:`init_train_state`)."""
-    return optax.apply_if_finite(optimizer, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
-
-
 def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp: GRPOHyper, constrain_batch=None,
                     constrain_rows=None, players=None):
     """Builds the un-jitted train step (wrap it in ``jax.jit(..., donate_argnums=0)``).
@@ -263,7 +235,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     g = hp.group_size
     guarded = guard_non_finite(optimizer)
 
-    players_ = players or [None] * len(tasks)
+    task_players = players or [None] * len(tasks)
 
     def play(params, task, key, step, index):
         """The env's transcript, its rows' answer actions (int32[B]; None without the answer loss) and, for a
@@ -276,7 +248,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
         batch = hp.num_tasks * g
         _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks_b, task.env_params)
         transcript = constrain(rollout(graphdef, params, task, k_roll, constrain(trials), Sampling(hp.temperature, hp.top_p),
-                                       rows_per_chunk=hp.rollout_rows, constrain=on_rows, player=players_[index],
+                                       rows_per_chunk=hp.rollout_rows, constrain=on_rows, player=task_players[index],
                                        row_context_len=task.row_context_len(tasks_b.game) if task.games else None))
         answers = None
         if hp.answer_coef and not players:
@@ -307,14 +279,15 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             flat = lambda x: x.reshape(rows, turns * act_len)
             mask = flat(tr.action_mask)
             tok_adv = flat(jnp.broadcast_to(adv[:, :, None], tr.action_tokens.shape))
-            loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, clip_low=hp.clip_low,
-                                    clip_high=hp.clip_high, num_sequences=total.sequences, num_tokens=total.tokens,
-                                    dual_clip=hp.dual_clip)
-            m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
             if players:  # imitation: the players' action tokens, whatever they earned
-                m["imitation_nll"] = -(flat(scored.logp) * mask).sum() / jnp.maximum(total.tokens, 1)
+                m = {"imitation_nll": -(flat(scored.logp) * mask).sum() / jnp.maximum(total.tokens, 1)}
                 loss = m["imitation_nll"]
             else:
+                loss, m = ppo_clip_loss(flat(scored.logp), flat(tr.logp), tok_adv, mask, clip_low=hp.clip_low,
+                                        clip_high=hp.clip_high, num_sequences=total.sequences,
+                                        num_tokens=total.tokens, dual_clip=hp.dual_clip)
+            m["entropy"] = (flat(scored.entropy) * mask).sum() / jnp.maximum(total.tokens, 1)
+            if not players:
                 loss = hp.policy_coef * loss - hp.entropy_coef * m["entropy"]
             if hp.observation_coef:
                 m["observation_nll"] = scored.observation_nll * scored.observation_count / jnp.maximum(total.observation, 1)
@@ -333,7 +306,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             """The loss (summed over envs), its gradient, and the per-env metrics. Each env's loss and gradient
             run together on its transcript cut to the used prefix (``on_used_prefix`` around the whole
             ``value_and_grad``, which keeps the switch out of the differentiated function), over row
-            micro-batches of ``hp.update_rows`` whose gradients are summed (:func:`accumulate_over_rows`)."""
+            micro-batches of ``hp.update_rows`` whose gradients are summed (:func:`~metarl_jax.algos.optim.accumulate_over_rows`)."""
             loss, grads, parts = 0.0, None, []
             for task, tr, adv, answer, total in zip(tasks, transcripts, advantages, answers, totals):
                 def rows_value_and_grad(rows, task=task, total=total):
@@ -364,17 +337,18 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                     (loss, parts, optax.tree.norm(grads), ~opt_state.last_finite))
 
         params, opt_state, (loss, parts, grad_norm, skipped) = update(state.params, state.opt_state)
+        per_epoch = () if players else PER_EPOCH_KEYS  # imitation has no sampler to drift from
         if hp.update_epochs > 1:  # reuse the batch: later updates are off-policy, which the PPO clip bounds
             def again(carry, _):
                 params, opt_state, skipped = carry
                 params, opt_state, (_, later, _, bad) = update(params, opt_state)
-                return (params, opt_state, skipped | bad), [{k: m[k] for k in PER_EPOCH_KEYS} for m in later]
+                return (params, opt_state, skipped | bad), [{k: m[k] for k in per_epoch} for m in later]
 
             (params, opt_state, skipped), later = jax.lax.scan(again, (params, opt_state, skipped), None,
                                                                length=hp.update_epochs - 1)
             # Every update's drift from the sampler (<key>_per_epoch, float32[update_epochs], measured before that
             # update; the first is the on-policy one, the un-suffixed key).
-            parts = [{**m, **{f"{k}_per_epoch": jnp.concatenate([m[k][None], l[k]]) for k in PER_EPOCH_KEYS}}
+            parts = [{**m, **{f"{k}_per_epoch": jnp.concatenate([m[k][None], l[k]]) for k in per_epoch}}
                      for m, l in zip(parts, later)]
         # loss and grad_norm of the first (on-policy) update; skipped: 1 when any update of the batch was dropped;
         # transcript_tokens: the real tokens of all envs' transcripts (the loop's tokens_per_second)

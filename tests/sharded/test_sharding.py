@@ -34,7 +34,8 @@ from jax.sharding import PartitionSpec as P
 from metarl_jax import build
 from metarl_jax import multihost
 from metarl_jax import sharding as sh
-from metarl_jax.algos.grpo import guard_non_finite, init_train_state, make_sharded_train_step, make_train_step
+from metarl_jax.algos.grpo import init_train_state, make_sharded_train_step, make_train_step
+from metarl_jax.algos.optim import guard_non_finite
 from metarl_jax.checkpoints import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
