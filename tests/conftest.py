@@ -13,14 +13,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 # the files are collected longest first and the two workers end together (longest-processing-time-first). Files not
 # listed follow in their usual order; rough figures suffice.
 FILE_SECONDS = {
-    "slow": {"test_multi_host.py": 1050, "test_faults.py": 660, "test_paper_scale.py": 520, "test_train.py": 500,
+    "slow": {"test_multi_host.py": 1050, "test_faults.py": 660, "test_paper_scale.py": 520, "test_train.py": 950,
              "test_docs.py": 290, "test_grpo.py": 230, "test_install.py": 215, "test_learning_easy.py": 200,
              "test_trainable.py": 170, "test_config_defaults.py": 150, "test_grpo_bandit.py": 90,
              "test_notebook.py": 80},
     "default": {"test_rollout.py": 440, "test_envs_common.py": 430, "test_mixture.py": 230, "test_export.py": 220,
                 "test_trainable.py": 220, "test_models_extras.py": 220, "test_grpo.py": 200,
                 "test_constrained_decoding.py": 200, "test_strip_thinking.py": 190, "test_micro_batches.py": 180,
-                "test_models_scan.py": 180, "test_render_conformance.py": 160, "test_baselines.py": 160,
+                "test_models_scan.py": 180, "test_players.py": 170, "test_render_conformance.py": 160,
+                "test_baselines.py": 160,
                 "test_faults.py": 140, "test_maze.py": 120, "test_grpo_reference.py": 110, "test_train.py": 110,
                 "test_rl2.py": 100, "test_free_decoding.py": 90, "test_rock_paper_scissors.py": 90},
 }
