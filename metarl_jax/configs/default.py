@@ -23,8 +23,8 @@ episode, read from its own transcript; rows that never won are not scored). The 
 target, ``answer_from="task"``) is never used. Both runs get the same losses.
 
 Expected result (measured 2026-12-06, seed 0; bit for bit on CPU), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.523 / 0.875 / 0.926 (+0.402), single-episode 0.395 / 0.508 / 0.500 (+0.105);
-GuessTheNumber-easy: ORBIT 0.652 / 0.996 / 1.000 (+0.348), single-episode 0.633 / 0.883 / 0.945 (+0.312). Random
+GuessTheNumber-hard: ORBIT 0.523 / 0.875 / 0.926 (+0.402), single-episode 0.344 / 0.336 / 0.344 (+0.000);
+GuessTheNumber-easy: ORBIT 0.652 / 0.996 / 1.000 (+0.348), single-episode 0.668 / 0.613 / 0.715 (+0.047). Random
 play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss, not from the policy
 gradient (3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``).
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
