@@ -122,11 +122,12 @@ def learning_rate(schedule: optax.ScalarOrSchedule, opt_state) -> float:
 
 
 def build_tasks(config, tokenizer, split: str, prompt_len: int = 0,
-                single_episode: bool | None = None) -> list[TaskSet]:
+                single_episode: bool | None = None, new_task_each_episode: bool = False) -> list[TaskSet]:
     """The :class:`TaskSet` list of ``train_tasks`` or ``eval_tasks``, contexts checked; with
     ``config.mix_games`` several envs become one mixture (:func:`metarl_jax.tasks.build_mixture`). ``prompt_len``:
     the model's prompt vectors (:func:`metarl_jax.models.prompt.prompt_length`), which open every trial.
-    ``single_episode``: whether train trials have one episode (default: ``config.single_episode``)."""
+    ``single_episode``: whether train trials have one episode (default: ``config.single_episode``);
+    ``new_task_each_episode``: whether each episode draws its own task (the imitation phase's corpus)."""
     single_episode = config.single_episode if single_episode is None else single_episode
     entries = config.train_tasks if split == "train" else config.eval_tasks
     field = "train_tasks" if split == "train" else "eval_tasks"
@@ -145,7 +146,7 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0,
             free_tokens=config.free_tokens if config.decoding == "free" else 0, chat=config.chat_format,
             text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
             lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
-            prompt_len=prompt_len,
+            prompt_len=prompt_len, new_task_each_episode=new_task_each_episode,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(
@@ -173,8 +174,10 @@ def build_run(config) -> Run:
     hyper = hyper_from_config(config, micro)
     pretrain_tasks = players = None
     if config.pretrain.steps:
-        pretrain_tasks = (build_tasks(config, tokenizer, "train", prompt_len, single_episode=False)
-                          if config.single_episode else train_tasks)
+        independent = config.pretrain.new_task_each_episode
+        pretrain_tasks = (build_tasks(config, tokenizer, "train", prompt_len, single_episode=False,
+                                      new_task_each_episode=independent)
+                          if config.single_episode or independent else train_tasks)
         players = [episode_player(task.env, config.pretrain.noise) for task in pretrain_tasks]
     return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro,
                pretrain_tasks, players)

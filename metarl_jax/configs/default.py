@@ -169,7 +169,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # episode afresh, so the corpus shows search within an episode and no learning across episodes. Both runs of
     # the comparison imitate the same multi-episode trials (the same weights when the RL phase starts). 0: off.
     # Its learning rate is pretrain.learning_rate; the RL phase then warms up again to optimizer.learning_rate.
-    c.pretrain = ml_collections.ConfigDict(dict(steps=0, noise=0.4, learning_rate=3e-3))
+    # pretrain.new_task_each_episode: the corpus's trials draw a fresh secret for every episode (independent games
+    # back to back), so neither the player's moves nor the observations carry anything across episodes.
+    c.pretrain = ml_collections.ConfigDict(dict(steps=0, noise=0.4, learning_rate=3e-3, new_task_each_episode=False))
 
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=10, grad_clip=1.0,
                                                  b1=0.9, b2=0.99, weight_decay=0.0))

@@ -2,7 +2,8 @@
 
 Semantics (ORBIT: the paper and its released code, XiaofengLin7/ORBIT; ``docs/differences_from_orbit.md``):
 
-* the task is drawn once per trial; every episode of the trial is reset with that same task;
+* the task is drawn once per trial; every episode of the trial is reset with that same task (unless
+  ``new_task_each_episode``: independent games back to back, a pretraining corpus without cross-episode signal);
 * the trial ends only when the total number of steps reaches ``total_step_cap``; an episode that ends early
   leaves room for more episodes, and one still running at the cap is cut off;
 * the reward is 1.0 on the step that ends an episode in success (the inner game was won), else 0, so the
@@ -82,10 +83,15 @@ class MultiEpisode(environment.Environment):
       max_episodes: > 0 ends the trial when that many episodes have ended, even with steps left under the cap
         (1: the single-episode trial of the standard-RL baseline, which must not see a second episode after an
         early win). 0: as many episodes as the cap holds (ORBIT).
+      new_task_each_episode: every episode after the first draws a fresh task (``env.sample_task``) instead of
+        keeping the trial's: independent games played back to back in one context, whose earlier episodes say
+        nothing about the current one (the imitation phase's corpus, ``config.pretrain.new_task_each_episode``).
+        False: ORBIT's trial, one task throughout.
     """
 
     def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,
-                 repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0):
+                 repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0,
+                 new_task_each_episode: bool = False):
         if not isinstance(env, TextEnv):
             raise TypeError(f"MultiEpisode wraps a metarl_jax TextEnv, got {type(env).__name__}")
         if int(total_step_cap) < env.default_max_turns:
@@ -102,6 +108,7 @@ class MultiEpisode(environment.Environment):
         if int(max_episodes) < 0:
             raise ValueError(f"max_episodes={max_episodes} must be >= 0 (0: as many as total_step_cap holds)")
         self.max_episodes = int(max_episodes)
+        self.new_task_each_episode = bool(new_task_each_episode)
         self.reflection, self.intro, self.repeat_opening = bool(reflection), bool(intro), bool(repeat_opening)
         self.book = env.book.copy()
         self._num = self.book.add(*[str(i) for i in range(self.total_step_cap + 2)])
@@ -191,7 +198,11 @@ class MultiEpisode(environment.Environment):
     def step_env(self, key: jax.Array, state: TrialState, action, params):
         key_step, key_reset = jax.random.split(key)
         reflecting = state.view == VIEW_REFLECT
-        _, fresh = self.env.reset_to_task(key_reset, state.inner.task, params)
+        task = state.inner.task
+        if self.new_task_each_episode:
+            key_reset, key_task = jax.random.split(key_reset)
+            task = self.env.sample_task(key_task, params)
+        _, fresh = self.env.reset_to_task(key_reset, task, params)
 
         # An ordinary env step.
         _, inner, _, terminated, info = self.env.step_env(key_step, state.inner, action, params)

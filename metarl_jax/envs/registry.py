@@ -131,9 +131,10 @@ def make(env_id: str, **overrides: Any):
 
 
 def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool = False, intro: bool = True,
-               repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0, **overrides):
+               repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0,
+               new_task_each_episode: bool = False, **overrides):
     """``make`` plus the :class:`~metarl_jax.envs.multi_episode.MultiEpisode` wrapper with ORBIT's step cap
-    (``lamer_gamma`` > 0: LaMer's variant of the trial).
+    (``lamer_gamma`` > 0: LaMer's variant of the trial; ``max_episodes`` and ``new_task_each_episode`` as there).
 
     Returns ``(trial_env, params)``.
     """
@@ -144,7 +145,8 @@ def make_trial(env_id: str, total_step_cap: int | None = None, reflection: bool 
     if int(params.max_turns) != env.default_max_turns:
         env, params = make(env_id, **{**overrides, "max_turns": int(params.max_turns)})
     return MultiEpisode(env, cap, reflection=reflection, intro=intro, repeat_opening=repeat_opening,
-                        lamer_gamma=lamer_gamma, max_episodes=max_episodes), params
+                        lamer_gamma=lamer_gamma, max_episodes=max_episodes,
+                        new_task_each_episode=new_task_each_episode), params
 
 
 # ---------------------------------------------------------------- the ORBIT suite
