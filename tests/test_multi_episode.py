@@ -181,3 +181,20 @@ def test_max_episodes_ends_the_trial_even_with_steps_left(max_episodes, expected
     assert sum(rewards) == expected_episodes
     with pytest.raises(ValueError, match="max_episodes"):
         envs.make_trial(ENV_ID, max_episodes=-1)
+
+
+def test_new_task_each_episode_draws_a_fresh_secret_for_every_episode():
+    """``new_task_each_episode``: a player who wins every episode by naming its secret sees a new secret in each
+    of the 7 one-step episodes (most of them differ from the first), where ORBIT's trial keeps one."""
+    for independent in (False, True):
+        env, params = envs.make_trial(ENV_ID, total_step_cap=7, new_task_each_episode=independent)
+        step = jax.jit(env.step_env)
+        key = jax.random.PRNGKey(3)
+        _, state = env.reset(key, params)
+        secrets = []
+        for _ in range(7):
+            secrets.append(int(state.inner.task))
+            key, k = jax.random.split(key)
+            _, state, reward, _, _ = step(k, state, state.inner.task, params)
+            assert float(reward) == 1.0
+        assert len(set(secrets)) >= (5 if independent else 1) and (len(set(secrets)) == 1) == (not independent)

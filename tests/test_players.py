@@ -124,3 +124,21 @@ def test_the_imitation_phase_has_its_own_learning_rate_then_rl_warms_up_again():
     assert np.allclose([float(rate(i)) for i in (0, 5, 50, 99, 100, 105, 110, 500)],
                        [0, 1.5e-3, 3e-3, 3e-3, 0, 1.5e-4, 3e-4, 3e-4])
     assert make_schedule(3e-3, warmup_steps=0) == 3e-3  # no phase, no warm-up: a constant
+
+
+@pytest.mark.parametrize("single_episode", [False, True])
+def test_the_imitation_corpus_can_play_independent_games_back_to_back(single_episode):
+    """``config.pretrain.new_task_each_episode``: the imitation phase's trials draw a secret per episode (both
+    runs of a comparison imitate that corpus), while the RL phase's trials keep one task (ORBIT's) or one
+    episode (the baseline's). Host side only: nothing is compiled."""
+    from metarl_jax import build
+    from metarl_jax.configs import tiny
+
+    config = tiny.get_config()
+    config.single_episode = single_episode
+    config.pretrain.steps, config.answer_coef, config.pretrain.new_task_each_episode = 2, 0.0, True
+    run = build.build_run(config)
+    assert [t.env.new_task_each_episode for t in run.pretrain_tasks] == [True] * len(config.train_tasks)
+    assert [t.env.max_episodes for t in run.pretrain_tasks] == [0] * len(config.train_tasks)
+    assert not any(t.env.new_task_each_episode for t in run.train_tasks)
+    assert [t.env.max_episodes for t in run.train_tasks] == [int(single_episode)] * len(config.train_tasks)
