@@ -3,19 +3,16 @@ held-out 3-episode trials. Two tables:
 
 * ``ingredients``: ORBIT's ingredients (reflection, the cross-episode discount, the number of training episodes
   per trial, constrained vs free decoding), one seed each;
-* ``imitation``: an imitation phase (``config.pretrain``) as the prior, then ORBIT or single-episode RL
-  without the answer loss (results/README.md, "An imitation phase first");
-* ``mechanism``: which training signal makes the cross-episode gain. ORBIT's policy gradient alone, the
-  auxiliary answer loss alone (``policy_coef=0``), both (the README's main run), single-episode RL with the same
-  losses as the main run, the privileged answer loss (the secret) with and without the policy gradient, and
-  random play. Every row gets the same budget and the same seeds; the table gives the mean over seeds with a 95%
-  Student-t interval over seeds.
+* ``mechanism``: which training signal makes the cross-episode gain. From the main run's imitation prior (trained
+  once per seed, and reported as a row): ORBIT's policy gradient (the README's main run), single-episode RL with
+  the same losses, the observation loss alone (``policy_coef=0``), the hindsight answer loss alone, the policy
+  gradient with the answer loss, single-episode RL with both; and random play. Every row gets the same budget and
+  the same seeds; the table gives the mean over seeds with a 95% Student-t interval over seeds.
 
 Commands (2 CPU cores)::
 
     python experiments/ablations.py --table ingredients [--steps 450] [--only reflection,no_discount]
-    python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 2 hours
-    python experiments/ablations.py --table imitation --seeds 0         # about 15 minutes
+    python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 75 minutes
 
 Writes ``results/ablations.{md,csv,json,png}`` or ``results/mechanism.{md,csv,json,png}`` (and, for several
 seeds, ``results/mechanism_per_seed.json``); runs live under ``results/runs/<ablations|mechanism>/<variant>[/seed<k>]`` and are
@@ -32,10 +29,11 @@ import json
 import os
 import re
 
-from common import REPO, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
+from common import REPO, from_scratch, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
 
 from metarl_jax import build, train
 from metarl_jax.configs.default import get_config
+from metarl_jax.prior import PRIOR_LABEL, rl_phase, train_prior
 
 
 def set_(longer=1.0, **kw):
@@ -69,45 +67,38 @@ def ingredient_variants() -> dict:
         "train_episodes_3": episodes(3),
         "train_episodes_5": episodes(5),
     }
-    return {name: ("orbit", edit) for name, edit in table.items()}
+    def scratch(edit):  # the table was recorded with the from-scratch main run
+        return lambda c: edit(from_scratch(c))
+
+    return {name: ("orbit", scratch(edit)) for name, edit in table.items()}
 
 
 def mechanism_variants() -> dict:
-    """name -> (base config variant, function editing the config in place). The main run's answer loss (its
-    target as configured) is "the answer loss"; "the secret" is the privileged target."""
+    """name -> (base config variant, function editing the config in place): what makes the main run's cross-episode
+    gain. Every row starts its RL phase from the same imitation prior (trained once per seed) and trains the main
+    run's RL steps; the edits change only the RL phase's losses. "the answer loss" is the hindsight one (the action
+    that won the row's first won episode, from its own transcript)."""
     return {
-        "ORBIT: policy gradient only": ("orbit", set_(answer_coef=0.0)),
-        "answer loss only (no policy gradient)": ("orbit", set_(policy_coef=0.0)),
-        "ORBIT: policy gradient + answer loss (main run)": ("orbit", set_()),
-        "single-episode RL: policy gradient + answer loss": ("single", set_()),
-        "secret answer loss only (privileged, no policy gradient)": ("orbit", set_(answer_from="task", policy_coef=0.0)),
-        "ORBIT: policy gradient + secret answer loss (privileged)": ("orbit", set_(answer_from="task")),
+        "ORBIT: policy gradient (main run)": ("orbit", set_()),
+        "single-episode RL: policy gradient (main run)": ("single", set_()),
+        "observation loss only (no policy gradient)": ("orbit", set_(policy_coef=0.0)),
+        "answer loss only (no policy gradient)": ("orbit", set_(answer_coef=10.0, policy_coef=0.0)),
+        "ORBIT: policy gradient + answer loss": ("orbit", set_(answer_coef=10.0)),
+        "single-episode RL: policy gradient + answer loss": ("single", set_(answer_coef=10.0)),
     }
 
 
-def imitation_variants() -> dict:
-    """name -> (base config variant, edit): an imitation phase of 600 steps (``config.pretrain``, player noise
-    0.25), then 700 RL steps at lr 3e-4 without the answer loss, for ORBIT and the single-episode baseline; and
-    the prior alone. Each run trains its own phase, with the same keys, so the priors are the same."""
-    def from_prior(rl_steps):
-        def edit(c):
-            c.answer_coef, c.optimizer.learning_rate = 0.0, 3e-4
-            c.pretrain.steps, c.pretrain.noise, c.num_steps = 600, 0.25, 600 + rl_steps
-        return edit
-
-    return {
-        "imitation prior (no RL)": ("orbit", from_prior(0)),
-        "ORBIT from the prior": ("orbit", from_prior(700)),
-        "single-episode RL from the prior": ("single", from_prior(700)),
-    }
-
-
-TABLES = {"ingredients": ingredient_variants, "mechanism": mechanism_variants, "imitation": imitation_variants}
+TABLES = {"ingredients": ingredient_variants, "mechanism": mechanism_variants}
 
 
 def slug(name: str) -> str:
     """A directory name for a variant."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def run_dir(variant: str, seed: int, seeds: list[int]) -> str:
+    """A run's directory under ``results/runs/<table>/``."""
+    return slug(variant) + (f"/seed{seed}" if len(seeds) > 1 else "")
 
 
 def main(argv=None) -> int:
@@ -134,14 +125,25 @@ def main(argv=None) -> int:
             c = get_config(base)
             c.seed, c.eval_every = seed, 0
             c.num_steps = steps or c.num_steps
-            edit(c)  # may set num_steps itself (the imitation table: its phase plus the RL steps)
+            pretrain = c.pretrain.to_dict()
+            edit(c)
+            if c.pretrain.to_dict() != pretrain:
+                raise ValueError(f"{variant!r}: a row may not change the imitation phase (config.pretrain), which "
+                                 "every row of a seed shares")
             build.build_run(c)
             configs[variant, seed] = c
     name = "ablations" if args.table == "ingredients" else args.table  # the ingredients table keeps its old name
     per_seed: dict[int, list] = {seed: [] for seed in seeds}
+    priors = {}
     for (variant, seed), c in configs.items():
+        if c.pretrain.steps:  # the rows of a seed start from one prior, trained on the first row's need
+            if seed not in priors:
+                print(f"== {PRIOR_LABEL}, seed {seed}", flush=True)
+                priors[seed], prior_rows = train_prior(c, os.path.join(args.out, "runs", name, run_dir(PRIOR_LABEL, seed, seeds)))
+                per_seed[seed] += prior_rows
+            c = rl_phase(c, priors[seed])
         print(f"== {variant}, seed {seed}", flush=True)
-        workdir = os.path.join(args.out, "runs", name, slug(variant) + (f"/seed{seed}" if len(seeds) > 1 else ""))
+        workdir = os.path.join(args.out, "runs", name, run_dir(variant, seed, seeds))
         evaluated = train.train_and_evaluate(c, workdir, label=variant).rows
         per_seed[seed] += [dataclasses.replace(r, policy=variant) for r in evaluated]  # a reused run keeps its own label
     if args.table == "mechanism":  # random play on the same held-out envs, once per seed
@@ -153,7 +155,10 @@ def main(argv=None) -> int:
     if len(seeds) > 1:
         with open(os.path.join(args.out, f"{name}_per_seed.json"), "w") as f:
             json.dump({str(s): [r.as_dict() for r in rows_] for s, rows_ in per_seed.items()}, f, indent=2)
-    what = f"{next(iter(configs.values())).num_steps} steps, seeds {args.seeds}"
+    c = next(iter(configs.values()))
+    budget = (f"{c.pretrain.steps} imitation + {c.num_steps - c.pretrain.steps} RL steps" if c.pretrain.steps
+              else f"{c.num_steps} steps")
+    what = f"{budget}, seeds {args.seeds}"
     print(write_table(rows, args.out, name, f"Ablations: {args.table} (cpu scale, {what})"))
     return 0
 

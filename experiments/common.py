@@ -21,6 +21,15 @@ from metarl_jax.evaluate import SuccessRow, play_trials, summarize, write_report
 CLASSICAL = ("elimination", "ucb1", "opponent_counts", "q_learning")
 
 
+def from_scratch(c):
+    """Edits a config of ``configs/default.py`` in place into the main run as it was until 2026-12-06, before the
+    imitation prior: a from-scratch model (no imitation phase) with the hindsight answer loss (``answer_coef=10``)
+    at the from-scratch learning rate 3e-3, 1,000 steps. The tables recorded with it (the ingredients ablation, the
+    scaling, trainable and cpu in-context tables) keep it, so that their commands reproduce them. Returns ``c``."""
+    c.pretrain.steps, c.answer_coef, c.optimizer.learning_rate, c.num_steps = 0, 10.0, 3e-3, 1000
+    return c
+
+
 def trial_env(entry: dict):
     """The multi-episode trial env of a config task entry (turns per episode and step cap as configured)."""
     return envs.make_trial(entry["env_id"], total_step_cap=entry["total_step_cap"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from common import REPO, write_table  # experiments/ is on sys.path
+from common import REPO, from_scratch, write_table  # experiments/ is on sys.path
 from table_in_context_learning import paper_config
 
 from metarl_jax import build, train
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     configs = {}
     if args.scale == "cpu":
         for name, overrides in CPU_SIZES.items():
-            c = get_config("orbit")
+            c = from_scratch(get_config("orbit"))  # the from-scratch main run, resized
             c.model.overrides = overrides
             c.num_steps, c.eval_every = args.steps, 0
             configs[name] = c

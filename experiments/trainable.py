@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import os
 
-from common import REPO, write_table  # experiments/ is on sys.path
+from common import REPO, from_scratch, write_table  # experiments/ is on sys.path
 
 from metarl_jax import build, train
 from metarl_jax.configs.default import get_config
@@ -48,13 +48,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     runs = os.path.join(args.out, "runs", "trainable")
 
-    first = get_config("orbit")
+    first = from_scratch(get_config("orbit"))  # the setup results/trainable.* was recorded with
     first.seed, first.num_steps, first.eval_every = args.seed, args.phase1, 0
     phase2 = {}
     variants = phase2_variants([float(x) for x in args.lora_lr.split(",") if x],
                                [float(x) for x in args.prompt_lr.split(",") if x], first.optimizer.learning_rate)
     for name, (trainable, lr) in variants.items():
-        c = get_config("orbit")
+        c = from_scratch(get_config("orbit"))
         c.seed, c.eval_every, c.trainable = args.seed, 0, trainable
         c.num_steps = args.steps or c.num_steps
         c.optimizer.learning_rate = lr

@@ -91,34 +91,16 @@ def run_one(config, workdir: str, label: str | None = None):
     return train_and_evaluate(config, workdir, label=label).rows
 
 
-IMITATION_LABEL = "imitation prior (no RL)"
-
-
-def shared_imitation(config, workdir: str):
-    """A comparison's imitation phase (``config.pretrain``), run once for both runs: its ``pretrain.steps`` steps
-    train in ``<workdir>/imitation`` (evaluated like any run: the prior before RL), whose weights are exported to
-    ``<workdir>/imitation/model``. Returns that directory and the prior's rows."""
-    from metarl_jax.export import export
-
-    cfg = config.copy_and_resolve_references()
-    cfg.single_episode, cfg.num_steps = False, cfg.pretrain.steps
-    run_dir = os.path.join(workdir, "imitation")
-    rows = run_one(cfg, run_dir, label=IMITATION_LABEL)
-    model_dir = os.path.join(run_dir, "model")
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
-        export(run_dir, model_dir)
-    return model_dir, rows
-
-
 def compare(config, workdir: str):
     """Trains (or evaluates) the ORBIT run and the single-episode baseline; returns and writes the comparison.
 
-    With an imitation phase (``config.pretrain.steps``), the phase runs once (:func:`shared_imitation`) and both
-    runs start from its exported weights (``model.pretrained_dir``) for their remaining ``num_steps -
-    pretrain.steps`` RL steps, with a fresh optimizer: the same start, as ORBIT starts both from one pretrained
-    LM. The comparison then reports the prior too."""
+    With an imitation phase (``config.pretrain.steps``), the phase runs once in ``<workdir>/imitation``
+    (:func:`metarl_jax.prior.train_prior`) and both runs start from its exported weights for their remaining
+    ``num_steps - pretrain.steps`` RL steps, with a fresh optimizer: the same start, as ORBIT starts both from one
+    pretrained LM. The comparison then reports the prior too."""
     from metarl_jax.evaluate import success_table
     from metarl_jax.build import build_run
+    from metarl_jax.prior import rl_phase, train_prior
 
     runs = {}
     for name, single in (("orbit", False), ("single_episode", True)):
@@ -128,10 +110,8 @@ def compare(config, workdir: str):
         runs[name] = cfg
     rows = []
     if config.pretrain.steps:
-        model_dir, rows = shared_imitation(config, workdir)
-        for cfg in runs.values():
-            cfg.model.pretrained_dir, cfg.num_steps = model_dir, cfg.num_steps - cfg.pretrain.steps
-            cfg.pretrain.steps = 0
+        model_dir, rows = train_prior(config, os.path.join(workdir, "imitation"), run=run_one)
+        runs = {name: rl_phase(cfg, model_dir) for name, cfg in runs.items()}
     results = {
         name: run_one(cfg, os.path.join(workdir, name),
                       label="single-episode RL" if cfg.single_episode else "ORBIT (multi-episode)")

@@ -233,7 +233,7 @@ CASES = [
     Case("temperature 0", checked(temperature=0.0),
          ConfigError, r"config\.temperature: must be > 0 .*eval_temperature=0.*got 0\.0"),
     Case("number given as a string", checked(optimizer__learning_rate="3e-3"),
-         ConfigError, r"config\.optimizer\.learning_rate: must be a number like the default 0\.003, got '3e-3' \(str\)"),
+         ConfigError, r"config\.optimizer\.learning_rate: must be a number like the default 0\.0003, got '3e-3' \(str\)"),
     Case("free_tokens smaller than an action", built(decoding="free", free_tokens=2, answer_coef=0.0),
          ConfigError, r"config\.free_tokens: 2 tokens cannot hold an action of game:GuessTheNumber-v0-easy \(\d+ "
                       r"tokens\); raise it"),

@@ -37,7 +37,9 @@ def test_optimizer_defaults_are_the_main_runs_config():
     defaults = {k: p.default for k, p in inspect.signature(make_optimizer).parameters.items()}
     imitation = {k: defaults.pop(k) for k in ("imitation_steps", "imitation_rate")}  # config.pretrain's
     assert defaults == dict(config.optimizer)
-    assert imitation == dict(imitation_steps=config.pretrain.steps, imitation_rate=config.pretrain.learning_rate)
+    # The library's optimizer has no imitation phase unless asked (the config's pretrain.steps), at the config's rate.
+    assert imitation == dict(imitation_steps=0, imitation_rate=config.pretrain.learning_rate)
+    config.pretrain.steps = 0  # the RL phase's optimizer
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}
     grads = {"w": jnp.arange(6.0).reshape(2, 3) - 2.5}
     ours, theirs = make_optimizer(), build.build_optimizer(config)
@@ -84,6 +86,7 @@ def test_cross_episode_meta_learner_defaults_build_the_main_runs_step():
     from metarl_jax import sharding
 
     config = default.get_config("orbit")
+    config.pretrain.steps = 0  # the main run's RL phase (the object API has no imitation phase)
     run = build.build_run(config)
     assert dataclasses.replace(run.hyper, rollout_rows=0, update_rows=0) == GRPOHyper()
     meta = metarl_jax.CrossEpisodeMetaLearner(metarl_jax.InContextLearner(run.graphdef, run.model_state), run.train_tasks)

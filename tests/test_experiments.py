@@ -52,17 +52,30 @@ def test_pool_seeds_gives_the_mean_and_a_t_interval_over_seeds():
 
 
 def test_every_ablation_config_passes_the_check():
-    variants = {**ablations.ingredient_variants(), **ablations.mechanism_variants(), **ablations.imitation_variants()}
+    variants = {**ablations.ingredient_variants(), **ablations.mechanism_variants()}
     for name, (base, edit) in variants.items():
-        c = table.cpu_config(base)
+        c = ablations.get_config(base)
         edit(c)
         run = build.build_run(c)
+        if name in ablations.ingredient_variants():  # recorded from scratch
+            assert (c.pretrain.steps, c.optimizer.learning_rate, run.players) == (0, 3e-3, None)
         if name == "train_episodes_5":
             assert [t.env.total_step_cap for t in run.train_tasks] == [20, 35]
             assert [t.env.total_step_cap for t in run.eval_tasks] == [21, 12]
-        if name == "single-episode RL from the prior":  # the baseline imitates the same multi-episode trials
+        if name == "single-episode RL: policy gradient (main run)":  # the baseline imitates the same corpus
             assert [t.env.max_episodes for t in run.train_tasks] == [1, 1]
             assert [t.env.max_episodes for t in run.pretrain_tasks] == [0, 0] and len(run.players) == 2
+            assert all(t.env.new_task_each_episode for t in run.pretrain_tasks)
+
+
+def test_a_mechanism_row_may_not_change_the_shared_prior(tmp_path, monkeypatch):
+    """Every row of a seed starts from one imitation prior, so a row that edits ``config.pretrain`` is refused
+    before anything trains."""
+    monkeypatch.setitem(ablations.TABLES, "mechanism", lambda: {
+        "ok": ("orbit", ablations.set_()), "noisier prior": ("orbit", lambda c: setattr(c.pretrain, "noise", 0.5))})
+    with pytest.raises(ValueError, match=r"'noisier prior': a row may not change the imitation phase"):
+        ablations.main(["--table", "mechanism", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_paper_scale_needs_a_local_model(tmp_path, capsys):

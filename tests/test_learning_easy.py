@@ -27,6 +27,7 @@ def easy_config():
     c = get_config("orbit")  # LaMer's discount on: an earlier win is worth more, which rewards search
     c.eval_tasks = [t for t in c.eval_tasks if t.env_id.endswith("easy")]
     c.answer_coef = 0.0  # no answer loss: the reward is the only task signal
+    c.pretrain.steps, c.optimizer.learning_rate = 0, 3e-3  # from scratch, at the from-scratch rate
     c.num_steps, c.checkpoint_every, c.keep_checkpoints = STEPS, 0, 1
     return c
 

@@ -103,7 +103,7 @@ class GRPOHyper:
     entropy_coef: float = 0.0
     policy_coef: float = 1.0  # weight of the PPO-clip policy-gradient term (0: only the auxiliary losses train)
     observation_coef: float = 1.0  # auxiliary next-token loss on observation tokens (not in ORBIT; see teacher_forced)
-    answer_coef: float = 10.0  # auxiliary loss: -log-prob of an answer action at every turn (not in ORBIT)
+    answer_coef: float = 0.0  # auxiliary loss: -log-prob of an answer action at every turn (not in ORBIT)
     # The answer loss's target: "hindsight" (the action that won the row's first won episode, from its own
     # transcript; rows that never won are not scored: scoring.hindsight_answers) or "task" (env.answer_action of the
     # row's task: privileged information).

@@ -14,7 +14,7 @@ import optax
 from metarl_jax.agents.sampler import split_rows
 
 
-def make_schedule(learning_rate: float = 3e-3, warmup_steps: int = 10, imitation_steps: int = 0,
+def make_schedule(learning_rate: float = 3e-4, warmup_steps: int = 10, imitation_steps: int = 0,
                   imitation_rate: float = 3e-3) -> optax.ScalarOrSchedule:
     """The learning rate: a linear warm-up from 0 over ``warmup_steps`` updates (an optax schedule: update count ->
     rate), or the constant ``learning_rate`` without warm-up. With ``imitation_steps`` > 0 the first that many
@@ -28,7 +28,7 @@ def make_schedule(learning_rate: float = 3e-3, warmup_steps: int = 10, imitation
     return one(learning_rate) if warmup_steps else learning_rate
 
 
-def make_optimizer(learning_rate: float = 3e-3, warmup_steps: int = 10, grad_clip: float = 1.0, b1: float = 0.9,
+def make_optimizer(learning_rate: float = 3e-4, warmup_steps: int = 10, grad_clip: float = 1.0, b1: float = 0.9,
                    b2: float = 0.99, weight_decay: float = 0.0, imitation_steps: int = 0,
                    imitation_rate: float = 3e-3) -> optax.GradientTransformation:
     """``clip_by_global_norm(grad_clip)`` (none when 0), then AdamW on :func:`make_schedule`'s rate."""

@@ -43,6 +43,7 @@ def get_config(variant: str = "orbit"):
     c.text = "gem"  # GEM's sentences, as ORBIT
     c.observation_coef = 0.0  # a pretrained LM: plain ORBIT
     c.answer_coef = 0.0
+    c.pretrain.steps = 0  # a pretrained LM needs no imitation phase
     c.discount = False  # ORBIT trains on the plain trial return (LaMer's discount is the CPU run's addition)
     c.train_tasks = [task("rockpaperscissors", 5, 15), task("game:Minesweeper-v0-only-reveal", 8, 24),
                      task("game:Hangman-v0-easy", 10, 30), task("game:Wordle-v0-hard", 10, 30),

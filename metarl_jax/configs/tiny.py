@@ -23,4 +23,6 @@ def get_config(variant: str = "orbit"):
     c.eval_before_training = True
     c.num_episodes_reported = 2
     c.text = "gem"  # GEM's sentences: the tests and the notebook read them
+    # From scratch with the auxiliary answer loss on, so the smoke runs cover its code path; no imitation phase.
+    c.pretrain.steps, c.answer_coef, c.optimizer.learning_rate = 0, 10.0, 3e-3
     return c
