@@ -1,32 +1,34 @@
-"""The README's main run: ORBIT meta-training of a tiny from-scratch transformer on CPU, with no privileged
-information.
+"""The README's main run: ORBIT meta-training of a tiny transformer on CPU, with no privileged information and
+no answer loss: an imitation prior, then ORBIT's policy gradient.
 
-Command (2 CPU cores: 9 min 21 s for both runs measured alone, 11 min 31 s with other work on the machine at
-first; 2026-12-05)::
+Command (2 CPU cores: 11 min 27 s for the prior and both runs, measured alone on a fresh clone; 2026-12-06)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
 Variants: ``--config=configs/default.py:single`` trains only the single-episode baseline and
-``--config=configs/default.py:orbit`` only the multi-episode run; the default (``:compare``) trains both with
-the same budget (1,000 GRPO steps each) and prints their held-out per-episode success side by side.
+``--config=configs/default.py:orbit`` only the multi-episode run (each with its own imitation phase); the default
+(``:compare``) trains the imitation prior once, then both runs from it with the same budget (600 GRPO steps
+each), and prints the three's held-out per-episode success side by side.
 
 The task mix: GuessTheNumber-easy (1..10, 4 turns, 3 episodes) and GuessTheNumber-hard (1..50, 7 turns, 3
 episodes), built-in word vocabulary, no downloads. Held out: 256 validation trials of each, drawn from a
 separate key. The text is ``terse`` (the rules in one line, then one feedback word per guess:
 ``\\boxed{25} lower``), shown in the first episode only (``repeat_opening=False``), and the context is capped
-at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full). ORBIT's policy gradient
-gets LaMer's cross-episode discount (``discount``: an earlier win is worth more). The from-scratch model also
-gets two auxiliary losses that are not in ORBIT, and both use only what the policy itself saw: next-token
-prediction of the observation text (``observation_coef``) and the hindsight answer loss (``answer_coef`` with
-``answer_from="hindsight"``: at every turn, the log-probability of the action that won the row's first won
-episode, read from its own transcript; rows that never won are not scored). The secret itself (the privileged
-target, ``answer_from="task"``) is never used. Both runs get the same losses.
+at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full).
+
+The prior (``pretrain``; the CPU stand-in for starting from a pretrained LM): 500 steps of next-token loss on
+transcripts of a scripted player who searches inside each episode (uniform among the numbers the episode's
+feedback allows, uniform among all a quarter of the time), played as independent games back to back (a new
+secret every episode), so the prior can search but has no reason to use earlier episodes. Then 600 RL steps at
+lr 3e-4: ORBIT's PPO-clip policy gradient on the trial return with LaMer's cross-episode discount
+(``discount``), plus next-token prediction of the observation text (``observation_coef``: only what the policy
+itself saw; not in ORBIT). The answer loss (``answer_coef``) is off. Both runs get the same losses.
 
 Expected result (measured 2026-12-06, seed 0; bit for bit on CPU), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: ORBIT 0.523 / 0.875 / 0.926 (+0.402), single-episode 0.344 / 0.336 / 0.344 (+0.000);
-GuessTheNumber-easy: ORBIT 0.652 / 0.996 / 1.000 (+0.348), single-episode 0.668 / 0.613 / 0.715 (+0.047). Random
-play: 0.4 per easy episode, 0.15 per hard one. The gain comes from the hindsight answer loss, not from the policy
-gradient (3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``).
+GuessTheNumber-hard: prior 0.461 / 0.570 / 0.480, ORBIT 0.602 / 0.859 / 0.898 (+0.297), single-episode 0.551 /
+0.582 / 0.582 (+0.031); GuessTheNumber-easy: prior 0.723 / 0.672 / 0.801, ORBIT 0.996 / 1.000 / 1.000,
+single-episode 0.887 / 0.957 / 0.898. Random play: 0.4 per easy episode, 0.15 per hard one. What makes the gain,
+with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``.
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
 """
 
