@@ -142,3 +142,15 @@ def test_the_imitation_corpus_can_play_independent_games_back_to_back(single_epi
     assert [t.env.max_episodes for t in run.pretrain_tasks] == [0] * len(config.train_tasks)
     assert not any(t.env.new_task_each_episode for t in run.train_tasks)
     assert [t.env.max_episodes for t in run.train_tasks] == [int(single_episode)] * len(config.train_tasks)
+
+
+def test_rl_phase_starts_from_the_prior_with_the_remaining_steps():
+    """``metarl_jax.prior.rl_phase``: the run's RL steps only (``num_steps - pretrain.steps``), from the exported
+    prior, with no imitation phase of its own; the given config is left as it was."""
+    from metarl_jax.configs import default
+    from metarl_jax.prior import rl_phase
+
+    config = default.get_config("single")
+    rl = rl_phase(config, "/runs/imitation/model")
+    assert (rl.num_steps, rl.pretrain.steps, rl.model.pretrained_dir) == (600, 0, "/runs/imitation/model")
+    assert rl.single_episode and (config.num_steps, config.pretrain.steps, config.model.pretrained_dir) == (1100, 500, "")
