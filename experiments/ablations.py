@@ -5,8 +5,9 @@ held-out 3-episode trials. Two tables:
   per trial, constrained vs free decoding), one seed each;
 * ``mechanism``: which training signal makes the cross-episode gain. From the main run's imitation prior (trained
   once per seed, and reported as a row): ORBIT's policy gradient (the README's main run), single-episode RL with
-  the same losses, the observation loss alone (``policy_coef=0``), the hindsight answer loss alone, the policy
-  gradient with the answer loss, single-episode RL with both; and random play. Every row gets the same budget and
+  the same losses, the observation loss alone (``policy_coef=0``), the policy gradient alone
+  (``observation_coef=0``), the hindsight answer loss alone, the policy gradient with the answer loss,
+  single-episode RL with the policy gradient alone and with the answer loss; and random play. Every row gets the same budget and
   the same seeds; the table gives the mean over seeds with a 95% Student-t interval over seeds.
 
 Commands (2 CPU cores)::
@@ -82,8 +83,10 @@ def mechanism_variants() -> dict:
         "ORBIT: policy gradient (main run)": ("orbit", set_()),
         "single-episode RL: policy gradient (main run)": ("single", set_()),
         "observation loss only (no policy gradient)": ("orbit", set_(policy_coef=0.0)),
+        "ORBIT: policy gradient only (no observation loss)": ("orbit", set_(observation_coef=0.0)),
         "answer loss only (no policy gradient)": ("orbit", set_(answer_coef=10.0, policy_coef=0.0)),
         "ORBIT: policy gradient + answer loss": ("orbit", set_(answer_coef=10.0)),
+        "single-episode RL: policy gradient only (no observation loss)": ("single", set_(observation_coef=0.0)),
         "single-episode RL: policy gradient + answer loss": ("single", set_(answer_coef=10.0)),
     }
 
