@@ -1,11 +1,12 @@
 """Command-line entry point: meta-train and evaluate (a thin wrapper around :mod:`metarl_jax.train`).
 
-    python -m metarl_jax.main --workdir=/tmp/metarl_run [--config=configs/default.py:compare] [--config.num_steps=200]
+    python -m metarl_jax.main --workdir=/tmp/metarl_run [--config=configs/default.py:compare] [--config.num_steps=1500]
 
 ``--config`` names an ml_collections config file (``path.py:variant``); ``--config.a.b=value`` overrides a field.
 ``--compare`` (the default when the config's variant is ``compare``, the default config's default) trains the
 ORBIT run and the single-episode baseline with the same budget, in ``<workdir>/orbit`` and
-``<workdir>/single_episode``, and prints their held-out per-episode success side by side (also
+``<workdir>/single_episode`` (after the imitation prior they share, in ``<workdir>/imitation``, when the config has
+one), and prints their held-out per-episode success side by side (also
 ``<workdir>/comparison.md`` and ``comparison.json``). Rerunning the same
 command resumes from the last checkpoints.
 

@@ -56,10 +56,11 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     assert run("-m", "metarl_jax.configs", "paper").strip() == paper
 
     workdir = tmp_path / "run"
-    run("-m", "metarl_jax.main", "--config.num_steps=2", "--config.eval_trials=8", f"--workdir={workdir}",
-        "--nocompile_cache")
+    run("-m", "metarl_jax.main", "--config.pretrain.steps=1", "--config.num_steps=3", "--config.eval_trials=8",
+        f"--workdir={workdir}", "--nocompile_cache")
     comparison = json.loads((workdir / "comparison.json").read_text())
-    assert comparison, "the default run compares ORBIT with single-episode RL"
+    assert comparison, "the default run compares ORBIT with single-episode RL, both from the imitation prior"
+    assert (workdir / "imitation" / "model" / "model.safetensors").exists()
     for name in ("orbit", "single_episode"):
         rows = json.loads((workdir / name / "eval.json").read_text())
         assert {r["env_id"] for r in rows} == {"game:GuessTheNumber-v0-easy", "game:GuessTheNumber-v0-hard"}
