@@ -90,7 +90,7 @@ class MultiEpisode(environment.Environment):
     """
 
     def __init__(self, env: TextEnv, total_step_cap: int, reflection: bool = False, intro: bool = True,
-                 repeat_opening: bool = True, lamer_gamma: float = 0.0, max_episodes: int = 0,
+                 repeat_opening: bool = True, *, lamer_gamma: float = 0.0, max_episodes: int = 0,
                  new_task_each_episode: bool = False):
         if not isinstance(env, TextEnv):
             raise TypeError(f"MultiEpisode wraps a metarl_jax TextEnv, got {type(env).__name__}")
