@@ -7,13 +7,13 @@ held-out 3-episode trials. Two tables:
   once per seed, and reported as a row): ORBIT's policy gradient (the README's main run), single-episode RL with
   the same losses, the observation loss alone (``policy_coef=0``), the policy gradient alone
   (``observation_coef=0``), the hindsight answer loss alone, the policy gradient with the answer loss,
-  single-episode RL with the policy gradient alone and with the answer loss; and random play. Every row gets the same budget and
-  the same seeds; the table gives the mean over seeds with a 95% Student-t interval over seeds.
+  single-episode RL with the policy gradient alone and with the answer loss; and random play. Every row gets the
+  same budget and the same seeds; the table gives the mean over seeds with a 95% Student-t interval over seeds.
 
 Commands (2 CPU cores)::
 
     python experiments/ablations.py --table ingredients [--steps 450] [--only reflection,no_discount]
-    python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 75 minutes
+    python experiments/ablations.py --table mechanism --seeds 0,1,2     # about 100 minutes
 
 Writes ``results/ablations.{md,csv,json,png}`` or ``results/mechanism.{md,csv,json,png}`` (and, for several
 seeds, ``results/mechanism_per_seed.json``); runs live under ``results/runs/<ablations|mechanism>/<variant>[/seed<k>]`` and are
@@ -139,10 +139,11 @@ def main(argv=None) -> int:
     per_seed: dict[int, list] = {seed: [] for seed in seeds}
     priors = {}
     for (variant, seed), c in configs.items():
-        if c.pretrain.steps:  # the rows of a seed start from one prior, trained on the first row's need
+        if c.pretrain.steps:  # the rows of a seed start from one prior, trained when the first of them needs it
             if seed not in priors:
                 print(f"== {PRIOR_LABEL}, seed {seed}", flush=True)
-                priors[seed], prior_rows = train_prior(c, os.path.join(args.out, "runs", name, run_dir(PRIOR_LABEL, seed, seeds)))
+                prior_dir = os.path.join(args.out, "runs", name, run_dir(PRIOR_LABEL, seed, seeds))
+                priors[seed], prior_rows = train_prior(c, prior_dir)
                 per_seed[seed] += prior_rows
             c = rl_phase(c, priors[seed])
         print(f"== {variant}, seed {seed}", flush=True)
