@@ -127,12 +127,12 @@ def main(argv=None) -> int:
             base, edit = table[variant]
             c = get_config(base)
             c.seed, c.eval_every = seed, 0
-            c.num_steps = steps or c.num_steps
             pretrain = c.pretrain.to_dict()
             edit(c)
-            if c.pretrain.to_dict() != pretrain:
+            if c.pretrain.steps and c.pretrain.to_dict() != pretrain:  # steps=0: the row has no prior to share
                 raise ValueError(f"{variant!r}: a row may not change the imitation phase (config.pretrain), which "
                                  "every row of a seed shares")
+            c.num_steps = steps or c.num_steps  # after the edit: the ingredients' from_scratch sets its own
             build.build_run(c)
             configs[variant, seed] = c
     name = "ablations" if args.table == "ingredients" else args.table  # the ingredients table keeps its old name

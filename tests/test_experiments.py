@@ -84,3 +84,17 @@ def test_paper_scale_needs_a_local_model(tmp_path, capsys):
     assert e.value.code == 2 and "--pretrained_dir" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="pretrained_dir"):
         build.build_run(table.paper_config("orbit", str(tmp_path / "missing")))
+
+
+def test_the_steps_flag_sets_every_ablation_runs_budget(tmp_path, monkeypatch):
+    """``--steps`` wins over a row's own setup (the ingredients rows' from-scratch edit sets 1,000 steps)."""
+    seen = []
+
+    def stop(config, workdir, label):
+        seen.append(config.num_steps)
+        raise KeyboardInterrupt  # the first run's config is enough
+
+    monkeypatch.setattr(ablations.train, "train_and_evaluate", stop)
+    with pytest.raises(KeyboardInterrupt):
+        ablations.main(["--table", "ingredients", "--only", "baseline", "--steps", "7", "--out", str(tmp_path)])
+    assert seen == [7]
