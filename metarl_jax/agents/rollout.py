@@ -173,8 +173,10 @@ def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, samplin
     with the same ``key``. ``constrain(tree, axis=0)`` (optional, e.g. :func:`metarl_jax.sharding.row_constraint`)
     pins a micro-batch's states and KV cache to the mesh's data axis.
 
-    ``player(key, trial_state) -> int32[]`` (optional, constrained decoding) picks every action: the decoder may
-    write only that action; ``valid`` stays the env's, so a teacher-forced pass scores it as the sampler would.
+    ``player(key, trial_state) -> int32[]`` (optional, constrained decoding) picks every action, and the model is
+    not run: the transcript is what a decoder allowed only the player's action would write (every token forced,
+    ``logp`` 0; an invalid choice becomes the first valid action). ``valid`` stays the env's, so a teacher-forced
+    pass scores the player's action as the sampler would.
     """
     batch = trial_states.total_steps.shape[0]
     limit = (jnp.full((batch,), spec.context_len, jnp.int32) if row_context_len is None
@@ -306,7 +308,10 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
         m = jnp.where(live, m, 0)
         scratch = stream_room - width  # past the context: where rows that take no turn write their padding
         tokens = write_rows(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start + hidden, scratch))
-        cache, last = prefill(model, cache, buf, m, block)
+        if player is None:
+            cache, last = prefill(model, cache, buf, m, block)
+        else:  # the player decides: the model never runs (its update scores the transcript teacher-forced)
+            cache, last = cache.replace(length=cache.length + m), None
         action_start = cache.length - pre
         valid = jax.vmap(env.valid_actions)(states)
         if free:
@@ -348,16 +353,17 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
             carry = carry._replace(cache=cache, tokens=tokens, pending=pending, pending_n=pending_n, stream=stream)
             decoded = _Decoded(action, action_tokens, length, shown, logp, unrewarded=overflow, remark_bonus=bonus)
             return finish(carry, decoded, live, truncated_now | overflow, valid, k_env)
-        allowed = valid
-        if player is not None:  # only the player's action is decodable (if it is valid)
+        if player is None:
+            dstate = jax.vmap(table.init)(valid)
+            for i in range(pre):
+                dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
+            cache, action, logp = decode_constrained(model, table, cache, last, dstate, live,
+                                                     lambda i: row_keys(jax.random.fold_in(k_dec, i)), sampling)
+        else:  # the player's action (an invalid one: the first valid action), as a decoder allowed only it writes it
             chosen = jax.vmap(player)(row_keys(jax.random.fold_in(k_env, 1)), states)
             only = valid & (jnp.arange(valid.shape[1])[None, :] == chosen[:, None])
-            allowed = jnp.where(only.any(axis=1, keepdims=True), only, valid)
-        dstate = jax.vmap(table.init)(allowed)
-        for i in range(pre):
-            dstate = jax.vmap(table.advance)(dstate, prefix[:, i])
-        cache, action, logp = decode_constrained(model, table, cache, last, dstate, live,
-                                                 lambda i: row_keys(jax.random.fold_in(k_dec, i)), sampling)
+            action = jnp.where(only.any(axis=1), chosen, jnp.argmax(valid, axis=1)).astype(jnp.int32)
+            logp = jnp.zeros((batch, table.max_len), jnp.float32)  # one action allowed: every token is forced
         action_tokens = table.tokens[action]
         length = table.lengths[action]
         emitted = cache.length - action_start
