@@ -226,7 +226,8 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
     constraint that puts the rows on the mesh's data axis (:func:`make_sharded_train_step`).
 
     ``players`` (optional, one ``player(key, trial_state)`` per task; :mod:`metarl_jax.baselines.players`) makes
-    it an imitation step: the players choose every action (:func:`~metarl_jax.agents.rollout.rollout`) and the
+    it an imitation step: the players choose every action and the rollout runs no model
+    (:func:`~metarl_jax.agents.rollout.rollout`); the
     policy-gradient term is replaced by the next-token loss of their action tokens (``imitation_nll``), beside
     the observation loss; no reward enters the loss.
     """
