@@ -2,7 +2,8 @@
 
 ``play_policy`` plays a policy (stateless, or an online learner with memory carried across the episodes of a trial)
 under ``jit(vmap(lax.scan))`` and ``play_trials`` runs whole trials with it;
-``episode_success`` turns the per-step infos into a ``[trials, episodes]`` success matrix; ``summarize`` adds
+``episode_wins`` turns the per-step infos into a ``[trials, episodes]`` success matrix (``episode_transitions``:
+each episode's success given the record of the earlier ones); ``summarize`` adds
 P(at least one success), the mean trial return, the mean episode length and the invalid-action rate;
 ``add_regret`` the in-context regret against the oracle. ``success_table`` formats rates with 95% intervals and
 ``write_report`` writes markdown, CSV and JSON. For trained LMs, ``make_evaluator`` plays every task's whole
@@ -13,6 +14,7 @@ rows, ``render_samples`` a few transcripts as text).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import jax
@@ -130,6 +132,23 @@ def episode_wins(rollout: dict, num_episodes: int) -> np.ndarray:
     """``bool[N, num_episodes]``: whether episode k of each trial was won (episodes past the cap count as lost)."""
     success, index = rollout["success"], rollout["episode_index"]
     return np.stack([(success & (index == k)).any(axis=0) for k in range(num_episodes)], axis=1)
+
+
+def episode_transitions(wins: np.ndarray) -> dict[str, tuple[float | None, int]]:
+    """How a trial's earlier episodes bear on the next one: for every episode k >= 2 and every record of wins (W)
+    and losses (L) in the episodes before it, the share of the trials with that record that win episode k, and
+    their count. ``wins``: bool[N, K] (:func:`episode_wins`). Returns ``{"2 | W": (rate, n), "2 | L": ...,
+    "3 | WW": ..., ...}`` (records in episode order; rate None where no trial has the record). A learner that
+    replays a found answer has "k | ...W" near 1; one that uses a lost episode's feedback has "2 | L" above "1"."""
+    wins = np.asarray(wins, bool)
+    out = {}
+    for k in range(1, wins.shape[1]):
+        for record in itertools.product((True, False), repeat=k):
+            rows = (wins[:, :k] == np.asarray(record)).all(axis=1)
+            n = int(rows.sum())
+            key = f"{k + 1} | " + "".join("W" if won else "L" for won in record)
+            out[key] = (float(wins[rows, k].mean()) if n else None, n)
+    return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from metarl_jax import baselines, envs
-from metarl_jax.evaluate import SuccessRow, add_regret, play_trials, summarize, write_report
+from metarl_jax.evaluate import (SuccessRow, add_regret, episode_transitions, play_trials, summarize,
+                                 write_report)
 
 ENV = "game:GuessTheNumber-v0-easy"  # 1..10, 4 turns per episode, 3 episodes
 
@@ -77,3 +78,16 @@ def test_report_files_round_trip(tmp_path, trial):
     lines = open(tmp_path / "report.csv").read().splitlines()
     assert len(lines) == 2 and lines[1].startswith(f"{ENV},random,32,")
     assert (tmp_path / "report.md").read_text().startswith("# title")
+
+
+def test_episode_transitions_split_each_episode_by_the_record_before_it():
+    """Four trials: a copier (WWW), a learner from a loss (LWW), a learner who forgets (WLW) and a non-learner
+    (LLL). Episode 2 after a win: 1 of 2 trials; after a loss: 1 of 2; episode 3 after LL: 0 of 1; a record
+    no trial has: no rate."""
+    wins = np.array([[1, 1, 1], [0, 1, 1], [1, 0, 1], [0, 0, 0]], bool)
+    found = episode_transitions(wins)
+    assert found["2 | W"] == (0.5, 2) and found["2 | L"] == (0.5, 2)
+    assert found["3 | WW"] == (1.0, 1) and found["3 | LW"] == (1.0, 1) and found["3 | WL"] == (1.0, 1)
+    assert found["3 | LL"] == (0.0, 1)
+    assert len(found) == 2 + 4
+    assert episode_transitions(wins[[0, 3]])["3 | WL"] == (None, 0)

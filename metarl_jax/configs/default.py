@@ -1,7 +1,7 @@
 """The README's main run: ORBIT meta-training of a tiny transformer on CPU, with no privileged information and
 no answer loss: an imitation prior, then ORBIT's policy gradient.
 
-Command (2 CPU cores: 11 min 27 s for the prior and both runs, measured alone on a fresh clone; 2026-12-06)::
+Command (2 CPU cores: 9 min 20 s for the prior and both runs, measured alone on a fresh clone; 2026-12-06)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 

@@ -1,0 +1,70 @@
+"""How a trained run's earlier episodes bear on its next one: each held-out episode's success given the record of
+wins and losses before it (``metarl_jax.evaluate.episode_transitions``), per evaluation env.
+
+Command (2 CPU cores: about a minute per run)::
+
+    python experiments/episode_transitions.py results/runs/mechanism/orbit_policy_gradient_main_run/seed0 \\
+        results/runs/mechanism/orbit_policy_gradient_main_run/seed1
+
+Each run is played on the held-out trials of its own evaluation (``configs/default.py``'s eval tasks and
+settings, the run's seed: from ``--seed`` or a ``seed<k>`` directory name, else 0), from its latest checkpoint
+exported to a temporary directory; a comparison's workdir names its runs (``<workdir>/orbit``). Prints a
+markdown table per run. Expected result (2026-12-06): ORBIT's seed 0 wins episode 2 after a won episode 1 in
+0.974 of the trials, seed 1 in 0.781 (results/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+
+from metarl_jax import build
+from metarl_jax.configs.default import get_config
+from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
+from metarl_jax.export import export
+
+
+def run_seed(run_dir: str, seed: int | None) -> int:
+    if seed is not None:
+        return seed
+    match = re.search(r"seed(\d+)$", os.path.normpath(run_dir))
+    return int(match.group(1)) if match else 0
+
+
+def transitions_of(run_dir: str, seed: int) -> dict:
+    """``{env: episode_transitions}`` of ``run_dir``'s latest checkpoint on the default config's held-out trials."""
+    with tempfile.TemporaryDirectory() as model_dir:
+        export(run_dir, os.path.join(model_dir, "model"))
+        config = get_config("orbit")
+        config.seed, config.pretrain.steps = seed, 0
+        config.model.pretrained_dir = os.path.join(model_dir, "model")
+        run = build.build_run(config)
+        evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
+        played, _ = evaluate_params(evaluator, run.model_state, config, "transitions")
+    steps = lambda r: {k: r[k].T for k in ("success", "episode_index")}  # noqa: E731  [N, T] -> [T, N]
+    return {env: episode_transitions(episode_wins(steps(r), config.num_episodes_reported)) for env, r in played.items()}
+
+
+def table(run_dir: str, found: dict) -> str:
+    lines = [f"## {run_dir}", "", "| env | episode given the record before it | win rate | trials |",
+             "|---|---|---|---|"]
+    for env, rows in found.items():
+        for key, (rate, n) in rows.items():
+            lines.append(f"| {env} | {key} | {'-' if rate is None else f'{rate:.3f}'} | {n} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories (each with checkpoints/)")
+    parser.add_argument("--seed", type=int, default=None, help="the runs' seed (default: from a seed<k> name, else 0)")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        print(table(run_dir, transitions_of(run_dir, run_seed(run_dir, args.seed))), "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
