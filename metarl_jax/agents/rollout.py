@@ -173,10 +173,8 @@ def rollout(graphdef, model_state, spec: RolloutSpec, key, trial_states, samplin
     with the same ``key``. ``constrain(tree, axis=0)`` (optional, e.g. :func:`metarl_jax.sharding.row_constraint`)
     pins a micro-batch's states and KV cache to the mesh's data axis.
 
-    ``player(key, trial_state) -> int32[]`` (optional, constrained decoding) picks every action, and the model is
-    not run: the transcript is what a decoder allowed only the player's action would write (every token forced,
-    ``logp`` 0; an invalid choice becomes the first valid action). ``valid`` stays the env's, so a teacher-forced
-    pass scores the player's action as the sampler would.
+    ``player(key, trial_state) -> int32[]`` (optional; constrained decoding) picks every action and no model runs:
+    the transcript is what a decoder allowed only that action writes (``logp`` 0; ``valid`` the env's masks).
     """
     batch = trial_states.total_steps.shape[0]
     limit = (jnp.full((batch,), spec.context_len, jnp.int32) if row_context_len is None
@@ -240,8 +238,7 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
         keys = jax.random.split(k, total_rows)
         if batch == total_rows:
             return keys
-        return jax.lax.dynamic_index_in_dim(split_rows(keys, total_rows // batch), chunk_index, axis=0,
-                                             keepdims=False)
+        return jax.lax.dynamic_index_in_dim(split_rows(keys, total_rows // batch), chunk_index, axis=0, keepdims=False)
 
     free = free_tokens > 0
     chunk = budget.chunk_len
@@ -308,10 +305,8 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
         m = jnp.where(live, m, 0)
         scratch = stream_room - width  # past the context: where rows that take no turn write their padding
         tokens = write_rows(tokens, jnp.where(live[:, None], buf, codec.pad_id), jnp.where(live, start + hidden, scratch))
-        if player is None:
-            cache, last = prefill(model, cache, buf, m, block)
-        else:  # the player decides: the model never runs (its update scores the transcript teacher-forced)
-            cache, last = cache.replace(length=cache.length + m), None
+        # A player's rollout runs no model: its update scores the transcript teacher-forced.
+        cache, last = (cache.replace(length=cache.length + m), None) if player else prefill(model, cache, buf, m, block)
         action_start = cache.length - pre
         valid = jax.vmap(env.valid_actions)(states)
         if free:
@@ -361,8 +356,7 @@ def _rollout_rows(graphdef, model_state, spec: RolloutSpec, key, sampling: Sampl
                                                      lambda i: row_keys(jax.random.fold_in(k_dec, i)), sampling)
         else:  # the player's action (an invalid one: the first valid action), as a decoder allowed only it writes it
             chosen = jax.vmap(player)(row_keys(jax.random.fold_in(k_env, 1)), states)
-            only = valid & (jnp.arange(valid.shape[1])[None, :] == chosen[:, None])
-            action = jnp.where(only.any(axis=1), chosen, jnp.argmax(valid, axis=1)).astype(jnp.int32)
+            action = jnp.where(valid[jnp.arange(batch), chosen], chosen, jnp.argmax(valid, axis=1)).astype(jnp.int32)
             logp = jnp.zeros((batch, table.max_len), jnp.float32)  # one action allowed: every token is forced
         action_tokens = table.tokens[action]
         length = table.lengths[action]
