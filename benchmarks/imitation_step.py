@@ -33,11 +33,9 @@ sys.path.insert(0, REPO)  # a checkout works without `pip install -e .`
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from _peer import bench_meta  # noqa: E402
-from train_step import compile_timed, median_seconds  # noqa: E402
+from train_step import compile_timed, median_seconds, play_fn  # noqa: E402
 
 from metarl_jax import build  # noqa: E402
-from metarl_jax.agents.rollout import rollout  # noqa: E402
-from metarl_jax.agents.sampler import Sampling  # noqa: E402
 from metarl_jax.algos import grpo  # noqa: E402
 from metarl_jax.configs.default import get_config  # noqa: E402
 
@@ -55,22 +53,6 @@ def timed_steps(step_fn, state, key, calls: int) -> tuple[float, float]:
     return compile_s, median_seconds(one, calls)[0]
 
 
-def rollout_fn(run, task, player):
-    """``play(params, key) -> Transcript``: a batch of ``task``'s trials, played by ``player`` (None: the policy)."""
-    hp = run.hyper
-    rows = hp.num_tasks * hp.group_size
-
-    def play(params, key):
-        k_reset, k_roll = jax.random.split(key)
-        tasks = jax.vmap(lambda k: task.env.sample_task(k, task.env_params))(task.task_keys[:hp.num_tasks])
-        tasks = jax.tree.map(lambda x: jnp.repeat(x, hp.group_size, axis=0), tasks)
-        _, trials = jax.vmap(task.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, rows), tasks,
-                                                                           task.env_params)
-        return rollout(run.graphdef, params, task, k_roll, trials, Sampling(hp.temperature, hp.top_p), player=player)
-
-    return play
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="timed calls per measurement (default 10; --quick: 2)")
@@ -83,9 +65,9 @@ def main(argv=None) -> int:
         config.num_tasks, config.group_size, config.eval_trials = 1, 2, 1
     run = build.build_run(config)
     key = jax.random.PRNGKey(0)
+
     def init():  # a fresh state of its own per step function (the steps donate theirs)
         return grpo.init_train_state(jax.tree.map(jnp.copy, run.model_state), run.optimizer)
-
 
     imitation = grpo.make_train_step(run.graphdef, run.pretrain_tasks, run.optimizer, run.hyper, players=run.players)
     rl = grpo.make_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper)
@@ -96,7 +78,7 @@ def main(argv=None) -> int:
     rollouts = {}
     for name, task, player in (("player", run.pretrain_tasks[hard], run.players[hard]),
                                ("policy", run.train_tasks[hard], None)):
-        play, compile_s = compile_timed(rollout_fn(run, task, player), run.model_state, key)
+        play, compile_s = compile_timed(play_fn(run, run.hyper, task, player), run.model_state, key)
         seconds = median_seconds(lambda f=play: f(run.model_state, key), calls)[0]
         rollouts[name] = dict(compile_s=compile_s, seconds=seconds)
 

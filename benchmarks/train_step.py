@@ -127,9 +127,10 @@ def make_config(args, num_tasks: int, episodes: int, context_len: int):
 # ---------------------------------------------------------------- measured pieces
 
 
-def play_fn(run, hp):
-    """``play(params, key) -> Transcript``: what ``grpo.make_train_step`` plays for its one env."""
-    t = run.train_tasks[0]
+def play_fn(run, hp, task=None, player=None):
+    """``play(params, key) -> Transcript``: what ``grpo.make_train_step`` plays for its one env (``task``: another
+    of the run's task sets; ``player``: a scripted player's, as the imitation step plays it)."""
+    t = task or run.train_tasks[0]
     g = hp.group_size
 
     def play(params, key):
@@ -139,7 +140,7 @@ def play_fn(run, hp):
         tasks = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), tasks)
         batch = hp.num_tasks * g
         _, trials = jax.vmap(t.env.reset_to_task, in_axes=(0, 0, None))(jax.random.split(k_reset, batch), tasks, t.env_params)
-        return rollout(run.graphdef, params, t, k_roll, trials, Sampling(hp.temperature, hp.top_p))
+        return rollout(run.graphdef, params, t, k_roll, trials, Sampling(hp.temperature, hp.top_p), player=player)
 
     return play
 
