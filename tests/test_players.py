@@ -156,3 +156,68 @@ def test_rl_phase_starts_from_the_prior_with_the_remaining_steps():
     rl = rl_phase(config, "/runs/imitation/model")
     assert (rl.num_steps, rl.pretrain.steps, rl.model.pretrained_dir) == (600, 0, "/runs/imitation/model")
     assert rl.single_episode and (config.num_steps, config.pretrain.steps, config.model.pretrained_dir) == (1100, 500, "")
+
+
+def _mastermind_allowed(env, state) -> np.ndarray:
+    """Brute force: the codes under which every guess of this episode gets the pegs it got under the secret."""
+    secret = env.codes[int(state.task)]
+
+    def pegs_of(guess, code):
+        black = sum(int(a == b) for a, b in zip(guess, code))
+        return black, sum(min(list(guess).count(d), list(code).count(d)) for d in set(guess)) - black
+
+    made = [env.guesses[i] for i in np.flatnonzero(state.game.guessed)]
+    return np.array([all(pegs_of(g, c) == pegs_of(g, secret) for g in made) for c in env.codes])
+
+
+def _wordle_allowed(env, state) -> np.ndarray:
+    """Brute force: the words under which every guess of this episode gets the marks it got under the secret."""
+    from metarl_jax.envs.wordle import wordle_feedback
+
+    letters, allowed = env.word_letters, np.ones(env.num_words, bool)
+    for g in np.flatnonzero(state.game.guessed):
+        shown = np.asarray(wordle_feedback(letters[g], letters[int(state.task)]))
+        allowed &= (np.asarray(wordle_feedback(letters[g][None], letters)) == shown).all(-1)  # marks under each word
+    return allowed
+
+
+def _hangman_allowed(env, state) -> np.ndarray:
+    """Brute force: the words in which every letter guessed this episode sits at the places it sits in the secret."""
+    secret, guessed = env.words[int(state.task)], np.flatnonzero(state.game.guessed_letters)
+    where = lambda word, c: [i for i, x in enumerate(word) if x == c]  # noqa: E731
+    return np.array([all(where(w, chr(97 + c)) == where(secret, chr(97 + c)) for c in guessed) for w in env.words])
+
+
+@pytest.mark.parametrize("env_id, allowed_fn", [("game:Mastermind-v0-random", _mastermind_allowed),
+                                                ("game:Wordle-v0-hard", _wordle_allowed),
+                                                ("game:Hangman-v0-easy", _hangman_allowed)])
+def test_consistent_actions_of_the_word_and_code_games_match_a_brute_force(env_id, allowed_fn):
+    """Mastermind, Wordle, Hangman: on states the scripted player reaches, the secrets the env's feedback allows
+    equal a brute-force recount from this episode's guesses; the secret is always among them; and the consistent
+    actions are those secrets' guesses not made yet (Hangman: the revealing letters while several words are
+    allowed, then the one word)."""
+    from helpers import collect_states
+
+    env, params = envs.make(env_id, text="terse")
+    states = jax.device_get(collect_states(env, params, episode_player(env, 0.3), jax.random.PRNGKey(1), 10, 6))
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), states)
+    allowed_of = env.consistent_words if hasattr(env, "consistent_words") else env.consistent_codes
+    checked = 0
+    for i in range(len(flat.status)):
+        state = jax.tree.map(lambda x: x[i], flat)
+        if int(state.status) != RUNNING:
+            continue
+        allowed = np.asarray(allowed_of(state))
+        np.testing.assert_array_equal(allowed, allowed_fn(env, state))
+        assert allowed[int(state.task)]
+        consistent = np.asarray(env.consistent_actions(state))
+        if env_id.startswith("game:Hangman"):
+            assert consistent.any() and (consistent[:26].any() != (allowed.sum() == 1))
+            assert not consistent[26:].any() or allowed.sum() == 1
+        else:
+            guess_of_secret = np.asarray(env.answer_action(np.arange(len(allowed), dtype=np.int32)))
+            expected = np.zeros(env.num_actions, bool)
+            expected[guess_of_secret[allowed]] = True
+            np.testing.assert_array_equal(consistent, expected & ~np.asarray(state.game.guessed))
+        checked += 1
+    assert checked >= 25

@@ -50,6 +50,12 @@ COVERAGE = {
     "rockpaperscissors-verbose": ({RUNNING, WON, LOST, FORMAT_ERROR}, ()),
     "game:Wordle-v0-hard": ({RUNNING, WON, FORMAT_ERROR}, ("already", "Feedback")),
 }
+# env id -> the text fragments the sampled states must show in the terse style (the statuses are COVERAGE's)
+TERSE_FRAGMENTS = {
+    "game:Hangman-v0-easy": (" in _", " not in _", " already guessed _", " wrong _", " correct\n", " out of turns\n"),
+    "game:Mastermind-v0-random": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
+    "game:Wordle-v0-hard": (" G", " Y", " X", " already guessed\n", " correct\n"),
+}
 # Cases beyond the registered defaults: (coverage name, env id, make overrides)
 VARIANTS = {
     "BernoulliBandit-misc": ("BernoulliBandit-misc", dict(max_turns=3)),
@@ -101,6 +107,7 @@ def test_every_sampled_state_renders_to_tokens_that_decode_to_its_text(name, sty
         statuses.add(int(state.status))
         texts.append(text)
     need_statuses, fragments = COVERAGE[name]
+    fragments = TERSE_FRAGMENTS.get(name, ()) if style == "terse" else fragments
     assert need_statuses <= statuses, f"statuses {sorted(statuses)} miss {sorted(need_statuses - statuses)}"
     missing = [f for f in fragments if not any(f in t for t in texts)]
     assert not missing, f"no sampled text shows {missing}"

@@ -8,6 +8,11 @@ ORBIT, the episode is won *only* by guessing the whole word (revealing every let
 truncated after ``max_turns`` turns (ORBIT: 10 per episode, 30 steps per trial). The board (``_ A _``,
 upper case as in GEM) is shown in the opening and after every guess but the winning one.
 
+``text="terse"`` shows a one-line rule and the board at the start, then after each guess one feedback word and
+the board (``\\boxed{e} in _ E _``, ``\\boxed{x} not in _ E _``, ``\\boxed{cat} wrong _ E _``; ``correct`` on a
+win, ``already guessed`` and the board on a repeated letter): the same information as GEM's sentences in about a
+third of the tokens.
+
 Actions: the 26 letters ``a..z`` (action ``i`` is letter ``i``, text ``\\boxed{e}``), then every word of the
 list (action ``26 + j`` is word ``j``, text ``\\boxed{cat}``). Parsing is case-insensitive.
 
@@ -35,6 +40,7 @@ from metarl_jax.envs.words import WordGame
 NUM_LETTERS = 26
 # feedback codes of the last turn
 _NONE, _HIT, _MISS, _REPEAT, _WRONG_WORD, _CORRECT = range(6)
+TERSE_WORDS = (" in", " not in", " already guessed", " wrong", " correct\n")  # text="terse", by code - 1
 
 
 @struct.dataclass
@@ -47,11 +53,21 @@ class HangmanGame:
 class Hangman(WordGame):
     """Guess a secret word by letters; win by naming the whole word (the task: :class:`WordGame`)."""
 
+    text_styles = ("gem", "terse")
+
     def __init__(self, word_length: int = 3, max_turns: int = 10, env_id: str = "game:Hangman-v0-easy",
                  text: str = "gem"):
         super().__init__(word_length, max_turns, env_id, text)
         self.action_contents = list(string.ascii_lowercase) + self.words
-
+        if self.terse:
+            self._cell = self.book.add(*[" " + c for c in string.ascii_uppercase], " _")
+            self._newline = self.book.add_one("\n")
+            self._rules = self.book.add(f"A secret word of {self.word_length} letters. You have ", " turns.\n")
+            self._said = self.book.add(*TERSE_WORDS)  # by feedback code - 1
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._said),
+                                *[slot(self._cell)] * self.word_length, slot(self._newline)]
+            self.opening_slots = (0, 1, 2)
+            return
         self._rules = self.book.add(
             f"You are playing Hangman.\nA secret word of {self.word_length} letters is hidden; you have ",
             " turns to find it. Each turn, guess one letter, for example \\boxed{e}, or the whole word, for example "
@@ -110,6 +126,26 @@ class Hangman(WordGame):
         """Names the secret word (int32[]; reads the task)."""
         return self.answer_action(state.task)
 
+    def consistent_words(self, state: TextEnvState) -> jax.Array:
+        """``bool[num_words]``: the words the board and this episode's letters allow (reads the task): at a
+        revealed place the secret's letter, elsewhere no letter guessed this episode."""
+        words, secret = jnp.asarray(self.word_letters), jnp.asarray(self.word_letters)[state.task]
+        guessed = state.game.guessed_letters
+        revealed = guessed[secret]  # [L]
+        fits = jnp.where(revealed, words == secret, ~guessed[words])  # [W, L]
+        return jnp.all(fits, axis=-1)
+
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """While the board and this episode's letters allow several words: the letters not guessed that some
+        allowed word holds at a hidden place (a letter that can still reveal something); once they allow one word,
+        that word (unless it was guessed this episode)."""
+        allowed = self.consistent_words(state)
+        hidden = ~state.game.guessed_letters[jnp.asarray(self.word_letters)]  # [W, L]: places a guess can still reveal
+        held = jax.nn.one_hot(jnp.asarray(self.word_letters), NUM_LETTERS, dtype=bool) & hidden[..., None]  # [W, L, 26]
+        letters = jnp.any(held & allowed[:, None, None], axis=(0, 1)) & ~state.game.guessed_letters
+        several = jnp.sum(allowed) > 1
+        return jnp.concatenate([letters & several, allowed & ~several & ~state.game.guessed_words])
+
     def board(self, state: TextEnvState) -> jax.Array:
         """``bool[word_length]``: the revealed places of the secret."""
         return state.game.guessed_letters[jnp.asarray(self.word_letters)[state.task]]
@@ -122,6 +158,11 @@ class Hangman(WordGame):
         action = jnp.maximum(state.last_action, 0)
         is_letter = action < NUM_LETTERS
         cells = jnp.where(self.board(state), self._cell[secret], self._cell[NUM_LETTERS])
+        if self.terse:
+            rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY])
+            said = jnp.stack([EMPTY, EMPTY, EMPTY, self._said[jnp.maximum(fb - 1, 0)]])
+            board = jnp.concatenate([cells, jnp.stack([self._newline[0]])])
+            return jnp.concatenate([jnp.where(opening, rules, said), jnp.where(won, EMPTY, board)])
         tail = jnp.select([won, fb == _HIT, fb == _MISS, fb == _REPEAT], [4, 0, 1, 2], 3)
         rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]])
         turn = jnp.stack([
@@ -144,6 +185,11 @@ class Hangman(WordGame):
         t = int(state.time)
         secret = self.words[int(state.task)]
         board = " ".join(c.upper() if state.game.guessed_letters[ord(c) - ord("a")] else "_" for c in secret)
+        fb = int(state.game.feedback)
+        if self.terse:
+            if t == 0:
+                return f"A secret word of {self.word_length} letters. You have {int(state.max_turns)} turns.\n {board}\n"
+            return TERSE_WORDS[fb - 1] + ("" if fb == _CORRECT else f" {board}\n")
         if t == 0:
             return (
                 f"You are playing Hangman.\nA secret word of {self.word_length} letters is hidden; you have "
@@ -151,7 +197,6 @@ class Hangman(WordGame):
                 f"the whole word, for example \\boxed{{{self.example_word}}}. A correct letter is revealed at every "
                 f"place where it occurs in the word. You win only by guessing the whole word.\nBoard: {board}\n"
             )
-        fb = int(state.game.feedback)
         if fb == _CORRECT:
             return f"Correct! The secret word is {secret.upper()}. You guessed it in {t} turns."
         guess = self.action_contents[int(state.last_action)].upper()

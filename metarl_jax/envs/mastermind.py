@@ -9,6 +9,10 @@ the code at another place, counted with multiplicity, as in GEM: white = sum ove
 so. The episode is won when all ``code_length`` pegs are black; it is truncated after ``max_turns`` turns
 (ORBIT: 3 turns per episode, 9 steps per trial).
 
+``text="terse"`` shows a one-line rule at the start and then the pegs after each guess (``\\boxed{1 2 3} 1 black
+2 white``; ``correct`` on a win, ``already guessed`` on a repeat): the same information as GEM's sentences in
+about a third of the tokens.
+
 Actions: the ``num_digits ** code_length`` guesses in lexicographic order (216 for ORBIT), text
 ``\\boxed{1 2 3}``. Action ``i`` has digits ``1 + (i // num_digits ** (code_length - 1 - k)) % num_digits``.
 
@@ -56,6 +60,8 @@ class Mastermind(TextEnv):
     codes in lexicographic order). Actions: index into ``self.guesses`` (``int32[num_actions, code_length]``).
     """
 
+    text_styles = ("gem", "terse")
+
     def __init__(self, code_length: int = 3, num_digits: int = 6, max_turns: int = 3,
                  env_id: str = "game:Mastermind-v0-random", text: str = "gem"):
         super().__init__(max_turns, text)
@@ -71,6 +77,15 @@ class Mastermind(TextEnv):
         self.code_actions = np.flatnonzero(distinct).astype(np.int32)  # int32[num_codes]: action index of each code
         self.codes = guesses[self.code_actions]  # int32[num_codes, L]
         self.action_contents = [" ".join(str(d) for d in g) for g in guesses.tolist()]
+        if self.terse:
+            self._rules = self.book.add(f"A secret code of {code_length} different digits from 1 to {num_digits}. "
+                                        "You have ", " turns.\n")
+            # one piece per peg count: black b, white w at index b * (code_length + 1) + w; then repeat and win
+            self._pegs = self.book.add(*[f" {b} black {w} white\n" for b in range(code_length + 1)
+                                         for w in range(code_length + 1)], " already guessed\n", " correct\n")
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._pegs)]
+            self.opening_slots = (0, 1, 2)
+            return
 
         example = " ".join(str(d) for d in range(1, code_length + 1))
         self._rules = self.book.add(
@@ -122,8 +137,8 @@ class Mastermind(TextEnv):
     def answer_action(self, task):
         return jnp.asarray(self.code_actions)[task]
 
-    def oracle_action(self, key, state: TextEnvState) -> jax.Array:
-        """The first admissible code consistent with every guess of this episode (int32[]; reads the task).
+    def consistent_codes(self, state: TextEnvState) -> jax.Array:
+        """``bool[num_codes]``: the codes that give every guess of this episode the pegs it got (reads the task).
 
         The history is read from ``state.game.guessed`` (at most ``default_max_turns`` guesses are used, the
         constructor's turn limit, so shapes stay static).
@@ -135,12 +150,25 @@ class Mastermind(TextEnv):
         b_true, w_true = pegs(hist, codes[state.task], self.num_digits)  # [k]
         b_all, w_all = pegs(hist[:, None, :], codes[None, :, :], self.num_digits)  # [k, C]
         agrees = (b_all == b_true[:, None]) & (w_all == w_true[:, None])
-        consistent = jnp.all(agrees | ~used[:, None], axis=0)  # [C]
-        return jnp.asarray(self.code_actions)[jnp.argmax(consistent)].astype(jnp.int32)
+        return jnp.all(agrees | ~used[:, None], axis=0)
+
+    def oracle_action(self, key, state: TextEnvState) -> jax.Array:
+        """The first admissible code consistent with every guess of this episode (int32[]; reads the task)."""
+        return jnp.asarray(self.code_actions)[jnp.argmax(self.consistent_codes(state))].astype(jnp.int32)
+
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """The guesses of a code that this episode's pegs allow and that were not made this episode."""
+        codes = jnp.zeros((self.num_actions,), bool).at[jnp.asarray(self.code_actions)].set(self.consistent_codes(state))
+        return codes & ~state.game.guessed
 
     def game_pieces(self, state: TextEnvState):
         g = state.game
         won = ~g.repeated & (g.black == self.code_length)
+        if self.terse:
+            n = (self.code_length + 1) ** 2
+            pegs_piece = self._pegs[jnp.select([g.repeated, won], [n, n + 1], g.black * (self.code_length + 1) + g.white)]
+            rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY])
+            return jnp.where(state.time == 0, rules, jnp.stack([EMPTY, EMPTY, EMPTY, pegs_piece]))
         normal = ~g.repeated & ~won
         turn = self.number(state.time)
         opening = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]] + [EMPTY] * 9)
@@ -161,6 +189,13 @@ class Mastermind(TextEnv):
     def render_game_text(self, state):
         t = int(state.time)
         L, D = self.code_length, self.num_digits
+        g = state.game
+        if self.terse:
+            if t == 0:
+                return f"A secret code of {L} different digits from 1 to {D}. You have {int(state.max_turns)} turns.\n"
+            if bool(g.repeated):
+                return " already guessed\n"
+            return " correct\n" if int(g.black) == L else f" {int(g.black)} black {int(g.white)} white\n"
         if t == 0:
             example = " ".join(str(d) for d in range(1, L + 1))
             return (
@@ -172,7 +207,6 @@ class Mastermind(TextEnv):
                 f"your guess inside \\boxed{{}}, digits separated by spaces, for example \\boxed{{{example}}}.\n"
             )
         guess = " ".join(str(int(d)) for d in self.guesses[int(state.last_action)])
-        g = state.game
         if bool(g.repeated):
             return f"At turn {t}, you guessed {guess}, which you already guessed before."
         if int(g.black) == L:

@@ -10,6 +10,10 @@ every mark is ``G``; it is truncated after ``max_turns`` turns (ORBIT: 10 per ep
 The guess and its marks are shown letter by letter, space separated (``C R A N E`` / ``G X Y X X``), so a
 word-level tokenizer sees single letters.
 
+``text="terse"`` shows a one-line rule at the start and then, after each guess, its letters and their marks
+(``\\boxed{crane} C R A N E`` / `` G X Y X X``; ``correct`` on a win, ``already guessed`` on a repeat): the same
+information as GEM's sentences in about half the tokens.
+
 Actions: the words of the list (action ``j`` is word ``j``, text ``\\boxed{crane}``; case-insensitive).
 
 Differences from GEM: GEM draws from nltk's ``en-basic`` words, we from SCOWL size 10 (licence-clear, no
@@ -61,11 +65,22 @@ def wordle_feedback(guess: jax.Array, secret: jax.Array) -> jax.Array:
 class Wordle(WordGame):
     """Find a secret word from per-letter G/Y/X marks (the task: :class:`WordGame`)."""
 
+    text_styles = ("gem", "terse")
+
     def __init__(self, word_length: int = 5, max_turns: int = 10, env_id: str = "game:Wordle-v0-hard",
                  text: str = "gem"):
         super().__init__(word_length, max_turns, env_id, text)
         L = self.word_length
         self.action_contents = list(self.words)
+        if self.terse:
+            self._rules = self.book.add(f"A secret word of {L} letters. You have ", " turns.\n")
+            self._letter = self.book.add(*[" " + c for c in string.ascii_uppercase])
+            self._mark = self.book.add(*[" " + m for m in MARKS])
+            self._end = self.book.add("\n", " already guessed\n", " correct\n")
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules),
+                                *[slot(self._letter)] * L, slot(self._end), *[slot(self._mark)] * L, slot(self._end)]
+            self.opening_slots = (0, 1, 2)
+            return
         self._rules = self.book.add(
             f"You are playing Wordle.\nA secret word of {L} letters is hidden; you have ",
             f" turns to find it. Each guess must be a word of {L} letters, for example \\boxed{{{self.example_word}}}. "
@@ -114,7 +129,15 @@ class Wordle(WordGame):
         return jnp.asarray(task, jnp.int32)  # action j is word j
 
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
-        """The first word of the list consistent with the marks of every guess so far (int32[]; reads the task).
+        """The first word of the list consistent with the marks of every guess so far (int32[]; reads the task)."""
+        return jnp.argmax(self.consistent_words(state)).astype(jnp.int32)
+
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """The words not guessed this episode that give every guess of this episode the marks it got."""
+        return self.consistent_words(state) & ~state.game.guessed
+
+    def consistent_words(self, state: TextEnvState) -> jax.Array:
+        """``bool[num_words]``: the words that give every guess of this episode the marks it got (reads the task).
 
         The history is read from ``state.game.guessed`` (at most ``default_max_turns`` guesses are used, the
         constructor's turn limit, so shapes stay static).
@@ -126,7 +149,7 @@ class Wordle(WordGame):
         true = wordle_feedback(letters[hist], letters[state.task])  # [k, L]
         every = wordle_feedback(letters[hist][:, None, :], letters[None, :, :])  # [k, W, L]
         agrees = jnp.all(every == true[:, None, :], axis=-1) | ~used[:, None]
-        return jnp.argmax(jnp.all(agrees, axis=0)).astype(jnp.int32)
+        return jnp.all(agrees, axis=0)
 
     def game_pieces(self, state: TextEnvState):
         g = state.game
@@ -136,6 +159,14 @@ class Wordle(WordGame):
         turn = self.number(state.time)
         letters = jnp.asarray(self.word_letters)[action]
         opening = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]])
+        if self.terse:
+            L = self.word_length
+            end = self._end[jnp.where(won, 2, jnp.where(g.repeated, 1, 0))]
+            turn = jnp.concatenate([jnp.where(show_grid, self._letter[letters], EMPTY), jnp.stack([end]),
+                                    jnp.where(show_grid, self._mark[g.marks], EMPTY),
+                                    jnp.stack([jnp.where(show_grid, self._end[0], EMPTY)])])
+            first = state.time == 0
+            return jnp.concatenate([jnp.where(first, opening, EMPTY), jnp.where(first, jnp.full((2 * L + 2,), EMPTY), turn)])
         head = jnp.stack([
             jnp.where(won, self._head[1], self._head[0]),
             jnp.where(won, EMPTY, turn),
@@ -157,6 +188,16 @@ class Wordle(WordGame):
     def render_game_text(self, state):
         t = int(state.time)
         L = self.word_length
+        if self.terse:
+            if t == 0:
+                return f"A secret word of {L} letters. You have {int(state.max_turns)} turns.\n"
+            marks = [MARKS[int(m)] for m in state.game.marks]
+            if bool(state.game.repeated):
+                return " already guessed\n"
+            if marks == ["G"] * L:
+                return " correct\n"
+            return "".join(" " + c for c in self.words[int(state.last_action)].upper()) + "\n" + "".join(
+                " " + m for m in marks) + "\n"
         if t == 0:
             return (
                 f"You are playing Wordle.\nA secret word of {L} letters is hidden; you have {int(state.max_turns)} "
