@@ -289,7 +289,8 @@ def check_config(config) -> None:
         _need(config.train_set_size >= config.num_tasks, "task_sampling",
               f"'epochs' needs train_set_size ({config.train_set_size}) >= num_tasks ({config.num_tasks})")
     _need(config.text in TEXT_STYLES, "text",
-          f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (one feedback word per turn), got {config.text!r}")
+          f"must be 'gem' (GEM's sentences, as ORBIT) or 'terse' (the bare feedback per turn, where the env has "
+          f"it), got {config.text!r}")
     _check_mesh(config)
     _need(config.trainable in TRAINABLES, "trainable", f"must be one of {TRAINABLES} ('full': every weight; 'lora': "
           f"low-rank adapters, the base frozen; 'prompt': prompt vectors opening every trial, the model frozen), got "

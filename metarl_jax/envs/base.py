@@ -12,7 +12,7 @@ the free-text decoder emits when it cannot parse ``\\boxed{...}``), the GEM conv
 turn's feedback is replaced by a "maximum number of turns" message, action texts and parsing.
 
 Text styles (``text``): ``"gem"`` (every env) renders GEM's sentences, as ORBIT does. ``"terse"`` (envs that
-list it in ``text_styles``) renders each turn's feedback as a word or two after the action, e.g.
+list it in ``text_styles``) renders each turn's bare feedback after the action, e.g.
 ``\\boxed{25} lower``, and the turn limit as `` out of turns``: about a third of the tokens, for small
 from-scratch models whose cost and learning speed depend on the context length.
 
