@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import ablations  # noqa: E402
 import common  # noqa: E402
+import games  # noqa: E402
 import table_in_context_learning as table  # noqa: E402
 
 from metarl_jax import build  # noqa: E402
@@ -98,3 +99,15 @@ def test_the_steps_flag_sets_every_ablation_runs_budget(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ablations.main(["--table", "ingredients", "--only", "baseline", "--steps", "7", "--out", str(tmp_path)])
     assert seen == [7]
+
+
+def test_every_games_config_passes_the_check_and_an_unknown_game_is_refused(capsys):
+    for game in games.GAMES:
+        for variant in ("orbit", "single"):
+            c = games.game_config(game, variant, seed=1)
+            run = build.build_run(c)
+            assert [t.name for t in run.eval_tasks] == [games.GAMES[game][0]] and c.text == "terse"
+            assert c.answer_coef == 0.0 and c.pretrain.steps > 0 and c.single_episode == (variant == "single")
+    with pytest.raises(SystemExit):
+        games.main(["--games", "mastermind,chess"])
+    assert "unknown game(s) ['chess']" in capsys.readouterr().err

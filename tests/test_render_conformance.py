@@ -42,6 +42,7 @@ COVERAGE = {
                              ("which is in the word.", "which is not in the word.", "which you already guessed before.",
                               "which is not the secret word.", "You have reached the maximum number of turns.")),
     "game:Mastermind-v0-random": ({RUNNING, WON, OUT_OF_TURNS, FORMAT_ERROR}, ("Correct!", "already", "Black")),
+    "game:Mastermind-v0-two-digits": ({RUNNING, WON, OUT_OF_TURNS, FORMAT_ERROR}, ("Correct!", "already", "Black")),
     "maze": ({RUNNING, WON, OUT_OF_TURNS}, ("The goal is hidden", "you moved", "but hit a wall.", "reached the goal!",
                                             "maximum number of turns")),
     "maze-goal-shown": ({RUNNING, WON, OUT_OF_TURNS}, ("The goal is at", ": the goal", "you moved", "but hit a wall.")),
@@ -54,6 +55,7 @@ COVERAGE = {
 TERSE_FRAGMENTS = {
     "game:Hangman-v0-easy": (" in _", " not in _", " already guessed _", " wrong _", " correct\n", " out of turns\n"),
     "game:Mastermind-v0-random": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
+    "game:Mastermind-v0-two-digits": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
     "game:Wordle-v0-hard": (" G", " Y", " X", " already guessed\n", " correct\n"),
 }
 # Cases beyond the registered defaults: (coverage name, env id, make overrides)

@@ -169,3 +169,9 @@ register("rockpaperscissors-verbose", _G + "rock_paper_scissors:RockPaperScissor
 register("maze-goal-shown", _G + "maze:Maze", max_turns=9, total_step_cap=27, split="variant", rules="goal-shown")
 register("game:Blackjack-v0-table10", _G + "blackjack:Blackjack", max_turns=4, total_step_cap=12, split="variant",
          rules="table10")
+
+# ---------------------------------------------------------------- smaller games for a from-scratch model on CPU
+# Mastermind with a code of 2 distinct digits from 1..6 (30 codes, 36 guesses): a player who guesses among the codes
+# its pegs allow wins an episode of 3 turns about half the time (ORBIT's 3 digits: a third).
+register("game:Mastermind-v0-two-digits", _G + "mastermind:Mastermind", max_turns=3, total_step_cap=9, split="variant",
+         code_length=2, num_digits=6)

@@ -1,0 +1,117 @@
+"""ORBIT beyond GuessTheNumber: the main run's recipe on other games of the suite, against single-episode RL,
+RL^2, the classical online learner where one applies, and random play.
+
+For each game and seed: the imitation prior (a scripted player who reasons inside each episode only,
+``baselines.players.episode_player``, on independent games back to back), then ORBIT and single-episode RL from
+that prior with the same budget and losses as the README's main run (no answer loss: nothing the policy does not
+see). RL^2 (a GRU trained with PPO on the same multi-episode trials), the classical learner and random play are
+measured on the same held-out tasks. Rows pool the seeds (95% Student-t intervals over seeds).
+
+Command (2 CPU cores; the wall time of every run is printed and recorded in the table's JSON)::
+
+    python experiments/games.py --seeds 0,1,2
+    python experiments/games.py --games mastermind --seeds 0     # one game, one seed
+
+Writes ``results/games.{md,csv,json,png}`` and ``results/games_per_seed.json``; runs live under
+``results/runs/games/<game>/seed<k>/`` and are reused (resumed, or reported again when finished) on a rerun.
+Expected result: results/README.md ("Beyond GuessTheNumber").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+from common import REPO, play_policy_rows, pool_seeds, write_table  # experiments/ is on sys.path
+from table_in_context_learning import rl2_rows
+
+from metarl_jax import build, train
+from metarl_jax.configs.default import get_config, task
+from metarl_jax.prior import rl_phase, train_prior
+
+# game -> (env id, turns per episode, context tokens). Three episodes a trial; the turns leave room above the
+# scripted player's first episode (results/README.md gives its success rates).
+GAMES = {
+    "mastermind": ("game:Mastermind-v0-random", 3, 160),  # ORBIT's held-out setting
+    "mastermind_two_digits": ("game:Mastermind-v0-two-digits", 3, 160),  # 30 codes instead of 120
+    "hangman": ("game:Hangman-v0-easy", 10, 320),  # ORBIT's training setting
+    "wordle": ("game:Wordle-v0-hard", 3, 192),  # ORBIT: 10 turns, which the scripted player always wins
+}
+
+
+def game_config(game: str, variant: str, seed: int):
+    """The main run's config (configs/default.py) on one game: its terse text, the game as the only train and
+    held-out env, and the default's batch of 8 tasks a step over one env instead of 4 over two."""
+    env_id, turns, context_len = GAMES[game]
+    c = get_config(variant)
+    c.seed, c.eval_every = seed, 0
+    c.train_tasks = [task(env_id, turns, 3 * turns, context_len=context_len)]
+    c.eval_tasks = [task(env_id, turns, 3 * turns, context_len=context_len)]
+    c.num_tasks = 8
+    return c
+
+
+def model_rows(game: str, seed: int, out: str, log=print) -> list:
+    """The prior, ORBIT and single-episode RL rows of one game and seed (trained in ``out/runs/games/...``)."""
+    base = os.path.join(out, "runs", "games", game, f"seed{seed}")
+    configs = {label: game_config(game, variant, seed)
+               for label, variant in (("ORBIT", "orbit"), ("single-episode RL", "single"))}
+    for c in configs.values():
+        build.build_run(c)  # every config is checked before anything trains
+    t0 = time.time()
+    model_dir, rows = train_prior(configs["ORBIT"], os.path.join(base, "imitation"))
+    log(f"  {game} seed {seed}: prior done at {time.time() - t0:.0f}s")
+    for label, c in configs.items():
+        workdir = os.path.join(base, "orbit" if label == "ORBIT" else "single_episode")
+        evaluated = train.train_and_evaluate(rl_phase(c, model_dir), workdir, label=label).rows
+        rows += [dataclasses.replace(r, policy=label) for r in evaluated]
+        log(f"  {game} seed {seed}: {label} done at {time.time() - t0:.0f}s")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--games", default=",".join(GAMES), help=f"comma-separated, from {sorted(GAMES)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--rl2_updates", type=int, default=300)
+    parser.add_argument("--out", default=os.path.join(REPO, "results"))
+    args = parser.parse_args(argv)
+    games = [g for g in args.games.split(",") if g]
+    unknown = sorted(set(games) - set(GAMES))
+    if unknown:
+        parser.error(f"unknown game(s) {unknown}; choose from {sorted(GAMES)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    per_seed: dict[int, list] = {s: [] for s in seeds}
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    for game in games:
+        entries = [dict(e) for e in game_config(game, "orbit", 0).eval_tasks]
+        c = game_config(game, "orbit", 0)
+        for seed in seeds:
+            start = time.time()
+            per_seed[seed] += model_rows(game, seed, args.out)
+            seconds[f"{game} seed {seed}: prior + ORBIT + single-episode RL"] = time.time() - start
+            start = time.time()
+            per_seed[seed] += play_policy_rows(entries, ["random", "classical"], c.eval_trials,
+                                               c.num_episodes_reported, seed=seed)
+            per_seed[seed] += rl2_rows(entries, c.eval_trials, c.num_episodes_reported, args.rl2_updates, seed)
+            seconds[f"{game} seed {seed}: RL^2 ({args.rl2_updates} updates), random, classical"] = time.time() - start
+            print(f"[{time.time() - t0:5.0f}s] {game} seed {seed} done", flush=True)
+    rows = pool_seeds([per_seed[s] for s in seeds])
+    name = "games" if set(games) == set(GAMES) else "games_" + "_".join(games)
+    with open(os.path.join(args.out, f"{name}_per_seed.json"), "w") as f:
+        json.dump({"seeds": {str(s): [r.as_dict() for r in rs] for s, rs in per_seed.items()},
+                   "wall_seconds": seconds}, f, indent=2)
+    c = game_config(games[0], "orbit", 0)
+    title = (f"ORBIT beyond GuessTheNumber (cpu scale, {c.pretrain.steps} imitation + "
+             f"{c.num_steps - c.pretrain.steps} RL steps, seeds {args.seeds})")
+    print(write_table(rows, args.out, name, title))
+    print(f"wall time: {time.time() - t0:.0f}s; per run: {json.dumps(seconds, indent=1)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
