@@ -32,24 +32,26 @@ from metarl_jax import build, train
 from metarl_jax.configs.default import get_config, task
 from metarl_jax.prior import rl_phase, train_prior
 
-# game -> (env id, turns per episode, context tokens). Three episodes a trial; the turns leave room above the
-# scripted player's first episode (results/README.md gives its success rates).
+# game -> (env id, turns per episode, training context, held-out context), in tokens. Three episodes a trial; the
+# turns leave room above the scripted player's first episode (results/README.md gives its success rates). The
+# held-out context holds three full episodes, so that no policy's episode 3 is cut off by the context (ORBIT's
+# truncation); training keeps it where it binds only on long trials.
 GAMES = {
-    "mastermind": ("game:Mastermind-v0-random", 3, 160),  # ORBIT's held-out setting
-    "mastermind_two_digits": ("game:Mastermind-v0-two-digits", 3, 160),  # 30 codes instead of 120
-    "hangman": ("game:Hangman-v0-easy", 10, 320),  # ORBIT's training setting
-    "wordle": ("game:Wordle-v0-hard", 3, 192),  # ORBIT: 10 turns, which the scripted player always wins
+    "mastermind": ("game:Mastermind-v0-random", 3, 160, 160),  # ORBIT's held-out setting
+    "mastermind_two_digits": ("game:Mastermind-v0-two-digits", 3, 160, 160),  # 30 codes instead of 120
+    "hangman": ("game:Hangman-v0-easy", 10, 320, 416),  # ORBIT's training setting
+    "wordle": ("game:Wordle-v0-hard", 3, 192, 192),  # ORBIT: 10 turns, which the scripted player always wins
 }
 
 
 def game_config(game: str, variant: str, seed: int):
     """The main run's config (configs/default.py) on one game: its terse text, the game as the only train and
     held-out env, and the default's batch of 8 tasks a step over one env instead of 4 over two."""
-    env_id, turns, context_len = GAMES[game]
+    env_id, turns, train_context, eval_context = GAMES[game]
     c = get_config(variant)
     c.seed, c.eval_every = seed, 0
-    c.train_tasks = [task(env_id, turns, 3 * turns, context_len=context_len)]
-    c.eval_tasks = [task(env_id, turns, 3 * turns, context_len=context_len)]
+    c.train_tasks = [task(env_id, turns, 3 * turns, context_len=train_context)]
+    c.eval_tasks = [task(env_id, turns, 3 * turns, context_len=eval_context)]
     c.num_tasks = 8
     return c
 
