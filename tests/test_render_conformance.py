@@ -57,6 +57,8 @@ TERSE_FRAGMENTS = {
     "game:Mastermind-v0-random": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
     "game:Mastermind-v0-two-digits": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
     "game:Wordle-v0-hard": (" G", " Y", " X", " already guessed\n", " correct\n"),
+    "maze": ("The goal is hidden.", " wall", " safe", " goal\n", " reached the goal\n", " out of turns\n"),
+    "maze-goal-shown": ("The goal is at (", " rows and ", " wall", " safe", " reached the goal\n"),
 }
 # Cases beyond the registered defaults: (coverage name, env id, make overrides)
 VARIANTS = {

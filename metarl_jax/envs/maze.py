@@ -20,6 +20,10 @@ Differences from ORBIT (both rule sets): the wording is ours; a bump repeats the
 not one of the four moves is a format error that ends the episode, as in every env here (ORBIT: "Invalid
 action", a wasted turn).
 
+``text="terse"``: the opening is one line, and every observation is the position and what lies
+up, down, left and right (`` 2 3 wall safe safe goal``; after a bump the same position again; `` reached the
+goal`` on arrival): the same information as the sentences in about a third of the tokens.
+
 Actions: ``up``, ``down``, ``left``, ``right`` (``\\boxed{up}``). Coordinates are 0-based, (row, column),
 (0, 0) is the top-left cell (ORBIT's too).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from metarl_jax.envs.base import RUNNING, WON, TextEnv, TextEnvState
@@ -36,6 +41,7 @@ from metarl_jax.envs.maze_layouts import (DELTAS, SIZE, UNREACHED, MazeTask, gri
                                           sample_random_walls_maze)
 
 DIRECTIONS = ("up", "down", "left", "right")
+TERSE_KINDS = (" wall", " safe", " goal")  # text="terse": what lies next to the agent, by _WALL, _OPEN, _GOAL
 RULES = ("orbit", "goal-shown")
 
 # feedback codes
@@ -63,6 +69,8 @@ class Maze(TextEnv):
         "example \\boxed{up}. Walking into a wall uses up the turn and you stay where you are.\n"
     )
 
+    text_styles = ("gem", "terse")
+
     def __init__(self, max_turns: int = 9, rules: str = "orbit", wall_density: float = 0.25, env_id: str = "maze",
                  text: str = "gem"):
         super().__init__(max_turns, text)
@@ -74,6 +82,14 @@ class Maze(TextEnv):
         self.show_goal = rules == "goal-shown"
         self.wall_density = float(wall_density)
         self.action_contents = list(DIRECTIONS)
+        if self.terse:
+            self._rules = self.book.add(*self._terse_rules_text())
+            self._kind = self.book.add(*TERSE_KINDS, " reached the goal\n", "\n")
+            self._coord = self.book.add(*[f" {i}" for i in range(SIZE)])
+            rules = [slot(self._rules), slot(self.num)] * (len(self._terse_rules_text()) - 1) + [slot(self._rules)]
+            self.game_layout = rules + [slot(self._kind), slot(self._coord), slot(self._coord)] + [slot(self._kind)] * 5
+            self.opening_slots = tuple(range(len(rules)))
+            return
         self._rules = self.book.add(*self._rules_text())
         self._turn = self.book.add("At turn ", ", you moved ", ", you tried to move ")
         self._dir = self.book.add(*DIRECTIONS)
@@ -100,6 +116,12 @@ class Maze(TextEnv):
                     "if it is next to you. Reach it within ", self._MOVES_TEXT)
         return ("You are in a maze laid out on a grid of ", " rows and ", " columns. " + lead + "The goal is at (",
                 ", ", "). Reach it within ", self._MOVES_TEXT)
+
+    def _terse_rules_text(self) -> tuple[str, ...]:
+        """The terse opening's pieces, between the numbers of ``_opening_numbers``."""
+        if self.show_goal:
+            return "A grid of ", " rows and ", " columns. The goal is at (", ", ", "). Reach it within ", " turns.\n"
+        return "The goal is hidden. Reach it within ", " turns.\n"
 
     # ------------------------------------------------------------------ dynamics
     def sample_task(self, key, params) -> MazeTask:
@@ -131,6 +153,12 @@ class Maze(TextEnv):
         """The moves that do not walk into a wall the agent can see next to it."""
         return self._neighbours(state.task, state.game.pos) != _WALL
 
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """The move into the goal when it is next to the agent, else every move that does not walk into a wall it
+        can see."""
+        around = self._neighbours(state.task, state.game.pos)
+        return jnp.where((around == _GOAL).any(), around == _GOAL, around != _WALL)
+
     def oracle_action(self, key, state: TextEnvState) -> jax.Array:
         """A shortest-path step (it reads the hidden goal): the first move (up, down, left, right order) that
         gets closer to the goal."""
@@ -157,6 +185,12 @@ class Maze(TextEnv):
         rules = [self._rules[0]]
         for i, x in enumerate(numbers):
             rules += [n(x), self._rules[i + 1]]
+        if self.terse:
+            around = self._kind[self._neighbours(task, game.pos)]
+            where = jnp.concatenate([jnp.stack([EMPTY, self._coord[game.pos[0]], self._coord[game.pos[1]]]),
+                                     around, jnp.stack([self._kind[4]])])
+            done = jnp.stack([self._kind[3]] + [EMPTY] * 7)
+            return jnp.concatenate([jnp.where(opening, jnp.stack(rules), EMPTY), jnp.where(reached, done, where)])
         turn = jnp.stack([
             self._turn[0], n(state.time), jnp.where(fb == _BUMPED, self._turn[2], self._turn[1]),
             self._dir[jnp.maximum(state.last_action, 0)],
@@ -176,6 +210,15 @@ class Maze(TextEnv):
     def render_game_text(self, state) -> str:
         task, game = state.task, state.game
         r, c = int(game.pos[0]), int(game.pos[1])
+        t = int(state.time)
+        if self.terse:
+            if int(game.feedback) == _REACHED:
+                return " reached the goal\n"
+            kinds = "".join(TERSE_KINDS[int(k)] for k in np.asarray(self._neighbours(task, game.pos)))
+            pieces = self._terse_rules_text()
+            numbers = [int(x) for x in self._opening_numbers(task, state.max_turns)]
+            opening = pieces[0] + "".join(f"{x}{p}" for x, p in zip(numbers, pieces[1:])) if t == 0 else ""
+            return f"{opening} {r} {c}{kinds}\n"
 
         def what(dr, dc):
             rr, cc = r + dr, c + dc
@@ -187,7 +230,6 @@ class Maze(TextEnv):
             f"You are at ({r}, {c}). Up: {what(-1, 0)}. Down: {what(1, 0)}. Left: {what(0, -1)}. "
             f"Right: {what(0, 1)}."
         )
-        t = int(state.time)
         if t == 0:
             lead = ("Rows are numbered from 0 at the top and columns from 0 at the left; a position is written "
                     "(row, column). Some cells are walls, and everything outside the grid is a wall as well. You "
