@@ -221,3 +221,21 @@ def test_consistent_actions_of_the_word_and_code_games_match_a_brute_force(env_i
             np.testing.assert_array_equal(consistent, expected & ~np.asarray(state.game.guessed))
         checked += 1
     assert checked >= 25
+
+
+def test_the_maze_player_never_bumps_and_steps_into_a_goal_it_sees():
+    """Maze: the scripted player moves only where no wall is shown, and into the goal once it is next to it."""
+    from helpers import collect_states
+    from metarl_jax.envs.base import WON
+    from metarl_jax.envs.maze import _GOAL
+
+    env, params = envs.make("maze", text="terse")
+    states = collect_states(env, params, episode_player(env), jax.random.PRNGKey(2), 512, 9)
+    around = jax.vmap(jax.vmap(lambda s: env._neighbours(s.task, s.game.pos)))(states)  # [N, 10, 4]
+    running = np.asarray(states.status[:, :-1]) == RUNNING
+    sees_goal = (np.asarray(around[:, :-1]) == _GOAL).any(-1) & running
+    pos = np.asarray(states.game.pos)
+    moved = (pos[:, 1:] != pos[:, :-1]).any(-1)
+    assert (np.asarray(states.status[:, 1:])[sees_goal] == WON).all()
+    assert moved[running & ~sees_goal].all()
+    assert sees_goal.sum() >= 3 and (running & ~sees_goal).sum() > 1000
