@@ -56,8 +56,19 @@ def game_config(game: str, variant: str, seed: int):
     return c
 
 
-def model_rows(game: str, seed: int, out: str, log=print) -> list:
-    """The prior, ORBIT and single-episode RL rows of one game and seed (trained in ``out/runs/games/...``)."""
+def training_seconds(workdir: str) -> float:
+    """The wall time a run spent training, from its log (``elapsed_seconds`` of its last training row; a resumed
+    run's count starts again at the resume), 0 if it has none."""
+    seconds = 0.0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            seconds = json.loads(line).get("elapsed_seconds", seconds)
+    return seconds
+
+
+def model_rows(game: str, seed: int, out: str, log=print) -> tuple[list, dict]:
+    """The prior, ORBIT and single-episode RL rows of one game and seed (trained in ``out/runs/games/...``), and
+    each run's training wall time in seconds."""
     base = os.path.join(out, "runs", "games", game, f"seed{seed}")
     configs = {label: game_config(game, variant, seed)
                for label, variant in (("ORBIT", "orbit"), ("single-episode RL", "single"))}
@@ -65,13 +76,15 @@ def model_rows(game: str, seed: int, out: str, log=print) -> list:
         build.build_run(c)  # every config is checked before anything trains
     t0 = time.time()
     model_dir, rows = train_prior(configs["ORBIT"], os.path.join(base, "imitation"))
+    seconds = {"imitation prior": training_seconds(os.path.join(base, "imitation"))}
     log(f"  {game} seed {seed}: prior done at {time.time() - t0:.0f}s")
     for label, c in configs.items():
         workdir = os.path.join(base, "orbit" if label == "ORBIT" else "single_episode")
         evaluated = train.train_and_evaluate(rl_phase(c, model_dir), workdir, label=label).rows
         rows += [dataclasses.replace(r, policy=label) for r in evaluated]
+        seconds[label] = training_seconds(workdir)
         log(f"  {game} seed {seed}: {label} done at {time.time() - t0:.0f}s")
-    return rows
+    return rows, seconds
 
 
 def main(argv=None) -> int:
@@ -87,31 +100,30 @@ def main(argv=None) -> int:
         parser.error(f"unknown game(s) {unknown}; choose from {sorted(GAMES)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     per_seed: dict[int, list] = {s: [] for s in seeds}
-    seconds: dict[str, float] = {}
+    seconds: dict[str, dict] = {}  # "<game> seed <k>" -> run -> training wall seconds
     t0 = time.time()
     for game in games:
         entries = [dict(e) for e in game_config(game, "orbit", 0).eval_tasks]
         c = game_config(game, "orbit", 0)
         for seed in seeds:
-            start = time.time()
-            per_seed[seed] += model_rows(game, seed, args.out)
-            seconds[f"{game} seed {seed}: prior + ORBIT + single-episode RL"] = time.time() - start
+            rows, seconds[f"{game} seed {seed}"] = model_rows(game, seed, args.out)
+            per_seed[seed] += rows
             start = time.time()
             per_seed[seed] += play_policy_rows(entries, ["random", "classical"], c.eval_trials,
                                                c.num_episodes_reported, seed=seed)
             per_seed[seed] += rl2_rows(entries, c.eval_trials, c.num_episodes_reported, args.rl2_updates, seed)
-            seconds[f"{game} seed {seed}: RL^2 ({args.rl2_updates} updates), random, classical"] = time.time() - start
+            seconds[f"{game} seed {seed}"][f"RL^2 ({args.rl2_updates} updates), random, classical"] = time.time() - start
             print(f"[{time.time() - t0:5.0f}s] {game} seed {seed} done", flush=True)
     rows = pool_seeds([per_seed[s] for s in seeds])
     name = "games" if set(games) == set(GAMES) else "games_" + "_".join(games)
     with open(os.path.join(args.out, f"{name}_per_seed.json"), "w") as f:
         json.dump({"seeds": {str(s): [r.as_dict() for r in rs] for s, rs in per_seed.items()},
-                   "wall_seconds": seconds}, f, indent=2)
+                   "wall_seconds_on_2_cpu_cores": seconds}, f, indent=2)
     c = game_config(games[0], "orbit", 0)
     title = (f"ORBIT beyond GuessTheNumber (cpu scale, {c.pretrain.steps} imitation + "
              f"{c.num_steps - c.pretrain.steps} RL steps, seeds {args.seeds})")
     print(write_table(rows, args.out, name, title))
-    print(f"wall time: {time.time() - t0:.0f}s; per run: {json.dumps(seconds, indent=1)}")
+    print(f"this call: {time.time() - t0:.0f}s; training wall time per run: {json.dumps(seconds, indent=1)}")
     return 0
 
 
