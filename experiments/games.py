@@ -112,7 +112,8 @@ def main(argv=None) -> int:
             per_seed[seed] += play_policy_rows(entries, ["random", "classical"], c.eval_trials,
                                                c.num_episodes_reported, seed=seed)
             per_seed[seed] += rl2_rows(entries, c.eval_trials, c.num_episodes_reported, args.rl2_updates, seed)
-            seconds[f"{game} seed {seed}"][f"RL^2 ({args.rl2_updates} updates), random, classical"] = time.time() - start
+            baselines = f"RL^2 ({args.rl2_updates} updates), random, classical"
+            seconds[f"{game} seed {seed}"][baselines] = time.time() - start
             print(f"[{time.time() - t0:5.0f}s] {game} seed {seed} done", flush=True)
     rows = pool_seeds([per_seed[s] for s in seeds])
     name = "games" if set(games) == set(GAMES) else "games_" + "_".join(games)

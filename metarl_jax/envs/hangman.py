@@ -188,7 +188,8 @@ class Hangman(WordGame):
         fb = int(state.game.feedback)
         if self.terse:
             if t == 0:
-                return f"A secret word of {self.word_length} letters. You have {int(state.max_turns)} turns.\n {board}\n"
+                turns = int(state.max_turns)
+                return f"A secret word of {self.word_length} letters. You have {turns} turns.\n {board}\n"
             return TERSE_WORDS[fb - 1] + ("" if fb == _CORRECT else f" {board}\n")
         if t == 0:
             return (

@@ -158,15 +158,16 @@ class Mastermind(TextEnv):
 
     def consistent_actions(self, state: TextEnvState) -> jax.Array:
         """The guesses of a code that this episode's pegs allow and that were not made this episode."""
-        codes = jnp.zeros((self.num_actions,), bool).at[jnp.asarray(self.code_actions)].set(self.consistent_codes(state))
-        return codes & ~state.game.guessed
+        allowed = self.consistent_codes(state)
+        return jnp.zeros((self.num_actions,), bool).at[jnp.asarray(self.code_actions)].set(allowed) & ~state.game.guessed
 
     def game_pieces(self, state: TextEnvState):
         g = state.game
         won = ~g.repeated & (g.black == self.code_length)
         if self.terse:
             n = (self.code_length + 1) ** 2
-            pegs_piece = self._pegs[jnp.select([g.repeated, won], [n, n + 1], g.black * (self.code_length + 1) + g.white)]
+            counts = g.black * (self.code_length + 1) + g.white
+            pegs_piece = self._pegs[jnp.select([g.repeated, won], [n, n + 1], counts)]
             rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY])
             return jnp.where(state.time == 0, rules, jnp.stack([EMPTY, EMPTY, EMPTY, pegs_piece]))
         normal = ~g.repeated & ~won

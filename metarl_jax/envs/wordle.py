@@ -160,13 +160,12 @@ class Wordle(WordGame):
         letters = jnp.asarray(self.word_letters)[action]
         opening = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1]])
         if self.terse:
-            L = self.word_length
             end = self._end[jnp.where(won, 2, jnp.where(g.repeated, 1, 0))]
             turn = jnp.concatenate([jnp.where(show_grid, self._letter[letters], EMPTY), jnp.stack([end]),
                                     jnp.where(show_grid, self._mark[g.marks], EMPTY),
                                     jnp.stack([jnp.where(show_grid, self._end[0], EMPTY)])])
             first = state.time == 0
-            return jnp.concatenate([jnp.where(first, opening, EMPTY), jnp.where(first, jnp.full((2 * L + 2,), EMPTY), turn)])
+            return jnp.concatenate([jnp.where(first, opening, EMPTY), jnp.where(first, EMPTY, turn)])
         head = jnp.stack([
             jnp.where(won, self._head[1], self._head[0]),
             jnp.where(won, EMPTY, turn),
