@@ -158,8 +158,8 @@ class Mastermind(TextEnv):
 
     def consistent_actions(self, state: TextEnvState) -> jax.Array:
         """The guesses of a code that this episode's pegs allow and that were not made this episode."""
-        allowed = self.consistent_codes(state)
-        return jnp.zeros((self.num_actions,), bool).at[jnp.asarray(self.code_actions)].set(allowed) & ~state.game.guessed
+        codes = jnp.zeros((self.num_actions,), bool).at[jnp.asarray(self.code_actions)]
+        return codes.set(self.consistent_codes(state)) & ~state.game.guessed
 
     def game_pieces(self, state: TextEnvState):
         g = state.game
