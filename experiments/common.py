@@ -109,20 +109,23 @@ def plot(rows: list[SuccessRow], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     env_ids = list(dict.fromkeys(r.env_id for r in rows))
+    # one colour per method in every panel, where a panel may lack some methods (no classical learner)
+    colors = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(r.policy for r in rows))}
     fig, axes = plt.subplots(1, len(env_ids), figsize=(4.5 * len(env_ids) + 2, 3.6), squeeze=False)
     for ax, env_id in zip(axes[0], env_ids):
         for r in (r for r in rows if r.env_id == env_id):
             x = range(1, len(r.episode_rates) + 1)
-            ax.plot(x, r.episode_rates, marker="o", label=r.policy)
-            ax.fill_between(x, [lo for lo, _ in r.episode_ci], [hi for _, hi in r.episode_ci], alpha=0.15)
+            ax.plot(x, r.episode_rates, marker="o", label=r.policy, color=colors[r.policy])
+            ax.fill_between(x, [lo for lo, _ in r.episode_ci], [hi for _, hi in r.episode_ci], alpha=0.15,
+                            color=colors[r.policy])
         ax.set_title(env_id.replace("game:", ""), fontsize=9)
         ax.set_xlabel("episode")
         ax.set_xticks(list(x))
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("success rate")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center right")
+    handles = [plt.Line2D([], [], color=c, marker="o") for c in colors.values()]
+    fig.legend(handles, list(colors), fontsize=7, loc="center right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=120)
