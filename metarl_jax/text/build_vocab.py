@@ -21,16 +21,18 @@ MAX_VOCAB_NUMBER = 1000
 
 
 def env_words() -> set[str]:
-    """Every word-level token the registered envs, their trials and their action texts can produce."""
+    """Every word-level token the registered envs, their trials and their action texts can produce, in every text
+    style each env renders."""
     from metarl_jax import envs
 
     words: set[str] = set()
     for env_id in envs.registered():
-        trial, _ = envs.make_trial(env_id, reflection=True)
-        for piece in trial.pieces:
-            words.update(split_words(piece))
-        for i in range(trial.num_actions):
-            words.update(split_words(trial.action_text(i)))
+        for style in envs.env_class(env_id).text_styles:  # every text the env can render
+            trial, _ = envs.make_trial(env_id, reflection=True, text=style)
+            for piece in trial.pieces:
+                words.update(split_words(piece))
+            for i in range(trial.num_actions):
+                words.update(split_words(trial.action_text(i)))
     for n in range(MAX_VOCAB_NUMBER + 1):
         words.update((str(n), f" {n}"))
     return words
