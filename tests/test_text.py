@@ -89,3 +89,11 @@ def test_codec_rejects_vocabulary_without_env_words(trial):
 def test_load_tokenizer_missing_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_the_built_in_vocabulary_holds_every_word_of_every_text_style(capsys):
+    """`build_vocab --check` passes: every registered env's text in every style it renders (the terse ones
+    included) tokenizes with the shipped vocabulary, without growing it (which would change the models)."""
+    from metarl_jax.text import build_vocab
+
+    assert build_vocab.main(["--check"]) == 0, capsys.readouterr().err
