@@ -214,8 +214,8 @@ CASES = [
          ConfigError, r"config\.train_tasks\[0\]\.max_turns_per_episode: must be an int >= 1 \(ORBIT's value for maze: 9\)"),
     Case("unknown task key", checked(train_tasks=[dict(env_id="maze", max_turns=9)]),
          ConfigError, r"config\.train_tasks\[0\]\.max_turns: is not a task key; did you mean 'max_turns_per_episode'\?"),
-    Case("terse text on an env without it", checked(text="terse", eval_tasks=[dict(env_id="maze")]), ConfigError,
-         r"config\.text: is 'terse', which eval_tasks\[0\] \(maze\) cannot render"),
+    Case("terse text on an env without it", checked(text="terse", eval_tasks=[dict(env_id="rockpaperscissors")]),
+         ConfigError, r"config\.text: is 'terse', which eval_tasks\[0\] \(rockpaperscissors\) cannot render"),
     Case("unknown text style", checked(text="short"), ConfigError, r"config\.text: must be 'gem' \(GEM's sentences"),
     Case("no task", checked(eval_tasks=[]), ConfigError, r"config\.eval_tasks: lists no task; add at least one"),
     Case("context too short for the trial", built(context_len=200, allow_truncation=False),
@@ -248,8 +248,9 @@ CASES = [
     Case("imitation phase longer than the run", checked(pretrain__steps=20, num_steps=10),
          ConfigError, r"config\.pretrain\.steps: is 20, more than num_steps=10 .*raise num_steps"),
     Case("imitation of a game without a scripted player",
-         checked(pretrain__steps=5, answer_coef=0.0, text="gem", train_tasks=[dict(env_id="maze")]),
-         ConfigError, r"config\.pretrain\.steps: is 5, but train_tasks\[0\] \(maze\) has no scripted player "
+         checked(pretrain__steps=5, answer_coef=0.0, text="gem", train_tasks=[dict(env_id="rockpaperscissors")]),
+         ConfigError, r"config\.pretrain\.steps: is 5, but train_tasks\[0\] \(rockpaperscissors\) has no scripted "
+         r"player "
          r"\(envs with one: .*GuessTheNumber.*set pretrain\.steps=0"),
     Case("scripted player's noise above 1", checked(pretrain__noise=1.5),
          ConfigError, r"config\.pretrain\.noise: must be in \[0, 1\]"),

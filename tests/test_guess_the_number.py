@@ -89,4 +89,4 @@ def test_terse_is_refused_where_the_env_has_no_such_text():
 
     with pytest.raises(ValueError, match=r"renders text styles \['gem', 'terse'\], got text='short'"):
         GuessTheNumber(text="short")
-    assert envs.env_class("maze").text_styles == ("gem",)
+    assert envs.env_class("rockpaperscissors").text_styles == ("gem",)

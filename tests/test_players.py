@@ -62,7 +62,7 @@ def test_consistent_actions_keep_the_secret_until_it_is_found():
 
 
 def test_a_game_without_consistent_actions_has_no_player():
-    trial, _ = envs.make_trial("maze")
+    trial, _ = envs.make_trial("rockpaperscissors")
     with pytest.raises(ValueError, match="consistent_actions"):
         episode_player(trial)
     with pytest.raises(ValueError, match="noise"):
