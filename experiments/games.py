@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     seconds: dict[str, dict] = {}  # "<game> seed <k>" -> run -> training wall seconds
     t0 = time.time()
     for game in games:
-        entries = [dict(e) for e in game_config(game, "orbit", 0).eval_tasks]
         c = game_config(game, "orbit", 0)
+        entries = [dict(e) for e in c.eval_tasks]
         for seed in seeds:
             rows, seconds[f"{game} seed {seed}"] = model_rows(game, seed, args.out)
             per_seed[seed] += rows
