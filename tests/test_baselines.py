@@ -295,7 +295,8 @@ def test_stateless_policies_keep_their_rollout_and_gain_no_memory():
 def test_registry_names_supported_envs_and_rejects_others():
     assert set(baselines.ONLINE_POLICIES) <= set(baselines.policy_names())
     assert baselines.supported_envs("q_learning") == ["maze", "FrozenLake-misc", "maze-goal-shown"]
-    assert set(baselines.supported_envs("elimination")) == {MASTERMIND, GTN_EASY, GTN_HARD}
+    mastermind_variants = {MASTERMIND, "game:Mastermind-v0-two-digits"}
+    assert set(baselines.supported_envs("elimination")) == mastermind_variants | {GTN_EASY, GTN_HARD}
     assert BANDIT in baselines.supported_envs("ucb1") and RPS in baselines.supported_envs("thompson")
     maze, _ = trial_env("maze")
     assert baselines.supports("q_learning", maze) and not baselines.supports("ucb1", maze)
