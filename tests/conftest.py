@@ -8,22 +8,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-# Seconds each test file took in each suite on 2 CPU cores (2026-12-06). The README's commands run the files on two
+# Seconds each test file took in each suite on 2 CPU cores (2026-12-07). The README's commands run the files on two
 # pytest-xdist workers (--dist loadfile --no-loadscope-reorder): a worker takes the next file in collection order, so
 # the files are collected longest first and the two workers end together (longest-processing-time-first). Files not
 # listed follow in their usual order; rough figures suffice.
 FILE_SECONDS = {
-    "slow": {"test_multi_host.py": 1050, "test_faults.py": 660, "test_paper_scale.py": 520, "test_train.py": 950,
-             "test_docs.py": 290, "test_grpo.py": 230, "test_install.py": 215, "test_learning_easy.py": 200,
-             "test_trainable.py": 170, "test_config_defaults.py": 150, "test_grpo_bandit.py": 90,
-             "test_notebook.py": 80},
-    "default": {"test_rollout.py": 440, "test_envs_common.py": 430, "test_mixture.py": 230, "test_export.py": 220,
-                "test_trainable.py": 220, "test_models_extras.py": 220, "test_grpo.py": 200,
-                "test_constrained_decoding.py": 200, "test_strip_thinking.py": 190, "test_micro_batches.py": 180,
-                "test_models_scan.py": 180, "test_players.py": 170, "test_render_conformance.py": 160,
-                "test_baselines.py": 160,
-                "test_faults.py": 140, "test_maze.py": 120, "test_grpo_reference.py": 110, "test_train.py": 110,
-                "test_rl2.py": 100, "test_free_decoding.py": 90, "test_rock_paper_scissors.py": 90},
+    "slow": {"test_train.py": 1250, "test_multi_host.py": 1050, "test_trainable.py": 900, "test_faults.py": 790,
+             "test_envs_common.py": 630, "test_paper_scale.py": 520, "test_rollout.py": 460, "test_micro_batches.py": 450,
+             "test_grpo.py": 410, "test_export.py": 320, "test_render_conformance.py": 300, "test_models_extras.py": 300,
+             "test_docs.py": 290, "test_maze.py": 240, "test_strip_thinking.py": 230, "test_mixture.py": 220,
+             "test_install.py": 220, "test_learning_easy.py": 200, "test_models_scan.py": 180,
+             "test_constrained_decoding.py": 170, "test_baselines.py": 150, "test_config_defaults.py": 150,
+             "test_rl2.py": 130, "test_players.py": 100, "test_grpo_bandit.py": 90, "test_notebook.py": 80},
+    "default": {"test_models.py": 170, "test_baselines.py": 120, "test_rollout.py": 100,
+                "test_render_conformance.py": 90, "test_grpo_reference.py": 80, "test_constrained_decoding.py": 80,
+                "test_rock_paper_scissors.py": 70, "test_bad_input.py": 70, "test_envs_common.py": 70,
+                "test_players.py": 60, "test_blackjack.py": 60, "test_models_scan.py": 50, "test_models_extras.py": 40,
+                "test_free_decoding.py": 40, "test_frozen_lake.py": 40, "test_multi_episode.py": 40, "test_text.py": 30,
+                "test_minesweeper.py": 30, "test_checkpoints.py": 30},
 }
 
 

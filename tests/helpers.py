@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metarl_jax.baselines import random_policy
 from metarl_jax.evaluate import play_policy
@@ -21,6 +22,17 @@ def adhoc_word_tokenizer(env) -> WordTokenizer:
 def index_tree(tree, i):
     """The i-th element of a batched pytree, as numpy."""
     return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+# Envs whose compiled tests take the longest on 2 CPU cores (maze generation, FrozenLake's maps, Blackjack's deck,
+# Minesweeper's board, Wordle's word list): their per-env cases run in the slow suite, the others in the default one.
+HEAVY_ENVS = frozenset({"maze", "maze-goal-shown", "FrozenLake-misc", "game:Blackjack-v0", "game:Blackjack-v0-table10",
+                        "game:Minesweeper-v0-only-reveal", "game:Wordle-v0-hard"})
+
+
+def slow_if_heavy(env_id: str, *values, heavy: str | None = None):
+    """A ``pytest.param`` of ``(env_id, *values)``, marked slow when ``heavy`` (default ``env_id``) is heavy."""
+    return pytest.param(env_id, *values, marks=[pytest.mark.slow] if (heavy or env_id) in HEAVY_ENVS else [])
 
 
 # ---------------------------------------------------------------- policies

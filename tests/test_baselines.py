@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import binomial_tolerance
+from helpers import binomial_tolerance, slow_if_heavy
 
 from metarl_jax import baselines, envs
 from metarl_jax.baselines import OnlinePolicy, as_online
@@ -71,7 +71,7 @@ def test_random_matches_its_analytic_rate_on_the_bandit():
     assert abs(rate - 0.5) < binomial_tolerance(0.5, out["infos"]["success"].size)
 
 
-@pytest.mark.parametrize("env_id", [GTN_EASY, GTN_HARD, "maze", "game:Hangman-v0-easy"])
+@pytest.mark.parametrize("env_id", [GTN_EASY, GTN_HARD, slow_if_heavy("maze"), "game:Hangman-v0-easy"])
 def test_oracle_wins_every_episode_where_the_game_is_solvable_in_the_turn_limit(env_id):
     """Binary search finds 1..10 in 4 and 1..50 in 6 <= 7 guesses; the maze's shortest path (7 or 8 moves) fits
     in 9 turns; Hangman's oracle names the word. So every episode that starts within the cap is won."""
@@ -186,7 +186,7 @@ def test_elimination_on_mastermind_learns_the_code_across_episodes():
 # ---------------------------------------------------------------- Q-learning
 
 
-@pytest.mark.parametrize("env_id", ["FrozenLake-misc", "maze"])
+@pytest.mark.parametrize("env_id", ["FrozenLake-misc", slow_if_heavy("maze")])
 def test_q_learning_improves_across_episodes(env_id):
     """The maze / lake is fixed for the trial: the Q-table learns where the holes and dead ends are (and, in
     ``maze``, whose goal is never told, where the goal is), so later episodes succeed more often than the first
@@ -197,6 +197,7 @@ def test_q_learning_improves_across_episodes(env_id):
     assert rates[2] > rates[0] + 0.06, rates
 
 
+@pytest.mark.slow
 def test_q_learning_uses_the_goal_only_where_it_is_shown():
     """``maze-goal-shown`` tells the goal's position, and the default goal-distance optimism uses it: episode 1 is
     won far more often than with the constant optimism that ``maze`` (goal never told) must use, which refuses
@@ -213,7 +214,8 @@ def test_q_learning_uses_the_goal_only_where_it_is_shown():
 
 
 @pytest.mark.parametrize("env_id,policy", [(GTN_HARD, "elimination_random"), (MASTERMIND, "elimination"),
-                                           (RPS, "opponent_counts"), (BANDIT, "thompson")])
+                                           pytest.param(RPS, "opponent_counts", marks=pytest.mark.slow),
+                                           pytest.param(BANDIT, "thompson", marks=pytest.mark.slow)])
 def test_online_learners_read_only_observable_feedback(env_id, policy):
     """Replaying a trial's steps through ``update`` with every state's hidden task swapped for another trial's
     gives the same memory, and ``act`` the same actions: the learners never read the task. The replayed memory
@@ -250,6 +252,7 @@ def test_online_learners_read_only_observable_feedback(env_id, policy):
     jax.tree.map(np.testing.assert_array_equal, memory, out["memory"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_results_and_other_seed_differs():
     """Online and stateless policies alike: one seed, one result; another seed, other tasks and draws."""
     trial, params = trial_env(BANDIT, 50)
@@ -272,6 +275,7 @@ def test_online_and_stateless_policies_see_the_same_tasks_for_a_seed():
     np.testing.assert_array_equal(learner_tasks, random_tasks)
 
 
+@pytest.mark.slow
 def test_stateless_policies_keep_their_rollout_and_gain_no_memory():
     """A stateless policy plays exactly as before (as_online wraps it with an empty memory and the same keys)."""
     trial, params = trial_env(GTN_EASY)

@@ -49,7 +49,8 @@ def exact_log_prob(table, logits, action):
     return total
 
 
-@pytest.mark.parametrize("env_id", ["game:Mastermind-v0-random", "game:GuessTheNumber-v0-hard", "maze"])
+@pytest.mark.parametrize("env_id", [pytest.param("game:Mastermind-v0-random", marks=pytest.mark.slow),
+                                    "game:GuessTheNumber-v0-hard", "maze"])
 def test_every_decode_is_a_valid_action_with_exact_log_prob(env_id, tokenizer):
     env, _ = envs.make(env_id)
     table = ActionTable(env, tokenizer)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import replay_episode_one
+from helpers import replay_episode_one, slow_if_heavy
 from metarl_jax import envs
 from metarl_jax.baselines import random_policy
 from metarl_jax.agents.context import context_budget
@@ -50,6 +50,7 @@ def test_no_python_randomness_in_envs():
 
 
 @pytest.mark.parametrize("env_id", ALL_IDS)
+@pytest.mark.slow
 def test_jit_vmap_batch_1024(env_id):
     env, params, codec = trial_and_codec(env_id)
     game = env.env
@@ -85,7 +86,7 @@ def test_jit_vmap_batch_1024(env_id):
 DETERMINISTIC = [i for i in ALL_IDS if envs.make(i)[0].deterministic]
 
 
-@pytest.mark.parametrize("env_id", DETERMINISTIC)
+@pytest.mark.parametrize("env_id", [slow_if_heavy(i) for i in DETERMINISTIC])
 def test_winning_actions_of_episode_one_win_episode_two(env_id):
     replay = replay_episode_one(*envs.make_trial(env_id, reflection=False), jax.random.PRNGKey(7), 1024)
     won1, won2 = replay["won1"], replay["won2"]
@@ -147,6 +148,7 @@ def jitted(env_id, reflection, repeat_opening=True):
     repeat_opening=st.booleans(),
 )
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 def test_random_actions_keep_invariants(env_id, seed, actions, reflection, repeat_opening):
     env, params, codec = trial_and_codec(env_id, reflection, repeat_opening)
     reset, step, render = jitted(env_id, reflection, repeat_opening)

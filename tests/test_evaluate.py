@@ -40,6 +40,7 @@ def trial():
     return envs.make_trial(ENV)
 
 
+@pytest.mark.slow
 def test_evaluation_is_deterministic_for_a_seed(trial):
     env, params = trial
     policy = baselines.make_policy("random", env)

@@ -38,6 +38,7 @@ def exported(tmp_path_factory):
     return workdir, out, env.render_text(state), nnx.merge(result.graphdef, result.state.params)
 
 
+@pytest.mark.slow
 def test_transformers_loads_the_export_and_matches_our_logits(exported):
     workdir, out, text, trained = exported
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
@@ -76,6 +77,7 @@ def test_word_vocabulary_as_tokenizers_gives_the_same_ids():
     assert [p for p in split_words(texts[2]) if p not in word.index]  # the unknown-word path was exercised
 
 
+@pytest.mark.slow
 def test_export_errors_name_the_fix(tmp_path, exported):
     with pytest.raises(FileNotFoundError, match="train the run first"):
         export(str(tmp_path), str(tmp_path / "out"))

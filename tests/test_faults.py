@@ -79,7 +79,7 @@ NAN_RUN = dict(num_steps=4, eval_every=0, log_every=3, checkpoint_every=1, keep_
                inject_nan_count=1)
 
 
-@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about a minute on 2 cores
 def test_nan_step_is_skipped_and_the_run_finishes(tmp_path, compile_cache):
     config = tiny_config(**NAN_RUN)
     with pytest.warns(RuntimeWarning, match=r"step 2: non-finite gradients, update skipped"):
@@ -102,6 +102,7 @@ def test_nan_step_is_skipped_and_the_run_finishes(tmp_path, compile_cache):
     assert (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_consecutive_skips_stop_the_run(tmp_path, compile_cache):
     config = tiny_config(**NAN_RUN, max_consecutive_skips=1)  # inject_nan_count (1) >= max_consecutive_skips
     with warnings.catch_warnings():

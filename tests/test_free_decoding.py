@@ -160,7 +160,7 @@ def test_chat_end_follows_the_models_own_end_of_turn_token(tmp_path):
     check(tr, plays, actions)
 
 
-@pytest.mark.parametrize("context_room", [0, 2])
+@pytest.mark.parametrize("context_room", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_remaining_budget_overflow_earns_nothing_and_stops_the_trial(context_room):
     """With ``remaining_budget`` the last turn may write only what the context has left. A winning last response
     (box and end-of-turn token) that misses 2 slots is played, cut by the full context, earns nothing, and its

@@ -14,6 +14,7 @@ from metarl_jax.tasks import build_task
 from metarl_jax.text import WordTokenizer
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once_and_updates():
     tok = WordTokenizer()
     tasks = [
@@ -100,7 +101,7 @@ def test_epoch_sampling_visits_every_task_once_per_epoch():
     assert len(set(free.tolist())) < 9  # with replacement 9 distinct draws of 10 have probability 4e-4
 
 
-@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about a minute on 2 cores
 def test_meta_learner_objects_train_and_evaluate():
     import metarl_jax
 
@@ -119,7 +120,7 @@ def test_meta_learner_objects_train_and_evaluate():
     assert row.num_trials == 8 and 0.0 <= row.episode_rates[0] <= 1.0
 
 
-@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about a minute on 2 cores
 def test_update_epochs_reuse_the_batch():
     """With update_epochs=2 the step plays the same rollout (same first, on-policy loss) and then takes a
     second, off-policy update on it: the params move further, and the step is still traced once. With

@@ -32,7 +32,7 @@ def easy_config():
     return c
 
 
-@pytest.mark.slow  # about 3 minutes on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about 3 minutes on 2 cores
 def test_episode_one_success_rises_above_random_without_the_answer_loss(tmp_path):
     config = easy_config()
     [trained] = train_and_evaluate(config, str(tmp_path), quiet=True).rows

@@ -118,6 +118,7 @@ def cycles(open_):
 
 
 # ---------------------------------------------------------------- the branched generator (ORBIT's kind)
+@pytest.mark.slow
 def test_branched_generator_properties(sampled):
     task, tries = sampled
     shapes = []
@@ -142,6 +143,7 @@ def test_branched_generator_properties(sampled):
     assert abs(tries.mean() - BRANCHED_TRIES) < 4 * tries.std() / np.sqrt(N_MAZES)
 
 
+@pytest.mark.slow
 def test_growing_tree_is_a_finished_tree_and_loops_close_cycles():
     """The corridors alone: a tree (no cycle) of interior cells through the start, grown until no interior wall
     has exactly one open neighbour (so ORBIT's dead-end extension pass would open nothing); ``add_loops`` then
@@ -170,6 +172,7 @@ def test_growing_tree_is_a_finished_tree_and_loops_close_cycles():
     assert set(loops) == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_branched_generator_matches_a_plain_python_generator(sampled):
     """The same distribution as :func:`host_branched_maze`: rows, path lengths, open cells, loops and dead ends
     agree within 4.5 standard errors of the difference of two samples."""
@@ -191,6 +194,7 @@ def test_branched_generator_matches_a_plain_python_generator(sampled):
         assert abs(a[:, j].mean() - b[:, j].mean()) < 4.5 * se, (name, a[:, j].mean(), b[:, j].mean())
 
 
+@pytest.mark.slow
 def test_mazes_are_a_function_of_the_key(maze, shown):
     for env, params in (maze, shown):
         sample = jax.jit(jax.vmap(lambda k: env.sample_task(k, params)))  # noqa: B023
@@ -221,6 +225,7 @@ def test_random_walls_generator_path_length_shapes_and_farthest_goal():
 
 
 # ---------------------------------------------------------------- what the agent sees
+@pytest.mark.slow
 def test_observation_never_tells_the_goal_or_the_grid_size(maze, shown, sampled):
     """ORBIT's rules: moving the goal to another cell away from the start and declaring another grid size leave
     the opening unchanged; the ``maze-goal-shown`` variant's opening tells both (which shows the check can fail)."""
@@ -264,6 +269,7 @@ def test_walking_into_a_wall_costs_a_turn_and_says_so(maze):
 
 
 # ---------------------------------------------------------------- oracle and random rates
+@pytest.mark.slow
 def test_oracle_wins_along_a_shortest_path(maze):
     env, params = maze
     final, infos, rewards = run_trials(env, params, env.oracle_action, jax.random.PRNGKey(1), 1000, 9)
@@ -276,6 +282,7 @@ def test_oracle_wins_along_a_shortest_path(maze):
 
 
 @pytest.mark.parametrize("env_id,turns", [("maze", 9), ("maze", 40), ("maze-goal-shown", 40)])
+@pytest.mark.slow
 def test_random_policy_matches_exact_host_rate(env_id, turns):
     """ORBIT's 9 turns (random play rarely wins) and 40 turns (a rate large enough to test sharply)."""
     env, params = envs.make(env_id, max_turns=turns)
@@ -292,6 +299,7 @@ def test_random_policy_matches_exact_host_rate(env_id, turns):
 
 
 # ---------------------------------------------------------------- text and trials
+@pytest.mark.slow
 def test_oracle_route_replayed_in_episode_two_wins():
     replay = replay_episode_one(*envs.make_trial("maze"), jax.random.PRNGKey(4), 300, keep_tasks=True)
     idx, done, success = (replay["infos"][k] for k in ("episode_index", "episode_done", "episode_success"))

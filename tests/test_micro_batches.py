@@ -80,6 +80,7 @@ def rollouts(request):
     return {rows: _play(free, rows) for rows in (0, 2)}
 
 
+@pytest.mark.slow
 def test_micro_batched_rollout_equals_the_unchunked_one(rollouts):
     whole, chunked = rollouts[0]["tr"], rollouts[2]["tr"]
     for name in ("tokens", "length", "actions", "action_tokens", "action_mask", "rewards", "success", "taken"):
@@ -88,6 +89,7 @@ def test_micro_batched_rollout_equals_the_unchunked_one(rollouts):
     assert np.asarray(whole.taken).sum() > BATCH, "the trials must take several turns for the test to mean much"
 
 
+@pytest.mark.slow
 def test_free_decoding_is_scored_over_vocabulary_chunks(rollouts):
     """The teacher-forced pass of a free-decoding transcript, with vocabulary chunks of 7 columns, equals a
     log-softmax over the whole vocabulary of the model's logits (and the sampler's log-probabilities)."""
@@ -123,6 +125,7 @@ def test_accumulate_over_rows_sums_the_micro_batches():
         accumulate_over_rows(fn, rows, 4)
 
 
+@pytest.mark.slow
 def test_accumulated_gradients_equal_the_whole_batch():
     """One train step with every loss term on (PPO-clip, entropy, KL, observation and answer losses), played
     and updated whole vs in micro-batches of 2 rows: equal losses, metrics and (with plain SGD, whose update is

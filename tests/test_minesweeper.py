@@ -166,7 +166,7 @@ def test_three_bv_matches_host(ms, boards):
     assert (bv == host).all()
 
 
-@pytest.mark.parametrize("turns", [TURNS, 3])
+@pytest.mark.parametrize("turns", [pytest.param(TURNS, marks=pytest.mark.slow), 3])
 def test_oracle_wins_exactly_when_best_3bv_fits(ms, turns):
     """With 8 turns every task turns out to be solvable; 3 turns gives a non-trivial rate."""
     env, params = ms

@@ -61,6 +61,7 @@ def test_each_row_plays_its_own_game(mix):
         assert bool(mstate.trial_done) and int(mstate.total_steps) == task.env.total_step_cap
 
 
+@pytest.mark.slow
 def test_a_mixed_batch_rolls_out_each_rows_game(mix):
     tok, tasks, m = mix
     graphdef, state = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))
@@ -89,6 +90,7 @@ def test_a_mixed_batch_rolls_out_each_rows_game(mix):
         assert int(tr.length[b]) <= int(m.context_limits[g])
 
 
+@pytest.mark.slow
 def test_train_step_over_a_mixture_logs_every_game(mix):
     tok, tasks, m = mix
     graphdef, params = nnx.split(Transformer(preset("tiny", tok.vocab_size), rngs=nnx.Rngs(0)))

@@ -20,6 +20,7 @@ def loss_fn(model):
     return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
 
 
+@pytest.mark.slow
 def test_lora_starts_as_the_base_model_and_trains_only_adapters():
     model = Transformer(preset("tiny", 50), rngs=nnx.Rngs(0))
     base_logits, _ = model(TOKENS, POS)
@@ -79,7 +80,7 @@ def test_save_pretrained_merges_lora(tmp_path):
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
-@pytest.mark.parametrize("row_chunk", [1, 2, 64])
+@pytest.mark.parametrize("row_chunk", [pytest.param(1, marks=pytest.mark.slow), 2, 64])
 @pytest.mark.parametrize("shape", [(3, 150, 2, 2, 8), (2, 40, 1, 3, 4)], ids=["3-blocks", "1-block"])
 def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, row_chunk, shape):
     """The blocked, row-chunked causal pass with its custom VJP equals plain masked softmax attention, output
@@ -118,6 +119,7 @@ def test_causal_attention_matches_the_reference_and_its_gradient(monkeypatch, ro
 
 
 @pytest.mark.parametrize("row_chunk,layers", [(2, 2), (64, 2), (2, 6)])
+@pytest.mark.slow
 def test_cached_calls_on_some_rows_and_one_token_match_the_full_forward(monkeypatch, row_chunk, layers):
     """``hidden_states`` with a cache, called on a subset of the cache's rows (``rows=``, in any order) and asked
     for one token per row (``last_at=``), gives the full causal forward's hidden states at those tokens, advances

@@ -70,8 +70,9 @@ def test_traced_program_does_not_grow_with_depth():
         assert len(scans) == 1  # the first L - 1 layers; the last runs apart, one token per row querying
 
 
-@pytest.mark.parametrize("layers", [2, 6])
-@pytest.mark.parametrize("remat", ["full", "dots", "nested"])
+@pytest.mark.parametrize("layers", [2, pytest.param(6, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("remat", ["full", pytest.param("dots", marks=pytest.mark.slow),
+                                   pytest.param("nested", marks=pytest.mark.slow)])
 def test_remat_gives_the_same_values_and_gradients(layers, remat):
     """Rematerialised layers (unrolled scan: 2 layers; rolled: 6) give the logits and parameter gradients of
     the plain pass, to 1e-5, and the remat policy is really in the traced program ("nested" on 6 rolled
@@ -116,6 +117,7 @@ def test_unknown_remat_policy_is_refused():
         tiny(remat="most")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     """bfloat16 compute over float32 weights (``param_dtype=float32, dtype=bfloat16``), cached (bfloat16 cache)
     and not, against float32 compute of the same weights: logits within 1e-2 absolute (the largest difference
@@ -162,7 +164,7 @@ def attention_inputs(t: int):
     return q, k, v, valid, weight
 
 
-@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("groups", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_looped_causal_pass_equals_the_unrolled_one(monkeypatch, groups):
     """Past MAX_UNROLLED_QUERY_BLOCKS query blocks the causal pass loops over groups of blocks; its output and
     gradients (q, k, v) equal the block-by-block pass's to 1e-5. 300 tokens: 5 blocks, the last one partial
@@ -188,6 +190,7 @@ def test_looped_causal_pass_equals_the_unrolled_one(monkeypatch, groups):
     assert float(jnp.abs(grads[2]).max()) > 0.1
 
 
+@pytest.mark.slow
 def test_looped_causal_pass_in_a_model(monkeypatch):
     """A tiny model's loss and parameter gradients over 300 tokens with the looped causal pass (threshold
     lowered to 2 blocks) equal those of the block-by-block pass, to 1e-5."""

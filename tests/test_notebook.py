@@ -84,7 +84,7 @@ def test_install_cell_installs_from_the_checkout_or_a_clone_with_the_accelerator
     assert re.search(r'"jax==([0-9.]+)"', (ROOT / "setup.py").read_text()).group(1) == "0.10.2"
 
 
-@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about a minute on 2 cores
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")

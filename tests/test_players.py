@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import slow_if_heavy
 
 from metarl_jax import envs
 from metarl_jax.agents import ActionTable
@@ -95,6 +96,7 @@ def test_a_scripted_rollout_plays_the_players_moves_and_scores_them_under_the_mo
     assert np.all(per_action > 0.5 * np.log(2)) and np.all(per_action < 3 * np.log(10)), per_action
 
 
+@pytest.mark.slow
 def test_the_imitation_step_learns_the_players_moves():
     """``make_train_step(players=...)``: the rollouts play the player's moves and the update fits them. With the
     oracle (binary search, deterministic) as the player, 60 steps take the imitation loss well below the untrained
@@ -189,7 +191,7 @@ def _hangman_allowed(env, state) -> np.ndarray:
 
 
 @pytest.mark.parametrize("env_id, allowed_fn", [("game:Mastermind-v0-random", _mastermind_allowed),
-                                                ("game:Wordle-v0-hard", _wordle_allowed),
+                                                slow_if_heavy("game:Wordle-v0-hard", _wordle_allowed),
                                                 ("game:Hangman-v0-easy", _hangman_allowed)])
 def test_consistent_actions_of_the_word_and_code_games_match_a_brute_force(env_id, allowed_fn):
     """Mastermind, Wordle, Hangman: on states the scripted player reaches, the secrets the env's feedback allows
@@ -223,6 +225,7 @@ def test_consistent_actions_of_the_word_and_code_games_match_a_brute_force(env_i
     assert checked >= 25
 
 
+@pytest.mark.slow
 def test_the_maze_player_never_bumps_and_steps_into_a_goal_it_sees():
     """Maze: the scripted player moves only where no wall is shown, and into the goal once it is next to it."""
     from helpers import collect_states

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, collect_states, mixed_policy, render_roundtrip
+from helpers import adhoc_word_tokenizer, collect_states, mixed_policy, render_roundtrip, slow_if_heavy
 from metarl_jax import envs
 from metarl_jax.baselines.online import OnlinePolicy
 from metarl_jax.envs import registry
@@ -70,6 +70,10 @@ CASES = [(name, style) for name in sorted(set(registry.registered()) | set(VARIA
 if os.environ.get("METARL_TEST_ENVS"):  # id1,id2: only these envs, while developing one
     CASES = [(n, s) for n, s in CASES if VARIANTS.get(n, (n,))[0] in os.environ["METARL_TEST_ENVS"].split(",")]
 
+# Cases that add little to the default suite's coverage (the same renderer in another variant or style): slow suite.
+SLOW_CASES = {("game:GuessTheNumber-v0-easy", "gem"), ("game:Mastermind-v0-two-digits", "gem"),
+              ("game:Mastermind-v0-two-digits", "terse"), ("rockpaperscissors-verbose", "gem")}
+
 
 def smallest_card_policy(env):
     """Blackjack: always the smallest card left. Four hits rarely bust, so the episode runs out of turns."""
@@ -97,7 +101,9 @@ def oracle_policy(env):
     return lambda key, state: jnp.asarray(env.oracle_action(key, state), jnp.int32)
 
 
-@pytest.mark.parametrize("name,style", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+@pytest.mark.parametrize("name,style", [slow_if_heavy(n, s, heavy=VARIANTS.get(n, (n,))[0]) if (n, s) not in SLOW_CASES
+                                       else pytest.param(n, s, marks=pytest.mark.slow) for n, s in CASES],
+                         ids=[f"{n}-{s}" for n, s in CASES])
 def test_every_sampled_state_renders_to_tokens_that_decode_to_its_text(name, style):
     env_id, overrides = VARIANTS.get(name, (name, {}))
     env, params = envs.make(env_id, **overrides, **({"text": style} if style != "gem" else {}))

@@ -42,6 +42,7 @@ def per_step_reward(out: dict) -> np.ndarray:
     return np.asarray(out["trial_return"]) / CAP
 
 
+@pytest.mark.slow
 def test_rl2_beats_random_on_the_bandit(trained, evaluated):
     """Random pulls pay 0.5 per step on average (the two arms' probabilities sum to 1). A policy that has
     meta-learned "stay after a payout, switch after nothing" earns about 0.85. Measured on 512 trials (same
@@ -62,6 +63,7 @@ def test_rl2_beats_random_on_the_bandit(trained, evaluated):
     assert last > first + 0.15
 
 
+@pytest.mark.slow
 def test_trained_policy_adapts_to_the_previous_episode(evaluated):
     """Win-stay, lose-shift: the arm pulled in episode 2 depends on episode 1's outcome, which only the hidden
     state carries across the boundary (each episode is one pull). After a payout the arm is the good one

@@ -36,7 +36,8 @@ def play(env_id, context_len=None, cap=6, **trial_kw):
 @pytest.fixture(scope="module", params=[
     # One sampled token per action; terse text prefills 8 tokens per call, so the opening takes several.
     ("game:GuessTheNumber-v0-easy", dict(intro=False, text="terse")),
-    ("game:Mastermind-v0-random", dict(intro=True, repeat_opening=False, reflection=True)),  # several
+    pytest.param(("game:Mastermind-v0-random", dict(intro=True, repeat_opening=False, reflection=True)),  # several
+                 marks=pytest.mark.slow),
 ])
 def setup(request):
     env_id, kw = request.param
@@ -93,6 +94,7 @@ def test_rollout_log_probs_equal_teacher_forced_forward(setup):
     assert (np.asarray(tr.logp)[:, :, : s["table"].prefix_len] == 0).all()
 
 
+@pytest.mark.slow
 def test_cutting_to_the_used_prefix_changes_no_value_or_gradient(setup):
     """A transcript with twice the slots runs its teacher-forced pass, and a gradient taken inside
     ``on_used_prefix`` (as the train step does), on the first half only; values and gradients equal the uncut
@@ -184,6 +186,7 @@ def test_answer_log_prob_replays_the_answer_on_the_action_trie(setup):
     assert float(out.answer_logp[0, 0]) < 0
 
 
+@pytest.mark.slow
 def test_full_context_stops_the_trial_and_keeps_earned_rewards():
     s = play("game:GuessTheNumber-v0-easy", context_len=170, cap=12, intro=False)
     tr = s["transcript"]
@@ -229,6 +232,7 @@ def free_setup():
     return dict(env=env, params=params, table=table, graphdef=graphdef, state=state, trials=trials, tok=tok, transcript=tr)
 
 
+@pytest.mark.slow
 def test_free_decoding_log_probs_and_format_errors(free_setup):
     s = free_setup
     tr = s["transcript"]
@@ -251,6 +255,7 @@ def test_free_decoding_log_probs_and_format_errors(free_setup):
         assert s["tok"].decode(np.asarray(tr.tokens[b, :n]).tolist()) == "".join(text)
 
 
+@pytest.mark.slow
 def test_chat_format_wraps_turns_and_keeps_log_probs(tmp_path_factory):
     from metarl_jax.text import HFTokenizer
     from metarl_jax.text.chat import chat_wrap

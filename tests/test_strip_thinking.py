@@ -116,6 +116,7 @@ def stripped_rows(s):
     return tokens, np.broadcast_to(np.arange(width, dtype=np.int32), tokens.shape), real, where
 
 
+@pytest.mark.slow
 def test_the_stream_holds_each_response_then_its_kept_part(played):
     s, tr = played, played["tr"]
     stripped = kept_parts = 0
@@ -133,6 +134,7 @@ def test_the_stream_holds_each_response_then_its_kept_part(played):
     assert int(tr.length.max()) > int(tr.context_length.max()), "hidden slots make the stream longer"
 
 
+@pytest.mark.slow
 def test_sampled_log_probs_equal_a_forward_over_the_stripped_context(played):
     """Every turn of every row, as a row of one plain causal pass (no cache, positions 0, 1, ...) over the
     explicitly stripped context followed by the response."""
@@ -154,6 +156,7 @@ def test_sampled_log_probs_equal_a_forward_over_the_stripped_context(played):
     assert checked > BATCH * TURNS
 
 
+@pytest.mark.slow
 def test_gradient_over_the_stream_equals_the_gradient_over_the_stripped_contexts(played):
     """The learner's gradient: the summed log-probability of every response, from one teacher-forced pass over the
     stream (attention masked by ``visible_until``), has the same gradient as from the explicit forwards."""
@@ -179,6 +182,7 @@ def test_gradient_over_the_stream_equals_the_gradient_over_the_stripped_contexts
     assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 0
 
 
+@pytest.mark.slow
 def test_teacher_forced_pass_over_the_stream_equals_the_sampler(played):
     s, tr = played, played["tr"]
     tf = jax.jit(lambda st, tr: teacher_forced_logp(s["graphdef"], st, tr, s["table"], free=True))(s["state"], tr)
@@ -200,6 +204,7 @@ def test_kept_start():
     np.testing.assert_array_equal(np.asarray(kept_start(tokens, emitted, 7)), [4, -1, 1, 2])
 
 
+@pytest.mark.slow
 def test_micro_batched_rollout_strips_alike(played):
     """Rows played 2 at a time (``rows_per_chunk``) write the same stream, visibility and log-probabilities."""
     s = played

@@ -35,6 +35,7 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     rows = train_rows(finished_run)
     assert sorted(rows) == list(range(1, 7))
@@ -48,6 +49,7 @@ def test_run_writes_metrics_checkpoints_and_eval(finished_run):
     assert steps == [4, 6]  # keep_checkpoints=2
 
 
+@pytest.mark.slow
 def test_run_logs_learning_rate_throughput_compile_time_hparams_and_transcripts(finished_run):
     rows = train_rows(finished_run)
     o = tiny.get_config().optimizer
@@ -145,7 +147,7 @@ def test_a_workdir_is_refused_while_in_use_or_past_num_steps(finished_run, tmp_p
     assert after == {p: t for p, t in before.items() if p.name != ".lock"}
 
 
-@pytest.mark.slow  # over a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # over a minute on 2 cores
 def test_sigkill_then_rerun_resumes_bit_exact(finished_run, tmp_path):
     proc = subprocess.Popen(main_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "checkpoints"
@@ -211,7 +213,7 @@ def test_bad_config_fails_before_compiling(changes, message, monkeypatch, tmp_pa
     assert not (tmp_path / "run").exists(), "a refused config must leave nothing behind"
 
 
-@pytest.mark.slow  # about a minute on 2 cores; CI runs it with `-m slow`
+@pytest.mark.slow  # about a minute on 2 cores
 def test_compare_variant_reports_orbit_and_single_episode(tmp_path):
     cmd = main_cmd(tmp_path)
     cmd[3] = f"--config={ROOT / 'configs' / 'tiny.py'}:compare"

@@ -18,6 +18,9 @@ from metarl_jax.models.lora import LoRAParam
 from metarl_jax.models.prompt import PromptParam, load_prompt, prompt_ids
 from metarl_jax.sharding import mesh_from_config
 
+# Every test here trains, rolls out or checkpoints a LoRA or prompt-tuned model: about 10 minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
 TRAINED = {"lora": LoRAParam, "prompt": PromptParam}
 
 
@@ -142,7 +145,6 @@ def test_eval_transcripts_show_the_prompt_as_vectors(prompted):
     assert len(texts) == 2 and all(t.startswith("    [3 prompt vectors] ") and "boxed" in t for t in texts.values())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["lora", "prompt"])
 def test_a_resumed_run_equals_an_uninterrupted_one_and_exports(trainable, tmp_path, compile_cache):
     from metarl_jax.export import export
