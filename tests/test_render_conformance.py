@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import adhoc_word_tokenizer, collect_states, mixed_policy, render_roundtrip, slow_if_heavy
+from helpers import HEAVY_ENVS, adhoc_word_tokenizer, collect_states, mixed_policy, render_roundtrip
 from metarl_jax import envs
 from metarl_jax.baselines.online import OnlinePolicy
 from metarl_jax.envs import registry
@@ -101,9 +101,13 @@ def oracle_policy(env):
     return lambda key, state: jnp.asarray(env.oracle_action(key, state), jnp.int32)
 
 
-@pytest.mark.parametrize("name,style", [slow_if_heavy(n, s, heavy=VARIANTS.get(n, (n,))[0]) if (n, s) not in SLOW_CASES
-                                       else pytest.param(n, s, marks=pytest.mark.slow) for n, s in CASES],
-                         ids=[f"{n}-{s}" for n, s in CASES])
+def case(name: str, style: str):
+    """One (coverage name, style) case, in the slow suite when its env is heavy or the case is in SLOW_CASES."""
+    slow = VARIANTS.get(name, (name,))[0] in HEAVY_ENVS or (name, style) in SLOW_CASES
+    return pytest.param(name, style, marks=[pytest.mark.slow] if slow else [], id=f"{name}-{style}")
+
+
+@pytest.mark.parametrize("name,style", [case(n, s) for n, s in CASES])
 def test_every_sampled_state_renders_to_tokens_that_decode_to_its_text(name, style):
     env_id, overrides = VARIANTS.get(name, (name, {}))
     env, params = envs.make(env_id, **overrides, **({"text": style} if style != "gem" else {}))
