@@ -242,3 +242,55 @@ def test_the_maze_player_never_bumps_and_steps_into_a_goal_it_sees():
     assert (np.asarray(states.status[:, 1:])[sees_goal] == WON).all()
     assert moved[running & ~sees_goal].all()
     assert sees_goal.sum() >= 3 and (running & ~sees_goal).sum() > 1000
+
+
+def _blackjack_player_win_rate(trials: int, rng) -> float:
+    """NumPy simulation of the Blackjack player on ORBIT's deal with 4 turns: hit uniformly among the untaken
+    positions below a total of 18, stand from 18 on; a bust, a stand that does not beat the dealer or four turns
+    without a stand lose."""
+    from metarl_jax.envs.cards import DEALER_PAIRS, host_total
+
+    wins = 0
+    for _ in range(trials):
+        pair = DEALER_PAIRS[rng.integers(len(DEALER_PAIRS))]
+        rest = rng.permutation(np.setdiff1d(np.arange(52), pair))
+        hand, table = list(rest[:2]), list(rest[2:])
+        for _turn in range(4):
+            if host_total(hand) >= 18:
+                wins += host_total(hand) > host_total(pair)
+                break
+            hand.append(table.pop(rng.integers(len(table))))
+            if host_total(hand) > 21:
+                break
+    return wins / trials
+
+
+def test_the_blackjack_player_never_stands_below_18_and_always_stands_from_18():
+    """Blackjack's consistent actions: below 18 a stand is a sure loss (the dealer holds 17 to 21 and a tie
+    loses), so every untaken position and no stand; from 18 on, the stand only. Eager, on hand-made states."""
+    from metarl_jax.envs.cards import hand_total
+
+    env, params = envs.make("game:Blackjack-v0")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    for hard, has_ace, taken in [(12, False, [3]), (7, True, [0, 47]), (17, False, []), (8, True, [5]), (21, False, [])]:
+        game = state.game.replace(hard=np.int32(hard), has_ace=np.bool_(has_ace),
+                                  taken=np.isin(np.arange(48), taken))
+        consistent = np.asarray(env.consistent_actions(state.replace(game=game)))
+        total = int(hand_total(hard, has_ace))
+        if total < 18:
+            assert not consistent[48] and consistent[:48].sum() == 48 - len(taken) and not consistent[taken].any()
+        else:
+            assert consistent[48] and not consistent[:48].any()
+
+
+@pytest.mark.slow
+def test_the_blackjack_player_wins_as_often_as_a_numpy_simulation_of_it():
+    """The scripted Blackjack player (noise 0, ORBIT's deal, 4 turns) wins an episode as often as an independent
+    NumPy simulation of the same rule (about 0.31), and its episodes do not get better across a trial."""
+    trial, params = envs.make_trial("game:Blackjack-v0", total_step_cap=12)
+    played = play_trials(trial, params, episode_player(trial, 0.0), jax.random.PRNGKey(0), TRIALS)
+    wins = episode_wins(played, 3).mean(axis=0)
+    expected = _blackjack_player_win_rate(20_000, np.random.default_rng(0))
+    se = np.sqrt(expected * (1 - expected) / TRIALS)
+    assert 0.2 < expected < 0.4 and abs(wins[0] - expected) < 4 * se, (wins, expected)
+    assert abs(wins[2] - wins[0]) < 6 * se, wins

@@ -53,6 +53,10 @@ COVERAGE = {
 }
 # env id -> the text fragments the sampled states must show in the terse style (the statuses are COVERAGE's)
 TERSE_FRAGMENTS = {
+    "game:Blackjack-v0": (" total ", " bust\n", " against ", " win\n", " lose\n", " taken, ", " out of turns\n",
+                          "The dealer's face-down card was "),
+    "game:Blackjack-v0-table10": (" total ", " bust\n", " against ", " win\n", " lose\n", " taken, total ",
+                                  " out of turns\n"),
     "game:Hangman-v0-easy": (" in _", " not in _", " already guessed _", " wrong _", " correct\n", " out of turns\n"),
     "game:Mastermind-v0-random": (" black ", " already guessed\n", " correct\n", " out of turns\n"),
     "game:Mastermind-v0-two-digits": (" black ", " already guessed\n", " correct\n", " out of turns\n"),

@@ -31,6 +31,9 @@ Cards are named like ``7 of hearts``, ``K of spades``, ``A of clubs``, ``10 of d
 only: ``A``, ``2`` .. ``10``; a suit tells nothing more about a card's value). Actions: ``hit 0`` ..
 ``hit {K - 1}`` (indices ``0 .. K - 1``, K = 48 or 10), then ``stand`` (index ``K``).
 
+``text="terse"``: the rules in one line, cards by rank (``K``), then one line per turn after the action: `` 7 total
+18``, `` 9 total 27 bust``, `` 18 against 17 win`` (a stand: the totals and the verdict), `` taken, ...``.
+
 Differences from ORBIT (both rule sets): the texts are ours, and each turn tells what changed (the card taken,
 the new total, the verdict) instead of re-listing the hands, the whole deck with the taken cards shown, and the
 available positions (all of which follow from the earlier observations). An answer that is not an action is a
@@ -44,72 +47,38 @@ when no multiset wins. Taking the smallest winning multiset first keeps the plan
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from metarl_jax.envs.base import FORMAT_ERROR, LOST, OUT_OF_TURNS, RUNNING, WON, TextEnv, TextEnvState, to_host
+from metarl_jax.envs.cards import (
+    CARD_NAMES,
+    HARD_VALUE,
+    MAX_USEFUL_HITS,
+    RANKS,
+    deal_orbit,
+    deal_table,
+    hand_total,
+    host_total,
+    value_multisets,
+)
 from metarl_jax.envs.pieces import EMPTY, slot
 
-RANKS = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
-SUITS = ["clubs", "diamonds", "hearts", "spades"]
-# Card c (0..51) has rank RANKS[c % 13] and suit SUITS[c // 13]; its hard value (an ace counts 1):
-HARD_VALUE = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10] * 4, np.int32)
-CARD_NAMES = [f"{RANKS[c % 13]} of {SUITS[c // 13]}" for c in range(52)]
 RULES = ("orbit", "table10")
 TABLE_SIZES = {"orbit": 48, "table10": 10}
-# A hand stays at most 21 with at most 9 hits: the 11 smallest cards (four aces, four 2s, three 3s) total 21.
-MAX_USEFUL_HITS = 9
+# The scripted player (consistent_actions) stands from this total on: the lowest that can beat a dealer's 17.
+STAND_FROM = 18
 
 # feedback codes of the last turn
 _NONE, _HIT, _TAKEN, _BUST, _STAND_WIN, _STAND_LOSE, _STAND_TIE = range(7)
 _VERDICTS = {_STAND_WIN: "You win!\n", _STAND_LOSE: "You lose.\n", _STAND_TIE: "It is a tie, and a tie loses.\n"}
-
-
-def hand_total(hard: jax.Array, has_ace: jax.Array) -> jax.Array:
-    """Best total of a hand from its hard total (aces as 1) and whether it holds an ace."""
-    return jnp.where(has_ace & (hard + 10 <= 21), hard + 10, hard)
-
-
-def _host_total(cards) -> int:
-    """The best total of a list of card ids (host side)."""
-    values = [int(HARD_VALUE[int(c)]) for c in cards]
-    return sum(values) + 10 if 1 in values and sum(values) + 10 <= 21 else sum(values)
-
-
-# The ordered pairs of distinct cards worth 17..21 together: the dealer's possible hands, int32[P, 2].
-DEALER_PAIRS = np.array([(a, b) for a in range(52) for b in range(52) if a != b and 17 <= _host_total([a, b]) <= 21],
-                        np.int32)
-
-
-def _value_multisets(max_size: int) -> np.ndarray:
-    """int32[S, 10]: every multiset of card values 1..10 of size <= max_size, as value counts, by size then
-    lexicographically."""
-    sets = [s for n in range(max_size + 1) for s in itertools.combinations_with_replacement(range(10), n)]
-    counts = np.zeros((len(sets), 10), np.int32)
-    for i, s in enumerate(sets):
-        np.add.at(counts[i], list(s), 1)
-    return counts
-
-
-@struct.dataclass
-class BlackjackTask:
-    """The deck and the deal it implies.
-
-    Attributes:
-      deck: int32[52], the shuffled deck (card ids).
-      player: int32[2], the player's cards.
-      dealer: int32[2], the dealer's cards (total 17..21; under ORBIT's rules the second is face down).
-      table: int32[K], the face-down cards at positions 0..K-1.
-    """
-
-    deck: jax.Array
-    player: jax.Array
-    dealer: jax.Array
-    table: jax.Array
+# text="terse": the words of a turn's line, and their indices
+TERSE_WORDS = (" taken,", " total", " against", " bust\n", "\n", " win\n", " lose\n", " tie\n")
+_TAKEN_WORD, _TOTAL_WORD, _AGAINST_WORD, _BUST_WORD, _END_WORD, _WIN_WORD, _LOSE_WORD, _TIE_WORD = range(8)
+TERSE_VERDICTS = {_STAND_WIN: "win", _STAND_LOSE: "lose", _STAND_TIE: "tie"}
+MAX_TOTAL = 31  # the largest total a hand can show: at most 21 before its last hit, plus at most 10
 
 
 @struct.dataclass
@@ -132,10 +101,12 @@ class BlackjackGame:
 class Blackjack(TextEnv):
     """Blackjack against a fixed dealer hand, hitting chosen face-down cards (see the module docstring).
 
-    Task: :class:`BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``. ``rules``:
+    Task: :class:`~metarl_jax.envs.cards.BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``. ``rules``:
     ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode ends, a taken position
     stands) or ``"table10"`` (10 table positions, both dealer cards face up, a taken position wastes the turn).
     """
+
+    text_styles = ("gem", "terse")
 
     def __init__(self, max_turns: int = 4, rules: str = "orbit", env_id: str = "game:Blackjack-v0",
                  text: str = "gem"):
@@ -149,7 +120,7 @@ class Blackjack(TextEnv):
         self.action_contents = [f"hit {i}" for i in range(K)] + ["stand"]
         self._add_pieces()
         # The value multisets the oracle searches (see the module docstring) and their sizes.
-        self._multisets = _value_multisets(min(self.default_max_turns - 1, MAX_USEFUL_HITS))
+        self._multisets = value_multisets(min(self.default_max_turns - 1, MAX_USEFUL_HITS))
         self._multiset_size = self._multisets.sum(1).astype(np.int32)
 
     # ------------------------------------------------------------------ text pieces
@@ -173,6 +144,12 @@ class Blackjack(TextEnv):
             "without standing, you lose.\nYour cards: ",
         )
 
+    def _terse_rules_text(self) -> tuple[str, str]:
+        """text="terse": the rules in one line, around the number of turns."""
+        first = (f"You are playing Blackjack: hit a position 0 to {self.table_size - 1} or stand, and beat the dealer's "
+                 "total. Going over 21 loses. You have ")
+        return first, " turns.\nYour cards: "
+
     def _add_pieces(self) -> None:
         """Registers the pieces and builds the layout: opening, turn feedback, and (ORBIT) the dealer's reveal."""
         self._rules = self.book.add(*self._rules_text())
@@ -186,12 +163,22 @@ class Blackjack(TextEnv):
         self._tail = self.book.add(".\n", ". That is over 21: you bust and lose.\n", ". ")
         self._verdict = self.book.add(*_VERDICTS.values())
         self._reveal = self.book.add("The dealer's face-down card was ", "\nThe dealer's face-down card was ", ".\n")
+        if self.terse:  # cards by rank only; one short line per turn (see render_game_text)
+            self._rules = self.book.add(*self._terse_rules_text())
+            self.cards = self.book.add(*[RANKS[c % 13] for c in range(52)])
+            self._said_card = self.book.add(*[" " + RANKS[c % 13] for c in range(52)])
+            self._said_total = self.book.add(*[f" {n}" for n in range(MAX_TOTAL + 1)])
+            self._said = self.book.add(*TERSE_WORDS)
         cards, num, hand = slot(self.cards), slot(self.num), slot(self._hand)
         player = [slot(self._rules), num, slot(self._rules), cards, hand, cards, hand, num, hand, cards]
         dealer = [hand] if self.orbit else [hand, cards, hand, num, hand]
         opening = player + dealer
-        feedback = [slot(self._turn), num, slot(self._turn), num, slot(self._mid), slot(self.cards, self.num),
-                    slot(self._sep), num, slot(self._tail), slot(self._verdict)]
+        if self.terse:
+            said, total = slot(self._said), slot(self._said_total)
+            feedback = [slot(self._said_card, self._said), said, total, said, total, said]
+        else:
+            feedback = [slot(self._turn), num, slot(self._turn), num, slot(self._mid), slot(self.cards, self.num),
+                        slot(self._sep), num, slot(self._tail), slot(self._verdict)]
         self.game_layout = opening + feedback
         self.opening_slots = tuple(range(len(opening)))
         self._reveal_layout = [slot(self._reveal), cards, slot(self._reveal)] if self.orbit else []
@@ -202,32 +189,10 @@ class Blackjack(TextEnv):
         return [*super().layout, *self._reveal_layout]
 
     # ------------------------------------------------------------------ game
-    def deal(self, deck):
-        """The ``table10`` task of a shuffled deck ``int32[52]`` (see the module docstring for the dealing rule)."""
-        middle = deck[2: 52 - self.table_size]
-        hard = jnp.asarray(HARD_VALUE)[middle]
-        ace = hard == 1
-        pair_total = hand_total(hard[:, None] + hard[None, :], ace[:, None] | ace[None, :])
-        n = middle.shape[0]
-        ok = (pair_total >= 17) & (pair_total <= 21) & (jnp.arange(n)[:, None] < jnp.arange(n)[None, :])
-        first = jnp.argmax(ok.reshape(-1))  # lexicographically first (i, j)
-        return BlackjackTask(deck=deck, player=deck[:2], dealer=jnp.stack([middle[first // n], middle[first % n]]),
-                             table=deck[52 - self.table_size:])
-
-    def deal_orbit(self, key) -> BlackjackTask:
-        """ORBIT's deal (see the module docstring): ``deck`` is the dealer's pair, the player's two cards, then
-        the 48 deck positions."""
-        k_pair, k_order = jax.random.split(key)
-        pair = jnp.asarray(DEALER_PAIRS)[jax.random.randint(k_pair, (), 0, len(DEALER_PAIRS))]
-        # Sorting uniform keys orders the cards uniformly; the dealer's two go first, in their drawn order.
-        sort_key = jax.random.uniform(k_order, (52,)).at[pair].set(jnp.asarray([-2.0, -1.0]))
-        deck = jnp.argsort(sort_key).astype(jnp.int32)
-        return BlackjackTask(deck=deck, player=deck[2:4], dealer=deck[:2], table=deck[4:])
-
     def sample_task(self, key, params):
         if self.orbit:
-            return self.deal_orbit(key)
-        return self.deal(jax.random.permutation(key, 52).astype(jnp.int32))
+            return deal_orbit(key)
+        return deal_table(jax.random.permutation(key, 52).astype(jnp.int32), self.table_size)
 
     def _total(self, cards):
         hard = jnp.asarray(HARD_VALUE)[cards]
@@ -265,6 +230,15 @@ class Blackjack(TextEnv):
     def valid_actions(self, state):
         return jnp.concatenate([~state.game.taken, jnp.ones((1,), bool)])
 
+    def consistent_actions(self, state: TextEnvState) -> jax.Array:
+        """Below a total of 18 a stand is a sure loss (the dealer holds 17 or more and a tie loses), so every
+        untaken position is allowed and ``stand`` is not; from 18 on, only ``stand`` (the scripted player keeps a
+        hand that can win rather than risk it). Reads the player's total only, never the deck: a within-episode
+        player who wins about 0.31 of ORBIT's deals with 4 turns (``tests/test_players.py``)."""
+        g = state.game
+        hit = hand_total(g.hard, g.has_ace) < STAND_FROM
+        return jnp.concatenate([~g.taken & hit, (~hit)[None]])
+
     def oracle_action(self, key, state: TextEnvState):
         """Hits toward the smallest winning multiset of untaken card values (size <= turns left - 1), or stands."""
         g = state.game
@@ -284,8 +258,8 @@ class Blackjack(TextEnv):
     # ------------------------------------------------------------------ text
     def game_pieces(self, state: TextEnvState):
         opening = self._opening_pieces(state)
-        feedback = self._feedback_pieces(state)
-        blank = lambda n: jnp.full((n,), EMPTY)  # noqa: E731
+        feedback = self._terse_feedback_pieces(state) if self.terse else self._feedback_pieces(state)
+        blank = lambda n: jnp.full((n,), EMPTY)
         return jnp.where(
             state.time == 0,
             jnp.concatenate([opening, blank(feedback.shape[0])]),
@@ -327,12 +301,32 @@ class Blackjack(TextEnv):
             verdict,
         ])
 
+    def _terse_feedback_pieces(self, state: TextEnvState) -> jax.Array:
+        """int32[6]: text="terse"'s last turn (see ``render_game_text``)."""
+        g, task = state.game, state.task
+        fb = g.feedback
+        stand = (fb == _STAND_WIN) | (fb == _STAND_LOSE) | (fb == _STAND_TIE)
+        retaken = (fb == _TAKEN) | (stand & (state.last_action != self.stand))
+        hit = (fb == _HIT) | (fb == _BUST)
+        pos = jnp.clip(state.last_action, 0, self.table_size - 1)
+        said = self._said
+        return jnp.stack([
+            jnp.select([hit, retaken], [self._said_card[task.table[pos]], said[_TAKEN_WORD]], EMPTY),
+            jnp.where(hit | (fb == _TAKEN), said[_TOTAL_WORD], EMPTY),
+            self._said_total[jnp.clip(hand_total(g.hard, g.has_ace), 0, MAX_TOTAL)],
+            jnp.select([stand, fb == _BUST], [said[_AGAINST_WORD], said[_BUST_WORD]], said[_END_WORD]),
+            jnp.where(stand, self._said_total[self._total(task.dealer)], EMPTY),
+            jnp.select([fb == _STAND_WIN, fb == _STAND_LOSE, fb == _STAND_TIE],
+                       [said[_WIN_WORD], said[_LOSE_WORD], said[_TIE_WORD]], EMPTY),
+        ])
+
     def obs_pieces(self, state: TextEnvState) -> jax.Array:
         """The base observation, then (ORBIT's rules) the dealer's face-down card once the episode has ended."""
         pieces = super().obs_pieces(state)
         if not self.orbit:
             return pieces
-        status_message = (state.status == OUT_OF_TURNS) | (state.status == FORMAT_ERROR)  # text without "\n"
+        status_message = ((state.status == FORMAT_ERROR)  # a status text without "\n" (terse: " out of turns\n")
+                          | ((state.status == OUT_OF_TURNS) & (not self.terse)))
         reveal = jnp.stack([jnp.where(status_message, self._reveal[1], self._reveal[0]),
                             self.cards[state.task.dealer[1]], self._reveal[2]])
         return jnp.concatenate([pieces, jnp.where(state.status == RUNNING, EMPTY, reveal)]).astype(jnp.int32)
@@ -342,24 +336,35 @@ class Blackjack(TextEnv):
         text = super().render_text(state)
         if not self.orbit or int(state.status) == RUNNING:
             return text
-        lead = "\n" if int(state.status) in (OUT_OF_TURNS, FORMAT_ERROR) else ""
-        return f"{text}{lead}The dealer's face-down card was {CARD_NAMES[int(state.task.dealer[1])]}.\n"
+        lead = "\n" if int(state.status) == FORMAT_ERROR or (int(state.status) == OUT_OF_TURNS and not self.terse) else ""
+        return f"{text}{lead}The dealer's face-down card was {self._card_name(state.task.dealer[1])}.\n"
+
+    def _card_name(self, card) -> str:
+        """A card's name in the observations: ``7 of hearts``, or its rank alone under text="terse"."""
+        return RANKS[int(card) % 13] if self.terse else CARD_NAMES[int(card)]
 
     def render_game_text(self, state):
         task, g = state.task, state.game
         t = int(state.time)
         if t == 0:
-            first, rest = self._rules_text()
-            p, d = [CARD_NAMES[int(c)] for c in task.player], [CARD_NAMES[int(c)] for c in task.dealer]
+            first, rest = self._terse_rules_text() if self.terse else self._rules_text()
+            p, d = [self._card_name(c) for c in task.player], [self._card_name(c) for c in task.dealer]
             dealer = (f"{d[0]} and a face-down card.\n" if self.orbit
-                      else f"{d[0]} and {d[1]} (total {_host_total(task.dealer)}).\n")
-            return (f"{first}{int(state.max_turns)}{rest}{p[0]} and {p[1]} (total {_host_total(task.player)}).\n"
+                      else f"{d[0]} and {d[1]} (total {host_total(task.dealer)}).\n")
+            return (f"{first}{int(state.max_turns)}{rest}{p[0]} and {p[1]} (total {host_total(task.player)}).\n"
                     f"The dealer's cards: {dealer}")
         hard = int(g.hard)
         mine = hard + 10 if bool(g.has_ace) and hard + 10 <= 21 else hard
         fb = int(g.feedback)
         pos = int(state.last_action)
-        versus = f"{mine} against the dealer's {_host_total(task.dealer)}. "
+        if self.terse:  # " 7 total 18", " 9 total 27 bust", " 18 against 17 win", " taken, 18 against 19 lose"
+            if fb in _VERDICTS:
+                taken = "" if pos == self.stand else " taken,"
+                return f"{taken} {mine} against {host_total(task.dealer)} {TERSE_VERDICTS[fb]}\n"
+            if fb == _TAKEN:
+                return f" taken, total {mine}\n"
+            return f" {RANKS[int(task.table[pos]) % 13]} total {mine}{' bust' if fb == _BUST else ''}\n"
+        versus = f"{mine} against the dealer's {host_total(task.dealer)}. "
         if fb in _VERDICTS and pos == self.stand:
             return f"At turn {t}, you stand with {versus}{_VERDICTS[fb]}"
         retaken = f"At turn {t}, you chose position {pos}, but that card was already taken"
