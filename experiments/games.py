@@ -48,7 +48,7 @@ GAMES = {
     "mastermind_two_digits_4_turns": ("game:Mastermind-v0-two-digits", 4, 208, 224),  # the prior's teacher wins 0.71
     "hangman": ("game:Hangman-v0-easy", 10, 320, 416),  # ORBIT's training setting
     "wordle": ("game:Wordle-v0-hard", 3, 192, 192),  # ORBIT: 10 turns, which the scripted player always wins
-    "blackjack": ("game:Blackjack-v0", 4, 224, 256),  # ORBIT's; episodes of 1 to 4 turns, so a trial has 3 or more
+    "blackjack": ("game:Blackjack-v0", 4, 256, 288),  # ORBIT's; episodes of 1 to 4 turns, so a trial has 3 or more
 }
 
 

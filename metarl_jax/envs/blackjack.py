@@ -32,7 +32,8 @@ only: ``A``, ``2`` .. ``10``; a suit tells nothing more about a card's value). A
 ``hit {K - 1}`` (indices ``0 .. K - 1``, K = 48 or 10), then ``stand`` (index ``K``).
 
 ``text="terse"``: the rules in one line, cards by rank (``K``), then one line per turn after the action: `` 7 total
-18``, `` 9 total 27 bust``, `` 18 against 17 win`` (a stand: the totals and the verdict), `` taken, ...``.
+18``, `` 9 total 27 bust``, `` 18 against 17 win`` (a stand: the totals and the verdict), `` taken, ...``. Only
+the rules count as the opening: with ``repeat_opening=False`` every episode still opens with the hands.
 
 Differences from ORBIT (both rule sets): the texts are ours, and each turn tells what changed (the card taken,
 the new total, the verdict) instead of re-listing the hands, the whole deck with the taken cards shown, and the
@@ -78,6 +79,7 @@ _VERDICTS = {_STAND_WIN: "You win!\n", _STAND_LOSE: "You lose.\n", _STAND_TIE: "
 TERSE_WORDS = (" taken,", " total", " against", " bust\n", "\n", " win\n", " lose\n", " tie\n")
 _TAKEN_WORD, _TOTAL_WORD, _AGAINST_WORD, _BUST_WORD, _END_WORD, _WIN_WORD, _LOSE_WORD, _TIE_WORD = range(8)
 TERSE_VERDICTS = {_STAND_WIN: "win", _STAND_LOSE: "lose", _STAND_TIE: "tie"}
+TERSE_HAND_INTRO = "Your cards: "
 MAX_TOTAL = 31  # the largest total a hand can show: at most 21 before its last hit, plus at most 10
 
 
@@ -148,7 +150,7 @@ class Blackjack(TextEnv):
         """text="terse": the rules in one line, around the number of turns."""
         first = (f"You are playing Blackjack: hit a position 0 to {self.table_size - 1} or stand, and beat the dealer's "
                  "total. Going over 21 loses. You have ")
-        return first, " turns.\nYour cards: "
+        return first, " turns.\n"
 
     def _add_pieces(self) -> None:
         """Registers the pieces and builds the layout: opening, turn feedback, and (ORBIT) the dealer's reveal."""
@@ -165,6 +167,7 @@ class Blackjack(TextEnv):
         self._reveal = self.book.add("The dealer's face-down card was ", "\nThe dealer's face-down card was ", ".\n")
         if self.terse:  # cards by rank only; one short line per turn (see render_game_text)
             self._rules = self.book.add(*self._terse_rules_text())
+            self._hand_intro = self.book.add(TERSE_HAND_INTRO)
             self.cards = self.book.add(*[RANKS[c % 13] for c in range(52)])
             self._said_card = self.book.add(*[" " + RANKS[c % 13] for c in range(52)])
             self._said_total = self.book.add(*[f" {n}" for n in range(MAX_TOTAL + 1)])
@@ -173,14 +176,18 @@ class Blackjack(TextEnv):
         player = [slot(self._rules), num, slot(self._rules), cards, hand, cards, hand, num, hand, cards]
         dealer = [hand] if self.orbit else [hand, cards, hand, num, hand]
         opening = player + dealer
-        if self.terse:
+        if self.terse:  # the hand after the rules, in its own slot (see opening_slots below)
+            opening.insert(3, slot(self._hand_intro))
             said, total = slot(self._said), slot(self._said_total)
             feedback = [slot(self._said_card, self._said), said, total, said, total, said]
         else:
             feedback = [slot(self._turn), num, slot(self._turn), num, slot(self._mid), slot(self.cards, self.num),
                         slot(self._sep), num, slot(self._tail), slot(self._verdict)]
         self.game_layout = opening + feedback
-        self.opening_slots = tuple(range(len(opening)))
+        # text="terse": only the rules are opening slots, so a trial without repeated openings still shows each
+        # episode's first hand; an imitation corpus of independent games (new_task_each_episode) then shows
+        # every new deal.
+        self.opening_slots = (0, 1, 2) if self.terse else tuple(range(len(opening)))
         self._reveal_layout = [slot(self._reveal), cards, slot(self._reveal)] if self.orbit else []
 
     @property
@@ -267,11 +274,13 @@ class Blackjack(TextEnv):
         ).astype(jnp.int32)
 
     def _opening_pieces(self, state: TextEnvState) -> jax.Array:
-        """int32[len(opening_slots)]: the rules, the player's hand and the dealer's (one card under ORBIT's rules)."""
+        """The opening's piece ids: the rules, the player's hand and the dealer's (one card under ORBIT's rules)."""
         task, h = state.task, self._hand
         player = [self._rules[0], self.number(state.max_turns), self._rules[1], self.cards[task.player[0]], h[0],
                   self.cards[task.player[1]], h[1], self.number(self._total(task.player)), h[2],
                   self.cards[task.dealer[0]]]
+        if self.terse:
+            player.insert(3, self._hand_intro[0])
         if self.orbit:
             return jnp.stack(player + [h[4]])
         return jnp.stack(player + [h[0], self.cards[task.dealer[1]], h[1], self.number(self._total(task.dealer)), h[3]])
@@ -348,6 +357,7 @@ class Blackjack(TextEnv):
         t = int(state.time)
         if t == 0:
             first, rest = self._terse_rules_text() if self.terse else self._rules_text()
+            rest += TERSE_HAND_INTRO if self.terse else ""
             p, d = [self._card_name(c) for c in task.player], [self._card_name(c) for c in task.dealer]
             dealer = (f"{d[0]} and a face-down card.\n" if self.orbit
                       else f"{d[0]} and {d[1]} (total {host_total(task.dealer)}).\n")
