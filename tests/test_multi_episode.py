@@ -198,3 +198,39 @@ def test_new_task_each_episode_draws_a_fresh_secret_for_every_episode():
             _, state, reward, _, _ = step(k, state, state.inner.task, params)
             assert float(reward) == 1.0
         assert len(set(secrets)) >= (5 if independent else 1) and (len(set(secrets)) == 1) == (not independent)
+
+
+def test_a_corpus_of_independent_games_repeats_an_opening_that_shows_the_task():
+    """Host side (nothing compiled): the GEM Blackjack's opening deals the hands, so its corpus of independent
+    games repeats it even with ``repeat_opening=False``; ORBIT's trial of the same game and the openings that
+    show only rules do not."""
+    def repeats(env_id, text, new_task):
+        return envs.make_trial(env_id, text=text, repeat_opening=False, new_task_each_episode=new_task)[0].repeat_opening
+
+    assert repeats("game:Blackjack-v0", "gem", True) and repeats("maze-goal-shown", "terse", True)
+    assert not repeats("game:Blackjack-v0", "gem", False)
+    assert not any(repeats(e, "terse", True) for e in ("game:Blackjack-v0", ENV_ID, "maze"))
+
+
+@pytest.mark.slow
+def test_an_opening_hidden_after_the_first_episode_shows_no_task():
+    """``repeat_opening=False`` hides the opening slots after the first episode, which hides nothing only where
+    they show no task: every env's opening slots are the same for 16 tasks unless it declares
+    ``opening_shows_task``, and a corpus of independent games (``new_task_each_episode``) then repeats them. The
+    GEM Blackjack's opening deals the hands; the terse one keeps them out of its opening slots."""
+    from metarl_jax.envs import registry
+
+    shows = set()
+    for name in registry.registered():
+        for style in registry.env_class(name).text_styles:
+            env, params = envs.make(name, text=style)
+            obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 16), params)
+            opening = np.asarray(obs)[:, list(env.opening_slots)]
+            if env.opening_shows_task:
+                shows.add((name, style))
+            else:
+                assert (opening == opening[0]).all(), (name, style)
+            corpus, _ = envs.make_trial(name, text=style, repeat_opening=False, new_task_each_episode=True)
+            assert corpus.repeat_opening == env.opening_shows_task, (name, style)
+    assert {("game:Blackjack-v0", "gem"), ("maze-goal-shown", "terse")} <= shows
+    assert ("game:Blackjack-v0", "terse") not in shows

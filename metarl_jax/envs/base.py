@@ -133,6 +133,10 @@ class TextEnv(environment.Environment):
         # which keeps the rendered token budget tight. Declaring a slot here that can show text after the
         # opening breaks rendering (the render round-trip tests catch it).
         self.opening_slots: tuple[int, ...] = ()
+        # Whether the opening slots show something of the task (a dealt hand, a goal's position), not only rules.
+        # A trial without repeated openings hides them after its first episode, which hides nothing while the task
+        # stays; a corpus of independent games (new_task_each_episode) repeats them when this is True.
+        self.opening_shows_task = False
         self._action_index: dict[str, int] | None = None
 
     def number(self, x) -> jax.Array:

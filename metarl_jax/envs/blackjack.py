@@ -188,6 +188,7 @@ class Blackjack(TextEnv):
         # episode's first hand; an imitation corpus of independent games (new_task_each_episode) then shows
         # every new deal.
         self.opening_slots = (0, 1, 2) if self.terse else tuple(range(len(opening)))
+        self.opening_shows_task = not self.terse  # the GEM opening holds the hands
         self._reveal_layout = [slot(self._reveal), cards, slot(self._reveal)] if self.orbit else []
 
     @property

@@ -80,6 +80,7 @@ class Maze(TextEnv):
             raise ValueError(f"wall_density must be in [0, 1), got {wall_density}")
         self.env_id = env_id
         self.show_goal = rules == "goal-shown"
+        self.opening_shows_task = self.show_goal  # its opening tells the grid's size and the goal's position
         self.wall_density = float(wall_density)
         self.action_contents = list(DIRECTIONS)
         if self.terse:

@@ -74,7 +74,8 @@ class MultiEpisode(environment.Environment):
       repeat_opening: show the game's opening (its rules, ``env.opening_slots``) at the start of every episode,
         as ORBIT does. With ``False`` only the first episode shows it; later episodes open with the header and
         the rest of the game's first observation. The opening depends only on the task, which a trial keeps,
-        so nothing is hidden; short episodes then cost far fewer context tokens (useful for small models).
+        so nothing is hidden; short episodes then cost far fewer context tokens (useful for small models). With
+        ``new_task_each_episode`` the opening is repeated anyway where it shows the task (``env.opening_shows_task``).
       lamer_gamma: > 0 plays the LaMer variant in ORBIT's repository (its ``lamer_multi_episode_env.py``): the
         trial ends at its first successful episode, which earns ``lamer_gamma ** k`` (k its 0-based index;
         LaMer: 0.6) instead of 1, and a reflection turn (with ``reflection``) follows only failed episodes. 0:
@@ -109,7 +110,9 @@ class MultiEpisode(environment.Environment):
             raise ValueError(f"max_episodes={max_episodes} must be >= 0 (0: as many as total_step_cap holds)")
         self.max_episodes = int(max_episodes)
         self.new_task_each_episode = bool(new_task_each_episode)
-        self.reflection, self.intro, self.repeat_opening = bool(reflection), bool(intro), bool(repeat_opening)
+        self.reflection, self.intro = bool(reflection), bool(intro)
+        # A new task each episode changes an opening that shows the task: hiding it would hide the new task.
+        self.repeat_opening = bool(repeat_opening) or (self.new_task_each_episode and env.opening_shows_task)
         self.book = env.book.copy()
         self._num = self.book.add(*[str(i) for i in range(self.total_step_cap + 2)])
         self._intro = self.book.add(
