@@ -14,13 +14,14 @@ Command (2 CPU cores; the wall time of every run is printed and recorded in the 
 
 Writes ``results/games.{md,csv,json,png}`` and ``results/games_per_seed.json``; runs live under
 ``results/runs/games/<game>/seed<k>/`` and are reused (resumed, or reported again when finished) on a rerun.
-Training per seed on 2 cores (2026-12-06): Mastermind 14 minutes, Mastermind two digits 16, Hangman 25, Wordle 19,
-plus 2 to 4 for RL^2 and the other baselines.
+Training per seed on 2 cores (2026-12-06/07): Mastermind 14 minutes, Mastermind two digits 16 (19 with 4 turns),
+Hangman 25, Wordle 19, Blackjack 23, plus 1 to 4 for RL^2 and the other baselines.
 
 Expected result (seed 0, held-out episode 1 / 2 / 3 success): Hangman, ORBIT 0.453 / 0.566 / 0.582 against
-single-episode RL 0.449 / 0.461 / 0.457 from the same prior; Mastermind, its two-digit variant and Wordle show no
-gain, because the prior does not learn to search them (it wins no more often than random play); RL^2 rises on the
-two-digit Mastermind (0.176 to 0.418). Details: results/README.md ("Beyond GuessTheNumber").
+single-episode RL 0.449 / 0.461 / 0.457 from the same prior; two-digit Mastermind with 4 turns, ORBIT 0.305 / 0.406
+/ 0.422 against 0.141 / 0.133 / 0.137. No gain on ORBIT's Mastermind, two-digit Mastermind with 3 turns and Wordle
+(the prior does not learn to win them more often than random play), nor on Blackjack (ORBIT 0.324 / 0.293 / 0.316,
+single-episode RL 0.246 / 0.305 / 0.316). Details: results/README.md ("Beyond GuessTheNumber").
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ GAMES = {
     "mastermind_two_digits_4_turns": ("game:Mastermind-v0-two-digits", 4, 208, 224),  # the prior's teacher wins 0.71
     "hangman": ("game:Hangman-v0-easy", 10, 320, 416),  # ORBIT's training setting
     "wordle": ("game:Wordle-v0-hard", 3, 192, 192),  # ORBIT: 10 turns, which the scripted player always wins
-    "blackjack": ("game:Blackjack-v0", 4, 256, 288),  # ORBIT's; episodes of 1 to 4 turns, so a trial has 3 or more
+    "blackjack": ("game:Blackjack-v0", 4, 256, 288),  # ORBIT's game; its episodes last 1 to 4 turns
 }
 
 
