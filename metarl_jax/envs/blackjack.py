@@ -103,8 +103,8 @@ class BlackjackGame:
 class Blackjack(TextEnv):
     """Blackjack against a fixed dealer hand, hitting chosen face-down cards (see the module docstring).
 
-    Task: :class:`~metarl_jax.envs.cards.BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then ``stand``. ``rules``:
-    ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode ends, a taken position
+    Task: :class:`~metarl_jax.envs.cards.BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then
+    ``stand``. ``rules``: ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode ends, a taken position
     stands) or ``"table10"`` (10 table positions, both dealer cards face up, a taken position wastes the turn).
     """
 
