@@ -205,7 +205,8 @@ def test_a_corpus_of_independent_games_repeats_an_opening_that_shows_the_task():
     games repeats it even with ``repeat_opening=False``; ORBIT's trial of the same game and the openings that
     show only rules do not."""
     def repeats(env_id, text, new_task):
-        return envs.make_trial(env_id, text=text, repeat_opening=False, new_task_each_episode=new_task)[0].repeat_opening
+        trial, _ = envs.make_trial(env_id, text=text, repeat_opening=False, new_task_each_episode=new_task)
+        return trial.repeat_opening
 
     assert repeats("game:Blackjack-v0", "gem", True) and repeats("maze-goal-shown", "terse", True)
     assert not repeats("game:Blackjack-v0", "gem", False)

@@ -272,7 +272,8 @@ def test_the_blackjack_player_never_stands_below_18_and_always_stands_from_18():
 
     env, params = envs.make("game:Blackjack-v0")
     _, state = env.reset(jax.random.PRNGKey(0), params)
-    for hard, has_ace, taken in [(12, False, [3]), (7, True, [0, 47]), (17, False, []), (8, True, [5]), (21, False, [])]:
+    hands = [(12, False, [3]), (7, True, [0, 47]), (17, False, []), (8, True, [5]), (21, False, [])]
+    for hard, has_ace, taken in hands:
         game = state.game.replace(hard=np.int32(hard), has_ace=np.bool_(has_ace),
                                   taken=np.isin(np.arange(48), taken))
         consistent = np.asarray(env.consistent_actions(state.replace(game=game)))

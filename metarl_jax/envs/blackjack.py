@@ -104,8 +104,9 @@ class Blackjack(TextEnv):
     """Blackjack against a fixed dealer hand, hitting chosen face-down cards (see the module docstring).
 
     Task: :class:`~metarl_jax.envs.cards.BlackjackTask`. Actions: ``hit i`` for ``i < table_size``, then
-    ``stand``. ``rules``: ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode ends, a taken position
-    stands) or ``"table10"`` (10 table positions, both dealer cards face up, a taken position wastes the turn).
+    ``stand``. ``rules``: ``"orbit"`` (48 deck positions, the dealer's second card face down until the episode
+    ends, a taken position stands) or ``"table10"`` (10 table positions, both dealer cards face up, a taken position
+    wastes the turn).
     """
 
     text_styles = ("gem", "terse")
@@ -148,8 +149,8 @@ class Blackjack(TextEnv):
 
     def _terse_rules_text(self) -> tuple[str, str]:
         """text="terse": the rules in one line, around the number of turns."""
-        first = (f"You are playing Blackjack: hit a position 0 to {self.table_size - 1} or stand, and beat the dealer's "
-                 "total. Going over 21 loses. You have ")
+        first = (f"You are playing Blackjack: hit a position 0 to {self.table_size - 1} or stand, and beat the "
+                 "dealer's total. Going over 21 loses. You have ")
         return first, " turns.\n"
 
     def _add_pieces(self) -> None:
@@ -346,7 +347,8 @@ class Blackjack(TextEnv):
         text = super().render_text(state)
         if not self.orbit or int(state.status) == RUNNING:
             return text
-        lead = "\n" if int(state.status) == FORMAT_ERROR or (int(state.status) == OUT_OF_TURNS and not self.terse) else ""
+        status = int(state.status)
+        lead = "\n" if status == FORMAT_ERROR or (status == OUT_OF_TURNS and not self.terse) else ""
         return f"{text}{lead}The dealer's face-down card was {self._card_name(state.task.dealer[1])}.\n"
 
     def _card_name(self, card) -> str:
