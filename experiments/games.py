@@ -19,9 +19,10 @@ Hangman 25, Wordle 19, Blackjack 23, plus 1 to 4 for RL^2 and the other baseline
 
 Expected result (seed 0, held-out episode 1 / 2 / 3 success): Hangman, ORBIT 0.453 / 0.566 / 0.582 against
 single-episode RL 0.449 / 0.461 / 0.457 from the same prior; two-digit Mastermind with 4 turns, ORBIT 0.305 / 0.406
-/ 0.422 against 0.141 / 0.133 / 0.137 (seed 2 alike; seed 1's ORBIT collapsed to a fixed guess sequence). No gain on ORBIT's Mastermind, two-digit Mastermind with 3 turns and Wordle
-(the prior does not learn to win them more often than random play), nor on Blackjack (ORBIT 0.324 / 0.293 / 0.316,
-single-episode RL 0.246 / 0.305 / 0.316). Details: results/README.md ("Beyond GuessTheNumber").
+/ 0.422 against 0.141 / 0.133 / 0.137 (seed 2 alike; seed 1's ORBIT collapsed to a fixed guess sequence). No gain
+on ORBIT's Mastermind, two-digit Mastermind with 3 turns and Wordle (the prior does not learn to win them more often
+than random play), nor on Blackjack (ORBIT 0.324 / 0.293 / 0.316, single-episode RL 0.246 / 0.305 / 0.316).
+Details: results/README.md ("Beyond GuessTheNumber").
 """
 
 from __future__ import annotations
