@@ -78,7 +78,7 @@ _VERDICTS = {_STAND_WIN: "You win!\n", _STAND_LOSE: "You lose.\n", _STAND_TIE: "
 # text="terse": the words of a turn's line, and their indices
 TERSE_WORDS = (" taken,", " total", " against", " bust\n", "\n", " win\n", " lose\n", " tie\n")
 _TAKEN_WORD, _TOTAL_WORD, _AGAINST_WORD, _BUST_WORD, _END_WORD, _WIN_WORD, _LOSE_WORD, _TIE_WORD = range(8)
-TERSE_VERDICTS = {_STAND_WIN: "win", _STAND_LOSE: "lose", _STAND_TIE: "tie"}
+TERSE_VERDICTS = {_STAND_WIN: _WIN_WORD, _STAND_LOSE: _LOSE_WORD, _STAND_TIE: _TIE_WORD}  # feedback code -> word
 TERSE_HAND_INTRO = "Your cards: "
 MAX_TOTAL = 31  # the largest total a hand can show: at most 21 before its last hit, plus at most 10
 
@@ -327,8 +327,7 @@ class Blackjack(TextEnv):
             self._said_total[jnp.clip(hand_total(g.hard, g.has_ace), 0, MAX_TOTAL)],
             jnp.select([stand, fb == _BUST], [said[_AGAINST_WORD], said[_BUST_WORD]], said[_END_WORD]),
             jnp.where(stand, self._said_total[self._total(task.dealer)], EMPTY),
-            jnp.select([fb == _STAND_WIN, fb == _STAND_LOSE, fb == _STAND_TIE],
-                       [said[_WIN_WORD], said[_LOSE_WORD], said[_TIE_WORD]], EMPTY),
+            jnp.select([fb == code for code in TERSE_VERDICTS], [said[w] for w in TERSE_VERDICTS.values()], EMPTY),
         ])
 
     def obs_pieces(self, state: TextEnvState) -> jax.Array:
@@ -373,10 +372,11 @@ class Blackjack(TextEnv):
         if self.terse:  # " 7 total 18", " 9 total 27 bust", " 18 against 17 win", " taken, 18 against 19 lose"
             if fb in _VERDICTS:
                 taken = "" if pos == self.stand else " taken,"
-                return f"{taken} {mine} against {host_total(task.dealer)} {TERSE_VERDICTS[fb]}\n"
+                return f"{taken} {mine} against {host_total(task.dealer)}{TERSE_WORDS[TERSE_VERDICTS[fb]]}"
             if fb == _TAKEN:
                 return f" taken, total {mine}\n"
-            return f" {RANKS[int(task.table[pos]) % 13]} total {mine}{' bust' if fb == _BUST else ''}\n"
+            end = TERSE_WORDS[_BUST_WORD if fb == _BUST else _END_WORD]
+            return f" {RANKS[int(task.table[pos]) % 13]} total {mine}{end}"
         versus = f"{mine} against the dealer's {host_total(task.dealer)}. "
         if fb in _VERDICTS and pos == self.stand:
             return f"At turn {t}, you stand with {versus}{_VERDICTS[fb]}"
