@@ -6,39 +6,47 @@ Command (2 CPU cores: about a minute per run)::
     python experiments/episode_transitions.py results/runs/mechanism/orbit_policy_gradient_main_run/seed0 \\
         results/runs/mechanism/orbit_policy_gradient_main_run/seed1
 
-Each run is played on the held-out trials of its own evaluation (``configs/default.py``'s eval tasks and
-settings, the run's seed: from ``--seed`` or a ``seed<k>`` directory name, else 0), from its latest checkpoint
-exported to a temporary directory; a comparison's workdir names its runs (``<workdir>/orbit``). Prints a
-markdown table per run. Expected result (2026-12-06): ORBIT's seed 0 wins episode 2 after a won episode 1 in
+Each run is played on the held-out trials of its own evaluation (the eval tasks, settings and seed of the
+config its ``eval.json`` was written with, ``eval_config.json``), from its latest checkpoint exported to a
+temporary directory, so any finished run works, the games' runs of ``experiments/games.py`` included; a
+comparison's workdir names its runs (``<workdir>/orbit``). Prints a markdown table per run. Expected result (2026-12-06): ORBIT's seed 0 wins episode 2 after a won episode 1 in
 0.974 of the trials, seed 1 in 0.781 (results/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import tempfile
 
+import ml_collections
+
 from metarl_jax import build
-from metarl_jax.configs.default import get_config
 from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
 from metarl_jax.export import export
+from metarl_jax.train import EVAL_CONFIG
 
 
-def run_seed(run_dir: str, seed: int | None) -> int:
-    if seed is not None:
-        return seed
-    match = re.search(r"seed(\d+)$", os.path.normpath(run_dir))
-    return int(match.group(1)) if match else 0
+def evaluation_config(run_dir: str) -> ml_collections.ConfigDict:
+    """The config ``run_dir``'s own evaluation used (its ``eval_config.json``)."""
+    path = os.path.join(run_dir, EVAL_CONFIG)
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} does not exist: finish the run, or evaluate its latest checkpoint with "
+                         f"python -m metarl_jax.main --workdir={run_dir} --mode=evaluate")
+    with open(path) as f:
+        saved = json.load(f)
+    for field in ("train_tasks", "eval_tasks"):  # lists of dicts, which ConfigDict leaves as dicts
+        saved[field] = [ml_collections.ConfigDict(t) for t in saved[field]]
+    return ml_collections.ConfigDict(saved)
 
 
-def transitions_of(run_dir: str, seed: int) -> dict:
-    """``{env: episode_transitions}`` of ``run_dir``'s latest checkpoint on the default config's held-out trials."""
+def transitions_of(run_dir: str) -> dict:
+    """``{env: episode_transitions}`` of ``run_dir``'s latest checkpoint on its own held-out trials."""
     with tempfile.TemporaryDirectory() as model_dir:
         export(run_dir, os.path.join(model_dir, "model"))
-        config = get_config("orbit")
-        config.seed, config.pretrain.steps = seed, 0
+        config = evaluation_config(run_dir)
+        config.pretrain.steps, config.trainable = 0, "full"  # the exported weights are the whole model
         config.model.pretrained_dir = os.path.join(model_dir, "model")
         run = build.build_run(config)
         evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
@@ -59,10 +67,9 @@ def table(run_dir: str, found: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (each with checkpoints/)")
-    parser.add_argument("--seed", type=int, default=None, help="the runs' seed (default: from a seed<k> name, else 0)")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
-        print(table(run_dir, transitions_of(run_dir, run_seed(run_dir, args.seed))), "\n", flush=True)
+        print(table(run_dir, transitions_of(run_dir)), "\n", flush=True)
     return 0
 
 
