@@ -273,8 +273,11 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
             row micro-batches add up to the whole batch's."""
             rows, turns, act_len = tr.action_tokens.shape
             free = task.free_tokens > 0
+            # Imitation fits the players' moves with the plain next-token loss (temperature 1, top-p 1), as a
+            # language model is pretrained: the prior must not depend on the RL phase's sampling settings.
+            temperature, top_p = (1.0, 1.0) if players else (hp.temperature, hp.top_p)
             scored = teacher_forced(
-                graphdef, model_state(state, params), tr, task.table, hp.temperature, hp.top_p, free=free,
+                graphdef, model_state(state, params), tr, task.table, temperature, top_p, free=free,
                 observation_vocab=task.observation_vocab if hp.observation_coef else None, answers=answer,
                 cut_to_used=False)
             flat = lambda x: x.reshape(rows, turns * act_len)
@@ -297,7 +300,7 @@ def make_train_step(graphdef, tasks, optimizer: optax.GradientTransformation, hp
                 m["answer_nll"] = -scored.answer_logp.sum() / jnp.maximum(total.answer, 1)
                 loss = loss + hp.answer_coef * m["answer_nll"]
             if hp.kl_coef:
-                ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, hp.temperature, hp.top_p,
+                ref_logp = teacher_forced_logp(graphdef, state.ref_params, tr, task.table, temperature, top_p,
                                                free=free, cut_to_used=False)
                 m["kl"] = kl_to_reference(flat(scored.logp), flat(ref_logp), mask, num_sequences=total.sequences)
                 loss = loss + hp.kl_coef * m["kl"]
