@@ -124,8 +124,8 @@ def test_the_imitation_step_learns_the_players_moves():
 def test_the_imitation_loss_does_not_depend_on_the_rl_sampling_settings():
     """The imitation step fits the players' moves with the plain next-token loss (temperature 1, top-p 1), like a
     language model's pretraining: the same step and key give the same loss and the same weights whatever the RL
-    phase's sampling temperature and top-p. Scored with them, as before 2026-12-07, the untrained model's loss
-    was 0.4417 at temperature 0.5 and top-p 0.9 against 0.4432 plain, and the trained prior was another model."""
+    phase's sampling temperature and top-p. Scored with them instead, the untrained model's loss is 0.4417 at
+    temperature 0.5 and top-p 0.9 against 0.4432 plain, and the weights differ."""
     tok = WordTokenizer()
     task = build_task(dict(env_id="game:GuessTheNumber-v0-easy", total_step_cap=4), tok, split="train", seed=0,
                       num_tasks=4, intro=False, text="terse")
