@@ -1,7 +1,7 @@
 """The README's main run: ORBIT meta-training of a tiny transformer on CPU, with no privileged information and
 no answer loss: an imitation prior, then ORBIT's policy gradient.
 
-Command (2 CPU cores: 9 min 20 s for the prior and both runs, measured alone on a fresh clone; 2026-12-06)::
+Command (2 CPU cores: 10 min 44 s for the prior and both runs, measured alone; 2026-12-07)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -24,10 +24,12 @@ lr 3e-4: ORBIT's PPO-clip policy gradient on the trial return with LaMer's cross
 (``discount``), plus next-token prediction of the observation text (``observation_coef``: only what the policy
 itself saw; not in ORBIT). The answer loss (``answer_coef``) is off. Both runs get the same losses.
 
-Expected result (measured 2026-12-06, seed 0; bit for bit on CPU), held-out episode 1 / 2 / 3 success:
-GuessTheNumber-hard: prior 0.461 / 0.570 / 0.480, ORBIT 0.602 / 0.859 / 0.898 (+0.297), single-episode 0.551 /
-0.582 / 0.582 (+0.031); GuessTheNumber-easy: prior 0.723 / 0.672 / 0.801, ORBIT 0.996 / 1.000 / 1.000,
-single-episode 0.887 / 0.957 / 0.898. Random play: 0.4 per easy episode, 0.15 per hard one. What makes the gain,
+Expected result (measured 2026-12-07, seed 0; bit for bit on the same kind of CPU, statistically elsewhere:
+docs/determinism.md), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: prior 0.449 / 0.535 / 0.488,
+ORBIT 0.566 / 0.848 / 0.902 (+0.336), single-episode 0.566 / 0.672 / 0.660 (+0.094); GuessTheNumber-easy: prior
+0.750 / 0.684 / 0.781, ORBIT 0.984 / 1.000 / 1.000, single-episode 0.676 / 0.789 / 0.750. Over seeds 0, 1, 2:
+ORBIT 0.562 / 0.802 / 0.846 on -hard against single-episode 0.591 / 0.598 / 0.621
+(results/mechanism_main_rows_rerun.md). Random play: 0.4 per easy episode, 0.15 per hard one. What makes the gain,
 with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``.
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
 """
