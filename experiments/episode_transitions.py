@@ -9,8 +9,10 @@ Command (2 CPU cores: about a minute per run)::
 Each run is played on the held-out trials of its own evaluation (the eval tasks, settings and seed of the
 config its ``eval.json`` was written with, ``eval_config.json``), from its latest checkpoint exported to a
 temporary directory, so any finished run works, the games' runs of ``experiments/games.py`` included; a
-comparison's workdir names its runs (``<workdir>/orbit``). Prints a markdown table per run. Expected result (2026-12-06): ORBIT's seed 0 wins episode 2 after a won episode 1 in
-0.974 of the trials, seed 1 in 0.781 (results/README.md).
+comparison's workdir names its runs (``<workdir>/orbit``). Prints a markdown table per run. Expected result
+(2026-12-06): ORBIT's seed 0 wins episode 2 after a won episode 1 in 0.974 of the trials, seed 1 in 0.781
+(results/README.md); two-digit Mastermind with 4 turns, seed 1's collapsed ORBIT run (2026-12-07): 1.000 after a
+won episode 1 (32 trials) and 0.000 after a lost one (224).
 """
 
 from __future__ import annotations
