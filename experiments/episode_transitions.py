@@ -26,6 +26,7 @@ import ml_collections
 
 from metarl_jax import build
 from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
+from metarl_jax.configs.default import get_config
 from metarl_jax.export import export
 from metarl_jax.train import EVAL_CONFIG
 
@@ -40,7 +41,9 @@ def evaluation_config(run_dir: str) -> ml_collections.ConfigDict:
         saved = json.load(f)
     for field in ("train_tasks", "eval_tasks"):  # lists of dicts, which ConfigDict leaves as dicts
         saved[field] = [ml_collections.ConfigDict(t) for t in saved[field]]
-    return ml_collections.ConfigDict(saved)
+    config = get_config()  # a field added after the run was saved keeps its default
+    config.update(saved)
+    return config
 
 
 def transitions_of(run_dir: str) -> dict:

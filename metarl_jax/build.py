@@ -42,6 +42,9 @@ class Run:
     # so both runs imitate the same corpus) with one scripted player each; None when config.pretrain.steps is 0.
     pretrain_tasks: list[TaskSet] | None = None
     players: list | None = None
+    # The imitation step's hyperparameters: ``hyper`` with the phase's own observation-loss weight
+    # (config.pretrain.observation_coef); None when config.pretrain.steps is 0.
+    pretrain_hyper: GRPOHyper | None = None
 
 
 def build_model(config, tokenizer):
@@ -172,15 +175,16 @@ def build_run(config) -> Run:
     optimizer, schedule = build_optimizer(config), build_schedule(config)
     micro = micro_batches(config, nnx.merge(graphdef, model_state), model_state, optimizer, train_tasks, eval_tasks)
     hyper = hyper_from_config(config, micro)
-    pretrain_tasks = players = None
+    pretrain_tasks = players = pretrain_hyper = None
     if config.pretrain.steps:
+        pretrain_hyper = dataclasses.replace(hyper, observation_coef=config.pretrain.observation_coef)
         independent = config.pretrain.new_task_each_episode
         pretrain_tasks = (build_tasks(config, tokenizer, "train", prompt_len, single_episode=False,
                                       new_task_each_episode=independent)
                           if config.single_episode or independent else train_tasks)
         players = [episode_player(task.env, config.pretrain.noise) for task in pretrain_tasks]
     return Run(tokenizer, graphdef, model_state, train_tasks, eval_tasks, optimizer, schedule, hyper, micro,
-               pretrain_tasks, players)
+               pretrain_tasks, players, pretrain_hyper)
 
 
 def hyper_from_config(config, micro: MicroBatches | None = None) -> GRPOHyper:

@@ -82,6 +82,7 @@ _RANGES = [
      "an int >= 0 (the first steps of num_steps that imitate the scripted player; 0: no imitation phase)"),
     ("pretrain.noise", lambda v: 0 <= v <= 1, "in [0, 1] (the scripted player's share of uniformly random guesses)"),
     ("pretrain.learning_rate", lambda v: v > 0, "> 0 (the imitation phase's learning rate)"),
+    ("pretrain.observation_coef", lambda v: v >= 0, ">= 0 (the imitation phase's observation-loss weight)"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("optimizer.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),

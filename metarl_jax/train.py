@@ -181,7 +181,7 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     imitation_step = None
     if run.players:  # the imitation phase's steps (config.pretrain)
         imitation_step = compile_before_running(
-            make_sharded_train_step(run.graphdef, run.pretrain_tasks, run.optimizer, run.hyper, state, mesh,
+            make_sharded_train_step(run.graphdef, run.pretrain_tasks, run.optimizer, run.pretrain_hyper, state, mesh,
                                     config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1),
                                     players=run.players), "imitation step")
     evaluator = compile_before_running(run_evaluator(run, config, mesh), "evaluator")

@@ -2,6 +2,8 @@
 episodes, that its consistent set never rules out the secret, and that a rollout it drives plays its moves in
 the model's token stream, and that the imitation step fits its moves."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -168,6 +170,38 @@ def test_the_imitation_corpus_can_play_independent_games_back_to_back(single_epi
     assert [t.env.max_episodes for t in run.pretrain_tasks] == [0] * len(config.train_tasks)
     assert not any(t.env.new_task_each_episode for t in run.train_tasks)
     assert [t.env.max_episodes for t in run.train_tasks] == [int(single_episode)] * len(config.train_tasks)
+
+
+def test_the_imitation_phase_has_its_own_observation_loss_weight(monkeypatch, tmp_path):
+    """``config.pretrain.observation_coef`` weighs the imitation steps' observation loss and
+    ``config.observation_coef`` the RL steps': :func:`metarl_jax.train.train_and_evaluate` builds each step with its
+    phase's weight. The steps are recorded, not compiled."""
+    from metarl_jax import build, train
+    from metarl_jax.configs import tiny
+
+    config = tiny.get_config()
+    config.pretrain.steps, config.answer_coef = 2, 0.0
+    config.observation_coef, config.pretrain.observation_coef = 3.0, 0.5
+    run = build.build_run(config)
+    assert (run.hyper.observation_coef, run.pretrain_hyper.observation_coef) == (3.0, 0.5)
+    assert dataclasses.replace(run.pretrain_hyper, observation_coef=3.0) == run.hyper  # nothing else differs
+
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def record(graphdef, tasks, optimizer, hp, *args, players=None, **kwargs):
+        built.append((players is not None, hp.observation_coef))
+        if players is not None:
+            raise Stop
+        return None
+
+    monkeypatch.setattr(train, "make_sharded_train_step", record)
+    monkeypatch.setattr(train, "compile_before_running", lambda step, what: step)
+    with pytest.raises(Stop):
+        train.train_and_evaluate(config, str(tmp_path / "run"), quiet=True)
+    assert built == [(False, 3.0), (True, 0.5)]
 
 
 def test_rl_phase_starts_from_the_prior_with_the_remaining_steps():

@@ -177,7 +177,9 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     # predict, which the prior then learns to use. Both runs of the comparison start the RL phase from the same
     # prior. Its learning rate is pretrain.learning_rate; the RL phase then warms up again to
     # optimizer.learning_rate. steps=0: no phase (the model starts from its initialization or pretrained_dir).
-    c.pretrain = ml_collections.ConfigDict(dict(steps=500, noise=0.25, learning_rate=3e-3, new_task_each_episode=True))
+    # pretrain.observation_coef: the phase's weight on the observation loss (the RL phase's is observation_coef).
+    c.pretrain = ml_collections.ConfigDict(dict(steps=500, noise=0.25, learning_rate=3e-3, new_task_each_episode=True,
+                                                observation_coef=1.0))
 
     # The RL phase's rate: 3e-4 keeps the prior's search (3e-3, the from-scratch rate, first broke it).
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-4, warmup_steps=10, grad_clip=1.0,
