@@ -25,8 +25,8 @@ import tempfile
 import ml_collections
 
 from metarl_jax import build
-from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
 from metarl_jax.configs.default import get_config
+from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
 from metarl_jax.export import export
 from metarl_jax.train import EVAL_CONFIG
 
