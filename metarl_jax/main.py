@@ -92,6 +92,27 @@ def run_one(config, workdir: str, label: str | None = None):
     return train_and_evaluate(config, workdir, label=label).rows
 
 
+def precompile_while_the_prior_trains(runs: dict, workdir: str):
+    """A context in which a child process compiles the RL runs' train steps into the persistent compilation cache
+    (:class:`metarl_jax.precompile.Precompiler`, from a freshly initialized model of the prior's architecture);
+    leaving it waits for the child. Nothing to do (a null context) without the cache, with several processes,
+    with --mode=evaluate, or when the prior and every RL run have finished before."""
+    import contextlib
+
+    import jax
+
+    from metarl_jax.precompile import Precompiler
+    from metarl_jax.prior import rl_phase
+
+    cache_dir = jax.config.jax_compilation_cache_dir
+    unfinished = [rl_phase(cfg, "") for name, cfg in runs.items()
+                  if not os.path.exists(os.path.join(workdir, name, "eval.json"))]
+    if (not cache_dir or jax.process_count() > 1 or _MODE.value != "train" or not unfinished
+            or os.path.exists(os.path.join(workdir, "imitation", "eval.json"))):
+        return contextlib.nullcontext()
+    return Precompiler(unfinished, cache_dir)
+
+
 def compare(config, workdir: str):
     """Trains (or evaluates) the ORBIT run and the single-episode baseline; returns and writes the comparison.
 
@@ -111,7 +132,8 @@ def compare(config, workdir: str):
         runs[name] = cfg
     rows = []
     if config.pretrain.steps:
-        model_dir, rows = train_prior(config, os.path.join(workdir, "imitation"), run=run_one)
+        with precompile_while_the_prior_trains(runs, workdir):
+            model_dir, rows = train_prior(config, os.path.join(workdir, "imitation"), run=run_one)
         runs = {name: rl_phase(cfg, model_dir) for name, cfg in runs.items()}
     results = {
         name: run_one(cfg, os.path.join(workdir, name),
