@@ -65,6 +65,10 @@ _COMPILE_CACHE = flags.DEFINE_boolean(
     "compile_cache", True, "Keep compiled XLA programs in <workdir>/xla_cache (JAX's persistent compilation cache): a "
     "resumed or repeated run, and the second run of a comparison for the programs both share (the held-out "
     "evaluation), load them instead of compiling again.")
+_PRECOMPILE = flags.DEFINE_boolean(
+    "precompile", True, "With --compile_cache, a comparison with an imitation prior compiles its RL runs' train steps "
+    "in a child process (at the lowest CPU priority) while the prior trains, so the runs load them from the cache "
+    "(metarl_jax.precompile).")
 _BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
 _COMPARE = flags.DEFINE_boolean(
     "compare", None, "Train the ORBIT run and the single-episode baseline with the same budget and print their "
@@ -95,8 +99,8 @@ def run_one(config, workdir: str, label: str | None = None):
 def precompile_while_the_prior_trains(runs: dict, workdir: str):
     """A context in which a child process compiles the RL runs' train steps into the persistent compilation cache
     (:class:`metarl_jax.precompile.Precompiler`, from a freshly initialized model of the prior's architecture);
-    leaving it waits for the child. Nothing to do (a null context) without the cache, with several processes,
-    with --mode=evaluate, or when the prior and every RL run have finished before."""
+    leaving it waits for the child. Nothing to do (a null context) with --noprecompile, without the cache, with
+    several processes, with --mode=evaluate, or when the prior and every RL run have finished before."""
     import contextlib
 
     import jax
@@ -107,7 +111,7 @@ def precompile_while_the_prior_trains(runs: dict, workdir: str):
     cache_dir = jax.config.jax_compilation_cache_dir
     unfinished = [rl_phase(cfg, "") for name, cfg in runs.items()
                   if not os.path.exists(os.path.join(workdir, name, "eval.json"))]
-    if (not cache_dir or jax.process_count() > 1 or _MODE.value != "train" or not unfinished
+    if (not _PRECOMPILE.value or not cache_dir or jax.process_count() > 1 or _MODE.value != "train" or not unfinished
             or os.path.exists(os.path.join(workdir, "imitation", "eval.json"))):
         return contextlib.nullcontext()
     return Precompiler(unfinished, cache_dir)

@@ -58,19 +58,18 @@ class Precompiler:
             pickle.dump(list(configs), f)
         self.log_path = os.path.join(cache_dir, "precompile.log")
         self._log = open(self.log_path, "w")  # noqa: SIM115  (the child writes it until wait())
-        self._started = time.perf_counter()
+        # The lowest CPU priority: the child takes the cycles the prior's steps leave idle, not the prior's own.
         self._process = subprocess.Popen([sys.executable, "-m", "metarl_jax.precompile", self._configs_file, cache_dir],
-                                         stdout=self._log, stderr=subprocess.STDOUT)
-        self.seconds = None
+                                         stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19))
+        self.status = None
 
     def wait(self) -> int:
         """Waits for the child; returns its exit status."""
-        status = self._process.wait()
-        if self.seconds is None:
-            self.seconds = time.perf_counter() - self._started
+        if self.status is None:
+            self.status = self._process.wait()
             self._log.close()
             os.remove(self._configs_file)
-        return status
+        return self.status
 
     def __enter__(self):
         return self
@@ -80,10 +79,10 @@ class Precompiler:
             self._process.kill()
             self.wait()
             return
-        waited = time.perf_counter()
+        waiting = time.perf_counter()
         if self.wait() == 0:
-            print(f"[precompile] the next runs' train steps compiled in {self.seconds:.0f} s, "
-                  f"{time.perf_counter() - waited:.0f} s of it after the prior finished", flush=True)
+            print(f"[precompile] the next runs' train steps are compiled (waited {time.perf_counter() - waiting:.0f} s "
+                  "for them)", flush=True)
         else:
             warnings.warn(f"compiling the next runs' train steps ahead failed ({self.log_path}); each run compiles "
                           "its own", stacklevel=2)
