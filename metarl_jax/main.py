@@ -15,7 +15,9 @@ trials with the given config's evaluation settings (e.g. ``--config.eval_trials=
 report; a finished run rerun with changed settings is evaluated again too, never reported stale.
 ``--baselines`` plays the random and oracle policies instead (no training), on the trials of the config's
 ``eval_tasks`` (their turns per episode and step caps). Compiled programs are cached in
-``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off).
+``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off); a comparison with an imitation prior compiles its
+RL runs' train steps into that cache in a child process while the prior trains (:mod:`metarl_jax.precompile`;
+``--noprecompile`` turns that off).
 """
 
 from __future__ import annotations
