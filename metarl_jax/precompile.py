@@ -58,9 +58,8 @@ class Precompiler:
             pickle.dump(list(configs), f)
         self.log_path = os.path.join(cache_dir, "precompile.log")
         self._log = open(self.log_path, "w")  # noqa: SIM115  (the child writes it until wait())
-        # The lowest CPU priority: the child takes the cycles the prior's steps leave idle, not the prior's own.
         self._process = subprocess.Popen([sys.executable, "-m", "metarl_jax.precompile", self._configs_file, cache_dir],
-                                         stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19))
+                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.status = None
 
     def wait(self) -> int:
@@ -90,6 +89,7 @@ class Precompiler:
 
 def main(argv) -> None:
     configs_file, cache_dir = argv
+    os.nice(19)  # the lowest CPU priority: take the cycles the prior's steps leave idle, not the prior's own
     with open(configs_file, "rb") as f:
         configs = pickle.load(f)
     compile_train_steps(configs, cache_dir)
