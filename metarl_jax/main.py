@@ -15,9 +15,7 @@ trials with the given config's evaluation settings (e.g. ``--config.eval_trials=
 report; a finished run rerun with changed settings is evaluated again too, never reported stale.
 ``--baselines`` plays the random and oracle policies instead (no training), on the trials of the config's
 ``eval_tasks`` (their turns per episode and step caps). Compiled programs are cached in
-``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off); a comparison with an imitation prior compiles its
-RL runs' train steps into that cache in a child process while the prior trains (:mod:`metarl_jax.precompile`;
-``--noprecompile`` turns that off).
+``<workdir>/xla_cache`` (``--nocompile_cache`` turns that off).
 """
 
 from __future__ import annotations
@@ -67,10 +65,6 @@ _COMPILE_CACHE = flags.DEFINE_boolean(
     "compile_cache", True, "Keep compiled XLA programs in <workdir>/xla_cache (JAX's persistent compilation cache): a "
     "resumed or repeated run, and the second run of a comparison for the programs both share (the held-out "
     "evaluation), load them instead of compiling again.")
-_PRECOMPILE = flags.DEFINE_boolean(
-    "precompile", True, "With --compile_cache, a comparison with an imitation prior compiles its RL runs' train steps "
-    "in a child process (at the lowest CPU priority) while the prior trains, so the runs load them from the cache "
-    "(metarl_jax.precompile).")
 _BASELINES = flags.DEFINE_boolean("baselines", False, "Play the random and oracle baselines on the eval tasks instead.")
 _COMPARE = flags.DEFINE_boolean(
     "compare", None, "Train the ORBIT run and the single-episode baseline with the same budget and print their "
@@ -98,27 +92,6 @@ def run_one(config, workdir: str, label: str | None = None):
     return train_and_evaluate(config, workdir, label=label).rows
 
 
-def precompile_while_the_prior_trains(runs: dict, workdir: str):
-    """A context in which a child process compiles the RL runs' train steps into the persistent compilation cache
-    (:class:`metarl_jax.precompile.Precompiler`, from a freshly initialized model of the prior's architecture);
-    leaving it waits for the child. Nothing to do (a null context) with --noprecompile, without the cache, with
-    several processes, with --mode=evaluate, or when the prior and every RL run have finished before."""
-    import contextlib
-
-    import jax
-
-    from metarl_jax.precompile import Precompiler
-    from metarl_jax.prior import rl_phase
-
-    cache_dir = jax.config.jax_compilation_cache_dir
-    unfinished = [rl_phase(cfg, "") for name, cfg in runs.items()
-                  if not os.path.exists(os.path.join(workdir, name, "eval.json"))]
-    if (not _PRECOMPILE.value or not cache_dir or jax.process_count() > 1 or _MODE.value != "train" or not unfinished
-            or os.path.exists(os.path.join(workdir, "imitation", "eval.json"))):
-        return contextlib.nullcontext()
-    return Precompiler(unfinished, cache_dir)
-
-
 def compare(config, workdir: str):
     """Trains (or evaluates) the ORBIT run and the single-episode baseline; returns and writes the comparison.
 
@@ -138,8 +111,7 @@ def compare(config, workdir: str):
         runs[name] = cfg
     rows = []
     if config.pretrain.steps:
-        with precompile_while_the_prior_trains(runs, workdir):
-            model_dir, rows = train_prior(config, os.path.join(workdir, "imitation"), run=run_one)
+        model_dir, rows = train_prior(config, os.path.join(workdir, "imitation"), run=run_one)
         runs = {name: rl_phase(cfg, model_dir) for name, cfg in runs.items()}
     results = {
         name: run_one(cfg, os.path.join(workdir, name),

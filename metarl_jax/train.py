@@ -152,22 +152,6 @@ class TrainResult(NamedTuple):
     graphdef: object  # the model's nnx graph definition
 
 
-def initial_train_state(run, config, mesh) -> TrainState:
-    """The run's train state before its first step, placed on ``mesh`` as ``config.mesh.mode`` says."""
-    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
-                             trainable=trainable_filter(config))
-    return sharding.shard_train_state(state, mesh, config.mesh.mode)
-
-
-def jitted_train_step(run, config, state, mesh, imitation: bool = False):
-    """The run's jitted train step (``imitation``: its imitation phase's step) on ``mesh``, traced at most once:
-    ``step(state, key) -> (state, metrics)``."""
-    tasks, hyper, players = ((run.pretrain_tasks, run.pretrain_hyper, run.players) if imitation
-                             else (run.train_tasks, run.hyper, None))
-    return make_sharded_train_step(run.graphdef, tasks, run.optimizer, hyper, state, mesh, config.mesh.mode,
-                                   wrap=lambda f: chex.assert_max_traces(f, n=1), players=players)
-
-
 def train_and_evaluate(config, workdir: str, label: str | None = None, quiet: bool = False) -> TrainResult:
     """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates on held-out trials.
 
@@ -185,15 +169,21 @@ def _train_and_evaluate(run, config, workdir: str, label: str, quiet: bool) -> T
     check_writable(ckpt_dir, "checkpoint directory")
     chex.clear_trace_counter()  # chex counts traces per code location: a new run's step may trace once more
     quiet = quiet or not is_primary()  # several processes: process 0 prints and writes the files
+    state = init_train_state(run.model_state, run.optimizer, keep_reference=config.kl_coef > 0,
+                             trainable=trainable_filter(config))
+    warn_if_low_disk(ckpt_dir, state.replace(frozen=None), config.keep_checkpoints)  # frozen weights are not saved
     mesh = sharding.mesh_from_config(config.mesh)  # one device: a 1 x 1 mesh, the same jitted path
     check_run_memory(run, config, mesh.size)
-    state = initial_train_state(run, config, mesh)
-    warn_if_low_disk(ckpt_dir, state.replace(frozen=None), config.keep_checkpoints)  # frozen weights are not saved
-    train_step = compile_before_running(jitted_train_step(run, config, state, mesh), "train step")
+    state = sharding.shard_train_state(state, mesh, config.mesh.mode)
+    train_step = compile_before_running(
+        make_sharded_train_step(run.graphdef, run.train_tasks, run.optimizer, run.hyper, state, mesh,
+                                config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1)), "train step")
     imitation_step = None
     if run.players:  # the imitation phase's steps (config.pretrain)
-        imitation_step = compile_before_running(jitted_train_step(run, config, state, mesh, imitation=True),
-                                                "imitation step")
+        imitation_step = compile_before_running(
+            make_sharded_train_step(run.graphdef, run.pretrain_tasks, run.optimizer, run.pretrain_hyper, state, mesh,
+                                    config.mesh.mode, wrap=lambda f: chex.assert_max_traces(f, n=1),
+                                    players=run.players), "imitation step")
     evaluator = compile_before_running(run_evaluator(run, config, mesh), "evaluator")
     run_key = jax.random.PRNGKey(config.seed)
     saved_config = saved_config_of(config)

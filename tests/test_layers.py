@@ -21,7 +21,7 @@ LAYERS = [
     ("trained and played baselines", r"metarl_jax\.baselines\.(rl2|rl2_train|table)"),
     ("object API", r"metarl_jax\.learners"),
     ("train", r"metarl_jax\.(build|train)"),
-    ("entry points", r"metarl_jax(\.(main|export|prior|precompile))?"),
+    ("entry points", r"metarl_jax(\.(main|export|prior))?"),
 ]
 
 
