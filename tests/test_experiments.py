@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import ablations  # noqa: E402
 import common  # noqa: E402
+import episode_transitions  # noqa: E402
 import games  # noqa: E402
 import table_in_context_learning as table  # noqa: E402
 
@@ -26,6 +27,20 @@ def test_write_table_writes_markdown_csv_json_and_plot(tmp_path):
     for ext in ("md", "csv", "json", "png"):
         assert (tmp_path / f"t.{ext}").stat().st_size > 0
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_guess_statistics_tell_a_replayed_secret_from_a_new_search():
+    opening = "[Episode 1]\nA secret number lies between 1 and 50. You have 3 turns.\n"
+    replayed = (opening + "\\boxed{25} higher\n\\boxed{40} lower\n\\boxed{31} correct\n\n"
+                "[Episode 2]\n\\boxed{31} correct\n\n[Episode 3]\n\\boxed{31} correct\n\n[Episode 4]\n\\boxed{31}")
+    searched = (opening + "\\boxed{25} lower\n\\boxed{10} higher\n\\boxed{15} out of turns\n\n"
+                "[Episode 2]\n\\boxed{20} lower\n\\boxed{22} lower\n\\boxed{19} correct\n\n"
+                "[Episode 3]\n\\boxed{21} lower\n\\boxed{19} correct")
+    stats = episode_transitions.guess_statistics([replayed, searched])
+    assert stats == {"2 | L": (1, 0.0, 1.0, 1.0),  # 22 after "20 lower" was already ruled out
+                     "2 | W": (1, 1.0, 1.0, 0.0),
+                     "3 | LW": (1, 0.0, 1.0, 0.0),  # opened with 21, not the winning 19
+                     "3 | WW": (1, 1.0, 1.0, 0.0)}
 
 
 def test_classical_learner_is_chosen_per_game():
