@@ -85,7 +85,8 @@ def guess_statistics(texts: list[str], episodes: int = 3) -> dict[str, tuple[int
     ruled_out)``: how many trials have that record, the share whose episode k opens with the last won episode's
     winning guess, the share that win episode k, and the mean number of guesses in episode k that the episode's own
     earlier feedback had already ruled out. ``repeat`` separates replaying a found secret from searching again;
-    ``ruled_out`` measures the search itself."""
+    ``ruled_out`` measures the search itself. ``won`` is read from the feedback text, and a trial's last guess has
+    none (the trial ended with it): a win on a trial's last turn is missed here, not in :func:`transitions_of`."""
     found: dict[str, list] = {}
     for text in texts:
         low, high = (int(v) for v in RANGE.search(text).groups())
