@@ -150,6 +150,7 @@ def build_tasks(config, tokenizer, split: str, prompt_len: int = 0,
             text=config.text, free_stop=config.free_stop, free_budget=config.free_budget, thinking=config.thinking,
             lamer_gamma=config.lamer_gamma if config.lamer_trial else 0.0, remark_reward=config.lamer_remark_reward,
             prompt_len=prompt_len, new_task_each_episode=new_task_each_episode,
+            max_episodes=config.train_max_episodes if split == "train" and not new_task_each_episode else 0,
         )
         if task.free_tokens and task.free_tokens < task.table.max_len:
             raise config_check.ConfigError(

@@ -2,10 +2,10 @@
 
 :func:`check_config` checks every field of a run config: its names and value types against the locked, type-safe
 default config (ml_collections refuses an unknown field, naming the closest one, and a value of another type),
-numbers against their allowed ranges, the choices (decoding, mesh, text, ...), the
-model (preset, pretrained directory, ``model.overrides``) and the task lists (env ids with the closest
-registered id suggested, turns per episode, step caps). :func:`check_context` runs once the codecs are built and compares each task's context length with
-the worst-case transcript (:mod:`metarl_jax.agents.context`). Both raise :class:`ConfigError`.
+numbers against their allowed ranges, the choices (decoding, mesh, text, ...), the model (preset, pretrained
+directory, ``model.overrides``) and the task lists (env ids with the closest registered id suggested, turns per
+episode, step caps). :func:`check_context` runs once the codecs are built and compares each task's context length
+with the worst-case transcript (:mod:`metarl_jax.agents.context`). Both raise :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ _RANGES = [
     ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("clip_high", lambda v: v >= 0, ">= 0"),
     ("dual_clip", lambda v: v == 0 or v > 1, "0 (off) or > 1 (the bound c of dual-clip PPO; ORBIT / verl: 3.0)"),
-    ("advantage_std_ddof", lambda v: v in (0, 1) and isinstance(v, int),
-     "0 (population std) or 1 (sample std: ORBIT's, through verl)"),
+    ("advantage_std_ddof", lambda v: v in (0, 1) and isinstance(v, int), "0 (population std) or 1 (sample std: ORBIT's)"),
     ("kl_coef", lambda v: v >= 0, ">= 0"),
     ("entropy_coef", lambda v: v >= 0, ">= 0"),
     ("observation_coef", lambda v: v >= 0, ">= 0"),
@@ -64,6 +63,7 @@ _RANGES = [
     ("train_set_size", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("eval_trials", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("num_episodes_reported", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+    ("train_max_episodes", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: as many as the step cap holds)"),
     ("eval_every", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: evaluate only at the end)"),
     ("log_every", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
     ("checkpoint_every", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: only at the end)"),

@@ -95,12 +95,13 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
                context_len: int = 0, free_tokens: int = 0, chat: bool = False, text: str = "gem",
                free_stop: str = "action", free_budget: str = "fixed", lamer_gamma: float = 0.0,
                remark_reward: float = 0.0, thinking: str = "keep", prompt_len: int = 0,
-               new_task_each_episode: bool = False) -> TaskSet:
+               new_task_each_episode: bool = False, max_episodes: int = 0) -> TaskSet:
     """A :class:`TaskSet` for one task entry.
 
     ``single_episode`` makes every trial one episode (cap = turns per episode, and the trial ends with its first
     episode even when it is won early): the standard RL baseline. ``new_task_each_episode`` draws a fresh task for
-    every episode (independent games back to back: the imitation phase's corpus).
+    every episode (independent games back to back: the imitation phase's corpus). ``max_episodes`` > 0 ends a
+    multi-episode trial when that many episodes have ended (0: when its step cap is reached, ORBIT's trial).
     ``context_len`` 0 takes the budget's worst case. ``free_tokens`` > 0 selects free decoding with that many
     tokens per action (else constrained decoding). ``chat`` wraps turns in the tokenizer's chat template.
     ``text`` is the env's text style (``"gem"``, or ``"terse"`` where the env has it; see
@@ -120,7 +121,7 @@ def build_task(entry, tokenizer, *, split: str, seed: int, num_tasks: int, singl
     cap = turns if single_episode else int(entry["total_step_cap"])
     env, params = envs.make_trial(entry["env_id"], total_step_cap=cap, reflection=reflection and not single_episode,
                                   intro=intro, repeat_opening=repeat_opening, max_turns=turns, text=text,
-                                  lamer_gamma=lamer_gamma, max_episodes=1 if single_episode else 0,
+                                  lamer_gamma=lamer_gamma, max_episodes=1 if single_episode else max_episodes,
                                   new_task_each_episode=new_task_each_episode)
     codec, table = Codec(env, tokenizer), ActionTable(env, tokenizer)
     wrap = chat_wrap(tokenizer) if chat else None

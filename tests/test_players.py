@@ -172,6 +172,25 @@ def test_the_imitation_corpus_can_play_independent_games_back_to_back(single_epi
     assert [t.env.max_episodes for t in run.train_tasks] == [int(single_episode)] * len(config.train_tasks)
 
 
+@pytest.mark.parametrize("independent", [False, True])
+def test_train_max_episodes_ends_the_training_trials_only(independent):
+    """``config.train_max_episodes`` ends the training trials after that many episodes; the held-out trials and an
+    imitation corpus of independent games keep the step cap (ORBIT's trial), and the baseline's trials stay one
+    episode. Host side only: nothing is compiled."""
+    from metarl_jax import build
+    from metarl_jax.configs import tiny
+
+    config = tiny.get_config()
+    config.pretrain.steps, config.answer_coef, config.train_max_episodes = 2, 0.0, 3
+    config.pretrain.new_task_each_episode = independent
+    run = build.build_run(config)
+    assert [t.env.max_episodes for t in run.train_tasks] == [3]
+    assert [t.env.max_episodes for t in run.eval_tasks] == [0]
+    assert [t.env.max_episodes for t in run.pretrain_tasks] == [0 if independent else 3]  # else: the train tasks
+    config.single_episode = True
+    assert [t.env.max_episodes for t in build.build_run(config).train_tasks] == [1]
+
+
 def test_the_imitation_phase_has_its_own_observation_loss_weight(monkeypatch, tmp_path):
     """``config.pretrain.observation_coef`` weighs the imitation steps' observation loss and
     ``config.observation_coef`` the RL steps': :func:`metarl_jax.train.train_and_evaluate` builds each step with its

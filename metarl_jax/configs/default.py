@@ -82,6 +82,10 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.train_set_size = 512  # ORBIT: 512 training tasks per env
     c.eval_trials = 256  # ORBIT: 256 validation tasks per env
     c.num_episodes_reported = 3
+    # Training trials end after this many episodes; 0: when the step cap is reached (ORBIT's trial, whose episodes
+    # may outnumber the reported ones). The held-out trials and an imitation corpus of independent games
+    # (pretrain.new_task_each_episode) keep the step cap.
+    c.train_max_episodes = 0
 
     # Decoding: "constrained" (only valid action texts) or "free" (up to free_tokens tokens, then the
     # \boxed{...} is parsed; no valid box is a format error, as in ORBIT).
