@@ -27,9 +27,9 @@ import tempfile
 
 import ml_collections
 
-from metarl_jax import build, evaluate
+from metarl_jax import build
 from metarl_jax.configs.default import get_config
-from metarl_jax.evaluate import episode_transitions, episode_wins, evaluate_params, make_evaluator
+from metarl_jax.evaluate import SAMPLE_TRIALS, episode_transitions, episode_wins, evaluate_params, make_evaluator
 from metarl_jax.export import export
 from metarl_jax.train import EVAL_CONFIG
 
@@ -58,13 +58,9 @@ def played_of(run_dir: str, transcripts: bool = False):
         config.pretrain.steps, config.trainable = 0, "full"  # the exported weights are the whole model
         config.model.pretrained_dir = os.path.join(model_dir, "model")
         run = build.build_run(config)
-        samples = evaluate.SAMPLE_TRIALS
-        evaluate.SAMPLE_TRIALS = config.eval_trials if transcripts else samples  # read when the evaluator traces
-        try:
-            evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p)
-            played, _ = evaluate_params(evaluator, run.model_state, config, "transitions")
-        finally:
-            evaluate.SAMPLE_TRIALS = samples
+        evaluator = make_evaluator(run.graphdef, run.eval_tasks, config.eval_temperature, config.eval_top_p,
+                                   sample_trials=config.eval_trials if transcripts else SAMPLE_TRIALS)
+        played, _ = evaluate_params(evaluator, run.model_state, config, "transitions")
     return config, played, run.tokenizer
 
 

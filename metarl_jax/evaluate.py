@@ -277,11 +277,11 @@ SAMPLE_TRIALS = 2  # held-out trials per env whose transcripts every evaluation 
 
 
 def make_evaluator(graphdef, tasks: list[TaskSet], temperature: float, top_p: float, rows_per_chunk: int = 0,
-                   mesh=None, mode: str = "none"):
+                   mesh=None, mode: str = "none", sample_trials: int = SAMPLE_TRIALS):
     """``evaluate(params, key) -> {env: {success int[N, T], episode_index int[N, T], episode_done bool[N, T],
     env_step bool[N, T], invalid bool[N, T], returns [N], truncated [N], sample_tokens int32[n, S],
     sample_length int32[n]}}`` over each task's whole validation set, one jitted program; ``sample_*``: the
-    tokens and real lengths of the env's first ``n = min(SAMPLE_TRIALS, N)`` trials (rendered in the logs).
+    tokens and real lengths of the env's first ``n = min(sample_trials, N)`` trials (rendered in the logs).
     ``rows_per_chunk`` (a divisor of N; 0: all) plays the trials in micro-batches
     (:func:`metarl_jax.agents.rollout.rollout`). With a ``mesh`` (:mod:`metarl_jax.sharding`), an env's trials are
     played with their rows on the mesh's data axis under ``mode`` (when their count splits evenly) and every output
@@ -295,8 +295,8 @@ def make_evaluator(graphdef, tasks: list[TaskSet], temperature: float, top_p: fl
     def with_samples(played):
         """``played`` with its ``tokens`` [N, S] / ``length`` [N] cut to the first trials, as ``sample_*``."""
         played = dict(played)
-        return {**played, "sample_tokens": played.pop("tokens")[:SAMPLE_TRIALS],
-                "sample_length": played.pop("length")[:SAMPLE_TRIALS]}
+        return {**played, "sample_tokens": played.pop("tokens")[:sample_trials],
+                "sample_length": played.pop("length")[:sample_trials]}
 
     def evaluate(params, key):
         out = {}
