@@ -17,6 +17,7 @@ import os
 
 import ml_collections
 
+from metarl_jax.algos.losses import ADVANTAGE_GROUPS
 from metarl_jax.envs import registry
 from metarl_jax.envs.base import implements_answer_action, implements_consistent_actions
 
@@ -248,10 +249,9 @@ def _check_model(config) -> None:
 def check_config(config) -> None:
     """Checks every field of a run config before anything is built; raises :class:`ConfigError` on the first problem.
 
-    Covers the field names and types (:func:`_check_schema`: typos, with the closest known name), the numbers of
-    the range table, the decoding / mesh / text choices, the model (preset, pretrained
-    directory, ``model.overrides``), the tokenizer and the task lists (:func:`check_task`). The context
-    lengths are checked later, once the codecs exist (:func:`check_context`).
+    Covers the field names and types (:func:`_check_schema`: typos, with the closest known name), the numbers of the
+    range table, the choices (decoding, mesh, text, ...), the model (preset, pretrained directory, ``model.overrides``),
+    the tokenizer and the task lists (:func:`check_task`); the context lengths once the codecs exist (check_context).
     """
     _check_schema(config)
     for field, ok, allowed in _RANGES:
@@ -280,12 +280,12 @@ def check_config(config) -> None:
           f"got {config.thinking!r}")
     _need(config.thinking == "keep" or config.decoding == "free", "thinking",
           "'strip' needs decoding='free' (constrained decoding writes no thinking)")
-    _need(config.truncated_return in ("keep", "zero"), "truncated_return",
-          f"must be 'keep' (a trial cut by the full context keeps the rewards it earned) or 'zero' (ORBIT: its "
-          f"return is 0), got {config.truncated_return!r}")
-    _need(config.task_sampling in ("replacement", "epochs"), "task_sampling",
-          f"must be 'replacement' (each step draws its tasks independently) or 'epochs' (ORBIT: each epoch visits "
-          f"every task once, in a shuffled order), got {config.task_sampling!r}")
+    _need(config.truncated_return in ("keep", "zero"), "truncated_return", f"must be 'keep' (a trial cut by the full "
+          f"context keeps the rewards it earned) or 'zero' (ORBIT: its return is 0), got {config.truncated_return!r}")
+    _need(config.advantage_groups in ADVANTAGE_GROUPS, "advantage_groups", f"must be one of {ADVANTAGE_GROUPS} (the "
+          f"turns each return-to-go is normalised over: losses.turn_keys), got {config.advantage_groups!r}")
+    _need(config.task_sampling in ("replacement", "epochs"), "task_sampling", f"must be 'replacement' (independent "
+          f"draws each step) or 'epochs' (ORBIT: each epoch visits every task once), got {config.task_sampling!r}")
     if config.task_sampling == "epochs":
         _need(config.train_set_size >= config.num_tasks, "task_sampling",
               f"'epochs' needs train_set_size ({config.train_set_size}) >= num_tasks ({config.num_tasks})")

@@ -240,6 +240,8 @@ CASES = [
     Case("negative answer_coef", checked(answer_coef=-1.0), ConfigError, r"config\.answer_coef: must be >= 0 \(0: off\)"),
     Case("negative train_max_episodes", checked(train_max_episodes=-1), ConfigError,
          r"config\.train_max_episodes: must be an int >= 0 \(0: as many as the step cap holds\)"),
+    Case("unknown advantage groups", checked(advantage_groups="episode"), ConfigError,
+         r"config\.advantage_groups: must be one of \('turn', 'episode_turn', 'record'\)"),
     Case("unknown answer target", checked(answer_from="oracle"), ConfigError,
          r"config\.answer_from: must be 'task' \(the task's answer, privileged\) or 'hindsight'"),
     Case("answer loss on a game without one answer", checked(answer_coef=1.0, text="gem", train_tasks=[dict(env_id="maze")]),

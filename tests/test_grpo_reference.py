@@ -116,3 +116,41 @@ def test_ppo_loss_matches_the_reference(recorded):
                             jnp.asarray(mask))
     expected = reference_loss(logp.reshape(rows, -1), old, mask, adv[:, 0])
     assert abs(float(loss) - expected) < 1e-6, (float(loss), expected)
+
+
+def reference_record_advantages(tr, group, gamma_step, gamma_traj):
+    """LaMer's discounted return-to-go of each played turn, normalised over the group's played turns with the same
+    episode, turn in it, number of earlier episodes won and last episode's outcome (``advantage_groups="record"``)."""
+    rewards, done, won, episode = (np.asarray(x) for x in (tr.rewards, tr.episode_done, tr.success, tr.episode_index))
+    played = np.asarray(tr.taken) & ~np.asarray(tr.reflection)
+    rows, turns = rewards.shape
+    ret, keys = np.zeros((rows, turns)), {}
+    for i in range(rows):
+        g = 0.0
+        for t in reversed(range(turns)):
+            g = rewards[i, t] + (gamma_traj if done[i, t] else gamma_step) * g
+            ret[i, t] = g
+        turn = wins = last_won = 0
+        for t in range(turns):
+            if played[i, t]:
+                keys[i, t] = (episode[i, t], turn, wins, last_won)
+                turn, wins = (0 if done[i, t] else turn + 1), wins + int(won[i, t])
+                last_won = int(won[i, t]) if done[i, t] else last_won
+    out = np.zeros((rows, turns))
+    for (i, t), key in keys.items():
+        same = [ret[j, s] for (j, s), other in keys.items() if j // group == i // group and other == key]
+        if min(same) < max(same):
+            out[i, t] = (ret[i, t] - np.mean(same)) / (np.std(same) + 1e-6)
+    return out, keys
+
+
+def test_record_advantages_match_the_reference(recorded):
+    """``advantage_groups="record"`` on the recorded multi-episode batch: each turn compared only with the group's
+    turns of the same episode, turn and record of earlier wins."""
+    tr = recorded[0]
+    hp = GRPOHyper(num_tasks=TASKS, group_size=GROUP, advantage_groups="record")
+    want, keys = reference_record_advantages(tr, GROUP, hp.gamma_step, hp.gamma_traj)
+    assert len({key[2:] for key in keys.values()}) > 2  # records with and without earlier wins
+    np.testing.assert_allclose(np.asarray(turn_advantages(tr, GROUP, hp)), want, atol=1e-5, rtol=0)
+    per_turn = np.asarray(turn_advantages(tr, GROUP, GRPOHyper(num_tasks=TASKS, group_size=GROUP)))
+    assert not np.allclose(per_turn, want, atol=1e-3)

@@ -15,6 +15,7 @@ from metarl_jax.algos import (
     kl_to_reference,
     ppo_clip_loss,
 )
+from metarl_jax.algos.losses import normalise_over_groups, normalise_over_keys, turn_keys
 
 
 # ---------------------------------------------------------------- advantages
@@ -53,6 +54,58 @@ def test_group_advantages_std_against_numpy(ddof):
         want = np.zeros(8) if r.min() == r.max() else (r - r.mean()) / (r.std(ddof=ddof) + 1e-6)
         np.testing.assert_allclose(adv[8 * g:8 * g + 8], want, atol=1e-6, rtol=0)
     assert not np.allclose(adv, np.asarray(group_advantages(jnp.asarray(returns), 8, ddof=1 - ddof)))
+
+
+# Two rows, six turns. Row 0: episode 0 won on its 2nd turn, episode 1 won at once, episode 2 lost after 3 turns.
+# Row 1: episode 0 lost after 3 turns, episode 1 won on its 2nd turn, then episode 2; its last turn is not played.
+EPISODE = jnp.array([[0, 0, 1, 2, 2, 2], [0, 0, 0, 1, 1, 2]])
+SUCCESS = jnp.array([[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0]], bool)
+DONE = jnp.array([[0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 1, 0]], bool)
+PLAYED = jnp.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], bool)
+
+
+def test_turn_keys_by_hand():
+    keys = np.asarray(turn_keys(EPISODE, SUCCESS, DONE, PLAYED, "record"))
+    # (episode, turn in it, earlier episodes won, last episode won) per turn; -1 on the turn not played
+    np.testing.assert_array_equal(keys[0], [[0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 1], [2, 0, 2, 1], [2, 1, 2, 1],
+                                            [2, 2, 2, 1]])
+    np.testing.assert_array_equal(keys[1], [[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0],
+                                            [-1, -1, -1, -1]])
+    np.testing.assert_array_equal(np.asarray(turn_keys(EPISODE, SUCCESS, DONE, PLAYED, "episode_turn")),
+                                  keys[..., :2])
+    np.testing.assert_array_equal(np.asarray(turn_keys(EPISODE, SUCCESS, DONE, PLAYED, "turn"))[..., 0],
+                                  [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, -1]])
+    with pytest.raises(ValueError, match="advantage groups"):
+        turn_keys(EPISODE, SUCCESS, DONE, PLAYED, "episode")
+
+
+def test_normalise_over_turn_keys_is_the_per_position_normalisation():
+    values = jax.random.normal(jax.random.PRNGKey(0), (8, 6))
+    keys = turn_keys(jnp.zeros((8, 6), int), jnp.zeros((8, 6), bool), jnp.zeros((8, 6), bool),
+                     jnp.ones((8, 6), bool), "turn")
+    np.testing.assert_allclose(normalise_over_keys(values, keys, 4), normalise_over_groups(values, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_normalise_over_keys_against_numpy(ddof):
+    """Each turn against the group's turns with the same key; lone keys, equal values and unplayed turns get 0."""
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 3, size=(8, 5)).astype(np.float64)
+    keys = rng.integers(0, 3, size=(8, 5, 2))
+    keys[rng.random((8, 5)) < 0.2] = -1
+    out = np.asarray(normalise_over_keys(jnp.asarray(values), jnp.asarray(keys), 4, ddof=ddof))
+    lone = spread = 0
+    for i in range(8):
+        for t in range(5):
+            group = range(4 * (i // 4), 4 * (i // 4) + 4)
+            same = [values[j, s] for j in group for s in range(5) if keys[i, t, 0] >= 0
+                    and (keys[j, s] == keys[i, t]).all()]
+            if len(same) < 2 or min(same) == max(same):
+                want, lone = 0.0, lone + 1
+            else:
+                want, spread = (values[i, t] - np.mean(same)) / (np.std(same, ddof=ddof) + 1e-6), spread + 1
+            np.testing.assert_allclose(out[i, t], want, atol=1e-5, rtol=0)
+    assert lone > 0 and spread > 0
 
 
 def test_group_advantages_refuses_other_ddof():

@@ -44,7 +44,7 @@ from metarl_jax import sharding
 from metarl_jax.agents.rollout import rollout
 from metarl_jax.agents.sampler import Sampling
 from metarl_jax.algos.losses import (discounted_returns, group_advantages, kl_to_reference, normalise_over_groups,
-                                     ppo_clip_loss)
+                                     normalise_over_keys, ppo_clip_loss, turn_keys)
 from metarl_jax.algos.optim import accumulate_over_rows, guard_non_finite
 from metarl_jax.algos.scoring import (answer_turns, hindsight_answers, observation_targets, on_used_prefix, teacher_forced,
                                       teacher_forced_logp)
@@ -110,6 +110,8 @@ class GRPOHyper:
     answer_from: str = "hindsight"
     gamma_step: float | None = 0.95  # LaMer discount inside an episode; None: the plain trial return
     gamma_traj: float | None = 0.6  # LaMer discount across an episode boundary
+    # With the discount, the group's turns a turn's return-to-go is normalised against: losses.turn_keys' groups.
+    advantage_groups: str = "turn"
     # What a trial whose context filled up returns: "keep" (the rewards it earned before the cut) or "zero" (ORBIT's
     # released code: its return is 0; its successes still count in the metrics).
     truncated_return: str = "keep"
@@ -189,7 +191,11 @@ def turn_advantages(transcript, group_size: int, hp: GRPOHyper) -> jax.Array:
     env_steps = transcript.taken & ~transcript.reflection
     ret = discounted_returns(rewards, transcript.episode_done, hp.gamma_step, hp.gamma_traj)
     ret = jnp.where(env_steps, ret, 0.0)
-    return normalise_over_groups(ret, group_size, ddof=hp.advantage_std_ddof)
+    if hp.advantage_groups == "turn":
+        return normalise_over_groups(ret, group_size, ddof=hp.advantage_std_ddof)
+    keys = turn_keys(transcript.episode_index, transcript.success, transcript.episode_done, env_steps,
+                     hp.advantage_groups)
+    return normalise_over_keys(ret, keys, group_size, ddof=hp.advantage_std_ddof)
 
 
 class LossTotals(NamedTuple):

@@ -51,6 +51,73 @@ def normalise_over_groups(values: Array, group_size: int, eps: float = 1e-6, ddo
     return jnp.where(all_equal, 0.0, adv).reshape(values.shape)
 
 
+ADVANTAGE_GROUPS = ("turn", "episode_turn", "record")
+
+
+def turn_keys(episode_index: Array, success: Array, episode_done: Array, played: Array, groups: str) -> Array:
+    """int32[N, T, K]: which turns of a group's rows a turn's return-to-go is compared with (equal keys).
+
+    Args:
+      episode_index, success, episode_done, played: [N, T] per turn (``played``: an env step of the trial).
+      groups: "turn" the turn's position in the trial (K = 1); "episode_turn" its episode index and its position in
+        that episode (K = 2); "record" those and the record of the episodes before it, how many were won and whether
+        the last one was (K = 4), so a search after a lost episode is compared with other searches after one, not
+        with repeats of a found answer.
+    Returns:
+      int32[N, T, K]; every component is -1 on the turns not played.
+    """
+    n, t = episode_index.shape
+    if groups not in ADVANTAGE_GROUPS:
+        raise ValueError(f"unknown advantage groups {groups!r}; expected one of {ADVANTAGE_GROUPS}")
+    if groups == "turn":
+        keys = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))[..., None]
+    else:
+        def step(carry, x):
+            turn, wins, last_won = carry
+            won, done, live = x
+            out = (turn, wins, last_won)
+            turn = jnp.where(live, jnp.where(done, 0, turn + 1), turn)
+            wins = wins + (live & won)
+            last_won = jnp.where(live & done, won.astype(jnp.int32), last_won)
+            return (turn, wins, last_won), out
+
+        zero = jnp.zeros(n, jnp.int32)
+        xs = (success.astype(bool).T, episode_done.astype(bool).T, played.astype(bool).T)
+        _, history = lax.scan(step, (zero, zero, zero), xs)
+        turn, wins, last_won = (h.T for h in history)
+        keys = jnp.stack([episode_index.astype(jnp.int32), turn] + ([wins, last_won] if groups == "record" else []), -1)
+    return jnp.where(jnp.asarray(played, bool)[..., None], keys, -1)
+
+
+def normalise_over_keys(values: Array, keys: Array, group_size: int, eps: float = 1e-6, ddof: int = 0) -> Array:
+    """GRPO's group normalisation of per-turn values, each turn against the turns of its group's rows that share
+    its key: ``(x - mean) / (std + eps)`` over those turns.
+
+    Args:
+      values: float[N, T], N = num_tasks * group_size, each group's rows adjacent.
+      keys: int32[N, T, K] (:func:`turn_keys`); a turn whose first component is -1 is neither normalised nor
+        compared (it gets 0).
+      group_size, eps, ddof: as in :func:`normalise_over_groups`.
+    Returns:
+      float[N, T]. A turn whose matching turns all hold the same value (a lone one included) gets exactly 0.
+    """
+    values = jnp.asarray(values, jnp.float32)
+    n, t = values.shape
+    if n % group_size:
+        raise ValueError(f"len(returns)={n} is not a multiple of group_size={group_size}")
+    v = values.reshape(n // group_size, group_size * t)
+    k = keys.reshape(*v.shape, keys.shape[-1])
+    live = k[..., 0] >= 0
+    same = (k[:, :, None] == k[:, None, :]).all(-1) & live[:, :, None] & live[:, None, :]  # [groups, G*T, G*T]
+    count = same.sum(-1)
+    mean = jnp.where(same, v[:, None, :], 0.0).sum(-1) / jnp.maximum(count, 1)
+    square = jnp.where(same, (v[:, None, :] - mean[..., None]) ** 2, 0.0).sum(-1)
+    std = jnp.sqrt(square / jnp.maximum(count - ddof, 1))
+    spread = jnp.where(same, v[:, None, :], -jnp.inf).max(-1) > jnp.where(same, v[:, None, :], jnp.inf).min(-1)
+    adv = jnp.where(live & spread, (v - mean) / (std + eps), 0.0)
+    return adv.reshape(n, t)
+
+
 def group_advantages(returns: Array, group_size: int, eps: float = 1e-6, ddof: int = 0) -> Array:
     """GRPO group-relative advantage of each rollout's return.
 

@@ -153,6 +153,11 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.discount = True  # LaMer's cross-episode discount
     c.gamma_step = 0.95
     c.gamma_traj = 0.6
+    # With the discount, each turn's return-to-go is normalised over the group's turns that share its "turn"
+    # (position in the trial), its "episode_turn" (episode and position in it), or its "record" (those, and how many
+    # earlier episodes were won and whether the last one was: a search after a loss is then compared with other
+    # searches after a loss, not with repeats of a found answer).
+    c.advantage_groups = "turn"
 
     # Scale (metarl_jax.sharding): "none" (one device), "data" (trial batch on the mesh's data axis), "fsdp"
     # (parameters sharded on data too) or "tensor" (parameters sharded on the model axis). distributed: None
