@@ -11,7 +11,7 @@ metrics)``. For every :class:`~metarl_jax.tasks.TaskSet` of the task mix, in one
 2. :func:`metarl_jax.agents.rollout.rollout` plays every trial to its step cap;
 3. the trial return (successful episodes) gives group-relative advantages ``(R - mean) / (std + eps)`` on
    every action token; with a cross-episode discount (LaMer) the return-to-go of each turn is normalised
-   over the group at that turn instead;
+   instead over the group's turns that share its key (``hp.advantage_groups``: :func:`~metarl_jax.algos.losses.turn_keys`);
 4. a teacher-forced forward gives the log-probabilities; the PPO-clip loss (asymmetric clip,
    seq-mean-token-mean over action tokens only), plus the optional k3 KL to a frozen reference, entropy
    bonus and auxiliary observation-prediction loss, is differentiated and applied with optax.
