@@ -1,7 +1,8 @@
 """The README's main run: ORBIT meta-training of a tiny transformer on CPU, with no privileged information and
 no answer loss: an imitation prior, then ORBIT's policy gradient.
 
-Command (2 CPU cores: 10 min 44 s for the prior and both runs, measured alone; 2026-12-07)::
+Command (2 CPU cores: 10 min 44 s for the prior and both runs, measured alone on an AVX2 EPYC, 10 min 7 s on an
+AVX-512 one; 2026-12-07)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -29,8 +30,11 @@ docs/determinism.md), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: p
 ORBIT 0.566 / 0.848 / 0.902 (+0.336), single-episode 0.566 / 0.672 / 0.660 (+0.094); GuessTheNumber-easy: prior
 0.750 / 0.684 / 0.781, ORBIT 0.984 / 1.000 / 1.000, single-episode 0.676 / 0.789 / 0.750. Over seeds 0, 1, 2:
 ORBIT 0.562 / 0.802 / 0.846 on -hard against single-episode 0.591 / 0.598 / 0.621
-(results/mechanism_main_rows_rerun.md). Random play: 0.4 per easy episode, 0.15 per hard one. What makes the gain,
-with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table mechanism --seeds 0,1,2``.
+(results/mechanism_main_rows_rerun.md). On an AVX-512 CPU (2026-12-06, reproduced bit for bit on 2026-12-07), seed
+0 gives ORBIT 0.602 / 0.859 / 0.898 and single-episode 0.551 / 0.582 / 0.582 on -hard, and seeds 0 to 4 a mean lead
+of 0.288 at episode 3 (results/main_run_advantage_groups_per_seed.json). Random play: 0.4 per easy episode, 0.15
+per hard one. What makes the gain, with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table
+mechanism --seeds 0,1,2``.
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
 """
 
