@@ -230,9 +230,11 @@ def test_rl_phase_starts_from_the_prior_with_the_remaining_steps():
     from metarl_jax.prior import rl_phase
 
     config = default.get_config("single")
+    config.model.overrides.num_layers = 3  # the prior's shape: its export carries it, so the RL phase drops it
     rl = rl_phase(config, "/runs/imitation/model")
     assert (rl.num_steps, rl.pretrain.steps, rl.model.pretrained_dir) == (600, 0, "/runs/imitation/model")
     assert rl.single_episode and (config.num_steps, config.pretrain.steps, config.model.pretrained_dir) == (1100, 500, "")
+    assert dict(rl.model.overrides) == {} and dict(config.model.overrides) == {"num_layers": 3}
 
 
 def _mastermind_allowed(env, state) -> np.ndarray:
