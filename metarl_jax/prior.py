@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import ml_collections
+
 PRIOR_LABEL = "imitation prior (no RL)"
 
 
@@ -38,8 +40,6 @@ def rl_phase(config, model_dir: str):
     """A copy of ``config`` that trains only its RL phase, its ``num_steps - pretrain.steps`` steps, from the prior
     exported to ``model_dir`` (``model.pretrained_dir``), with a fresh optimizer. The preset's ``model.overrides``
     are dropped: the export's ``config.json`` already holds the shape they gave the prior."""
-    import ml_collections
-
     cfg = config.copy_and_resolve_references()
     cfg.model.pretrained_dir, cfg.num_steps = model_dir, cfg.num_steps - cfg.pretrain.steps
     cfg.model.overrides = ml_collections.ConfigDict()
