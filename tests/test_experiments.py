@@ -31,10 +31,11 @@ def test_write_table_writes_markdown_csv_json_and_plot(tmp_path):
 
 def test_guess_statistics_tell_a_replayed_secret_from_a_new_search():
     opening = "[Episode 1]\nA secret number lies between 1 and 50. You have 3 turns.\n"
-    replayed = (opening + "\\boxed{25} higher\n\\boxed{40} lower\n\\boxed{31} correct\n\n"
-                "[Episode 2]\n\\boxed{31} correct\n\n[Episode 3]\n\\boxed{31} correct\n\n[Episode 4]\n\\boxed{31}")
+    replayed = (opening + "\\boxed{25} higher\n\\boxed{40} lower\n\\boxed{31} correct:31\n\n"
+                "[Episode 2]\n\\boxed{31} correct:31\n\n[Episode 3]\n\\boxed{31} correct:31\n\n"
+                "[Episode 4]\n\\boxed{31}")
     searched = (opening + "\\boxed{25} lower\n\\boxed{10} higher\n\\boxed{15} out of turns\n\n"
-                "[Episode 2]\n\\boxed{20} lower\n\\boxed{22} lower\n\\boxed{19} correct\n\n"
+                "[Episode 2]\n\\boxed{20} lower\n\\boxed{22} lower\n\\boxed{19} correct:19\n\n"
                 "[Episode 3]\n\\boxed{21} lower\n\\boxed{19} correct")
     stats = episode_transitions.guess_statistics([replayed, searched])
     assert stats == {"2 | L": (1, 0.0, 1.0, 1.0),  # 22 after "20 lower" was already ruled out

@@ -71,7 +71,7 @@ def test_terse_text_renders_one_word_per_turn(terse_trials):
     assert texts[1] == " higher\n"
     assert texts[7] == " out of turns\n\n[Episode 2]\n"  # the turn limit, then the next header (no rules again)
     assert texts[8] == " lower\n"
-    assert texts[9] == " correct\n\n[Episode 3]\n"
+    assert texts[9] == " correct:20\n\n[Episode 3]\n"  # the found secret is restated
 
 
 def test_terse_trial_has_a_third_of_the_tokens(terse_trials):

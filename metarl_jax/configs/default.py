@@ -14,8 +14,9 @@ each), and prints the three's held-out per-episode success side by side.
 The task mix: GuessTheNumber-easy (1..10, 4 turns, 3 episodes) and GuessTheNumber-hard (1..50, 7 turns, 3
 episodes), built-in word vocabulary, no downloads. Held out: 256 validation trials of each, drawn from a
 separate key. The text is ``terse`` (the rules in one line, then one feedback word per guess:
-``\\boxed{25} lower``), shown in the first episode only (``repeat_opening=False``), and the context is capped
-at 160 / 224 tokens with ORBIT's truncation (a trial stops when its context is full).
+``\\boxed{25} lower``, and ``\\boxed{31} correct:31``, restating a found secret as GEM's sentence does), shown in
+the first episode only (``repeat_opening=False``), and the context is capped at 160 / 224 tokens with ORBIT's
+truncation (a trial stops when its context is full).
 
 The prior (``pretrain``; the CPU stand-in for starting from a pretrained LM): 500 steps of next-token loss on
 transcripts of a scripted player who searches inside each episode (uniform among the numbers the episode's
@@ -109,8 +110,8 @@ def get_config(variant: str = "compare") -> ml_collections.ConfigDict:
     c.chat_format = False
 
     # Trial text. "gem": GEM's sentences (ORBIT's text); "terse": the rules in one line, then one feedback word
-    # per turn after the guess ("\\boxed{25} lower"): a third of the tokens, which makes a from-scratch model's
-    # steps ~2.5x cheaper and lets it learn the game within the CPU budget (GuessTheNumber only).
+    # per turn after the guess ("\\boxed{25} lower"; a found secret is restated: "correct:31"): a third of the
+    # tokens, which makes a from-scratch model's steps ~2.5x cheaper and lets it learn the game within the CPU budget.
     c.text = "terse"
     c.intro = False
     c.repeat_opening = False

@@ -8,8 +8,8 @@ hard: 1..50 in 7 turns (binary search always wins; uniform random guessing witho
 easy: 1..10 in 4 turns.
 
 ``text="terse"`` shows a one-line rule at the start and then one feedback word per turn after the guess
-(``\\boxed{25} lower``; ``correct`` when found): the same information as GEM's sentences in about a third of
-the tokens.
+(``\\boxed{25} lower``; ``correct:31`` when found, restating the secret as GEM's ``Correct! The secret number is
+31.`` does): the same information as GEM's sentences in about a third of the tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from metarl_jax.envs.pieces import EMPTY, slot
 
 # feedback codes
 _NONE, _HIGHER, _LOWER, _REPEAT, _CORRECT = range(5)
-TERSE_WORDS = (" higher\n", " lower\n", " already guessed\n", " correct\n")  # text="terse", by code - 1
+# text="terse", by code - 1; a found secret follows " correct:", then the line ends
+TERSE_WORDS = (" higher\n", " lower\n", " already guessed\n", " correct:")
 # text="gem": the ends of a turn's sentence: higher / lower than the guess, a repeated guess, a win's " turns.",
 # and the full stop after the guess
 GEM_TAILS = (". The secret number is higher than ", ". The secret number is lower than ",
@@ -58,7 +59,9 @@ class GuessTheNumber(TextEnv):
         if self.terse:
             self._rules = self.book.add(f"A secret number lies between {low} and {high}. You have ", " turns.\n")
             self._word = self.book.add(*TERSE_WORDS)  # indexed by feedback code - 1
-            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._word)]
+            self._line_end = self.book.add("\n")
+            self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._word), slot(self.num),
+                                slot(self._line_end)]
             self.opening_slots = (0, 1, 2)
             return
         self._rules = self.book.add(
@@ -124,8 +127,11 @@ class GuessTheNumber(TextEnv):
         opening = state.time == 0
         fb = state.game.feedback
         if self.terse:
-            rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY])
-            word = jnp.stack([EMPTY, EMPTY, EMPTY, self._word[jnp.maximum(fb - 1, 0)]])
+            found = fb == _CORRECT
+            rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY, EMPTY, EMPTY])
+            word = jnp.stack([EMPTY, EMPTY, EMPTY, self._word[jnp.maximum(fb - 1, 0)],
+                              jnp.where(found, self.number(self.low + state.task), EMPTY),
+                              jnp.where(found, self._line_end[0], EMPTY)])
             return jnp.where(opening, rules, word)
         correct = fb == _CORRECT
         guess = self.number(self.low + jnp.maximum(state.last_action, 0))
@@ -150,7 +156,8 @@ class GuessTheNumber(TextEnv):
         if self.terse:
             if t == 0:
                 return f"A secret number lies between {self.low} and {self.high}. You have {int(state.max_turns)} turns.\n"
-            return TERSE_WORDS[int(state.game.feedback) - 1]
+            fb = int(state.game.feedback)
+            return f" correct:{self.low + int(state.task)}\n" if fb == _CORRECT else TERSE_WORDS[fb - 1]
         if t == 0:
             return (
                 f"You are playing Guess The Number.\nA secret whole number lies between {self.low} and {self.high}, "
