@@ -1,6 +1,7 @@
 """GuessTheNumber: rules, analytic success rates of random and binary-search play, text rendering."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,6 +73,21 @@ def test_terse_text_renders_one_word_per_turn(terse_trials):
     assert texts[7] == " out of turns\n\n[Episode 2]\n"  # the turn limit, then the next header (no rules again)
     assert texts[8] == " lower\n"
     assert texts[9] == " correct:20\n\n[Episode 3]\n"  # the found secret is restated
+
+
+def test_terse_restated_secret_shows_only_on_the_winning_turn(terse_trials):
+    from metarl_jax.agents.context import context_budget
+    from metarl_jax.envs.guess_the_number import _CORRECT, _HIGHER, _LOWER, _REPEAT
+
+    trial, params, codec = terse_trials["terse"]
+    game = trial.env
+    _, state = trial.reset_to_task(jax.random.PRNGKey(0), np.int32(30), params)  # secret 31
+    for code in (_HIGHER, _LOWER, _REPEAT, _CORRECT):
+        inner = state.inner.replace(time=jnp.int32(2), game=state.inner.game.replace(feedback=jnp.int32(code)))
+        shown = [game.book.strings[int(i)] for i in np.asarray(game.obs_pieces(inner))[list(game.final_slots)]]
+        assert shown == (["31", "\n"] if code == _CORRECT else ["", ""])
+    # the prefill calls are sized for an ordinary turn: the longest feedback word, not the win's restated secret
+    assert context_budget(trial, codec, 0).step_len == len(codec.tokenizer.encode(" already guessed\n"))
 
 
 def test_terse_trial_has_a_third_of_the_tokens(terse_trials):

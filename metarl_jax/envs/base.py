@@ -133,6 +133,10 @@ class TextEnv(environment.Environment):
         # which keeps the rendered token budget tight. Declaring a slot here that can show text after the
         # opening breaks rendering (the render round-trip tests catch it).
         self.opening_slots: tuple[int, ...] = ()
+        # Indices of game_layout slots that show text only on a turn that ends the episode (a win's restated
+        # secret). They do not count towards an ordinary turn's length, which sizes the rollout's prefill calls
+        # (metarl_jax.agents.context); the token bounds still count them.
+        self.final_slots: tuple[int, ...] = ()
         # Whether the opening slots show something of the task (a dealt hand, a goal's position), not only rules.
         # A trial without repeated openings hides them after its first episode, which hides nothing while the task
         # stays; a corpus of independent games (new_task_each_episode) repeats them when this is True.

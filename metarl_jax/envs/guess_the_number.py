@@ -63,6 +63,7 @@ class GuessTheNumber(TextEnv):
             self.game_layout = [slot(self._rules), slot(self.num), slot(self._rules), slot(self._word), slot(self.num),
                                 slot(self._line_end)]
             self.opening_slots = (0, 1, 2)
+            self.final_slots = (4, 5)  # the restated secret ends the episode
             return
         self._rules = self.book.add(
             "You are playing Guess The Number.\n"
