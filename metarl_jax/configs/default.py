@@ -1,8 +1,7 @@
 """The README's main run: ORBIT meta-training of a tiny transformer on CPU, with no privileged information and
 no answer loss: an imitation prior, then ORBIT's policy gradient.
 
-Command (2 CPU cores: 10 min 44 s for the prior and both runs, measured alone on an AVX2 EPYC, 10 min 7 s on an
-AVX-512 one; 2026-12-07)::
+Command (2 CPU cores: 11 min 25 s for the prior and both runs, measured alone on an AVX-512 EPYC, 2026-12-08)::
 
     python -m metarl_jax.main --workdir=/tmp/metarl_run
 
@@ -26,14 +25,11 @@ lr 3e-4: ORBIT's PPO-clip policy gradient on the trial return with LaMer's cross
 (``discount``), plus next-token prediction of the observation text (``observation_coef``: only what the policy
 itself saw; not in ORBIT). The answer loss (``answer_coef``) is off. Both runs get the same losses.
 
-Expected result (measured 2026-12-07, seed 0; bit for bit on the same kind of CPU, statistically elsewhere:
-docs/determinism.md), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: prior 0.449 / 0.535 / 0.488,
-ORBIT 0.566 / 0.848 / 0.902 (+0.336), single-episode 0.566 / 0.672 / 0.660 (+0.094); GuessTheNumber-easy: prior
-0.750 / 0.684 / 0.781, ORBIT 0.984 / 1.000 / 1.000, single-episode 0.676 / 0.789 / 0.750. Over seeds 0, 1, 2:
-ORBIT 0.562 / 0.802 / 0.846 on -hard against single-episode 0.591 / 0.598 / 0.621
-(results/mechanism_main_rows_rerun.md). On an AVX-512 CPU (2026-12-06, reproduced bit for bit on 2026-12-07), seed
-0 gives ORBIT 0.602 / 0.859 / 0.898 and single-episode 0.551 / 0.582 / 0.582 on -hard, and seeds 0 to 4 a mean lead
-of 0.288 at episode 3 (results/main_run_advantage_groups_per_seed.json). Random play: 0.4 per easy episode, 0.15
+Expected result (measured 2026-12-08, seed 0, on that machine; bit for bit on the same kind of CPU, statistically
+elsewhere: docs/determinism.md), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: prior 0.508 / 0.582 /
+0.480, ORBIT 0.531 / 0.883 / 0.969 (+0.438), single-episode 0.633 / 0.520 / 0.516 (-0.117); GuessTheNumber-easy:
+prior 0.711 / 0.719 / 0.781, ORBIT 0.699 / 1.000 / 1.000, single-episode 0.922 / 0.941 / 0.949. Over seeds 0, 1, 2,
+ORBIT's lead over single-episode RL at episode 3 is about 0.3 (results/main_run_restated_secret_per_seed.json). Random play: 0.4 per easy episode, 0.15
 per hard one. What makes the gain, with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table
 mechanism --seeds 0,1,2``.
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
