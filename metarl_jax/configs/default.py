@@ -28,10 +28,11 @@ itself saw; not in ORBIT). The answer loss (``answer_coef``) is off. Both runs g
 Expected result (measured 2026-12-08, seed 0, on that machine; bit for bit on the same kind of CPU, statistically
 elsewhere: docs/determinism.md), held-out episode 1 / 2 / 3 success: GuessTheNumber-hard: prior 0.508 / 0.582 /
 0.480, ORBIT 0.531 / 0.883 / 0.969 (+0.438), single-episode 0.633 / 0.520 / 0.516 (-0.117); GuessTheNumber-easy:
-prior 0.711 / 0.719 / 0.781, ORBIT 0.699 / 1.000 / 1.000, single-episode 0.922 / 0.941 / 0.949. Over seeds 0, 1, 2,
-ORBIT's lead over single-episode RL at episode 3 is about 0.3 (results/main_run_restated_secret_per_seed.json). Random play: 0.4 per easy episode, 0.15
-per hard one. What makes the gain, with 3 seeds: results/mechanism.md, from ``python experiments/ablations.py --table
-mechanism --seeds 0,1,2``.
+prior 0.711 / 0.719 / 0.781, ORBIT 0.699 / 1.000 / 1.000, single-episode 0.922 / 0.941 / 0.949. Over seeds 0, 1, 2
+on -hard: ORBIT 0.643 / 0.915 / 0.960, single-episode 0.663 / 0.620 / 0.620, a lead of 0.340 at episode 3
+(results/main_run_restated_secret_per_seed.json). Random play: 0.4 per easy episode, 0.15 per hard one. What makes
+the gain, with 3 seeds (measured before the terse text restated a found secret): results/mechanism.md, from
+``python experiments/ablations.py --table mechanism --seeds 0,1,2``.
 Numbers go to ``<workdir>/comparison.md`` and ``comparison.json``.
 """
 
