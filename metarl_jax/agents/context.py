@@ -8,8 +8,8 @@ the codec's per-slot widths, so it is tight per view and still a guarantee:
 
 * ``chunk_len``: the longest single observation (real tokens come first in a rendered observation, so the
   rollout keeps only its first ``chunk_len`` slots);
-* ``step_len``: the game text of an ordinary turn inside an episode (no opening, no episode boundary and no
-  slot that shows only on an episode's last turn (``final_slots``), no status message such as a format error):
+* ``step_len``: the game text of an ordinary turn inside an episode (no opening, no episode boundary, no
+  slot that shows only on an episode's last turn, ``final_slots``, no status message such as a format error):
   what most turns show. Not a bound (a status message can add to it);
   it only sizes the rollout's prefill calls;
 * ``turns``: decisions in a trial: the env steps of the cap, plus a reflection turn between episodes;
@@ -54,8 +54,8 @@ def context_budget(env, codec, action_len: int, per_turn: int = 0) -> ContextBud
     inner = w[8 + n:]
     opening = set(game.opening_slots)
     later = sum(x for i, x in enumerate(inner) if i not in opening)
-    ordinary = opening | set(game.final_slots)
-    game_later = sum(x for i, x in enumerate(inner[:len(game.game_layout)]) if i not in ordinary)
+    not_ordinary = opening | set(game.final_slots)
+    game_later = sum(x for i, x in enumerate(inner[:len(game.game_layout)]) if i not in not_ordinary)
     first = sum(inner)  # time 0: the opening, plus whatever else the game shows then
     next_first = first if env.repeat_opening else later
     views = {
