@@ -127,14 +127,13 @@ class GuessTheNumber(TextEnv):
     def game_pieces(self, state: TextEnvState):
         opening = state.time == 0
         fb = state.game.feedback
+        correct = fb == _CORRECT
         if self.terse:
-            found = fb == _CORRECT
             rules = jnp.stack([self._rules[0], self.number(state.max_turns), self._rules[1], EMPTY, EMPTY, EMPTY])
             word = jnp.stack([EMPTY, EMPTY, EMPTY, self._word[jnp.maximum(fb - 1, 0)],
-                              jnp.where(found, self.number(self.low + state.task), EMPTY),
-                              jnp.where(found, self._line_end[0], EMPTY)])
+                              jnp.where(correct, self.number(self.low + state.task), EMPTY),
+                              jnp.where(correct, self._line_end[0], EMPTY)])
             return jnp.where(opening, rules, word)
-        correct = fb == _CORRECT
         guess = self.number(self.low + jnp.maximum(state.last_action, 0))
         turn = self.number(state.time)
         return jnp.where(
@@ -158,7 +157,8 @@ class GuessTheNumber(TextEnv):
             if t == 0:
                 return f"A secret number lies between {self.low} and {self.high}. You have {int(state.max_turns)} turns.\n"
             fb = int(state.game.feedback)
-            return f" correct:{self.low + int(state.task)}\n" if fb == _CORRECT else TERSE_WORDS[fb - 1]
+            restated = f"{self.low + int(state.task)}\n" if fb == _CORRECT else ""
+            return TERSE_WORDS[fb - 1] + restated
         if t == 0:
             return (
                 f"You are playing Guess The Number.\nA secret whole number lies between {self.low} and {self.high}, "
